@@ -1,0 +1,379 @@
+//! JID parsing and normalisation (RFC 7622 addresses, prepared with the
+//! RFC 6122 stringprep profiles, which agree with PRECIS on everything
+//! real clients send).
+//!
+//! Routing compares bare JIDs as strings, so every JID is normalised once,
+//! where it enters (stanza `to`/`from`, SASL authzid, config, CLI). ASCII —
+//! almost every JID on the wire — takes a fast path with no allocation when
+//! it is already lower-case.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JidError {
+    #[error("empty JID")]
+    Empty,
+    #[error("empty localpart")]
+    EmptyLocal,
+    #[error("empty domainpart")]
+    EmptyDomain,
+    #[error("empty resourcepart")]
+    EmptyResource,
+    #[error("localpart, domainpart or resourcepart longer than 1023 bytes")]
+    TooLong,
+    #[error("invalid character in localpart")]
+    BadLocal,
+    #[error("invalid domainpart")]
+    BadDomain,
+    #[error("invalid character in resourcepart")]
+    BadResource,
+}
+
+const MAX_PART: usize = 1023;
+
+/// A bare JID (`local@domain` or `domain`), normalised. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BareJid {
+    s: Arc<str>,
+    /// Byte offset of the domain in `s` (0 when there is no localpart).
+    domain_at: u16,
+}
+
+/// A full JID (`local@domain/resource` or `domain/resource`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FullJid {
+    bare: BareJid,
+    resource: Arc<str>,
+}
+
+/// Either form, as found in a `to` or `from` attribute.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Jid {
+    Bare(BareJid),
+    Full(FullJid),
+}
+
+impl Hash for BareJid {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.s.hash(state)
+    }
+}
+
+impl Hash for FullJid {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.bare.hash(state);
+        self.resource.hash(state);
+    }
+}
+
+fn prep_local(local: &str) -> Result<Cow<'_, str>, JidError> {
+    if local.is_empty() {
+        return Err(JidError::EmptyLocal);
+    }
+    let out = if local.is_ascii() {
+        if local.bytes().any(|b| {
+            b <= 0x20
+                || matches!(
+                    b,
+                    b'"' | b'&' | b'\'' | b'/' | b':' | b'<' | b'>' | b'@' | 0x7f
+                )
+        }) {
+            return Err(JidError::BadLocal);
+        }
+        if local.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(local.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(local)
+        }
+    } else {
+        let p = stringprep::nodeprep(local).map_err(|_| JidError::BadLocal)?;
+        Cow::Owned(p.into_owned())
+    };
+    if out.len() > MAX_PART {
+        return Err(JidError::TooLong);
+    }
+    Ok(out)
+}
+
+fn prep_domain(domain: &str) -> Result<Cow<'_, str>, JidError> {
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    if domain.is_empty() {
+        return Err(JidError::EmptyDomain);
+    }
+    let out = if domain.is_ascii() {
+        // An IPv6 literal in brackets is allowed; otherwise letters, digits,
+        // hyphens, dots (and underscores, seen in the wild on internal hosts).
+        let ok = if domain.starts_with('[') {
+            domain.ends_with(']')
+                && domain[1..domain.len() - 1]
+                    .parse::<std::net::Ipv6Addr>()
+                    .is_ok()
+        } else {
+            domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+        };
+        if !ok {
+            return Err(JidError::BadDomain);
+        }
+        if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(domain.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(domain)
+        }
+    } else {
+        let p = stringprep::nameprep(domain).map_err(|_| JidError::BadDomain)?;
+        if p.chars()
+            .any(|c| c.is_whitespace() || matches!(c, '@' | '/' | '<' | '>' | '\'' | '"' | '&'))
+        {
+            return Err(JidError::BadDomain);
+        }
+        Cow::Owned(p.into_owned())
+    };
+    if out.len() > MAX_PART {
+        return Err(JidError::TooLong);
+    }
+    Ok(out)
+}
+
+fn prep_resource(res: &str) -> Result<Cow<'_, str>, JidError> {
+    if res.is_empty() {
+        return Err(JidError::EmptyResource);
+    }
+    let out = if res.is_ascii() {
+        if res.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return Err(JidError::BadResource);
+        }
+        Cow::Borrowed(res)
+    } else {
+        let p = stringprep::resourceprep(res).map_err(|_| JidError::BadResource)?;
+        Cow::Owned(p.into_owned())
+    };
+    if out.len() > MAX_PART {
+        return Err(JidError::TooLong);
+    }
+    Ok(out)
+}
+
+impl BareJid {
+    /// Parses and normalises a bare JID; a resource is an error.
+    pub fn parse(s: &str) -> Result<BareJid, JidError> {
+        match Jid::parse(s)? {
+            Jid::Bare(b) => Ok(b),
+            Jid::Full(_) => Err(JidError::BadResource),
+        }
+    }
+
+    /// Builds from already separate parts (normalising them).
+    pub fn from_parts(local: Option<&str>, domain: &str) -> Result<BareJid, JidError> {
+        let domain = prep_domain(domain)?;
+        match local {
+            None => Ok(BareJid {
+                s: Arc::from(domain.as_ref()),
+                domain_at: 0,
+            }),
+            Some(l) => {
+                let l = prep_local(l)?;
+                let mut s = String::with_capacity(l.len() + 1 + domain.len());
+                s.push_str(&l);
+                s.push('@');
+                s.push_str(&domain);
+                Ok(BareJid {
+                    domain_at: (l.len() + 1) as u16,
+                    s: Arc::from(s),
+                })
+            }
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.s
+    }
+
+    pub fn local(&self) -> Option<&str> {
+        if self.domain_at == 0 {
+            None
+        } else {
+            Some(&self.s[..self.domain_at as usize - 1])
+        }
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.s[self.domain_at as usize..]
+    }
+
+    /// True for a server JID (no localpart).
+    pub fn is_domain(&self) -> bool {
+        self.domain_at == 0
+    }
+
+    pub fn with_resource(&self, resource: &str) -> Result<FullJid, JidError> {
+        let r = prep_resource(resource)?;
+        Ok(FullJid {
+            bare: self.clone(),
+            resource: Arc::from(r.as_ref()),
+        })
+    }
+}
+
+impl FullJid {
+    pub fn parse(s: &str) -> Result<FullJid, JidError> {
+        match Jid::parse(s)? {
+            Jid::Full(f) => Ok(f),
+            Jid::Bare(_) => Err(JidError::EmptyResource),
+        }
+    }
+
+    pub fn bare(&self) -> &BareJid {
+        &self.bare
+    }
+
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    pub fn domain(&self) -> &str {
+        self.bare.domain()
+    }
+}
+
+impl Jid {
+    /// Parses `[local@]domain[/resource]` and normalises every part.
+    pub fn parse(s: &str) -> Result<Jid, JidError> {
+        if s.is_empty() {
+            return Err(JidError::Empty);
+        }
+        // The resource starts at the first '/', and may itself contain '@' and '/'.
+        let (addr, resource) = match s.find('/') {
+            Some(i) => (&s[..i], Some(&s[i + 1..])),
+            None => (s, None),
+        };
+        let (local, domain) = match addr.find('@') {
+            Some(i) => (Some(&addr[..i]), &addr[i + 1..]),
+            None => (None, addr),
+        };
+        let bare = BareJid::from_parts(local, domain)?;
+        match resource {
+            None => Ok(Jid::Bare(bare)),
+            Some(r) => Ok(Jid::Full(bare.with_resource(r)?)),
+        }
+    }
+
+    pub fn bare(&self) -> &BareJid {
+        match self {
+            Jid::Bare(b) => b,
+            Jid::Full(f) => &f.bare,
+        }
+    }
+
+    pub fn domain(&self) -> &str {
+        self.bare().domain()
+    }
+
+    pub fn resource(&self) -> Option<&str> {
+        match self {
+            Jid::Bare(_) => None,
+            Jid::Full(f) => Some(&f.resource),
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        matches!(self, Jid::Full(_))
+    }
+}
+
+impl fmt::Display for BareJid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.s)
+    }
+}
+
+impl fmt::Debug for BareJid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BareJid({})", self.s)
+    }
+}
+
+impl fmt::Display for FullJid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.bare, self.resource)
+    }
+}
+
+impl fmt::Debug for FullJid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FullJid({self})")
+    }
+}
+
+impl fmt::Display for Jid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Jid::Bare(b) => b.fmt(f),
+            Jid::Full(j) => j.fmt(f),
+        }
+    }
+}
+
+impl From<BareJid> for Jid {
+    fn from(b: BareJid) -> Jid {
+        Jid::Bare(b)
+    }
+}
+
+impl From<FullJid> for Jid {
+    fn from(f: FullJid) -> Jid {
+        Jid::Full(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_jids_are_lowercased_except_the_resource() {
+        let j = Jid::parse("Juliet@Capulet.Example/Balcony").unwrap();
+        assert_eq!(j.to_string(), "juliet@capulet.example/Balcony");
+        assert_eq!(j.bare().local(), Some("juliet"));
+        assert_eq!(j.domain(), "capulet.example");
+    }
+
+    #[test]
+    fn resource_may_contain_slash_and_at() {
+        let j = FullJid::parse("a@b/c@d/e").unwrap();
+        assert_eq!(j.resource(), "c@d/e");
+        assert_eq!(j.bare().as_str(), "a@b");
+    }
+
+    #[test]
+    fn domain_only_jids_have_no_local() {
+        let j = BareJid::parse("Example.ORG.").unwrap();
+        assert!(j.is_domain());
+        assert_eq!(j.as_str(), "example.org");
+        assert_eq!(j.local(), None);
+    }
+
+    #[test]
+    fn non_ascii_parts_are_stringprepped() {
+        let j = BareJid::parse("ÄLICE@Exämple.org").unwrap();
+        assert_eq!(j.as_str(), "älice@exämple.org");
+    }
+
+    #[test]
+    fn malformed_jids_are_refused() {
+        for bad in [
+            "", "@x", "a@", "a@b/", "a b@c", "a@b c", "a@b..c", "a<@b", "a@[zz]",
+        ] {
+            assert!(Jid::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(Jid::parse("a@[::1]").is_ok());
+    }
+}
