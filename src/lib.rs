@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod jid;
+pub mod roster;
 pub mod router;
 pub mod storage;
 pub mod stream;
