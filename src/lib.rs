@@ -4,13 +4,156 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod c2s;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod error;
+pub mod events;
+pub mod http;
 pub mod jid;
 pub mod roster;
 pub mod router;
 pub mod storage;
 pub mod stream;
+pub mod tls;
+pub mod util;
 pub mod xml;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::c2s::C2sShared;
+use crate::config::Config;
+use crate::events::Metrics;
+use crate::router::Router;
+use crate::storage::{RedbStore, Store, StoreWriter};
+use crate::stream::c2s::C2sPolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("storage: {0}")]
+    Store(#[from] storage::StoreError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("control socket {path}: {source}")]
+    Control { path: PathBuf, source: std::io::Error },
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// The addresses the c2s listeners are bound to (port 0 resolved).
+    pub c2s_addrs: Vec<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub router: Router,
+    pub store: Arc<dyn Store>,
+    pub writer: StoreWriter,
+    pub config: Arc<Config>,
+    pub control_path: PathBuf,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts everything the configuration asks for and returns once every
+/// listener is bound.
+pub async fn start(config: Config) -> Result<Daemon, StartError> {
+    tls::install_default_provider();
+    let config = Arc::new(config);
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let metrics = Metrics::get();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&data_dir)?);
+    let writer = StoreWriter::spawn(store.clone());
+    let router = Router::start(
+        config.server.workers,
+        config.server.domains.clone(),
+        store.clone(),
+        writer.clone(),
+        metrics.clone(),
+    );
+    let certs = Arc::new(tls::CertStore::load(&config)?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config()?);
+    let shared = Arc::new(C2sShared {
+        router: router.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        tls: Some(acceptor),
+        policy: C2sPolicy {
+            domains: config.server.domains.clone(),
+            require_tls: config.c2s.require_tls,
+            tls_available: true,
+        },
+        max_stanza_pre_auth: config.gateway.max_stanza_size_pre_auth,
+        max_stanza: config.gateway.max_stanza_size,
+        establishment_timeout: config.gateway.stream_establishment_timeout,
+        next_id: AtomicU64::new(1),
+    });
+    let mut tasks = Vec::new();
+    let mut c2s_addrs = Vec::new();
+    for addr in &config.c2s.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr: *addr, source })?;
+        let bound = l.local_addr().map_err(|source| StartError::Listen { addr: *addr, source })?;
+        tracing::info!(addr = %bound, "c2s listening");
+        c2s_addrs.push(bound);
+        tasks.push(tokio::spawn(c2s::accept_loop(l, shared.clone())));
+    }
+    let mut metrics_addr = None;
+    if let Some(addr) = config.metrics.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let bound = l.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+        tracing::info!(addr = %bound, "metrics listening on /metrics");
+        metrics_addr = Some(bound);
+        tasks.push(tokio::spawn(http::serve_metrics(l)));
+    }
+    let control_path = control::socket_path(&data_dir);
+    let control = control::bind(&control_path).map_err(|source| StartError::Control {
+        path: control_path.clone(),
+        source,
+    })?;
+    tasks.push(tokio::spawn(control::serve(
+        control,
+        control::ControlContext {
+            store: store.clone(),
+            domains: config.server.domains.clone(),
+        },
+    )));
+    Ok(Daemon {
+        c2s_addrs,
+        metrics_addr,
+        router,
+        store,
+        writer,
+        config,
+        control_path,
+        tasks,
+    })
+}
+
+impl Daemon {
+    /// Stops listening, closes every session with `<system-shutdown/>`, and
+    /// flushes storage.
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.router.shutdown().await;
+        self.writer.shutdown();
+        let _ = std::fs::remove_file(&self.control_path);
+    }
+}

@@ -1,1 +1,203 @@
-fn main() {}
+//! The `fedrouter` command: run the daemon, check a configuration, manage
+//! users. Admin commands talk to a running daemon through its control
+//! socket, or open the store directly when none is running.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fedrouter::config::{Config, LogFormat};
+use fedrouter::{admin, control};
+
+#[derive(Parser)]
+#[command(name = "fedrouter", version, about = "An XMPP federation router")]
+struct Cli {
+    /// Configuration file (default: $FEDROUTER_CONFIG, else built-in defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the configuration and exit.
+    CheckConfig,
+    /// Manage local user accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is prompted for, or read from standard input, without --password.
+    Add {
+        jid: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Remove a user with their roster and offline messages.
+    Remove { jid: String },
+    /// List users.
+    List,
+    /// Change a user's password.
+    Passwd {
+        jid: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load_or_default(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fedrouter: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(config),
+        Command::CheckConfig => {
+            match &config.source {
+                Some(p) => println!("{}: configuration is valid", p.display()),
+                None => println!("no configuration file: the built-in defaults are valid"),
+            }
+            Ok(())
+        }
+        Command::User(u) => user(config, u),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("fedrouter: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(config: Config) -> Result<(), String> {
+    init_logging(&config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fedrouter")
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    rt.block_on(async move {
+        match &config.source {
+            Some(p) => tracing::info!(config = %p.display(), "starting"),
+            None => tracing::info!("starting with the built-in defaults (no configuration file)"),
+        }
+        let daemon = fedrouter::start(config).await.map_err(|e| e.to_string())?;
+        tracing::info!(
+            domains = ?daemon.config.server.domains,
+            data_dir = %daemon.config.server.data_dir.display(),
+            "fedrouter is running"
+        );
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutting down");
+        daemon.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn read_password(given: Option<String>) -> Result<String, String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    if std::io::stdin().is_terminal() {
+        let p = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        if p != again {
+            return Err("the passwords differ".into());
+        }
+        Ok(p)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(|e| e.to_string())?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_string())
+    }
+}
+
+fn user(config: Config, cmd: UserCommand) -> Result<(), String> {
+    let data_dir = config.server.data_dir.clone();
+    let domains = config.server.domains.clone();
+    let (words, password): (Vec<String>, Option<String>) = match &cmd {
+        UserCommand::Add { jid, password } => {
+            admin::user_jid(jid, &domains).map_err(|e| e.to_string())?;
+            let p = read_password(password.clone())?;
+            (vec!["user-add".into(), jid.clone(), control::encode_password(&p)], Some(p))
+        }
+        UserCommand::Passwd { jid, password } => {
+            admin::user_jid(jid, &domains).map_err(|e| e.to_string())?;
+            let p = read_password(password.clone())?;
+            (vec!["user-passwd".into(), jid.clone(), control::encode_password(&p)], Some(p))
+        }
+        UserCommand::Remove { jid } => (vec!["user-remove".into(), jid.clone()], None),
+        UserCommand::List => (vec!["user-list".into()], None),
+    };
+    let refs: Vec<&str> = words.iter().map(|s| s.as_str()).collect();
+    // A running daemon owns the store: ask it.
+    match control::request(&data_dir, &refs) {
+        Ok(Some(Ok(out))) => {
+            print!("{out}");
+            return Ok(());
+        }
+        Ok(Some(Err(msg))) => return Err(msg),
+        Ok(None) => {}
+        Err(e) => return Err(format!("control socket: {e}")),
+    }
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let store = fedrouter::storage::RedbStore::open(&data_dir).map_err(|e| e.to_string())?;
+    let out = match cmd {
+        UserCommand::Add { jid, .. } => {
+            let j = admin::user_jid(&jid, &domains).map_err(|e| e.to_string())?;
+            admin::add_user(&store, &j, password.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+            format!("added {j}\n")
+        }
+        UserCommand::Passwd { jid, .. } => {
+            let j = admin::user_jid(&jid, &domains).map_err(|e| e.to_string())?;
+            admin::set_password(&store, &j, password.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+            format!("password changed for {j}\n")
+        }
+        UserCommand::Remove { jid } => {
+            let j = admin::user_jid(&jid, &domains).map_err(|e| e.to_string())?;
+            admin::remove_user(&store, &j).map_err(|e| e.to_string())?;
+            format!("removed {j}\n")
+        }
+        UserCommand::List => admin::list_users(&store)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|u| format!("{u}\n"))
+            .collect(),
+    };
+    print!("{out}");
+    Ok(())
+}

@@ -1,1 +1,578 @@
-//! (in progress)
+//! Local user sessions: the listener and one kameo actor per connection.
+//!
+//! The actor reads its own socket (in `Actor::next`, raced against its
+//! mailbox), frames the bytes, drives the sans-IO negotiation in
+//! [`crate::stream::c2s`], and once bound hands stanzas to router shards.
+//! Writes go through the session's writer task, which shards also feed
+//! directly. The actor owns: stream state, the `from` check, and answering
+//! IQs addressed to the server. It must not hold presence or roster state:
+//! that is the shard's.
+
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kameo::Actor;
+use kameo::actor::{ActorRef, Spawn, WeakActorRef};
+use kameo::error::{ActorStopReason, Infallible};
+use kameo::mailbox::{MailboxReceiver, Signal};
+use kameo::message::{Context, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+pub use transport::Transport;
+
+use crate::error::{StanzaCondition, StreamCondition, StreamError, error_reply};
+use crate::events::Metrics;
+use crate::jid::{BareJid, FullJid, Jid};
+use crate::router::writer::Writer;
+use crate::router::{Bind, Envelope, FromSession, Router, SESSION_QUEUE, Unbind};
+use crate::storage::Store;
+use crate::stream::c2s::{Action, BindFailure, C2sNegotiation, C2sPolicy, Input, bind_error, bind_result};
+use crate::xml::element::Element;
+use crate::xml::escape::escape_attr;
+use crate::xml::{Framer, FramerEvent, NS_CLIENT, NS_STREAMS, Stanza, StanzaKind};
+
+const NS_PING: &str = "urn:xmpp:ping";
+const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+const NS_ROSTER: &str = "jabber:iq:roster";
+const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+
+/// How long a closing stream may take to flush to a peer that does not read.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long, and how much, a closed stream keeps draining its peer.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+
+/// What every c2s session shares.
+pub struct C2sShared {
+    pub router: Router,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub tls: Option<TlsAcceptor>,
+    pub policy: C2sPolicy,
+    pub max_stanza_pre_auth: usize,
+    pub max_stanza: usize,
+    pub establishment_timeout: Duration,
+    pub next_id: AtomicU64,
+}
+
+/// Accepts connections on `listener` until the task is dropped.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<C2sShared>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                C2sSession::spawn((tcp, peer, shared.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "c2s accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Close the session with this stream error (sent by shards: conflict,
+/// slow consumer).
+pub struct CloseSession(pub StreamError);
+
+pub struct C2sSession {
+    id: u64,
+    peer: SocketAddr,
+    shared: Arc<C2sShared>,
+    me: ActorRef<C2sSession>,
+    /// The whole transport while negotiating.
+    io: Option<Transport>,
+    /// The read half once bound (the write half belongs to the writer task).
+    rd: Option<ReadHalf<Transport>>,
+    writer: Option<Writer>,
+    framer: Framer,
+    neg: C2sNegotiation,
+    header_sent: bool,
+    jid: Option<FullJid>,
+    jid_str: Option<Arc<str>>,
+    /// Negotiation must finish by then.
+    deadline: Option<Instant>,
+    done: bool,
+}
+
+impl Actor for C2sSession {
+    type Args = (TcpStream, SocketAddr, Arc<C2sShared>);
+    type Error = Infallible;
+
+    async fn on_start((tcp, peer, shared): Self::Args, me: ActorRef<Self>) -> Result<Self, Infallible> {
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.c2s_connections.increment(1.0);
+        let mut sid = [0u8; 8];
+        let _ = aws_lc_rs::rand::fill(&mut sid);
+        let policy = shared.policy.clone();
+        Ok(C2sSession {
+            id,
+            peer,
+            me,
+            io: Some(Transport::Plain(tcp)),
+            rd: None,
+            writer: None,
+            framer: Framer::new(NS_CLIENT, shared.max_stanza_pre_auth),
+            neg: C2sNegotiation::new(policy, hex::encode(sid)),
+            header_sent: false,
+            jid: None,
+            jid_str: None,
+            deadline: Some(Instant::now() + shared.establishment_timeout),
+            done: false,
+            shared,
+        })
+    }
+
+    async fn next(
+        &mut self,
+        _me: WeakActorRef<Self>,
+        rx: &mut MailboxReceiver<Self>,
+    ) -> Result<Option<Signal<Self>>, Infallible> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let deadline = self.deadline;
+            tokio::select! {
+                biased;
+                sig = rx.recv() => return Ok(sig),
+                r = read_more(&mut self.io, &mut self.rd, &mut self.framer) => self.on_read(r).await,
+                _ = sleep_until(deadline) => {
+                    self.close(StreamError::with_text(
+                        StreamCondition::ConnectionTimeout,
+                        "stream negotiation took too long",
+                    )).await;
+                }
+            }
+        }
+    }
+
+    async fn on_stop(&mut self, _me: WeakActorRef<Self>, _reason: ActorStopReason) -> Result<(), Infallible> {
+        if !self.done {
+            // Stopped from outside (shutdown): say so on the wire.
+            self.close(StreamError::new(StreamCondition::SystemShutdown)).await;
+        }
+        self.shared.metrics.c2s_connections.decrement(1.0);
+        if let Some(jid) = self.jid.take() {
+            self.shared.metrics.c2s_sessions.decrement(1.0);
+            let shard = self.shared.router.shard(jid.bare()).clone();
+            let _ = shard.tell(Unbind { jid, id: self.id }).await;
+        }
+        Ok(())
+    }
+}
+
+impl Message<CloseSession> for C2sSession {
+    type Reply = ();
+
+    async fn handle(&mut self, m: CloseSession, _: &mut Context<Self, ()>) {
+        self.close(m.0).await;
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_more(
+    io: &mut Option<Transport>,
+    rd: &mut Option<ReadHalf<Transport>>,
+    framer: &mut Framer,
+) -> std::io::Result<usize> {
+    let mut buf = framer.read_buf();
+    if let Some(r) = rd {
+        r.read_buf(&mut buf).await
+    } else if let Some(t) = io {
+        t.read_buf(&mut buf).await
+    } else {
+        std::future::pending().await
+    }
+}
+
+impl C2sSession {
+    async fn on_read(&mut self, r: std::io::Result<usize>) {
+        match r {
+            Ok(0) | Err(_) => {
+                // The peer went away without closing the stream.
+                self.done = true;
+                if let Some(mut w) = self.writer.take() {
+                    w.close(Bytes::new(), Duration::from_millis(100)).await;
+                }
+                return;
+            }
+            Ok(n) => self.shared.metrics.bytes_in.increment(n as u64),
+        }
+        while !self.done {
+            match self.framer.next() {
+                Ok(None) => break,
+                Ok(Some(FramerEvent::StreamOpen(h))) => {
+                    let actions = self.neg.handle(Input::StreamOpen(&h), &*self.shared.store);
+                    self.run(actions).await;
+                }
+                Ok(Some(FramerEvent::Stanza(s))) => {
+                    self.shared.metrics.stanza_in(s.kind());
+                    if self.neg.is_established() {
+                        self.on_stanza(s).await;
+                    } else {
+                        let actions = self.neg.handle(Input::Element(&s), &*self.shared.store);
+                        self.run(actions).await;
+                    }
+                }
+                Ok(Some(FramerEvent::StreamClose)) => {
+                    self.close_clean().await;
+                }
+                Err(e) => self.close(e).await,
+            }
+        }
+        self.framer.shrink_if_idle();
+    }
+
+    async fn run(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            if self.done {
+                return;
+            }
+            match a {
+                Action::Send(s) => {
+                    if s.starts_with("<?xml") {
+                        self.header_sent = true;
+                    }
+                    self.send(Bytes::from(s)).await;
+                }
+                Action::StartTls => self.start_tls().await,
+                Action::RestartStream => self.framer.reset(),
+                Action::Authenticated(user) => {
+                    self.shared.metrics.auth_success.increment(1);
+                    tracing::debug!(%user, peer = %self.peer, "authenticated");
+                }
+                Action::Bind { requested, iq_id } => self.bind(requested, iq_id).await,
+                Action::Established(jid) => {
+                    self.deadline = None;
+                    self.framer.set_max_stanza_size(self.shared.max_stanza);
+                    self.shared.metrics.c2s_sessions.increment(1.0);
+                    tracing::info!(%jid, peer = %self.peer, "session established");
+                }
+                Action::AuthFailed => self.shared.metrics.auth_failure.increment(1),
+                Action::Fail(e) => self.close(e).await,
+            }
+        }
+    }
+
+    /// Writes bytes: directly while negotiating, through the writer once bound.
+    async fn send(&mut self, b: Bytes) {
+        if let Some(w) = &self.writer {
+            if w.queue.send(b.into()).await.is_err() {
+                self.done = true;
+            }
+            return;
+        }
+        if let Some(io) = self.io.as_mut() {
+            let n = b.len() as u64;
+            if io.write_all(&b).await.is_err() || io.flush().await.is_err() {
+                self.done = true;
+                return;
+            }
+            self.shared.metrics.bytes_out.increment(n);
+        }
+    }
+
+    async fn start_tls(&mut self) {
+        // Anything the client sent after <starttls/> would be processed as if
+        // it came over TLS: the command-injection hole (CVE-2011-0411 class).
+        if self.framer.buffered() > 0 {
+            return self
+                .close(StreamError::with_text(
+                    StreamCondition::PolicyViolation,
+                    "data received after <starttls/> before the TLS handshake",
+                ))
+                .await;
+        }
+        let (Some(Transport::Plain(tcp)), Some(acceptor)) = (self.io.take(), self.shared.tls.clone()) else {
+            self.done = true;
+            return;
+        };
+        let budget = self
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(self.shared.establishment_timeout);
+        match tokio::time::timeout(budget, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                self.io = Some(Transport::Tls(Box::new(tls)));
+                self.framer = Framer::new(NS_CLIENT, self.shared.max_stanza_pre_auth);
+                self.header_sent = false;
+                let actions = self.neg.handle(Input::TlsEstablished, &*self.shared.store);
+                self.run(actions).await;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                self.done = true;
+            }
+            Err(_) => self.done = true,
+        }
+    }
+
+    async fn bind(&mut self, requested: Option<String>, iq_id: String) {
+        let Some(io) = self.io.take() else {
+            self.done = true;
+            return;
+        };
+        let (rd, wr) = tokio::io::split(io);
+        self.rd = Some(rd);
+        let writer = Writer::spawn(wr, SESSION_QUEUE, self.shared.metrics.clone());
+        let out = writer.queue.clone();
+        self.writer = Some(writer);
+        let user = self.neg_user();
+        let Some(user) = user else {
+            self.done = true;
+            return;
+        };
+        let shard = self.shared.router.shard(&user).clone();
+        let reply = shard
+            .ask(Bind {
+                user,
+                requested,
+                id: self.id,
+                out,
+                actor: self.me.clone(),
+            })
+            .await;
+        let outcome = match reply {
+            Ok((jid, jid_str)) => {
+                self.send(Bytes::from(bind_result(&iq_id, &jid))).await;
+                self.jid = Some(jid.clone());
+                self.jid_str = Some(jid_str);
+                Ok(jid)
+            }
+            Err(kameo::error::SendError::HandlerError(_)) => {
+                self.send(Bytes::from(bind_error(&iq_id, "bad-request", "modify"))).await;
+                Err(BindFailure::BadResource)
+            }
+            Err(_) => {
+                self.send(Bytes::from(bind_error(&iq_id, "internal-server-error", "wait"))).await;
+                Err(BindFailure::Internal)
+            }
+        };
+        let actions = self.neg.handle(Input::Bound(outcome), &*self.shared.store);
+        self.run(actions).await;
+    }
+
+    fn neg_user(&self) -> Option<BareJid> {
+        self.neg.user().cloned()
+    }
+
+    /// Sends the stream error and the stream close, and ends the session.
+    async fn close(&mut self, e: StreamError) {
+        if self.done {
+            return;
+        }
+        self.shared.metrics.stream_error(e.condition, &self.peer, e.text.as_deref());
+        let mut tail = String::new();
+        if !self.header_sent {
+            // RFC 6120 §4.9.1.2: an error before our header still needs one.
+            let domain = self.neg.domain().or(self.shared.policy.domains.first().map(|s| s.as_str())).unwrap_or("");
+            tail.push_str(&format!(
+                "<?xml version='1.0'?><stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}' from='{}' version='1.0'>",
+                escape_attr(domain)
+            ));
+        }
+        tail.push_str(&e.to_xml());
+        tail.push_str("</stream:stream>");
+        self.finish(Bytes::from(tail)).await;
+    }
+
+    /// The peer closed its stream: close ours.
+    async fn close_clean(&mut self) {
+        self.finish(Bytes::from_static(b"</stream:stream>")).await;
+    }
+
+    async fn finish(&mut self, tail: Bytes) {
+        self.done = true;
+        if let Some(mut w) = self.writer.take() {
+            w.close(tail, CLOSE_TIMEOUT).await;
+        } else if let Some(io) = self.io.as_mut() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                let _ = io.write_all(&tail).await;
+                let _ = io.shutdown().await;
+            })
+            .await;
+        }
+        // Lingering close: read and discard what the peer still sends, so
+        // closing with unread data does not reset the connection and
+        // destroy the stream error before the peer has read it.
+        let _ = tokio::time::timeout(LINGER, async {
+            let mut sink = vec![0u8; 16 * 1024];
+            let mut left = LINGER_BYTES;
+            while left > 0 {
+                let n = match (self.rd.as_mut(), self.io.as_mut()) {
+                    (Some(r), _) => r.read(&mut sink).await,
+                    (None, Some(io)) => io.read(&mut sink).await,
+                    _ => return,
+                };
+                match n {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
+        self.io = None;
+        self.rd = None;
+    }
+
+    // ---- the live session ----
+
+    async fn on_stanza(&mut self, s: Stanza) {
+        let (Some(jid), Some(jid_str)) = (self.jid.clone(), self.jid_str.clone()) else {
+            return;
+        };
+        let kind = s.kind();
+        if kind == StanzaKind::Other {
+            return self
+                .close(StreamError::with_text(
+                    StreamCondition::UnsupportedStanzaType,
+                    format!("<{}/> is not a stanza", s.name()),
+                ))
+                .await;
+        }
+        // RFC 6120 §8.1.2.1: the server stamps `from`; a client may only
+        // repeat its own full or bare JID.
+        if let Some(f) = s.from() {
+            let ok = match Jid::parse(&f) {
+                Ok(Jid::Full(fj)) => fj == jid,
+                Ok(Jid::Bare(b)) => b == *jid.bare(),
+                Err(_) => false,
+            };
+            if !ok {
+                return self
+                    .close(StreamError::with_text(
+                        StreamCondition::InvalidFrom,
+                        "the from address does not match the session",
+                    ))
+                    .await;
+            }
+        }
+        let to = match s.to() {
+            None => None,
+            Some(t) => match Jid::parse(&t) {
+                Ok(j) => Some(j),
+                Err(_) => {
+                    self.reply_error(&s, &jid_str, StanzaCondition::JidMalformed).await;
+                    return;
+                }
+            },
+        };
+        let own = jid.bare().clone();
+        match kind {
+            StanzaKind::Presence => {
+                let shard = self.shared.router.shard(&own).clone();
+                let _ = shard.tell(FromSession { from: jid, stanza: s }).await;
+            }
+            StanzaKind::Message => {
+                let target = to.unwrap_or_else(|| Jid::Bare(own.clone()));
+                if target.bare().is_domain() && self.shared.router.is_local_domain(target.domain()) {
+                    self.reply_error(&s, &jid_str, StanzaCondition::ServiceUnavailable).await;
+                    return;
+                }
+                self.shared
+                    .router
+                    .route(Envelope::new(s, Jid::Full(jid), target))
+                    .await;
+            }
+            StanzaKind::Iq => {
+                let for_server = match &to {
+                    None => true,
+                    Some(Jid::Bare(b)) => *b == own || (b.is_domain() && self.shared.router.is_local_domain(b.domain())),
+                    Some(Jid::Full(_)) => false,
+                };
+                if for_server {
+                    self.server_iq(jid, &jid_str, s, to).await;
+                } else if let Some(target) = to {
+                    self.shared
+                        .router
+                        .route(Envelope::new(s, Jid::Full(jid), target))
+                        .await;
+                }
+            }
+            StanzaKind::Other => {}
+        }
+    }
+
+    async fn reply_error(&mut self, s: &Stanza, jid_str: &str, cond: StanzaCondition) {
+        if s.type_().as_deref() == Some("error") {
+            return;
+        }
+        let to = s.to();
+        let b = error_reply(s.name(), s.id().as_deref(), Some(jid_str), to.as_deref(), cond, None);
+        self.send(b).await;
+    }
+
+    /// IQs the server answers itself, or on the user's behalf.
+    async fn server_iq(&mut self, jid: FullJid, jid_str: &str, s: Stanza, to: Option<Jid>) {
+        let ty = s.type_().map(|t| t.into_owned());
+        if !matches!(ty.as_deref(), Some("get") | Some("set")) {
+            if !matches!(ty.as_deref(), Some("result") | Some("error")) {
+                self.reply_error(&s, jid_str, StanzaCondition::BadRequest).await;
+            }
+            return;
+        }
+        let Ok(el) = Element::parse(s.bytes(), NS_CLIENT, &[("stream", NS_STREAMS)]) else {
+            self.reply_error(&s, jid_str, StanzaCondition::BadRequest).await;
+            return;
+        };
+        let Some(payload) = el.children.iter().find_map(|n| match n {
+            crate::xml::element::Node::Element(e) => Some(e),
+            _ => None,
+        }) else {
+            self.reply_error(&s, jid_str, StanzaCondition::BadRequest).await;
+            return;
+        };
+        let id = escape_attr(el.attr("id").unwrap_or_default()).into_owned();
+        let from_attr = match &to {
+            Some(t) => format!(" from='{}'", escape_attr(&t.to_string())),
+            None => String::new(),
+        };
+        let result = |body: &str| {
+            Bytes::from(format!(
+                "<iq type='result' id='{id}' to='{}'{from_attr}>{body}</iq>",
+                escape_attr(jid_str)
+            ))
+        };
+        match (payload.ns.as_str(), payload.name.as_str(), ty.as_deref()) {
+            (NS_ROSTER, "query", _) => {
+                let shard = self.shared.router.shard(jid.bare()).clone();
+                let _ = shard.tell(FromSession { from: jid, stanza: s }).await;
+            }
+            (NS_PING, "ping", Some("get")) => self.send(result("")).await,
+            (NS_SESSION, "session", Some("set")) => self.send(result("")).await,
+            (NS_DISCO_INFO, "query", Some("get")) if payload.attr("node").is_none() => {
+                let body = if matches!(to, Some(Jid::Bare(ref b)) if !b.is_domain()) {
+                    format!(
+                        "<query xmlns='{NS_DISCO_INFO}'><identity category='account' type='registered'/>\
+                         <feature var='{NS_DISCO_INFO}'/></query>"
+                    )
+                } else {
+                    format!(
+                        "<query xmlns='{NS_DISCO_INFO}'><identity category='server' type='im' name='fedrouter'/>\
+                         <feature var='{NS_DISCO_INFO}'/><feature var='{NS_PING}'/>\
+                         <feature var='{NS_ROSTER}'/><feature var='msgoffline'/>\
+                         <feature var='urn:xmpp:delay'/></query>"
+                    )
+                };
+                self.send(result(&body)).await
+            }
+            _ => self.reply_error(&s, jid_str, StanzaCondition::ServiceUnavailable).await,
+        }
+    }
+}

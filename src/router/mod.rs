@@ -1,1 +1,247 @@
-//! (in progress)
+//! Routing: N shard actors, each owning the sessions, presence and cached
+//! rosters of the bare JIDs hashed to it. A stanza goes from the session
+//! that framed it to the shard of its target's bare JID in one `tell`;
+//! delivery then writes its bytes to the target session's writer queue.
+//! Shards never `ask` anything on the stanza path.
+
+mod shard;
+pub mod writer;
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use kameo::actor::{ActorRef, Spawn};
+use kameo::error::SendError;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::c2s::C2sSession;
+use crate::error::{StanzaCondition, error_reply};
+use crate::events::Metrics;
+use crate::jid::{BareJid, FullJid, Jid};
+use crate::storage::{Store, StoreWriter};
+use crate::xml::{Frame, Stanza, StanzaKind};
+
+pub use shard::{Bind, BindError, Deliver, FromSession, Shard, Shutdown, Unbind};
+
+/// Capacity of a session's outgoing queue, in stanzas. A session whose
+/// queue is full is a slow consumer: presence to it is dropped, and a
+/// message to it goes to offline storage while the session is closed.
+pub const SESSION_QUEUE: usize = 4096;
+
+/// Mailbox capacity of a shard. Sessions wait for space (backpressure onto
+/// their sockets); shards sending to shards never wait (see `Router::to_shard`).
+const SHARD_MAILBOX: usize = 8192;
+
+/// What a shard holds to reach a bound local session.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub jid: FullJid,
+    /// The full JID as a string, cached for `from`/`to` splicing.
+    pub jid_str: Arc<str>,
+    pub out: mpsc::Sender<Frame>,
+    pub actor: ActorRef<C2sSession>,
+}
+
+/// A stanza on its way to a target, with the addresses routing decided on.
+pub struct Envelope {
+    pub stanza: Stanza,
+    /// The authoritative sender (stamped, never trusted from the wire).
+    pub from: Jid,
+    pub to: Jid,
+    /// When the stanza was framed, for the routing latency histogram.
+    pub at: Instant,
+}
+
+impl Envelope {
+    pub fn new(stanza: Stanza, from: Jid, to: Jid) -> Envelope {
+        Envelope {
+            stanza,
+            from,
+            to,
+            at: Instant::now(),
+        }
+    }
+
+    /// The bytes to write: the original stanza with `from` stamped when it
+    /// differs from what the sender wrote.
+    pub fn frame(&self) -> Frame {
+        let from = self.from.to_string();
+        match self.stanza.from() {
+            Some(f) if *f == *from => Frame::from(self.stanza.clone()),
+            _ => self.stanza.splice(Some(&from), None),
+        }
+    }
+
+    /// The bytes to write with `to` replaced as well (fan-out, probes).
+    pub fn frame_to(&self, to: &str) -> Frame {
+        self.stanza.splice(Some(&self.from.to_string()), Some(to))
+    }
+
+    pub fn kind(&self) -> StanzaKind {
+        self.stanza.kind()
+    }
+
+    /// The error reply for this stanza, or `None` where RFC 6120 §8.3.1
+    /// forbids answering (errors, and IQ results).
+    pub fn bounce(&self, cond: StanzaCondition, text: Option<&str>) -> Option<Envelope> {
+        let ty = self.stanza.type_();
+        if ty.as_deref() == Some("error") {
+            return None;
+        }
+        if self.kind() == StanzaKind::Iq && ty.as_deref() == Some("result") {
+            return None;
+        }
+        let from = self.from.to_string();
+        let to = self.to.to_string();
+        let bytes = error_reply(
+            self.stanza.name(),
+            self.stanza.id().as_deref(),
+            Some(&from),
+            Some(&to),
+            cond,
+            text,
+        );
+        let stanza = Stanza::parse(bytes).ok()?;
+        Some(Envelope::new(stanza, self.to.clone(), self.from.clone()))
+    }
+}
+
+struct Inner {
+    shards: Vec<ActorRef<Shard>>,
+    domains: Vec<String>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// Cheap-to-clone handle on the shards.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+/// What every shard shares.
+pub struct ShardContext {
+    pub router: Router,
+    pub store: Arc<dyn Store>,
+    pub writer: StoreWriter,
+    pub metrics: Arc<Metrics>,
+    pub domains: Vec<String>,
+}
+
+impl Router {
+    /// Spawns `n` shards.
+    pub fn start(
+        n: usize,
+        domains: Vec<String>,
+        store: Arc<dyn Store>,
+        writer: StoreWriter,
+        metrics: Arc<Metrics>,
+    ) -> Router {
+        let n = n.max(1);
+        let prepared: Vec<_> = (0..n)
+            .map(|_| Shard::prepare_with_mailbox(kameo::mailbox::bounded(SHARD_MAILBOX)))
+            .collect();
+        let router = Router {
+            inner: Arc::new(Inner {
+                shards: prepared.iter().map(|p| p.actor_ref().clone()).collect(),
+                domains: domains.clone(),
+                hasher: Default::default(),
+            }),
+        };
+        for (i, p) in prepared.into_iter().enumerate() {
+            let ctx = Arc::new(ShardContext {
+                router: router.clone(),
+                store: store.clone(),
+                writer: writer.clone(),
+                metrics: metrics.clone(),
+                domains: domains.clone(),
+            });
+            p.spawn((i, ctx));
+        }
+        router
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.inner.domains.iter().any(|d| d == domain)
+    }
+
+    pub fn shard_index(&self, bare: &BareJid) -> usize {
+        let mut h = self.inner.hasher.build_hasher();
+        bare.as_str().hash(&mut h);
+        (h.finish() % self.inner.shards.len() as u64) as usize
+    }
+
+    pub fn shard(&self, bare: &BareJid) -> &ActorRef<Shard> {
+        &self.inner.shards[self.shard_index(bare)]
+    }
+
+    pub fn shards(&self) -> &[ActorRef<Shard>] {
+        &self.inner.shards
+    }
+
+    /// Closes every bound session, then stops the shards.
+    pub async fn shutdown(&self) {
+        for s in &self.inner.shards {
+            let _ = s.ask(Shutdown).await;
+        }
+        for s in &self.inner.shards {
+            let _ = s.stop_gracefully().await;
+        }
+        for s in &self.inner.shards {
+            s.wait_for_shutdown().await;
+        }
+    }
+
+    /// Routes from a session: waits for mailbox space, which is the
+    /// backpressure that slows a fast sender down to what shards can take.
+    pub async fn route(&self, env: Envelope) {
+        if let Some(env) = self.remote_or_local(env) {
+            let shard = self.shard(env.to.bare()).clone();
+            let _ = shard.tell(Deliver(env)).await;
+        }
+    }
+
+    /// Routes from inside a shard: never waits, so shards can never wait on
+    /// each other in a cycle. A full mailbox hands the send to a task.
+    pub fn route_nowait(&self, env: Envelope) {
+        if let Some(env) = self.remote_or_local(env) {
+            let shard = self.shard(env.to.bare()).clone();
+            Self::to_shard(shard, Deliver(env));
+        }
+    }
+
+    fn to_shard<M>(shard: ActorRef<Shard>, msg: M)
+    where
+        Shard: kameo::message::Message<M>,
+        M: Send + 'static,
+    {
+        match shard.tell(msg).try_send() {
+            Ok(()) => {}
+            Err(SendError::MailboxFull(m)) => {
+                tokio::spawn(async move {
+                    let _ = shard.tell(m).await;
+                });
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Local targets come back for delivery; anything else is answered
+    /// here. Federation arrives with the s2s module; until then a remote
+    /// domain is unreachable.
+    fn remote_or_local(&self, env: Envelope) -> Option<Envelope> {
+        if self.is_local_domain(env.to.domain()) {
+            if env.to.bare().is_domain() {
+                // Addressed to the server itself from another shard (e.g. a
+                // bounce to a server JID): nothing to deliver to.
+                return None;
+            }
+            return Some(env);
+        }
+        if let Some(b) = env.bounce(StanzaCondition::RemoteServerNotFound, None) {
+            self.route_nowait(b);
+        }
+        None
+    }
+}

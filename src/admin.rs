@@ -1,0 +1,79 @@
+//! Account administration, shared by the CLI (daemon stopped: it opens the
+//! store itself) and the control socket (daemon running: it owns the store).
+
+use crate::jid::BareJid;
+use crate::storage::{Store, StoreError};
+use crate::stream::scram::{Credentials, DEFAULT_ITERATIONS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}: not a valid JID: {1}")]
+    BadJid(String, crate::jid::JidError),
+    #[error("{0}: a user JID needs a localpart (user@domain)")]
+    NoLocal(String),
+    #[error("{jid}: this server does not serve the domain {domain} (served: {served})")]
+    ForeignDomain { jid: String, domain: String, served: String },
+    #[error("{0}: the user already exists")]
+    Exists(String),
+    #[error("{0}: no such user")]
+    NotFound(String),
+    #[error("the password must not be empty")]
+    EmptyPassword,
+    #[error("password: {0}")]
+    Password(String),
+    #[error("storage: {0}")]
+    Store(StoreError),
+}
+
+/// Parses a user JID and checks that its domain is one we serve.
+pub fn user_jid(s: &str, domains: &[String]) -> Result<BareJid, AdminError> {
+    let jid = BareJid::parse(s).map_err(|e| AdminError::BadJid(s.to_string(), e))?;
+    if jid.local().is_none() {
+        return Err(AdminError::NoLocal(s.to_string()));
+    }
+    if !domains.iter().any(|d| d == jid.domain()) {
+        return Err(AdminError::ForeignDomain {
+            jid: s.to_string(),
+            domain: jid.domain().to_string(),
+            served: domains.join(", "),
+        });
+    }
+    Ok(jid)
+}
+
+fn credentials(password: &str) -> Result<Credentials, AdminError> {
+    if password.is_empty() {
+        return Err(AdminError::EmptyPassword);
+    }
+    Credentials::from_password(password, DEFAULT_ITERATIONS).map_err(|e| AdminError::Password(e.to_string()))
+}
+
+pub fn add_user(store: &dyn Store, jid: &BareJid, password: &str) -> Result<(), AdminError> {
+    let creds = credentials(password)?;
+    store.create_account(jid, &creds).map_err(|e| match e {
+        StoreError::AlreadyExists => AdminError::Exists(jid.to_string()),
+        e => AdminError::Store(e),
+    })
+}
+
+pub fn set_password(store: &dyn Store, jid: &BareJid, password: &str) -> Result<(), AdminError> {
+    let creds = credentials(password)?;
+    store.set_credentials(jid, &creds).map_err(|e| match e {
+        StoreError::NotFound => AdminError::NotFound(jid.to_string()),
+        e => AdminError::Store(e),
+    })
+}
+
+pub fn remove_user(store: &dyn Store, jid: &BareJid) -> Result<(), AdminError> {
+    store.remove_account(jid).map_err(|e| match e {
+        StoreError::NotFound => AdminError::NotFound(jid.to_string()),
+        e => AdminError::Store(e),
+    })
+}
+
+pub fn list_users(store: &dyn Store) -> Result<Vec<String>, AdminError> {
+    store
+        .list_accounts()
+        .map(|v| v.into_iter().map(|j| j.to_string()).collect())
+        .map_err(AdminError::Store)
+}

@@ -1,0 +1,154 @@
+//! The control socket: a Unix socket in the data directory through which
+//! `fedrouter user …` (and later `reload`, `partners`) talk to a running
+//! daemon, the way prosodyctl and ejabberdctl do. The store is opened by
+//! one process only, so while the daemon runs every admin command goes
+//! through here.
+//!
+//! Protocol: one request line per connection, words separated by spaces,
+//! passwords base64-encoded; the answer is `ok` or `error`, then text lines.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::admin;
+use crate::storage::Store;
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 4096;
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("control.sock")
+}
+
+/// Binds the socket, replacing a stale file from a daemon that died, but
+/// refusing to steal the socket of one that is running.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another fedrouter is running with this data directory",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+pub struct ControlContext {
+    pub store: Arc<dyn Store>,
+    pub domains: Vec<String>,
+}
+
+pub async fn serve(listener: UnixListener, ctx: ControlContext) {
+    let ctx = Arc::new(ctx);
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(30), handle(sock, ctx)).await;
+        });
+    }
+}
+
+async fn handle(sock: UnixStream, ctx: Arc<ControlContext>) -> std::io::Result<()> {
+    let (rd, mut wr) = sock.into_split();
+    let mut rd = tokio::io::BufReader::new(rd).take(MAX_LINE as u64);
+    let mut line = String::new();
+    rd.read_line(&mut line).await?;
+    let ctx2 = ctx.clone();
+    let answer = tokio::task::spawn_blocking(move || execute(line.trim_end(), &ctx2))
+        .await
+        .unwrap_or_else(|e| Err(format!("internal error: {e}")));
+    let text = match answer {
+        Ok(body) => format!("ok\n{body}"),
+        Err(msg) => format!("error\n{msg}\n"),
+    };
+    wr.write_all(text.as_bytes()).await?;
+    wr.shutdown().await
+}
+
+fn password_arg(w: Option<&str>) -> Result<String, String> {
+    let raw = B64.decode(w.unwrap_or_default()).map_err(|_| "bad password encoding".to_string())?;
+    String::from_utf8(raw).map_err(|_| "the password is not UTF-8".to_string())
+}
+
+fn execute(line: &str, ctx: &ControlContext) -> Result<String, String> {
+    let mut w = line.split(' ');
+    let store = &*ctx.store;
+    let jid = |s: Option<&str>| admin::user_jid(s.unwrap_or_default(), &ctx.domains).map_err(|e| e.to_string());
+    match w.next().unwrap_or_default() {
+        "user-add" => {
+            let j = jid(w.next())?;
+            let p = password_arg(w.next())?;
+            admin::add_user(store, &j, &p).map_err(|e| e.to_string())?;
+            Ok(format!("added {j}\n"))
+        }
+        "user-passwd" => {
+            let j = jid(w.next())?;
+            let p = password_arg(w.next())?;
+            admin::set_password(store, &j, &p).map_err(|e| e.to_string())?;
+            Ok(format!("password changed for {j}\n"))
+        }
+        "user-remove" => {
+            let j = jid(w.next())?;
+            admin::remove_user(store, &j).map_err(|e| e.to_string())?;
+            Ok(format!("removed {j}\n"))
+        }
+        "user-list" => {
+            let users = admin::list_users(store).map_err(|e| e.to_string())?;
+            Ok(users.iter().map(|u| format!("{u}\n")).collect())
+        }
+        "ping" => Ok("pong\n".into()),
+        other => Err(format!("unknown command {other:?}")),
+    }
+}
+
+/// Client side, for the CLI: `Ok(None)` when no daemon is listening.
+pub fn request(data_dir: &Path, words: &[&str]) -> std::io::Result<Option<Result<String, String>>> {
+    let path = socket_path(data_dir);
+    let mut sock = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    sock.set_read_timeout(Some(Duration::from_secs(60)))?;
+    sock.write_all(format!("{}\n", words.join(" ")).as_bytes())?;
+    let mut rd = BufReader::new(sock);
+    let mut status = String::new();
+    rd.read_line(&mut status)?;
+    let mut body = String::new();
+    for l in rd.lines() {
+        body.push_str(&l?);
+        body.push('\n');
+    }
+    Ok(Some(match status.trim() {
+        "ok" => Ok(body),
+        _ => Err(body.trim_end().to_string()),
+    }))
+}
+
+/// Encodes a password for the request line.
+pub fn encode_password(p: &str) -> String {
+    B64.encode(p.as_bytes())
+}

@@ -1,0 +1,437 @@
+//! Client-to-server stream negotiation as a sans-IO state machine:
+//! stream header → STARTTLS → SASL (SCRAM-SHA-256, SCRAM-SHA-1, PLAIN over
+//! TLS) → stream restart → resource binding. It takes [`Input`]s and returns
+//! [`Action`]s; the session actor performs them. No sockets, no clock, so
+//! every branch — the hostile ones too — is tested in milliseconds.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::error::{StreamCondition, StreamError};
+use crate::jid::{BareJid, FullJid};
+use crate::storage::Store;
+use crate::stream::scram::{Credentials, ScramHash, ScramServer, ScramServerFinal};
+use crate::xml::element::Element;
+use crate::xml::escape::{escape_attr, escape_text};
+use crate::xml::{NS_CLIENT, NS_STREAMS, Stanza, StanzaKind, StreamHeader};
+
+pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+
+/// Failed SASL attempts allowed on one stream before it is closed.
+const MAX_AUTH_FAILURES: u32 = 3;
+
+/// Where accounts' credentials come from.
+pub trait CredentialSource {
+    fn lookup(&self, user: &BareJid) -> Option<Credentials>;
+}
+
+impl<S: Store + ?Sized> CredentialSource for S {
+    fn lookup(&self, user: &BareJid) -> Option<Credentials> {
+        self.credentials(user).ok().flatten()
+    }
+}
+
+#[derive(Debug)]
+pub enum Input<'a> {
+    StreamOpen(&'a StreamHeader),
+    Element(&'a Stanza),
+    /// The TLS handshake the machine asked for has completed.
+    TlsEstablished,
+    /// The answer to [`Action::Bind`].
+    Bound(Result<FullJid, BindFailure>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindFailure {
+    BadResource,
+    Internal,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Send(String),
+    /// `<proceed/>` has been queued: flush it, check nothing more was
+    /// received, then run the TLS handshake and report `TlsEstablished`.
+    StartTls,
+    /// SASL succeeded: the client restarts the stream on the same
+    /// transport; expect a new header (the framer is reset).
+    RestartStream,
+    Authenticated(BareJid),
+    /// Bind a resource (the shard decides the final one).
+    Bind { requested: Option<String>, iq_id: String },
+    /// Negotiation is complete: the session is live.
+    Established(FullJid),
+    /// A SASL attempt failed (counted; the failure is already in a `Send`).
+    AuthFailed,
+    /// Send this stream error and close.
+    Fail(StreamError),
+}
+
+#[derive(Debug)]
+enum State {
+    /// Waiting for the (first or restarted) stream header.
+    ExpectHeader,
+    /// Header received, features sent.
+    Features,
+    /// SCRAM: server-first sent, waiting for client-final.
+    ScramFinal(Box<ScramServerFinal>, BareJid),
+    /// An `<auth/>` without initial response: waiting for client-first.
+    ScramFirst(ScramHash),
+    /// Waiting for the shard to bind.
+    Binding,
+    Established,
+    Closed,
+}
+
+/// Settings the machine needs from configuration.
+#[derive(Debug, Clone)]
+pub struct C2sPolicy {
+    pub domains: Vec<String>,
+    pub require_tls: bool,
+    pub tls_available: bool,
+}
+
+pub struct C2sNegotiation {
+    policy: C2sPolicy,
+    state: State,
+    tls: bool,
+    user: Option<BareJid>,
+    domain: Option<String>,
+    stream_id: String,
+    failures: u32,
+}
+
+impl C2sNegotiation {
+    pub fn new(policy: C2sPolicy, stream_id: String) -> Self {
+        C2sNegotiation {
+            policy,
+            state: State::ExpectHeader,
+            tls: false,
+            user: None,
+            domain: None,
+            stream_id,
+            failures: 0,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.user.is_some()
+    }
+
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established)
+    }
+
+    pub fn user(&self) -> Option<&BareJid> {
+        self.user.as_ref()
+    }
+
+    pub fn domain(&self) -> Option<&str> {
+        self.domain.as_deref()
+    }
+
+    fn fail(&mut self, cond: StreamCondition, text: &str) -> Vec<Action> {
+        self.state = State::Closed;
+        vec![Action::Fail(StreamError::with_text(cond, text))]
+    }
+
+    pub fn handle(&mut self, input: Input<'_>, creds: &dyn CredentialSource) -> Vec<Action> {
+        match input {
+            Input::StreamOpen(h) => self.on_header(h),
+            Input::TlsEstablished => {
+                self.tls = true;
+                self.state = State::ExpectHeader;
+                Vec::new()
+            }
+            Input::Element(s) => self.on_element(s, creds),
+            Input::Bound(r) => self.on_bound(r),
+        }
+    }
+
+    /// The stream header we answer with.
+    fn header(&self, domain: &str) -> String {
+        format!(
+            "<?xml version='1.0'?><stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}' \
+             id='{}' from='{}' version='1.0' xml:lang='en'>",
+            escape_attr(&self.stream_id),
+            escape_attr(domain)
+        )
+    }
+
+    fn on_header(&mut self, h: &StreamHeader) -> Vec<Action> {
+        if !matches!(self.state, State::ExpectHeader) {
+            return self.fail(StreamCondition::BadFormat, "unexpected stream header");
+        }
+        let to = h.to.as_deref().map(|t| t.trim_end_matches('.').to_ascii_lowercase());
+        let domain = match to {
+            Some(t) if self.policy.domains.iter().any(|d| *d == t) => t,
+            Some(_) | None => {
+                // RFC 6120 §4.9.3.6: answer with a header first, then the error.
+                let d = self.policy.domains.first().cloned().unwrap_or_default();
+                let mut out = vec![Action::Send(self.header(&d))];
+                out.extend(self.fail(StreamCondition::HostUnknown, "this server does not serve that domain"));
+                return out;
+            }
+        };
+        if let Some(prev) = &self.domain {
+            if *prev != domain {
+                return self.fail(StreamCondition::HostUnknown, "the domain changed on restart");
+            }
+        }
+        let mut out = vec![Action::Send(self.header(&domain))];
+        self.domain = Some(domain);
+        if h.version.as_deref().map(|v| v.split('.').next() != Some("1")).unwrap_or(true) {
+            out.extend(self.fail(StreamCondition::UnsupportedVersion, "XMPP 1.0 is required"));
+            return out;
+        }
+        out.push(Action::Send(self.features()));
+        self.state = State::Features;
+        out
+    }
+
+    fn features(&self) -> String {
+        let mut f = String::from("<stream:features>");
+        if self.user.is_some() {
+            f.push_str(&format!(
+                "<bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session>"
+            ));
+        } else {
+            if !self.tls && self.policy.tls_available {
+                f.push_str(&format!("<starttls xmlns='{NS_TLS}'>"));
+                if self.policy.require_tls {
+                    f.push_str("<required/>");
+                }
+                f.push_str("</starttls>");
+            }
+            if self.tls || !self.policy.require_tls {
+                f.push_str(&format!(
+                    "<mechanisms xmlns='{NS_SASL}'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>"
+                ));
+                if self.tls {
+                    f.push_str("<mechanism>PLAIN</mechanism>");
+                }
+                f.push_str("</mechanisms>");
+            }
+        }
+        f.push_str("</stream:features>");
+        f
+    }
+
+    fn on_element(&mut self, s: &Stanza, creds: &dyn CredentialSource) -> Vec<Action> {
+        if matches!(self.state, State::Established | State::Closed) {
+            return Vec::new();
+        }
+        if matches!(self.state, State::ExpectHeader) {
+            return self.fail(StreamCondition::NotWellFormed, "stanza before the stream header");
+        }
+        let Ok(el) = Element::parse(s.bytes(), NS_CLIENT, &[("stream", NS_STREAMS)]) else {
+            return self.fail(StreamCondition::NotWellFormed, "cannot parse element");
+        };
+        if el.ns == NS_TLS && el.name == "starttls" {
+            if self.tls || !self.policy.tls_available || self.user.is_some() {
+                self.state = State::Closed;
+                return vec![
+                    Action::Send(format!("<failure xmlns='{NS_TLS}'/>")),
+                    Action::Fail(StreamError::with_text(StreamCondition::PolicyViolation, "STARTTLS not allowed now")),
+                ];
+            }
+            return vec![Action::Send(format!("<proceed xmlns='{NS_TLS}'/>")), Action::StartTls];
+        }
+        let is_stanza = matches!(s.kind(), StanzaKind::Message | StanzaKind::Presence | StanzaKind::Iq);
+        if is_stanza && self.user.is_none() {
+            // RFC 6120 §8.1.1: no stanzas before the stream is authenticated.
+            return self.fail(StreamCondition::NotAuthorized, "authenticate first");
+        }
+        if self.user.is_none() && !self.tls && self.policy.require_tls {
+            return self.fail(StreamCondition::PolicyViolation, "STARTTLS is required first");
+        }
+        if el.ns == NS_SASL {
+            if self.user.is_some() {
+                return self.fail(StreamCondition::PolicyViolation, "already authenticated");
+            }
+            return self.on_sasl(&el, creds);
+        }
+        if is_stanza {
+            if s.kind() == StanzaKind::Iq && matches!(self.state, State::Features) {
+                if let Some(bind) = el.child("bind", NS_BIND) {
+                    if el.attr("type") != Some("set") {
+                        return vec![Action::Send(iq_error(&el, "bad-request", "modify"))];
+                    }
+                    let requested = bind.child("resource", NS_BIND).map(|r| r.text());
+                    self.state = State::Binding;
+                    return vec![Action::Bind {
+                        requested,
+                        iq_id: el.attr("id").unwrap_or_default().to_string(),
+                    }];
+                }
+            }
+            return self.fail(StreamCondition::NotAuthorized, "bind a resource first");
+        }
+        self.fail(StreamCondition::UnsupportedStanzaType, "unexpected element during negotiation")
+    }
+
+    fn sasl_failure(&mut self, condition: &str) -> Vec<Action> {
+        self.failures += 1;
+        self.state = State::Features;
+        let mut out = vec![
+            Action::Send(format!("<failure xmlns='{NS_SASL}'><{condition}/></failure>")),
+            Action::AuthFailed,
+        ];
+        if self.failures >= MAX_AUTH_FAILURES {
+            out.extend(self.fail(StreamCondition::PolicyViolation, "too many failed authentication attempts"));
+        }
+        out
+    }
+
+    fn user_jid(&self, username: &str) -> Option<BareJid> {
+        BareJid::from_parts(Some(username), self.domain.as_deref()?).ok()
+    }
+
+    fn on_sasl(&mut self, el: &Element, creds: &dyn CredentialSource) -> Vec<Action> {
+        let payload = || -> Result<Vec<u8>, ()> {
+            let t = el.text();
+            let t = t.trim();
+            if t.is_empty() || t == "=" {
+                return Ok(Vec::new());
+            }
+            B64.decode(t).map_err(|_| ())
+        };
+        match (el.name.as_str(), std::mem::replace(&mut self.state, State::Features)) {
+            ("abort", _) => self.sasl_failure("aborted"),
+            ("auth", State::Features) => {
+                let Ok(data) = payload() else {
+                    return self.sasl_failure("incorrect-encoding");
+                };
+                let mech = el.attr("mechanism").unwrap_or_default();
+                if mech == "PLAIN" {
+                    if !self.tls {
+                        return self.sasl_failure("encryption-required");
+                    }
+                    return self.plain(&data, creds);
+                }
+                let Some(hash) = ScramHash::from_mechanism(mech) else {
+                    return self.sasl_failure("invalid-mechanism");
+                };
+                if data.is_empty() {
+                    self.state = State::ScramFirst(hash);
+                    return vec![Action::Send(format!("<challenge xmlns='{NS_SASL}'/>"))];
+                }
+                self.scram_first(hash, &data, creds)
+            }
+            ("response", State::ScramFirst(hash)) => {
+                let Ok(data) = payload() else {
+                    return self.sasl_failure("incorrect-encoding");
+                };
+                self.scram_first(hash, &data, creds)
+            }
+            ("response", State::ScramFinal(server, user)) => {
+                let Ok(data) = payload() else {
+                    return self.sasl_failure("incorrect-encoding");
+                };
+                match server.finish(&data) {
+                    Ok(server_final) => self.success(user, Some(server_final)),
+                    Err(e) => self.sasl_failure(e.sasl_condition()),
+                }
+            }
+            (_, _) => self.sasl_failure("malformed-request"),
+        }
+    }
+
+    fn scram_first(&mut self, hash: ScramHash, data: &[u8], creds: &dyn CredentialSource) -> Vec<Action> {
+        let (awaiting, username, authzid) = match ScramServer::start(hash, data) {
+            Ok(x) => x,
+            Err(e) => return self.sasl_failure(e.sasl_condition()),
+        };
+        let Some(user) = self.user_jid(&username) else {
+            return self.sasl_failure("not-authorized");
+        };
+        if let Some(a) = authzid.filter(|a| !a.is_empty()) {
+            if BareJid::parse(&a).ok().as_ref() != Some(&user) {
+                return self.sasl_failure("invalid-authzid");
+            }
+        }
+        let stored = creds.lookup(&user);
+        let (fin, server_first) = awaiting.server_first(stored.as_ref().map(|c| c.keys(hash)));
+        self.state = State::ScramFinal(Box::new(fin), user);
+        vec![Action::Send(format!("<challenge xmlns='{NS_SASL}'>{}</challenge>", B64.encode(server_first)))]
+    }
+
+    fn plain(&mut self, data: &[u8], creds: &dyn CredentialSource) -> Vec<Action> {
+        let mut parts = data.split(|b| *b == 0);
+        let (Some(authz), Some(authc), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return self.sasl_failure("malformed-request");
+        };
+        let (Ok(authz), Ok(authc), Ok(pass)) = (
+            std::str::from_utf8(authz),
+            std::str::from_utf8(authc),
+            std::str::from_utf8(pass),
+        ) else {
+            return self.sasl_failure("malformed-request");
+        };
+        let Some(user) = self.user_jid(authc) else {
+            return self.sasl_failure("not-authorized");
+        };
+        if !authz.is_empty() && BareJid::parse(authz).ok().as_ref() != Some(&user) {
+            return self.sasl_failure("invalid-authzid");
+        }
+        match creds.lookup(&user) {
+            Some(c) if c.verify_plain(pass) => self.success(user, None),
+            _ => self.sasl_failure("not-authorized"),
+        }
+    }
+
+    fn success(&mut self, user: BareJid, additional: Option<Vec<u8>>) -> Vec<Action> {
+        self.user = Some(user.clone());
+        self.state = State::ExpectHeader;
+        let body = match additional {
+            Some(d) => format!("<success xmlns='{NS_SASL}'>{}</success>", B64.encode(d)),
+            None => format!("<success xmlns='{NS_SASL}'/>"),
+        };
+        vec![Action::Send(body), Action::Authenticated(user), Action::RestartStream]
+    }
+
+    fn on_bound(&mut self, r: Result<FullJid, BindFailure>) -> Vec<Action> {
+        // The iq id travels with the actor; the machine only needs the outcome.
+        match r {
+            Ok(jid) => {
+                self.state = State::Established;
+                vec![Action::Established(jid)]
+            }
+            Err(_) => {
+                self.state = State::Features;
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// The result of a successful bind.
+pub fn bind_result(iq_id: &str, jid: &FullJid) -> String {
+    format!(
+        "<iq type='result' id='{}'><bind xmlns='{NS_BIND}'><jid>{}</jid></bind></iq>",
+        escape_attr(iq_id),
+        escape_text(&jid.to_string())
+    )
+}
+
+/// An IQ error answering `el` during negotiation.
+pub fn iq_error(el: &Element, condition: &str, ty: &str) -> String {
+    format!(
+        "<iq type='error' id='{}'><error type='{ty}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+        escape_attr(el.attr("id").unwrap_or_default())
+    )
+}
+
+pub fn bind_error(iq_id: &str, condition: &str, ty: &str) -> String {
+    format!(
+        "<iq type='error' id='{}'><error type='{ty}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+        escape_attr(iq_id)
+    )
+}

@@ -1,0 +1,134 @@
+//! Test harness: the real daemon on loopback ports with real TLS, in a
+//! temporary data directory, and clients that speak XMPP over sockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fedrouter::client::{Client, ClientConfig, ClientError, Connection};
+use fedrouter::config::Config;
+use fedrouter::xml::Stanza;
+use fedrouter::{Daemon, admin};
+
+pub const DOMAIN: &str = "localhost";
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub daemon: Daemon,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with("").await
+    }
+
+    /// Starts with extra TOML appended to the base test configuration.
+    pub async fn start_with(extra: &str) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "[server]\ndomains = [\"{DOMAIN}\"]\ndata_dir = \"{}\"\nworkers = 2\n\
+             [c2s]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            dir.path().join("data").display()
+        );
+        let path = dir.path().join("fedrouter.toml");
+        std::fs::write(&path, &text).expect("write config");
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("test config: {e}"));
+        let daemon = fedrouter::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
+        TestServer { daemon, dir }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.daemon.c2s_addrs[0]
+    }
+
+    pub fn add_user(&self, local: &str, password: &str) {
+        let jid = admin::user_jid(&format!("{local}@{DOMAIN}"), &[DOMAIN.to_string()]).unwrap();
+        admin::add_user(&*self.daemon.store, &jid, password).unwrap();
+    }
+
+    pub fn config(&self, local: &str, password: &str) -> ClientConfig {
+        let mut c = ClientConfig::new(self.addr(), &format!("{local}@{DOMAIN}"), password);
+        c.timeout = TIMEOUT;
+        c
+    }
+
+    pub async fn client(&self, local: &str, password: &str) -> Client {
+        Client::connect(&self.config(local, password))
+            .await
+            .unwrap_or_else(|e| panic!("{local} could not sign in: {e}"))
+    }
+
+    pub async fn client_with_resource(&self, local: &str, password: &str, resource: &str) -> Client {
+        let mut c = self.config(local, password);
+        c.resource = Some(resource.to_string());
+        Client::connect(&c)
+            .await
+            .unwrap_or_else(|e| panic!("{local}/{resource} could not sign in: {e}"))
+    }
+
+    /// A raw TCP connection to the c2s port, for hostile input.
+    pub async fn raw(&self) -> Connection {
+        Connection::tcp(self.addr(), TIMEOUT).await.expect("connect")
+    }
+
+    pub async fn scrape(&self) -> String {
+        let addr = self.daemon.metrics_addr.expect("metrics enabled");
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics connect");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+}
+
+/// The value of one metric series in a Prometheus text exposition
+/// (`name{labels}` exactly as rendered, labels in any order).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (n, l) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            continue;
+        }
+        if labels.iter().all(|(k, v)| l.split(',').any(|kv| kv == format!("{k}=\"{v}\""))) {
+            return value.parse().unwrap_or(f64::NAN);
+        }
+    }
+    0.0
+}
+
+pub fn text(s: &Stanza) -> String {
+    String::from_utf8_lossy(s.bytes()).into_owned()
+}
+
+/// The text of the first `<body>` in a stanza.
+pub fn body(s: &Stanza) -> Option<String> {
+    let el = fedrouter::xml::element::Element::parse(s.bytes(), fedrouter::xml::NS_CLIENT, &[]).ok()?;
+    el.child("body", fedrouter::xml::NS_CLIENT).map(|b| b.text())
+}
+
+pub fn is_presence_from(s: &Stanza, from_prefix: &str, ty: Option<&str>) -> bool {
+    s.name() == "presence"
+        && s.from().is_some_and(|f| f.starts_with(from_prefix))
+        && s.type_().as_deref() == ty
+}
+
+/// Waits for a stanza matching `pred`, skipping others.
+pub async fn expect(c: &mut Client, what: &str, pred: impl FnMut(&Stanza) -> bool) -> Stanza {
+    match c.recv_until(pred).await {
+        Ok(s) => s,
+        Err(e) => panic!("waiting for {what}: {e}"),
+    }
+}
+
+pub fn is_closed(e: &ClientError) -> bool {
+    matches!(e, ClientError::Closed | ClientError::Io(_))
+}
