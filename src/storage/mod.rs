@@ -19,9 +19,11 @@ use crate::stream::scram::Credentials;
 
 mod mem;
 mod redb_store;
+mod writer;
 
 pub use mem::MemStore;
 pub use redb_store::{FILE_NAME as REDB_FILE_NAME, RedbStore};
+pub use writer::{MAX_BATCH_OPS, StoreWriter};
 
 /// Offline messages kept per user; beyond it [`WriteOp::PushOffline`] is
 /// refused with [`StoreError::QuotaExceeded`] (the caller bounces the stanza
