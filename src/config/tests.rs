@@ -702,6 +702,29 @@ fn load_or_default_with_a_cli_path_loads_that_file() {
 }
 
 #[test]
+fn the_shipped_example_parses_and_validates() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fedrouter.toml");
+    let c = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(c.server.domains, ["example.org"]);
+    assert!(
+        c.tls
+            .certificates
+            .iter()
+            .all(|cert| cert.cert.starts_with("/etc/fedrouter/"))
+    );
+    assert!(!c.tls.certificates.is_empty());
+    // The example spells out the defaults, so apart from what it must
+    // change it is the embedded default.
+    assert_eq!(c.gateway, GatewayConfig::default());
+    assert_eq!(c.c2s, Config::default_embedded().c2s);
+    assert_eq!(c.metrics, Config::default_embedded().metrics);
+    assert_eq!(c.log, Config::default_embedded().log);
+}
+
+#[test]
 fn parents_walks_up_a_dotted_path() {
     let p: Vec<&str> = parents("tls.certificate[1].cert").collect();
     assert_eq!(p, ["tls.certificate[1]", "tls.certificate", "tls"]);
