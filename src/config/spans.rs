@@ -72,12 +72,19 @@ impl<'a> DocIndex<'a> {
         }
     }
 
-    /// 1-based line and column (in characters) of a byte offset.
-    pub(super) fn position(&self, offset: usize) -> (usize, usize) {
+    /// `offset` clamped to the text and moved back to a char boundary, so
+    /// a span from any source can be used to slice the text.
+    fn floor(&self, offset: usize) -> usize {
         let mut offset = offset.min(self.text.len());
         while !self.text.is_char_boundary(offset) {
             offset -= 1;
         }
+        offset
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub(super) fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = self.floor(offset);
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -118,7 +125,7 @@ impl<'a> DocIndex<'a> {
         if let Some(path) = self.path_at(span) {
             return Some(path.to_owned());
         }
-        let offset = span.start.min(self.text.len());
+        let offset = self.floor(span.start);
         let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
         let line_end = self.text[offset..]
             .find('\n')

@@ -330,6 +330,15 @@ fn a_toml_syntax_error_names_its_line() {
 }
 
 #[test]
+fn columns_count_characters_not_bytes() {
+    let e = error("# café\n[server]\ndomains = [\"é.example\", \"ü ü\"]\n");
+    assert_eq!((e.line(), e.column()), (Some(3), Some(25)), "{e}");
+    let e = error("[server]\ndomains = [\"é\" \"ü\"]\n");
+    assert_eq!(e.kind(), ConfigErrorKind::Syntax, "{e}");
+    assert_eq!(e.line(), Some(2), "{e}");
+}
+
+#[test]
 fn errors_in_text_without_a_file_say_config() {
     let e = Config::from_toml_str("nope = 1", None).expect_err("unknown key");
     assert_eq!(e.file(), None);
