@@ -482,7 +482,7 @@ fn a_repeated_or_shared_listen_address_is_refused() {
         ConfigErrorKind::Invalid,
         4,
         "metrics.listen",
-        "also c2s.listen[0]",
+        "both metrics.listen and c2s.listen[0]",
     );
 }
 
@@ -597,14 +597,17 @@ fn a_bad_log_level_is_refused() {
 }
 
 #[test]
-fn a_semantic_error_on_a_default_points_at_the_nearest_table() {
-    // `domains` is not written: the default "localhost" fails the check,
-    // and the error points at the certificate table it is about.
-    let e = error(
-        "[tls]\n\n[[tls.certificate]]\ndomain = \"example.org\"\ncert = \"c\"\nkey = \"k\"\n",
+fn a_semantic_error_on_a_default_points_at_the_key_that_is_written() {
+    // metrics.listen keeps its default and c2s.listen takes the same
+    // address: the error points at the line the operator wrote.
+    let e = error("[c2s]\nlisten = [\"127.0.0.1:9269\"]\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        2,
+        "c2s.listen[0]",
+        "`127.0.0.1:9269` is both metrics.listen and c2s.listen[0]",
     );
-    assert_eq!(e.key(), Some("tls.certificate[0].domain"));
-    assert_eq!(e.line(), Some(4));
 }
 
 // ---- paths and files ----

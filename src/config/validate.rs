@@ -284,10 +284,10 @@ fn metrics(raw: RawMetrics, c2s: &C2sConfig) -> Result<MetricsConfig, Invalid> {
     if addr.port() != 0
         && let Some(i) = c2s.listen.iter().position(|a| *a == addr)
     {
-        return Err(invalid(
-            "metrics.listen",
-            format!("`{addr}` is also c2s.listen[{i}]"),
-        ));
+        return Err(Invalid {
+            keys: vec!["metrics.listen".into(), format!("c2s.listen[{i}]")],
+            message: format!("`{addr}` is both metrics.listen and c2s.listen[{i}]"),
+        });
     }
     Ok(MetricsConfig { listen: Some(addr) })
 }
