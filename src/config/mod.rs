@@ -1,1 +1,342 @@
-//! (in progress)
+//! The daemon's configuration: the TOML model, its defaults, and its
+//! validation, with every error naming file, line, column and dotted key.
+//!
+//! This module owns reading and checking the configuration text. It does
+//! not open certificate files, bind sockets, or generate the dialback
+//! secret: those belong to the daemon at start, which is handed a
+//! [`Config`] whose values are already normalised (lower-case domains,
+//! paths resolved against the config file's directory, worker count never 0).
+//!
+//! Loading goes text → spanned document ([`toml::de::DeTable`]) → raw serde
+//! structs (`raw.rs`) → checked [`Config`] (`validate.rs`); the spanned
+//! document is kept to place serde and validation errors (`spans.rs`).
+//! The key names are the product's public interface; `config/REFERENCE.md`
+//! documents them and `config/fedrouter.toml` is a complete example.
+
+mod error;
+mod raw;
+mod spans;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use error::{ConfigError, ConfigErrorKind};
+
+use spans::DocIndex;
+use validate::Invalid;
+
+/// The environment variable naming the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "FEDROUTER_CONFIG";
+
+/// Default values, in one place (the serde defaults and the reference use these).
+pub mod defaults {
+    pub const DOMAINS: &[&str] = &["localhost"];
+    pub const DATA_DIR: &str = "data";
+    /// 0 = one router shard per core.
+    pub const WORKERS: usize = 0;
+    pub const C2S_LISTEN: &[&str] = &["127.0.0.1:5222"];
+    pub const C2S_REQUIRE_TLS: bool = true;
+    // Lync Set-CsXmppGatewayConfiguration defaults.
+    pub const CONNECTION_LIMIT: u32 = 1000;
+    pub const PARTNER_CONNECTION_LIMIT: u32 = 20;
+    pub const KEEP_ALIVE_INTERVAL_SECS: u32 = 300;
+    pub const STREAM_ESTABLISHMENT_TIMEOUT_SECS: u32 = 60;
+    pub const STREAM_INACTIVITY_TIMEOUT_SECS: u32 = 600;
+    pub const SUBSCRIPTION_REFRESH_INTERVAL_SECS: u32 = 28_800;
+    pub const ENABLE_LOGGING_ALL_MESSAGE_BODIES: bool = false;
+    // Lync documents no stanza limit; these are ejabberd's and Prosody's.
+    pub const MAX_STANZA_SIZE_PRE_AUTH: usize = 8 * 1024;
+    pub const MAX_STANZA_SIZE: usize = 512 * 1024;
+    /// Below this, stream headers, features and SASL exchanges stop fitting.
+    pub const MIN_STANZA_SIZE_PRE_AUTH: usize = 1024;
+    /// RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
+    pub const MIN_STANZA_SIZE: usize = 10_000;
+    pub const METRICS_LISTEN: &str = "127.0.0.1:9269";
+    pub const LOG_LEVEL: &str = "info";
+}
+
+/// The whole configuration, checked and resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub c2s: C2sConfig,
+    pub gateway: GatewayConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+    /// The file it came from; `None` for the embedded defaults or text.
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Local XMPP domains, lower-case, no duplicates, at least one.
+    pub domains: Vec<String>,
+    /// Resolved against the config file's directory: absolute, or relative
+    /// to the current directory.
+    pub data_dir: PathBuf,
+    /// Router shards; already resolved, never 0.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsConfig {
+    /// Extra trust anchors for peers (PEM), in addition to the system's.
+    pub ca_file: Option<PathBuf>,
+    /// `[[tls.certificate]]`; each domain is one of `server.domains`, at most once.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateConfig {
+    pub domain: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct C2sConfig {
+    /// May be empty (no client listener); port 0 picks a free port.
+    pub listen: Vec<SocketAddr>,
+    pub require_tls: bool,
+}
+
+/// The Lync XMPP gateway settings (`Set-CsXmppGatewayConfiguration`) plus
+/// stanza size limits. Durations and limits are never 0.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    pub connection_limit: u32,
+    pub partner_connection_limit: u32,
+    pub keep_alive_interval: Duration,
+    pub stream_establishment_timeout: Duration,
+    pub stream_inactivity_timeout: Duration,
+    pub subscription_refresh_interval: Duration,
+    /// `None`: the daemon makes a random one per start.
+    pub dialback_passphrase: Option<String>,
+    pub enable_logging_all_message_bodies: bool,
+    pub max_stanza_size_pre_auth: usize,
+    pub max_stanza_size: usize,
+}
+
+impl Default for GatewayConfig {
+    /// The Lync defaults.
+    fn default() -> Self {
+        use defaults as d;
+        GatewayConfig {
+            connection_limit: d::CONNECTION_LIMIT,
+            partner_connection_limit: d::PARTNER_CONNECTION_LIMIT,
+            keep_alive_interval: Duration::from_secs(d::KEEP_ALIVE_INTERVAL_SECS.into()),
+            stream_establishment_timeout: Duration::from_secs(
+                d::STREAM_ESTABLISHMENT_TIMEOUT_SECS.into(),
+            ),
+            stream_inactivity_timeout: Duration::from_secs(
+                d::STREAM_INACTIVITY_TIMEOUT_SECS.into(),
+            ),
+            subscription_refresh_interval: Duration::from_secs(
+                d::SUBSCRIPTION_REFRESH_INTERVAL_SECS.into(),
+            ),
+            dialback_passphrase: None,
+            enable_logging_all_message_bodies: d::ENABLE_LOGGING_ALL_MESSAGE_BODIES,
+            max_stanza_size_pre_auth: d::MAX_STANZA_SIZE_PRE_AUTH,
+            max_stanza_size: d::MAX_STANZA_SIZE,
+        }
+    }
+}
+
+/// Written by hand so the dialback secret never reaches a log line.
+impl fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("connection_limit", &self.connection_limit)
+            .field("partner_connection_limit", &self.partner_connection_limit)
+            .field("keep_alive_interval", &self.keep_alive_interval)
+            .field(
+                "stream_establishment_timeout",
+                &self.stream_establishment_timeout,
+            )
+            .field("stream_inactivity_timeout", &self.stream_inactivity_timeout)
+            .field(
+                "subscription_refresh_interval",
+                &self.subscription_refresh_interval,
+            )
+            .field(
+                "dialback_passphrase",
+                &self.dialback_passphrase.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "enable_logging_all_message_bodies",
+                &self.enable_logging_all_message_bodies,
+            )
+            .field("max_stanza_size_pre_auth", &self.max_stanza_size_pre_auth)
+            .field("max_stanza_size", &self.max_stanza_size)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Prometheus endpoint; `None` when `listen = ""` (disabled).
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A `tracing_subscriber::EnvFilter` directive list, trimmed and
+    /// checked: `EnvFilter::try_new(&level)` succeeds.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::default_embedded()
+    }
+}
+
+impl Config {
+    /// The configuration used when there is no file at all.
+    pub fn default_embedded() -> Config {
+        match validate::validate(raw::RawConfig::default(), None, None) {
+            Ok(config) => config,
+            // The defaults are constants; a unit test proves they validate.
+            Err(e) => panic!("embedded default configuration is invalid: {e:?}"),
+        }
+    }
+
+    /// Reads, parses and validates a config file. Relative paths in it are
+    /// resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            ConfigError::io(path, format!("cannot read the configuration file: {e}"))
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            ConfigError::io(
+                path,
+                format!(
+                    "the configuration file is not UTF-8 (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
+            )
+        })?;
+        Config::from_toml_str(&text, Some(path))
+    }
+
+    /// Parses and validates TOML text. `path` is where the text came from:
+    /// it names the file in errors and relative paths are resolved against
+    /// its directory (against the current directory when `None`).
+    pub fn from_toml_str(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (document, syntax_errors) = toml::de::DeTable::parse_recoverable(text);
+        let index = DocIndex::new(text, document.get_ref());
+        let place = |e: ConfigError, span: Option<std::ops::Range<usize>>, key: Option<String>| {
+            e.with_file(path)
+                .with_position(span.map(|s| index.position(s.start)))
+                .with_key(key)
+        };
+
+        if let Some(e) = syntax_errors.first() {
+            let span = e.span();
+            let key = span.as_ref().and_then(|s| index.syntax_key(s));
+            let error = ConfigError::new(ConfigErrorKind::Syntax, e.message());
+            return Err(place(error, span, key));
+        }
+
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span();
+            let mut key = span
+                .as_ref()
+                .and_then(|s| index.path_at(s))
+                .map(str::to_owned);
+            let message = e.message();
+            let kind = if message.starts_with("unknown field") {
+                ConfigErrorKind::UnknownKey
+            } else if let Some(field) = backticked(message, "missing field `") {
+                // The span is the table missing the field; name the field.
+                key = Some(spans::join_key(key.as_deref().unwrap_or(""), field));
+                ConfigErrorKind::MissingKey
+            } else {
+                ConfigErrorKind::Type
+            };
+            place(ConfigError::new(kind, tomlish(message)), span, key)
+        })?;
+
+        let base = path.map(|p| p.parent().unwrap_or(Path::new("")));
+        validate::validate(raw, base, path).map_err(|Invalid { keys, message }| {
+            let error = ConfigError::new(ConfigErrorKind::Invalid, message);
+            // The first key the document contains; else the nearest table
+            // of the first key that it contains.
+            let found = keys
+                .iter()
+                .find_map(|k| index.span_of(k).map(|s| (k.clone(), s)))
+                .or_else(|| {
+                    let first = keys.first()?;
+                    let span = parents(first).find_map(|p| index.span_of(p))?;
+                    Some((first.clone(), span))
+                });
+            match found {
+                Some((key, span)) => place(error, Some(span), Some(key)),
+                None => place(error, None, keys.into_iter().next()),
+            }
+        })
+    }
+
+    /// Which file to use: the explicit `--config` path, else the
+    /// `FEDROUTER_CONFIG` environment variable, else none (embedded defaults).
+    pub fn locate(cli: Option<&Path>) -> Option<PathBuf> {
+        locate_with(cli, std::env::var_os(CONFIG_ENV))
+    }
+
+    /// [`Config::locate`], then [`Config::load`] — or the embedded defaults
+    /// when no file is named.
+    pub fn load_or_default(cli: Option<&Path>) -> Result<Config, ConfigError> {
+        match Config::locate(cli) {
+            Some(path) => Config::load(&path),
+            None => Ok(Config::default_embedded()),
+        }
+    }
+}
+
+/// [`Config::locate`] with the environment value passed in, so it can be
+/// tested without touching the process environment. An empty variable
+/// counts as unset.
+fn locate_with(cli: Option<&Path>, env: Option<OsString>) -> Option<PathBuf> {
+    cli.map(Path::to_path_buf)
+        .or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from))
+}
+
+/// `a.b[2].c` → `a.b[2]`, `a.b`, `a`.
+fn parents(path: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(path), |p| p.rfind(['.', '[']).map(|i| &p[..i])).skip(1)
+}
+
+/// The text between `prefix` and the next backtick.
+fn backticked<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
+    message.strip_prefix(prefix)?.split('`').next()
+}
+
+/// serde speaks Rust (`usize`, `sequence`, `map`); operators read TOML.
+fn tomlish(message: &str) -> String {
+    message
+        .replace("expected usize", "expected a non-negative integer")
+        .replace("expected u64", "expected a non-negative integer")
+        .replace("expected u32", "expected an integer from 0 to 4294967295")
+        .replace("a sequence", "an array")
+        .replace("invalid type: sequence", "invalid type: array")
+        .replace("invalid type: map", "invalid type: table")
+}

@@ -1,0 +1,341 @@
+//! From the file as written to the configuration the daemon runs with:
+//! every check that serde's types cannot express, plus normalisation
+//! (lower-case domains, resolved paths, resolved worker count).
+//!
+//! Checks only look at values: no file is opened and no socket bound here;
+//! the daemon checks certificate files and addresses when it starts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{RawC2s, RawConfig, RawGateway, RawLog, RawMetrics, RawServer, RawTls};
+use super::{
+    C2sConfig, CertificateConfig, Config, GatewayConfig, LogConfig, MetricsConfig, ServerConfig,
+    TlsConfig, defaults as d,
+};
+use crate::jid::BareJid;
+
+/// A value that parsed but is not acceptable. `keys` are the dotted paths
+/// it is about, most relevant first; the error is placed at the first one
+/// the document actually contains (a check can fail on a default value,
+/// e.g. `max_stanza_size` set below the default pre-auth limit).
+#[derive(Debug)]
+pub(super) struct Invalid {
+    pub keys: Vec<String>,
+    pub message: String,
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        keys: vec![key.into()],
+        message: message.into(),
+    }
+}
+
+/// `base` is the directory relative paths are resolved against (the
+/// config file's directory), `None` for the current directory.
+pub(super) fn validate(
+    raw: RawConfig,
+    base: Option<&Path>,
+    source: Option<&Path>,
+) -> Result<Config, Invalid> {
+    let server = server(raw.server, base)?;
+    let tls = tls(raw.tls, base, &server.domains)?;
+    let c2s = c2s(raw.c2s)?;
+    let gateway = gateway(raw.gateway)?;
+    let metrics = metrics(raw.metrics, &c2s)?;
+    let log = log(raw.log)?;
+    Ok(Config {
+        server,
+        tls,
+        c2s,
+        gateway,
+        metrics,
+        log,
+        source: source.map(Path::to_path_buf),
+    })
+}
+
+fn resolve_path(base: Option<&Path>, key: &str, value: &str) -> Result<PathBuf, Invalid> {
+    if value.is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    let path = PathBuf::from(value);
+    Ok(match base {
+        Some(base) if path.is_relative() => base.join(path),
+        _ => path,
+    })
+}
+
+/// A served domain: valid as an XMPP domainpart, lower-cased, without a
+/// trailing dot.
+fn domain(key: &str, value: &str) -> Result<String, Invalid> {
+    match BareJid::from_parts(None, value) {
+        Ok(jid) => Ok(jid.as_str().to_owned()),
+        Err(e) => Err(invalid(
+            key,
+            format!("`{value}` is not a valid domain: {e}"),
+        )),
+    }
+}
+
+fn server(raw: RawServer, base: Option<&Path>) -> Result<ServerConfig, Invalid> {
+    if raw.domains.is_empty() {
+        return Err(invalid(
+            "server.domains",
+            "must list at least one domain to serve",
+        ));
+    }
+    let mut domains = Vec::with_capacity(raw.domains.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, value) in raw.domains.iter().enumerate() {
+        let key = format!("server.domains[{i}]");
+        let domain = domain(&key, value)?;
+        if let Some(first) = seen.insert(domain.clone(), i) {
+            return Err(invalid(
+                key,
+                format!("`{domain}` is listed twice (first as server.domains[{first}])"),
+            ));
+        }
+        domains.push(domain);
+    }
+    let data_dir = resolve_path(base, "server.data_dir", &raw.data_dir)?;
+    let workers = match raw.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    Ok(ServerConfig {
+        domains,
+        data_dir,
+        workers,
+    })
+}
+
+fn tls(raw: RawTls, base: Option<&Path>, domains: &[String]) -> Result<TlsConfig, Invalid> {
+    let ca_file = raw
+        .ca_file
+        .as_deref()
+        .map(|f| resolve_path(base, "tls.ca_file", f))
+        .transpose()?;
+    let mut certificates = Vec::with_capacity(raw.certificates.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, c) in raw.certificates.into_iter().enumerate() {
+        let at = |field: &str| format!("tls.certificate[{i}].{field}");
+        let domain = domain(&at("domain"), &c.domain)?;
+        if !domains.contains(&domain) {
+            return Err(invalid(
+                at("domain"),
+                format!(
+                    "`{domain}` is not one of server.domains ({})",
+                    domains.join(", ")
+                ),
+            ));
+        }
+        if let Some(first) = seen.insert(domain.clone(), i) {
+            return Err(invalid(
+                at("domain"),
+                format!(
+                    "a second certificate for `{domain}` (the first is tls.certificate[{first}])"
+                ),
+            ));
+        }
+        certificates.push(CertificateConfig {
+            cert: resolve_path(base, &at("cert"), &c.cert)?,
+            key: resolve_path(base, &at("key"), &c.key)?,
+            domain,
+        });
+    }
+    Ok(TlsConfig {
+        ca_file,
+        certificates,
+    })
+}
+
+fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, Invalid> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!(
+                "`{value}` is not a socket address: expected IP:port, \
+                 such as 127.0.0.1:5222 or [::]:5222 (host names are not resolved)"
+            ),
+        )
+    })
+}
+
+fn c2s(raw: RawC2s) -> Result<C2sConfig, Invalid> {
+    let mut listen: Vec<SocketAddr> = Vec::with_capacity(raw.listen.len());
+    for (i, value) in raw.listen.iter().enumerate() {
+        let key = format!("c2s.listen[{i}]");
+        let addr = socket_addr(&key, value)?;
+        // Port 0 asks the OS for a fresh port each time, so it never clashes.
+        if addr.port() != 0
+            && let Some(first) = listen.iter().position(|a| *a == addr)
+        {
+            return Err(invalid(
+                key,
+                format!("`{addr}` is listed twice (first as c2s.listen[{first}])"),
+            ));
+        }
+        listen.push(addr);
+    }
+    Ok(C2sConfig {
+        listen,
+        require_tls: raw.require_tls,
+    })
+}
+
+fn gateway(raw: RawGateway) -> Result<GatewayConfig, Invalid> {
+    let g = |field: &str| format!("gateway.{field}");
+    for (field, value) in [
+        ("connection_limit", raw.connection_limit),
+        ("partner_connection_limit", raw.partner_connection_limit),
+    ] {
+        if value == 0 {
+            return Err(invalid(
+                g(field),
+                "must be at least 1 (0 would refuse every connection)",
+            ));
+        }
+    }
+    if raw.partner_connection_limit > raw.connection_limit {
+        return Err(Invalid {
+            keys: vec![g("partner_connection_limit"), g("connection_limit")],
+            message: format!(
+                "partner_connection_limit ({}) must not exceed connection_limit ({})",
+                raw.partner_connection_limit, raw.connection_limit
+            ),
+        });
+    }
+    let secs = |field: &str, value: u32| -> Result<Duration, Invalid> {
+        if value == 0 {
+            Err(invalid(g(field), "must be at least 1 second"))
+        } else {
+            Ok(Duration::from_secs(value.into()))
+        }
+    };
+    let keep_alive_interval = secs("keep_alive_interval", raw.keep_alive_interval)?;
+    let stream_establishment_timeout = secs(
+        "stream_establishment_timeout",
+        raw.stream_establishment_timeout,
+    )?;
+    let stream_inactivity_timeout =
+        secs("stream_inactivity_timeout", raw.stream_inactivity_timeout)?;
+    let subscription_refresh_interval = secs(
+        "subscription_refresh_interval",
+        raw.subscription_refresh_interval,
+    )?;
+    if let Some(p) = &raw.dialback_passphrase
+        && p.trim().is_empty()
+    {
+        return Err(invalid(
+            g("dialback_passphrase"),
+            "must not be empty; remove the key to use a random secret per start",
+        ));
+    }
+    if raw.max_stanza_size_pre_auth < d::MIN_STANZA_SIZE_PRE_AUTH {
+        return Err(invalid(
+            g("max_stanza_size_pre_auth"),
+            format!(
+                "must be at least {} bytes, or stream negotiation itself cannot pass",
+                d::MIN_STANZA_SIZE_PRE_AUTH
+            ),
+        ));
+    }
+    if raw.max_stanza_size < d::MIN_STANZA_SIZE {
+        return Err(invalid(
+            g("max_stanza_size"),
+            format!(
+                "must be at least {} bytes (RFC 6120 §13.12: servers must accept stanzas of at least that size)",
+                d::MIN_STANZA_SIZE
+            ),
+        ));
+    }
+    if raw.max_stanza_size_pre_auth > raw.max_stanza_size {
+        return Err(Invalid {
+            keys: vec![g("max_stanza_size_pre_auth"), g("max_stanza_size")],
+            message: format!(
+                "max_stanza_size_pre_auth ({}) must not exceed max_stanza_size ({})",
+                raw.max_stanza_size_pre_auth, raw.max_stanza_size
+            ),
+        });
+    }
+    Ok(GatewayConfig {
+        connection_limit: raw.connection_limit,
+        partner_connection_limit: raw.partner_connection_limit,
+        keep_alive_interval,
+        stream_establishment_timeout,
+        stream_inactivity_timeout,
+        subscription_refresh_interval,
+        dialback_passphrase: raw.dialback_passphrase,
+        enable_logging_all_message_bodies: raw.enable_logging_all_message_bodies,
+        max_stanza_size_pre_auth: raw.max_stanza_size_pre_auth,
+        max_stanza_size: raw.max_stanza_size,
+    })
+}
+
+fn metrics(raw: RawMetrics, c2s: &C2sConfig) -> Result<MetricsConfig, Invalid> {
+    if raw.listen.is_empty() {
+        return Ok(MetricsConfig { listen: None });
+    }
+    let addr = socket_addr("metrics.listen", &raw.listen)?;
+    if addr.port() != 0
+        && let Some(i) = c2s.listen.iter().position(|a| *a == addr)
+    {
+        return Err(Invalid {
+            keys: vec!["metrics.listen".into(), format!("c2s.listen[{i}]")],
+            message: format!("`{addr}` is both metrics.listen and c2s.listen[{i}]"),
+        });
+    }
+    Ok(MetricsConfig { listen: Some(addr) })
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `level` is handed to `tracing_subscriber::EnvFilter`, which accepts
+/// almost anything: a bare word is a target name (`infoo` means "trace
+/// everything from the target `infoo`") and spaces become part of target
+/// names. So directives are trimmed, and a bare directive must be a level;
+/// to enable one target write `target=level`.
+fn log(raw: RawLog) -> Result<LogConfig, Invalid> {
+    let key = "log.level";
+    let directives: Vec<&str> = raw
+        .level
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Err(invalid(key, "must not be empty (for example \"info\")"));
+    }
+    for directive in &directives {
+        if directive.contains(char::is_whitespace) && !directive.contains('[') {
+            return Err(invalid(key, format!("`{directive}` contains a space")));
+        }
+        if !directive.contains(['=', '['])
+            && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive))
+        {
+            return Err(invalid(
+                key,
+                format!(
+                    "`{directive}` is not a level (one of {}); \
+                     to filter a target write `{directive}=info`",
+                    LEVELS.join(", ")
+                ),
+            ));
+        }
+    }
+    let level = directives.join(",");
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+        return Err(invalid(
+            key,
+            format!("`{level}` is not a valid filter: {e}"),
+        ));
+    }
+    Ok(LogConfig {
+        level,
+        format: raw.format,
+    })
+}
