@@ -345,7 +345,7 @@ impl C2sSession {
                 requested,
                 id: self.id,
                 out,
-                actor: self.me.clone(),
+                control: self.me.clone().recipient::<CloseSession>(),
             })
             .await;
         let outcome = match reply {

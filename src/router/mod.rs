@@ -10,12 +10,12 @@ pub mod writer;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use kameo::actor::{ActorRef, Spawn};
+use kameo::actor::{ActorRef, Recipient, Spawn};
 use kameo::error::SendError;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::c2s::C2sSession;
+use crate::c2s::CloseSession;
 use crate::error::{StanzaCondition, error_reply};
 use crate::events::Metrics;
 use crate::jid::{BareJid, FullJid, Jid};
@@ -41,7 +41,8 @@ pub struct SessionHandle {
     /// The full JID as a string, cached for `from`/`to` splicing.
     pub jid_str: Arc<str>,
     pub out: mpsc::Sender<Frame>,
-    pub actor: ActorRef<C2sSession>,
+    /// Control channel to the session (conflict, slow consumer, shutdown).
+    pub control: Recipient<CloseSession>,
 }
 
 /// A stanza on its way to a target, with the addresses routing decided on.

@@ -18,7 +18,7 @@ use kameo::message::{Context, Message};
 use kameo::Actor;
 
 use super::{Envelope, SessionHandle, ShardContext};
-use crate::c2s::{C2sSession, CloseSession};
+use crate::c2s::CloseSession;
 use crate::error::{StanzaCondition, StreamCondition, StreamError, error_reply};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::roster::delivery::{self, Delivery, MessageType, ResourceView};
@@ -96,7 +96,7 @@ pub struct Bind {
     pub requested: Option<String>,
     pub id: u64,
     pub out: tokio::sync::mpsc::Sender<Frame>,
-    pub actor: ActorRef<C2sSession>,
+    pub control: kameo::actor::Recipient<CloseSession>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +132,7 @@ impl Message<Shutdown> for Shard {
             for r in &u.resources {
                 let _ = r
                     .handle
-                    .actor
+                    .control
                     .tell(CloseSession(StreamError::new(StreamCondition::SystemShutdown)))
                     .try_send();
             }
@@ -195,7 +195,7 @@ impl Message<Bind> for Shard {
             let old = user.resources.remove(pos);
             let _ = old
                 .handle
-                .actor
+                .control
                 .tell(CloseSession(StreamError::with_text(
                     StreamCondition::Conflict,
                     "replaced by a new session for the same resource",
@@ -213,7 +213,7 @@ impl Message<Bind> for Shard {
                 jid: jid.clone(),
                 jid_str: jid_str.clone(),
                 out: m.out,
-                actor: m.actor,
+                control: m.control,
             },
             priority: 0,
             available: false,
@@ -469,7 +469,7 @@ impl Shard {
                     if kind == StanzaKind::Presence {
                         self.ctx.metrics.presence_dropped.increment(1);
                     } else {
-                        slow.push(r.handle.actor.clone());
+                        slow.push(r.handle.control.clone());
                     }
                 }
                 Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}

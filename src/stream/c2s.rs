@@ -435,3 +435,247 @@ pub fn bind_error(iq_id: &str, condition: &str, ty: &str) -> String {
         escape_attr(iq_id)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStore;
+    use crate::stream::scram::ScramClient;
+    use crate::xml::{Framer, FramerEvent};
+
+    const HEADER: &str = "<stream:stream to='example.org' version='1.0' xmlns='jabber:client' \
+                          xmlns:stream='http://etherx.jabber.org/streams'>";
+
+    struct Harness {
+        neg: C2sNegotiation,
+        store: MemStore,
+        framer: Framer,
+    }
+
+    impl Harness {
+        fn new(require_tls: bool) -> Harness {
+            let store = MemStore::new();
+            let alice = BareJid::parse("alice@example.org").unwrap();
+            store
+                .create_account(&alice, &Credentials::from_password("pencil", 4096).unwrap())
+                .unwrap();
+            Harness {
+                neg: C2sNegotiation::new(
+                    C2sPolicy {
+                        domains: vec!["example.org".into()],
+                        require_tls,
+                        tls_available: true,
+                    },
+                    "sid1".into(),
+                ),
+                store,
+                framer: Framer::new(NS_CLIENT, 65536),
+            }
+        }
+
+        /// Feeds client XML and collects the actions of every event it yields.
+        fn feed(&mut self, xml: &str) -> Vec<Action> {
+            self.framer.feed(xml.as_bytes());
+            let mut out = Vec::new();
+            while let Ok(Some(ev)) = self.framer.next() {
+                let actions = match ev {
+                    FramerEvent::StreamOpen(h) => self.neg.handle(Input::StreamOpen(&h), &self.store),
+                    FramerEvent::Stanza(s) => self.neg.handle(Input::Element(&s), &self.store),
+                    FramerEvent::StreamClose => Vec::new(),
+                };
+                for a in &actions {
+                    if *a == Action::RestartStream {
+                        self.framer.reset();
+                    }
+                }
+                out.extend(actions);
+            }
+            out
+        }
+
+        fn tls(&mut self) {
+            self.framer = Framer::new(NS_CLIENT, 65536);
+            assert!(self.neg.handle(Input::TlsEstablished, &self.store).is_empty());
+        }
+    }
+
+    fn sent(actions: &[Action]) -> String {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn failure(actions: &[Action]) -> Option<StreamCondition> {
+        actions.iter().find_map(|a| match a {
+            Action::Fail(e) => Some(e.condition),
+            _ => None,
+        })
+    }
+
+    fn challenge(actions: &[Action]) -> Vec<u8> {
+        let s = sent(actions);
+        let start = s.find("'>").expect("challenge body") + 2;
+        let end = s.find("</challenge>").expect("challenge end");
+        B64.decode(&s[start..end]).unwrap()
+    }
+
+    fn scram_login(h: &mut Harness, password: &str) -> Vec<Action> {
+        let (mut client, first) = ScramClient::new(ScramHash::Sha256, "alice", password).unwrap();
+        let a = h.feed(&format!(
+            "<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>{}</auth>",
+            B64.encode(first)
+        ));
+        let fin = client.handle_server_first(&challenge(&a)).unwrap();
+        h.feed(&format!("<response xmlns='{NS_SASL}'>{}</response>", B64.encode(fin)))
+    }
+
+    #[test]
+    fn a_fresh_stream_offers_required_starttls_and_no_mechanisms() {
+        let mut h = Harness::new(true);
+        let a = h.feed(HEADER);
+        let s = sent(&a);
+        assert!(s.contains("from='example.org'") && s.contains("id='sid1'"));
+        assert!(s.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"));
+        assert!(!s.contains("mechanisms"), "no SASL before TLS when TLS is required");
+    }
+
+    #[test]
+    fn starttls_then_scram_sha_256_then_bind_reaches_established() {
+        let mut h = Harness::new(true);
+        h.feed(HEADER);
+        let a = h.feed(&format!("<starttls xmlns='{NS_TLS}'/>"));
+        assert_eq!(a.last(), Some(&Action::StartTls));
+        assert!(sent(&a).contains("<proceed"));
+        h.tls();
+        let a = h.feed(HEADER);
+        let s = sent(&a);
+        assert!(s.contains("SCRAM-SHA-256") && s.contains("SCRAM-SHA-1") && s.contains("PLAIN"));
+        assert!(!s.contains("starttls"));
+        let a = scram_login(&mut h, "pencil");
+        assert!(sent(&a).starts_with("<success"), "{a:?}");
+        assert!(a.contains(&Action::Authenticated(BareJid::parse("alice@example.org").unwrap())));
+        let a = h.feed(HEADER);
+        assert!(sent(&a).contains("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"));
+        let a = h.feed("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>");
+        assert_eq!(
+            a,
+            vec![Action::Bind {
+                requested: Some("phone".into()),
+                iq_id: "b1".into()
+            }]
+        );
+        let jid = FullJid::parse("alice@example.org/phone").unwrap();
+        let a = h.neg.handle(Input::Bound(Ok(jid.clone())), &h.store);
+        assert_eq!(a, vec![Action::Established(jid)]);
+        assert!(h.neg.is_established());
+    }
+
+    #[test]
+    fn a_wrong_password_fails_and_three_failures_close_the_stream() {
+        let mut h = Harness::new(false);
+        h.feed(HEADER);
+        for attempt in 1..=3 {
+            let a = scram_login(&mut h, "wrong");
+            assert!(sent(&a).contains("<not-authorized/>"), "{a:?}");
+            assert!(a.contains(&Action::AuthFailed));
+            assert_eq!(failure(&a).is_some(), attempt == 3, "attempt {attempt}");
+        }
+    }
+
+    #[test]
+    fn plain_is_refused_without_tls() {
+        let mut h = Harness::new(false);
+        let a = h.feed(HEADER);
+        assert!(!sent(&a).contains("PLAIN"));
+        let a = h.feed(&format!(
+            "<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{}</auth>",
+            B64.encode("\0alice\0pencil")
+        ));
+        assert!(sent(&a).contains("<encryption-required/>"), "{a:?}");
+    }
+
+    #[test]
+    fn plain_over_tls_authenticates() {
+        let mut h = Harness::new(true);
+        h.feed(HEADER);
+        h.feed(&format!("<starttls xmlns='{NS_TLS}'/>"));
+        h.tls();
+        h.feed(HEADER);
+        let a = h.feed(&format!(
+            "<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{}</auth>",
+            B64.encode("\0alice\0pencil")
+        ));
+        assert!(sent(&a).starts_with("<success"), "{a:?}");
+    }
+
+    #[test]
+    fn stanzas_before_authentication_are_not_authorized() {
+        let mut h = Harness::new(true);
+        h.feed(HEADER);
+        let a = h.feed("<message to='bob@example.org'><body>hi</body></message>");
+        assert_eq!(failure(&a), Some(StreamCondition::NotAuthorized));
+    }
+
+    #[test]
+    fn sasl_before_required_tls_is_a_policy_violation() {
+        let mut h = Harness::new(true);
+        h.feed(HEADER);
+        let a = h.feed(&format!("<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>x</auth>"));
+        assert_eq!(failure(&a), Some(StreamCondition::PolicyViolation));
+    }
+
+    #[test]
+    fn an_unknown_domain_gets_a_header_then_host_unknown() {
+        let mut h = Harness::new(true);
+        let a = h.feed(&HEADER.replace("example.org", "other.example"));
+        assert!(sent(&a).starts_with("<?xml"), "a header precedes the error");
+        assert_eq!(failure(&a), Some(StreamCondition::HostUnknown));
+    }
+
+    #[test]
+    fn a_missing_version_is_unsupported() {
+        let mut h = Harness::new(true);
+        let a = h.feed(&HEADER.replace(" version='1.0'", ""));
+        assert_eq!(failure(&a), Some(StreamCondition::UnsupportedVersion));
+    }
+
+    #[test]
+    fn an_unknown_mechanism_is_refused_without_closing() {
+        let mut h = Harness::new(false);
+        h.feed(HEADER);
+        let a = h.feed(&format!("<auth xmlns='{NS_SASL}' mechanism='DIGEST-MD5'/>"));
+        assert!(sent(&a).contains("<invalid-mechanism/>"));
+        assert_eq!(failure(&a), None);
+    }
+
+    #[test]
+    fn scram_without_initial_response_gets_an_empty_challenge_first() {
+        let mut h = Harness::new(false);
+        h.feed(HEADER);
+        let a = h.feed(&format!("<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-1'/>"));
+        assert_eq!(sent(&a), format!("<challenge xmlns='{NS_SASL}'/>"));
+        let (mut client, first) = ScramClient::new(ScramHash::Sha1, "alice", "pencil").unwrap();
+        let a = h.feed(&format!("<response xmlns='{NS_SASL}'>{}</response>", B64.encode(first)));
+        let fin = client.handle_server_first(&challenge(&a)).unwrap();
+        let a = h.feed(&format!("<response xmlns='{NS_SASL}'>{}</response>", B64.encode(fin)));
+        assert!(sent(&a).starts_with("<success"), "{a:?}");
+    }
+
+    #[test]
+    fn an_unknown_user_fails_like_a_wrong_password() {
+        let mut h = Harness::new(false);
+        h.feed(HEADER);
+        let (mut client, first) = ScramClient::new(ScramHash::Sha256, "mallory", "x").unwrap();
+        let a = h.feed(&format!(
+            "<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>{}</auth>",
+            B64.encode(first)
+        ));
+        let fin = client.handle_server_first(&challenge(&a)).unwrap();
+        let a = h.feed(&format!("<response xmlns='{NS_SASL}'>{}</response>", B64.encode(fin)));
+        assert!(sent(&a).contains("<not-authorized/>"));
+    }
+}
