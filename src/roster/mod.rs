@@ -2,6 +2,7 @@
 //! storage and the router, and (in submodules) the pure state machines the
 //! router shards run. Nothing here does I/O.
 
+pub mod delivery;
 pub mod iq;
 pub mod subscription;
 
