@@ -4,6 +4,7 @@
 
 pub mod delivery;
 pub mod iq;
+pub mod presence;
 pub mod subscription;
 
 use serde::{Deserialize, Serialize};
