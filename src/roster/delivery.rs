@@ -48,7 +48,7 @@ pub enum MessageType {
 
 impl MessageType {
     /// Missing or unknown types are `normal` (RFC 6121 §5.2.2).
-    pub fn from_type(ty: Option<&str>) -> MessageType {
+    pub fn from_attr(ty: Option<&str>) -> MessageType {
         match ty {
             Some("chat") => MessageType::Chat,
             Some("groupchat") => MessageType::Groupchat,
@@ -214,13 +214,13 @@ mod tests {
 
     #[test]
     fn message_type_defaults_to_normal_for_missing_or_unknown_types() {
-        assert_eq!(MessageType::from_type(None), Normal);
-        assert_eq!(MessageType::from_type(Some("bogus")), Normal);
-        assert_eq!(MessageType::from_type(Some("normal")), Normal);
-        assert_eq!(MessageType::from_type(Some("chat")), Chat);
-        assert_eq!(MessageType::from_type(Some("groupchat")), Groupchat);
-        assert_eq!(MessageType::from_type(Some("headline")), Headline);
-        assert_eq!(MessageType::from_type(Some("error")), Error);
+        assert_eq!(MessageType::from_attr(None), Normal);
+        assert_eq!(MessageType::from_attr(Some("bogus")), Normal);
+        assert_eq!(MessageType::from_attr(Some("normal")), Normal);
+        assert_eq!(MessageType::from_attr(Some("chat")), Chat);
+        assert_eq!(MessageType::from_attr(Some("groupchat")), Groupchat);
+        assert_eq!(MessageType::from_attr(Some("headline")), Headline);
+        assert_eq!(MessageType::from_attr(Some("error")), Error);
     }
 
     #[test]
