@@ -2,6 +2,11 @@
 //! storage and the router, and (in submodules) the pure state machines the
 //! router shards run. Nothing here does I/O.
 
+pub mod delivery;
+pub mod iq;
+pub mod presence;
+pub mod subscription;
+
 use serde::{Deserialize, Serialize};
 
 /// The `subscription` attribute of a roster item.

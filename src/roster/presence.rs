@@ -1,0 +1,137 @@
+//! Small presence helpers for the shard: reading `<priority/>` and writing
+//! the presence stanzas the server generates itself (probes, unavailable,
+//! and the subscription stanzas of auto-replies and roster removal).
+//!
+//! Owns: these strings only. Forwarded presence is never rebuilt here; it
+//! goes out as the bytes that came in.
+
+use super::subscription::SubKind;
+use crate::xml::escape::escape_attr;
+use std::num::IntErrorKind;
+
+/// The `<priority/>` value (RFC 6121 §4.7.2.3): an integer in -128..=127.
+/// Missing → 0. Out of range → clamped. Anything else unparsable → 0, the
+/// default, rather than an error: a bad priority is not worth refusing the
+/// presence for. Surrounding whitespace is allowed (the schema type
+/// `xs:byte` collapses it).
+pub fn parse_priority(raw: Option<&str>) -> i8 {
+    let Some(raw) = raw else { return 0 };
+    match raw.trim().parse::<i64>() {
+        Ok(v) => v.clamp(i8::MIN.into(), i8::MAX.into()) as i8,
+        Err(e) => match e.kind() {
+            IntErrorKind::PosOverflow => i8::MAX,
+            IntErrorKind::NegOverflow => i8::MIN,
+            _ => 0,
+        },
+    }
+}
+
+fn presence(ty: &str, from: &str, to: &str) -> String {
+    let from = escape_attr(from);
+    let to = escape_attr(to);
+    let mut s = String::with_capacity(40 + ty.len() + from.len() + to.len());
+    s.push_str("<presence type='");
+    s.push_str(ty);
+    s.push_str("' from='");
+    s.push_str(&from);
+    s.push_str("' to='");
+    s.push_str(&to);
+    s.push_str("'/>");
+    s
+}
+
+/// `<presence type='probe'/>` from the user's bare JID to a contact
+/// (§4.3.1), sent when the user comes online for contacts with `to`/`both`.
+pub fn probe_xml(from: &str, to: &str) -> String {
+    presence("probe", from, to)
+}
+
+/// `<presence type='unavailable'/>`, e.g. from each available resource
+/// when a contact loses its subscription (§3.2.2, §3.3.3).
+pub fn unavailable_xml(from: &str, to: &str) -> String {
+    presence("unavailable", from, to)
+}
+
+/// A subscription stanza the server sends on the user's behalf: the
+/// auto-`subscribed` of §3.1.3/§3.4, or the `unsubscribe`/`unsubscribed`
+/// of a roster removal (§2.5.2). `from` is the user's bare JID.
+pub fn subscription_xml(kind: SubKind, from: &str, to: &str) -> String {
+    presence(kind.as_str(), from, to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_priority_is_zero() {
+        assert_eq!(parse_priority(None), 0);
+    }
+
+    #[test]
+    fn priority_in_range_is_taken_as_is() {
+        for (raw, want) in [
+            ("0", 0),
+            ("5", 5),
+            ("-1", -1),
+            ("+7", 7),
+            ("127", 127),
+            ("-128", -128),
+        ] {
+            assert_eq!(parse_priority(Some(raw)), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn priority_out_of_range_is_clamped() {
+        assert_eq!(parse_priority(Some("128")), 127);
+        assert_eq!(parse_priority(Some("1000")), 127);
+        assert_eq!(parse_priority(Some("-129")), -128);
+        assert_eq!(parse_priority(Some("99999999999999999999999999")), 127);
+        assert_eq!(parse_priority(Some("-99999999999999999999999999")), -128);
+    }
+
+    #[test]
+    fn priority_with_surrounding_whitespace_is_accepted() {
+        assert_eq!(parse_priority(Some(" 3\n")), 3);
+    }
+
+    #[test]
+    fn unparsable_priority_is_zero() {
+        for raw in ["", " ", "high", "1.5", "0x10", "--1", "5 5"] {
+            assert_eq!(parse_priority(Some(raw)), 0, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn probe_has_type_from_and_to() {
+        assert_eq!(
+            probe_xml("juliet@example.com", "romeo@example.net"),
+            "<presence type='probe' from='juliet@example.com' to='romeo@example.net'/>"
+        );
+    }
+
+    #[test]
+    fn unavailable_is_sent_from_a_full_jid_and_escaped() {
+        assert_eq!(
+            unavailable_xml("juliet@example.com/a'b&c", "romeo@example.net"),
+            "<presence type='unavailable' from='juliet@example.com/a&apos;b&amp;c' \
+             to='romeo@example.net'/>"
+        );
+    }
+
+    #[test]
+    fn subscription_stanzas_carry_their_kind() {
+        for (kind, ty) in [
+            (SubKind::Subscribe, "subscribe"),
+            (SubKind::Subscribed, "subscribed"),
+            (SubKind::Unsubscribe, "unsubscribe"),
+            (SubKind::Unsubscribed, "unsubscribed"),
+        ] {
+            assert_eq!(
+                subscription_xml(kind, "juliet@example.com", "romeo@example.net"),
+                format!("<presence type='{ty}' from='juliet@example.com' to='romeo@example.net'/>")
+            );
+        }
+    }
+}
