@@ -51,7 +51,13 @@ async fn setup() -> Setup {
         let control = NullSession::spawn(NullSession).recipient::<CloseSession>();
         let (jid, _) = router
             .shard(&bare)
-            .ask(Bind { user: bare.clone(), requested: Some("r".into()), id: i as u64, out: tx, control })
+            .ask(Bind {
+                user: bare.clone(),
+                requested: Some("r".into()),
+                id: i as u64,
+                out: tx,
+                control,
+            })
             .await
             .unwrap();
         let (received, notify) = (received.clone(), notify.clone());
@@ -70,11 +76,21 @@ async fn setup() -> Setup {
         targets.push((jid, stanza));
     }
     let from = Jid::parse("sender@localhost/bench").unwrap();
-    Setup { router, targets, from, received, notify }
+    Setup {
+        router,
+        targets,
+        from,
+        received,
+        notify,
+    }
 }
 
 fn routing(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let s = rt.block_on(setup());
     let mut g = c.benchmark_group("routing");
     g.throughput(Throughput::Elements(1));
@@ -87,11 +103,16 @@ fn routing(c: &mut Criterion) {
                 for i in 0..iters {
                     let (to, stanza) = &s.targets[i as usize % USERS];
                     s.router
-                        .route(Envelope::new(stanza.clone(), s.from.clone(), Jid::Full(to.clone())))
+                        .route(Envelope::new(
+                            stanza.clone(),
+                            s.from.clone(),
+                            Jid::Full(to.clone()),
+                        ))
                         .await;
                 }
                 while s.received.load(Ordering::Acquire) < start_count + iters {
-                    let _ = tokio::time::timeout(Duration::from_millis(10), s.notify.notified()).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(10), s.notify.notified()).await;
                 }
                 t.elapsed()
             }

@@ -12,7 +12,11 @@ pub enum AdminError {
     #[error("{0}: a user JID needs a localpart (user@domain)")]
     NoLocal(String),
     #[error("{jid}: this server does not serve the domain {domain} (served: {served})")]
-    ForeignDomain { jid: String, domain: String, served: String },
+    ForeignDomain {
+        jid: String,
+        domain: String,
+        served: String,
+    },
     #[error("{0}: the user already exists")]
     Exists(String),
     #[error("{0}: no such user")]
@@ -45,7 +49,8 @@ fn credentials(password: &str) -> Result<Credentials, AdminError> {
     if password.is_empty() {
         return Err(AdminError::EmptyPassword);
     }
-    Credentials::from_password(password, DEFAULT_ITERATIONS).map_err(|e| AdminError::Password(e.to_string()))
+    Credentials::from_password(password, DEFAULT_ITERATIONS)
+        .map_err(|e| AdminError::Password(e.to_string()))
 }
 
 pub fn add_user(store: &dyn Store, jid: &BareJid, password: &str) -> Result<(), AdminError> {

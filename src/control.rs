@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::admin;
@@ -82,14 +82,18 @@ async fn handle(sock: UnixStream, ctx: Arc<ControlContext>) -> std::io::Result<(
 }
 
 fn password_arg(w: Option<&str>) -> Result<String, String> {
-    let raw = B64.decode(w.unwrap_or_default()).map_err(|_| "bad password encoding".to_string())?;
+    let raw = B64
+        .decode(w.unwrap_or_default())
+        .map_err(|_| "bad password encoding".to_string())?;
     String::from_utf8(raw).map_err(|_| "the password is not UTF-8".to_string())
 }
 
 fn execute(line: &str, ctx: &ControlContext) -> Result<String, String> {
     let mut w = line.split(' ');
     let store = &*ctx.store;
-    let jid = |s: Option<&str>| admin::user_jid(s.unwrap_or_default(), &ctx.domains).map_err(|e| e.to_string());
+    let jid = |s: Option<&str>| {
+        admin::user_jid(s.unwrap_or_default(), &ctx.domains).map_err(|e| e.to_string())
+    };
     match w.next().unwrap_or_default() {
         "user-add" => {
             let j = jid(w.next())?;

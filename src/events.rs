@@ -8,7 +8,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use metrics::{Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::error::StreamCondition;
@@ -83,19 +86,43 @@ impl Metrics {
     }
 
     fn register() -> Metrics {
-        describe_gauge!("fedrouter_sessions", "Authenticated, bound sessions by kind");
-        describe_gauge!("fedrouter_connections", "Open connections by kind, authenticated or not");
+        describe_gauge!(
+            "fedrouter_sessions",
+            "Authenticated, bound sessions by kind"
+        );
+        describe_gauge!(
+            "fedrouter_connections",
+            "Open connections by kind, authenticated or not"
+        );
         describe_counter!("fedrouter_stanzas_total", "Stanzas by direction and kind");
-        describe_counter!("fedrouter_bytes_total", "Bytes read from and written to sockets");
+        describe_counter!(
+            "fedrouter_bytes_total",
+            "Bytes read from and written to sockets"
+        );
         describe_histogram!(
             "fedrouter_route_seconds",
             "Time from a stanza being framed to it being queued for its target"
         );
-        describe_counter!("fedrouter_stream_errors_total", "Stream errors sent, by condition");
-        describe_counter!("fedrouter_offline_messages_total", "Offline messages by event");
-        describe_counter!("fedrouter_auth_total", "SASL authentication attempts by result");
-        describe_counter!("fedrouter_dropped_total", "Stanzas dropped under load, by reason");
-        describe_counter!("fedrouter_bounced_total", "Stanzas answered with an error instead of delivered");
+        describe_counter!(
+            "fedrouter_stream_errors_total",
+            "Stream errors sent, by condition"
+        );
+        describe_counter!(
+            "fedrouter_offline_messages_total",
+            "Offline messages by event"
+        );
+        describe_counter!(
+            "fedrouter_auth_total",
+            "SASL authentication attempts by result"
+        );
+        describe_counter!(
+            "fedrouter_dropped_total",
+            "Stanzas dropped under load, by reason"
+        );
+        describe_counter!(
+            "fedrouter_bounced_total",
+            "Stanzas answered with an error instead of delivered"
+        );
         let per_kind = |dir: &'static str| {
             KINDS.map(|k| counter!("fedrouter_stanzas_total", "dir" => dir, "kind" => k))
         };
@@ -138,7 +165,12 @@ impl Metrics {
     }
 
     /// A stream error we send: one log line and one count.
-    pub fn stream_error(&self, cond: StreamCondition, peer: &dyn std::fmt::Display, text: Option<&str>) {
+    pub fn stream_error(
+        &self,
+        cond: StreamCondition,
+        peer: &dyn std::fmt::Display,
+        text: Option<&str>,
+    ) {
         tracing::info!(condition = cond.as_str(), %peer, text, "stream error sent");
         if let Some((_, c)) = self.stream_errors.iter().find(|(k, _)| *k == cond) {
             c.increment(1);

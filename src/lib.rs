@@ -39,15 +39,24 @@ use crate::stream::c2s::C2sPolicy;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("storage: {0}")]
     Store(#[from] storage::StoreError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("control socket {path}: {source}")]
-    Control { path: PathBuf, source: std::io::Error },
+    Control {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A running daemon.
@@ -105,8 +114,14 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     for addr in &config.c2s.listen {
         let l = TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Listen { addr: *addr, source })?;
-        let bound = l.local_addr().map_err(|source| StartError::Listen { addr: *addr, source })?;
+            .map_err(|source| StartError::Listen {
+                addr: *addr,
+                source,
+            })?;
+        let bound = l.local_addr().map_err(|source| StartError::Listen {
+            addr: *addr,
+            source,
+        })?;
         tracing::info!(addr = %bound, "c2s listening");
         c2s_addrs.push(bound);
         tasks.push(tokio::spawn(c2s::accept_loop(l, shared.clone())));
@@ -116,7 +131,9 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         let l = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Listen { addr, source })?;
-        let bound = l.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+        let bound = l
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr, source })?;
         tracing::info!(addr = %bound, "metrics listening on /metrics");
         metrics_addr = Some(bound);
         tasks.push(tokio::spawn(http::serve_metrics(l)));

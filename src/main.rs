@@ -141,7 +141,10 @@ fn read_password(given: Option<String>) -> Result<String, String> {
         Ok(p)
     } else {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).map_err(|e| e.to_string())?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
         Ok(line.trim_end_matches(['\n', '\r']).to_string())
     }
 }
@@ -153,12 +156,22 @@ fn user(config: Config, cmd: UserCommand) -> Result<(), String> {
         UserCommand::Add { jid, password } => {
             admin::user_jid(jid, &domains).map_err(|e| e.to_string())?;
             let p = read_password(password.clone())?;
-            (vec!["user-add".into(), jid.clone(), control::encode_password(&p)], Some(p))
+            (
+                vec!["user-add".into(), jid.clone(), control::encode_password(&p)],
+                Some(p),
+            )
         }
         UserCommand::Passwd { jid, password } => {
             admin::user_jid(jid, &domains).map_err(|e| e.to_string())?;
             let p = read_password(password.clone())?;
-            (vec!["user-passwd".into(), jid.clone(), control::encode_password(&p)], Some(p))
+            (
+                vec![
+                    "user-passwd".into(),
+                    jid.clone(),
+                    control::encode_password(&p),
+                ],
+                Some(p),
+            )
         }
         UserCommand::Remove { jid } => (vec!["user-remove".into(), jid.clone()], None),
         UserCommand::List => (vec!["user-list".into()], None),
@@ -179,12 +192,14 @@ fn user(config: Config, cmd: UserCommand) -> Result<(), String> {
     let out = match cmd {
         UserCommand::Add { jid, .. } => {
             let j = admin::user_jid(&jid, &domains).map_err(|e| e.to_string())?;
-            admin::add_user(&store, &j, password.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+            admin::add_user(&store, &j, password.as_deref().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
             format!("added {j}\n")
         }
         UserCommand::Passwd { jid, .. } => {
             let j = admin::user_jid(&jid, &domains).map_err(|e| e.to_string())?;
-            admin::set_password(&store, &j, password.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+            admin::set_password(&store, &j, password.as_deref().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
             format!("password changed for {j}\n")
         }
         UserCommand::Remove { jid } => {

@@ -18,7 +18,10 @@ use crate::config::Config;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: no certificate found in the PEM file")]
     NoCertificate { path: PathBuf },
     #[error("{path}: {message}")]

@@ -5,7 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The current time as an XEP-0082 / RFC 3339 UTC timestamp with
 /// millisecond precision, e.g. `2026-11-24T13:10:52.123Z`.
 pub fn utc_timestamp() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     format_timestamp(d.as_secs() as i64, d.subsec_millis())
 }
 
@@ -35,7 +37,13 @@ mod tests {
     #[test]
     fn timestamps_match_known_dates() {
         assert_eq!(super::format_timestamp(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::format_timestamp(951_782_400, 5), "2000-02-29T00:00:00.005Z");
-        assert_eq!(super::format_timestamp(1_795_525_852, 123), "2026-11-24T13:10:52.123Z");
+        assert_eq!(
+            super::format_timestamp(951_782_400, 5),
+            "2000-02-29T00:00:00.005Z"
+        );
+        assert_eq!(
+            super::format_timestamp(1_795_525_852, 123),
+            "2026-11-24T13:10:52.123Z"
+        );
     }
 }

@@ -30,11 +30,18 @@ impl Drop for Running {
 /// Starts `fedrouter run` and waits (bounded) for its c2s address in the log.
 fn run_daemon(cwd: &Path, config: Option<&Path>) -> Running {
     let mut cmd = Command::new(BIN);
-    cmd.current_dir(cwd).env_remove("FEDROUTER_CONFIG").env("RUST_LOG", "info");
+    cmd.current_dir(cwd)
+        .env_remove("FEDROUTER_CONFIG")
+        .env("RUST_LOG", "info");
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
-    let mut child = cmd.arg("run").stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn fedrouter");
+    let mut child = cmd
+        .arg("run")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn fedrouter");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -44,8 +51,13 @@ fn run_daemon(cwd: &Path, config: Option<&Path>) -> Running {
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the daemon did not report its c2s address");
-    Running { child, c2s: addr.parse().expect("address") }
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the daemon did not report its c2s address");
+    Running {
+        child,
+        c2s: addr.parse().expect("address"),
+    }
 }
 
 fn fedrouter(cwd: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
@@ -59,7 +71,12 @@ fn fedrouter(cwd: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, S
         .spawn()
         .expect("spawn");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
@@ -88,52 +105,142 @@ async fn users_are_managed_while_the_daemon_runs_and_sign_in_with_scram_sha_256(
     let c = cfg.to_str().unwrap();
     let daemon = run_daemon(dir.path(), Some(&cfg));
 
-    let (ok, out, err) = fedrouter(dir.path(), &["--config", c, "user", "add", "alice@localhost", "--password", "s3cret"], None);
+    let (ok, out, err) = fedrouter(
+        dir.path(),
+        &[
+            "--config",
+            c,
+            "user",
+            "add",
+            "alice@localhost",
+            "--password",
+            "s3cret",
+        ],
+        None,
+    );
     assert!(ok, "user add failed: {err}");
     assert!(out.contains("added alice@localhost"), "{out}");
-    let (ok, _, err) = fedrouter(dir.path(), &["--config", c, "user", "add", "alice@localhost", "--password", "x"], None);
-    assert!(!ok && err.contains("already exists"), "duplicate add: {err}");
-    let (ok, _, err) = fedrouter(dir.path(), &["--config", c, "user", "add", "eve@elsewhere.example", "--password", "x"], None);
-    assert!(!ok && err.contains("does not serve"), "foreign domain: {err}");
+    let (ok, _, err) = fedrouter(
+        dir.path(),
+        &[
+            "--config",
+            c,
+            "user",
+            "add",
+            "alice@localhost",
+            "--password",
+            "x",
+        ],
+        None,
+    );
+    assert!(
+        !ok && err.contains("already exists"),
+        "duplicate add: {err}"
+    );
+    let (ok, _, err) = fedrouter(
+        dir.path(),
+        &[
+            "--config",
+            c,
+            "user",
+            "add",
+            "eve@elsewhere.example",
+            "--password",
+            "x",
+        ],
+        None,
+    );
+    assert!(
+        !ok && err.contains("does not serve"),
+        "foreign domain: {err}"
+    );
 
-    let client = sign_in(daemon.c2s, "alice@localhost", "s3cret").await.expect("alice signs in with SCRAM-SHA-256");
+    let client = sign_in(daemon.c2s, "alice@localhost", "s3cret")
+        .await
+        .expect("alice signs in with SCRAM-SHA-256");
     assert!(client.conn.is_tls(), "the session runs over STARTTLS");
 
     // The password from standard input, as a script would pass it.
-    let (ok, out, err) = fedrouter(dir.path(), &["--config", c, "user", "passwd", "alice@localhost"], Some("n3w-pass\n"));
+    let (ok, out, err) = fedrouter(
+        dir.path(),
+        &["--config", c, "user", "passwd", "alice@localhost"],
+        Some("n3w-pass\n"),
+    );
     assert!(ok, "passwd: {err}");
     assert!(out.contains("password changed"), "{out}");
-    assert!(sign_in(daemon.c2s, "alice@localhost", "s3cret").await.is_err(), "the old password still works");
-    sign_in(daemon.c2s, "alice@localhost", "n3w-pass").await.expect("the new password works");
+    assert!(
+        sign_in(daemon.c2s, "alice@localhost", "s3cret")
+            .await
+            .is_err(),
+        "the old password still works"
+    );
+    sign_in(daemon.c2s, "alice@localhost", "n3w-pass")
+        .await
+        .expect("the new password works");
 
     let (ok, out, _) = fedrouter(dir.path(), &["--config", c, "user", "list"], None);
     assert!(ok && out.lines().any(|l| l == "alice@localhost"), "{out}");
-    let (ok, _, err) = fedrouter(dir.path(), &["--config", c, "user", "remove", "alice@localhost"], None);
+    let (ok, _, err) = fedrouter(
+        dir.path(),
+        &["--config", c, "user", "remove", "alice@localhost"],
+        None,
+    );
     assert!(ok, "{err}");
-    assert!(sign_in(daemon.c2s, "alice@localhost", "n3w-pass").await.is_err(), "a removed user signed in");
+    assert!(
+        sign_in(daemon.c2s, "alice@localhost", "n3w-pass")
+            .await
+            .is_err(),
+        "a removed user signed in"
+    );
 
     // With the daemon stopped, the CLI opens the store itself.
     drop(daemon);
-    let (ok, out, err) = fedrouter(dir.path(), &["--config", c, "user", "add", "bob@localhost", "--password", "b"], None);
+    let (ok, out, err) = fedrouter(
+        dir.path(),
+        &[
+            "--config",
+            c,
+            "user",
+            "add",
+            "bob@localhost",
+            "--password",
+            "b",
+        ],
+        None,
+    );
     assert!(ok, "offline add: {err}");
     assert!(out.contains("added bob@localhost"));
     let daemon = run_daemon(dir.path(), Some(&cfg));
-    sign_in(daemon.c2s, "bob@localhost", "b").await.expect("bob, added offline, signs in");
+    sign_in(daemon.c2s, "bob@localhost", "b")
+        .await
+        .expect("bob, added offline, signs in");
 }
 
 #[test]
 fn check_config_names_the_file_line_and_key_of_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "[server]\ndomains = [\"localhost\"]\n\n[gateway]\nkeep_alive_intervall = 30\n").unwrap();
-    let (ok, _, err) = fedrouter(dir.path(), &["--config", cfg.to_str().unwrap(), "check-config"], None);
+    std::fs::write(
+        &cfg,
+        "[server]\ndomains = [\"localhost\"]\n\n[gateway]\nkeep_alive_intervall = 30\n",
+    )
+    .unwrap();
+    let (ok, _, err) = fedrouter(
+        dir.path(),
+        &["--config", cfg.to_str().unwrap(), "check-config"],
+        None,
+    );
     assert!(!ok);
     assert!(err.contains("bad.toml"), "names the file: {err}");
     assert!(err.contains(":5"), "names the line: {err}");
     assert!(err.contains("keep_alive_intervall"), "names the key: {err}");
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[server]\ndomains = [\"localhost\"]\n").unwrap();
-    let (ok, out, err) = fedrouter(dir.path(), &["--config", good.to_str().unwrap(), "check-config"], None);
+    let (ok, out, err) = fedrouter(
+        dir.path(),
+        &["--config", good.to_str().unwrap(), "check-config"],
+        None,
+    );
     assert!(ok, "{err}");
     assert!(out.contains("valid"));
 }
@@ -145,8 +252,17 @@ async fn the_binary_runs_on_its_embedded_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = run_daemon(dir.path(), None);
     assert_eq!(daemon.c2s, "127.0.0.1:5222".parse().unwrap());
-    assert!(dir.path().join("data/certs/localhost.crt").exists(), "a self-signed certificate was generated");
-    let (ok, _, err) = fedrouter(dir.path(), &["user", "add", "alice@localhost", "--password", "pw"], None);
+    assert!(
+        dir.path().join("data/certs/localhost.crt").exists(),
+        "a self-signed certificate was generated"
+    );
+    let (ok, _, err) = fedrouter(
+        dir.path(),
+        &["user", "add", "alice@localhost", "--password", "pw"],
+        None,
+    );
     assert!(ok, "{err}");
-    sign_in(daemon.c2s, "alice@localhost", "pw").await.expect("sign in on the defaults");
+    sign_in(daemon.c2s, "alice@localhost", "pw")
+        .await
+        .expect("sign in on the defaults");
 }

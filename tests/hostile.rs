@@ -17,7 +17,10 @@ async fn error_for(server: &TestServer, input: &[u8]) -> StreamCondition {
     let _ = c.send_raw(input).await;
     match c.expect_stream_error().await {
         Ok(e) => e.condition,
-        Err(e) => panic!("no stream error for {:?}: {e}", String::from_utf8_lossy(&input[..input.len().min(120)])),
+        Err(e) => panic!(
+            "no stream error for {:?}: {e}",
+            String::from_utf8_lossy(&input[..input.len().min(120)])
+        ),
     }
 }
 
@@ -67,10 +70,15 @@ async fn each_hostile_input_gets_its_specific_stream_error_and_others_keep_worki
         assert_eq!(got, want, "{what}");
         // Everyone else keeps working after each attack.
         alice
-            .send(format!("<message to='bob@{DOMAIN}'><body>after {what}</body></message>"))
+            .send(format!(
+                "<message to='bob@{DOMAIN}'><body>after {what}</body></message>"
+            ))
             .await
             .unwrap();
-        let m = expect(&mut bob, "a message after an attack", |s| s.name() == "message").await;
+        let m = expect(&mut bob, "a message after an attack", |s| {
+            s.name() == "message"
+        })
+        .await;
         assert_eq!(body(&m).as_deref(), Some(format!("after {what}").as_str()));
     }
 }
@@ -80,7 +88,10 @@ async fn an_oversize_stanza_after_authentication_is_a_policy_violation() {
     let server = TestServer::start_with("[gateway]\nmax_stanza_size = 65536\n").await;
     server.add_user("alice", "a");
     let mut alice = server.client("alice", "a").await;
-    let big = format!("<message to='alice@{DOMAIN}'><body>{}</body></message>", "y".repeat(200_000));
+    let big = format!(
+        "<message to='alice@{DOMAIN}'><body>{}</body></message>",
+        "y".repeat(200_000)
+    );
     let _ = alice.send(big).await;
     let e = alice.conn.expect_stream_error().await.unwrap();
     assert_eq!(e.condition, StreamCondition::PolicyViolation);

@@ -15,10 +15,15 @@ async fn slixmpp_signs_in_with_scram_sha_256_over_starttls_and_chats() {
     server.add_user("bob", "rs-secret");
     let mut bob = server.client("bob", "rs-secret").await;
     bob.send("<presence/>").await.unwrap();
-    let ca = server.daemon.config.server.data_dir.join("certs/localhost.crt");
+    let ca = server
+        .daemon
+        .config
+        .server
+        .data_dir
+        .join("certs/localhost.crt");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/slixmpp_chat.py");
     let count = 50;
-    let mut child = tokio::process::Command::new("python3")
+    let child = tokio::process::Command::new("python3")
         .arg(script)
         .arg(format!("alice@{DOMAIN}"))
         .arg("py-secret")
@@ -33,11 +38,18 @@ async fn slixmpp_signs_in_with_scram_sha_256_over_starttls_and_chats() {
         .spawn()
         .expect("python3 (run the README test command, which installs slixmpp)");
     for i in 0..count {
-        let m = expect(&mut bob, "a message from slixmpp", |s| s.name() == "message").await;
+        let m = expect(&mut bob, "a message from slixmpp", |s| {
+            s.name() == "message"
+        })
+        .await;
         assert_eq!(body(&m).as_deref(), Some(format!("py{i}").as_str()));
         let from = m.from().unwrap().into_owned();
         assert!(from.starts_with(&format!("alice@{DOMAIN}/")), "{from}");
-        bob.send(format!("<message to='{from}' type='chat'><body>rs{i}</body></message>")).await.unwrap();
+        bob.send(format!(
+            "<message to='{from}' type='chat'><body>rs{i}</body></message>"
+        ))
+        .await
+        .unwrap();
     }
     let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
         .await

@@ -34,7 +34,9 @@ use crate::jid::{BareJid, FullJid, Jid};
 use crate::router::writer::Writer;
 use crate::router::{Bind, Envelope, FromSession, Router, SESSION_QUEUE, Unbind};
 use crate::storage::Store;
-use crate::stream::c2s::{Action, BindFailure, C2sNegotiation, C2sPolicy, Input, bind_error, bind_result};
+use crate::stream::c2s::{
+    Action, BindFailure, C2sNegotiation, C2sPolicy, Input, bind_error, bind_result,
+};
 use crate::xml::element::Element;
 use crate::xml::escape::escape_attr;
 use crate::xml::{Framer, FramerEvent, NS_CLIENT, NS_STREAMS, Stanza, StanzaKind};
@@ -108,7 +110,10 @@ impl Actor for C2sSession {
     type Args = (TcpStream, SocketAddr, Arc<C2sShared>);
     type Error = Infallible;
 
-    async fn on_start((tcp, peer, shared): Self::Args, me: ActorRef<Self>) -> Result<Self, Infallible> {
+    async fn on_start(
+        (tcp, peer, shared): Self::Args,
+        me: ActorRef<Self>,
+    ) -> Result<Self, Infallible> {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         shared.metrics.c2s_connections.increment(1.0);
         let mut sid = [0u8; 8];
@@ -156,10 +161,15 @@ impl Actor for C2sSession {
         }
     }
 
-    async fn on_stop(&mut self, _me: WeakActorRef<Self>, _reason: ActorStopReason) -> Result<(), Infallible> {
+    async fn on_stop(
+        &mut self,
+        _me: WeakActorRef<Self>,
+        _reason: ActorStopReason,
+    ) -> Result<(), Infallible> {
         if !self.done {
             // Stopped from outside (shutdown): say so on the wire.
-            self.close(StreamError::new(StreamCondition::SystemShutdown)).await;
+            self.close(StreamError::new(StreamCondition::SystemShutdown))
+                .await;
         }
         self.shared.metrics.c2s_connections.decrement(1.0);
         if let Some(jid) = self.jid.take() {
@@ -240,7 +250,8 @@ impl C2sSession {
     }
 
     async fn run(&mut self, actions: Vec<Action>) {
-        for a in actions {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
             if self.done {
                 return;
             }
@@ -251,13 +262,15 @@ impl C2sSession {
                     }
                     self.send(Bytes::from(s)).await;
                 }
-                Action::StartTls => self.start_tls().await,
+                Action::StartTls => queue.extend(self.start_tls().await),
                 Action::RestartStream => self.framer.reset(),
                 Action::Authenticated(user) => {
                     self.shared.metrics.auth_success.increment(1);
                     tracing::debug!(%user, peer = %self.peer, "authenticated");
                 }
-                Action::Bind { requested, iq_id } => self.bind(requested, iq_id).await,
+                Action::Bind { requested, iq_id } => {
+                    queue.extend(self.bind(requested, iq_id).await)
+                }
                 Action::Established(jid) => {
                     self.deadline = None;
                     self.framer.set_max_stanza_size(self.shared.max_stanza);
@@ -288,20 +301,23 @@ impl C2sSession {
         }
     }
 
-    async fn start_tls(&mut self) {
+    /// Runs the handshake; returns the machine's follow-up actions.
+    async fn start_tls(&mut self) -> Vec<Action> {
         // Anything the client sent after <starttls/> would be processed as if
         // it came over TLS: the command-injection hole (CVE-2011-0411 class).
         if self.framer.buffered() > 0 {
-            return self
-                .close(StreamError::with_text(
-                    StreamCondition::PolicyViolation,
-                    "data received after <starttls/> before the TLS handshake",
-                ))
-                .await;
+            self.close(StreamError::with_text(
+                StreamCondition::PolicyViolation,
+                "data received after <starttls/> before the TLS handshake",
+            ))
+            .await;
+            return Vec::new();
         }
-        let (Some(Transport::Plain(tcp)), Some(acceptor)) = (self.io.take(), self.shared.tls.clone()) else {
+        let (Some(Transport::Plain(tcp)), Some(acceptor)) =
+            (self.io.take(), self.shared.tls.clone())
+        else {
             self.done = true;
-            return;
+            return Vec::new();
         };
         let budget = self
             .deadline
@@ -312,21 +328,25 @@ impl C2sSession {
                 self.io = Some(Transport::Tls(Box::new(tls)));
                 self.framer = Framer::new(NS_CLIENT, self.shared.max_stanza_pre_auth);
                 self.header_sent = false;
-                let actions = self.neg.handle(Input::TlsEstablished, &*self.shared.store);
-                self.run(actions).await;
+                self.neg.handle(Input::TlsEstablished, &*self.shared.store)
             }
             Ok(Err(e)) => {
                 tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
                 self.done = true;
+                Vec::new()
             }
-            Err(_) => self.done = true,
+            Err(_) => {
+                self.done = true;
+                Vec::new()
+            }
         }
     }
 
-    async fn bind(&mut self, requested: Option<String>, iq_id: String) {
+    /// Binds through the user's shard; returns the machine's follow-up actions.
+    async fn bind(&mut self, requested: Option<String>, iq_id: String) -> Vec<Action> {
         let Some(io) = self.io.take() else {
             self.done = true;
-            return;
+            return Vec::new();
         };
         let (rd, wr) = tokio::io::split(io);
         self.rd = Some(rd);
@@ -336,7 +356,7 @@ impl C2sSession {
         let user = self.neg_user();
         let Some(user) = user else {
             self.done = true;
-            return;
+            return Vec::new();
         };
         let shard = self.shared.router.shard(&user).clone();
         let reply = shard
@@ -356,16 +376,21 @@ impl C2sSession {
                 Ok(jid)
             }
             Err(kameo::error::SendError::HandlerError(_)) => {
-                self.send(Bytes::from(bind_error(&iq_id, "bad-request", "modify"))).await;
+                self.send(Bytes::from(bind_error(&iq_id, "bad-request", "modify")))
+                    .await;
                 Err(BindFailure::BadResource)
             }
             Err(_) => {
-                self.send(Bytes::from(bind_error(&iq_id, "internal-server-error", "wait"))).await;
+                self.send(Bytes::from(bind_error(
+                    &iq_id,
+                    "internal-server-error",
+                    "wait",
+                )))
+                .await;
                 Err(BindFailure::Internal)
             }
         };
-        let actions = self.neg.handle(Input::Bound(outcome), &*self.shared.store);
-        self.run(actions).await;
+        self.neg.handle(Input::Bound(outcome), &*self.shared.store)
     }
 
     fn neg_user(&self) -> Option<BareJid> {
@@ -377,11 +402,17 @@ impl C2sSession {
         if self.done {
             return;
         }
-        self.shared.metrics.stream_error(e.condition, &self.peer, e.text.as_deref());
+        self.shared
+            .metrics
+            .stream_error(e.condition, &self.peer, e.text.as_deref());
         let mut tail = String::new();
         if !self.header_sent {
             // RFC 6120 §4.9.1.2: an error before our header still needs one.
-            let domain = self.neg.domain().or(self.shared.policy.domains.first().map(|s| s.as_str())).unwrap_or("");
+            let domain = self
+                .neg
+                .domain()
+                .or(self.shared.policy.domains.first().map(|s| s.as_str()))
+                .unwrap_or("");
             tail.push_str(&format!(
                 "<?xml version='1.0'?><stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}' from='{}' version='1.0'>",
                 escape_attr(domain)
@@ -468,7 +499,8 @@ impl C2sSession {
             Some(t) => match Jid::parse(&t) {
                 Ok(j) => Some(j),
                 Err(_) => {
-                    self.reply_error(&s, &jid_str, StanzaCondition::JidMalformed).await;
+                    self.reply_error(&s, &jid_str, StanzaCondition::JidMalformed)
+                        .await;
                     return;
                 }
             },
@@ -477,12 +509,19 @@ impl C2sSession {
         match kind {
             StanzaKind::Presence => {
                 let shard = self.shared.router.shard(&own).clone();
-                let _ = shard.tell(FromSession { from: jid, stanza: s }).await;
+                let _ = shard
+                    .tell(FromSession {
+                        from: jid,
+                        stanza: s,
+                    })
+                    .await;
             }
             StanzaKind::Message => {
                 let target = to.unwrap_or_else(|| Jid::Bare(own.clone()));
-                if target.bare().is_domain() && self.shared.router.is_local_domain(target.domain()) {
-                    self.reply_error(&s, &jid_str, StanzaCondition::ServiceUnavailable).await;
+                if target.bare().is_domain() && self.shared.router.is_local_domain(target.domain())
+                {
+                    self.reply_error(&s, &jid_str, StanzaCondition::ServiceUnavailable)
+                        .await;
                     return;
                 }
                 self.shared
@@ -493,7 +532,10 @@ impl C2sSession {
             StanzaKind::Iq => {
                 let for_server = match &to {
                     None => true,
-                    Some(Jid::Bare(b)) => *b == own || (b.is_domain() && self.shared.router.is_local_domain(b.domain())),
+                    Some(Jid::Bare(b)) => {
+                        *b == own
+                            || (b.is_domain() && self.shared.router.is_local_domain(b.domain()))
+                    }
                     Some(Jid::Full(_)) => false,
                 };
                 if for_server {
@@ -514,7 +556,14 @@ impl C2sSession {
             return;
         }
         let to = s.to();
-        let b = error_reply(s.name(), s.id().as_deref(), Some(jid_str), to.as_deref(), cond, None);
+        let b = error_reply(
+            s.name(),
+            s.id().as_deref(),
+            Some(jid_str),
+            to.as_deref(),
+            cond,
+            None,
+        );
         self.send(b).await;
     }
 
@@ -523,19 +572,22 @@ impl C2sSession {
         let ty = s.type_().map(|t| t.into_owned());
         if !matches!(ty.as_deref(), Some("get") | Some("set")) {
             if !matches!(ty.as_deref(), Some("result") | Some("error")) {
-                self.reply_error(&s, jid_str, StanzaCondition::BadRequest).await;
+                self.reply_error(&s, jid_str, StanzaCondition::BadRequest)
+                    .await;
             }
             return;
         }
         let Ok(el) = Element::parse(s.bytes(), NS_CLIENT, &[("stream", NS_STREAMS)]) else {
-            self.reply_error(&s, jid_str, StanzaCondition::BadRequest).await;
+            self.reply_error(&s, jid_str, StanzaCondition::BadRequest)
+                .await;
             return;
         };
         let Some(payload) = el.children.iter().find_map(|n| match n {
             crate::xml::element::Node::Element(e) => Some(e),
             _ => None,
         }) else {
-            self.reply_error(&s, jid_str, StanzaCondition::BadRequest).await;
+            self.reply_error(&s, jid_str, StanzaCondition::BadRequest)
+                .await;
             return;
         };
         let id = escape_attr(el.attr("id").unwrap_or_default()).into_owned();
@@ -552,7 +604,12 @@ impl C2sSession {
         match (payload.ns.as_str(), payload.name.as_str(), ty.as_deref()) {
             (NS_ROSTER, "query", _) => {
                 let shard = self.shared.router.shard(jid.bare()).clone();
-                let _ = shard.tell(FromSession { from: jid, stanza: s }).await;
+                let _ = shard
+                    .tell(FromSession {
+                        from: jid,
+                        stanza: s,
+                    })
+                    .await;
             }
             (NS_PING, "ping", Some("get")) => self.send(result("")).await,
             (NS_SESSION, "session", Some("set")) => self.send(result("")).await,
@@ -572,7 +629,10 @@ impl C2sSession {
                 };
                 self.send(result(&body)).await
             }
-            _ => self.reply_error(&s, jid_str, StanzaCondition::ServiceUnavailable).await,
+            _ => {
+                self.reply_error(&s, jid_str, StanzaCondition::ServiceUnavailable)
+                    .await
+            }
         }
     }
 }

@@ -124,14 +124,20 @@ impl AsyncWrite for Io {
             Io::Detached => std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
         }
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
             Io::Detached => detached(),
         }
     }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
@@ -239,7 +245,8 @@ impl Connection {
     /// Upgrades to TLS after `<proceed/>`.
     pub async fn start_tls(&mut self, domain: &str, trust: &TlsTrust) -> Result<(), ClientError> {
         let cfg = tls_config(trust)?;
-        let name = ServerName::try_from(domain.to_string()).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let name = ServerName::try_from(domain.to_string())
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
         let tcp = match std::mem::replace(&mut self.io, Io::Detached) {
             Io::Plain(t) => t,
             other => {
@@ -277,7 +284,10 @@ fn parse_stream_error(s: &Stanza) -> StreamError {
             }
         }
     }
-    StreamError { condition: cond, text }
+    StreamError {
+        condition: cond,
+        text,
+    }
 }
 
 /// A negotiated, bound session.
@@ -292,7 +302,8 @@ impl Client {
         conn.open_stream(&cfg.domain).await?;
         let mut features = conn.recv_element().await?;
         if features.child("starttls", NS_TLS).is_some() {
-            conn.send_raw(format!("<starttls xmlns='{NS_TLS}'/>")).await?;
+            conn.send_raw(format!("<starttls xmlns='{NS_TLS}'/>"))
+                .await?;
             let p = conn.recv_element().await?;
             if p.name != "proceed" {
                 return Err(ClientError::Tls("the server refused STARTTLS".into()));
@@ -303,12 +314,19 @@ impl Client {
         }
         let mechs: Vec<String> = features
             .child("mechanisms", NS_SASL)
-            .map(|m| m.children_named("mechanism", NS_SASL).map(|e| e.text()).collect())
+            .map(|m| {
+                m.children_named("mechanism", NS_SASL)
+                    .map(|e| e.text())
+                    .collect()
+            })
             .unwrap_or_default();
         match cfg.mechanism {
             Mechanism::Scram(h) => {
                 if !mechs.iter().any(|m| m == h.mechanism_name()) {
-                    return Err(ClientError::Auth(format!("{} not offered: {mechs:?}", h.mechanism_name())));
+                    return Err(ClientError::Auth(format!(
+                        "{} not offered: {mechs:?}",
+                        h.mechanism_name()
+                    )));
                 }
                 let (mut scram, first) = ScramClient::new(h, &cfg.username, &cfg.password)
                     .map_err(|e| ClientError::Auth(e.to_string()))?;
@@ -320,19 +338,29 @@ impl Client {
                 .await?;
                 let ch = conn.recv_element().await?;
                 if ch.name != "challenge" {
-                    return Err(ClientError::Auth(format!("<{}/> instead of a challenge", first_child_name(&ch))));
+                    return Err(ClientError::Auth(format!(
+                        "<{}/> instead of a challenge",
+                        first_child_name(&ch)
+                    )));
                 }
-                let server_first = B64.decode(ch.text().trim()).map_err(|e| ClientError::Auth(e.to_string()))?;
+                let server_first = B64
+                    .decode(ch.text().trim())
+                    .map_err(|e| ClientError::Auth(e.to_string()))?;
                 let fin = scram
                     .handle_server_first(&server_first)
                     .map_err(|e| ClientError::Auth(e.to_string()))?;
-                conn.send_raw(format!("<response xmlns='{NS_SASL}'>{}</response>", B64.encode(fin)))
-                    .await?;
+                conn.send_raw(format!(
+                    "<response xmlns='{NS_SASL}'>{}</response>",
+                    B64.encode(fin)
+                ))
+                .await?;
                 let ok = conn.recv_element().await?;
                 if ok.name != "success" {
                     return Err(ClientError::Auth(first_child_name(&ok)));
                 }
-                let server_final = B64.decode(ok.text().trim()).map_err(|e| ClientError::Auth(e.to_string()))?;
+                let server_final = B64
+                    .decode(ok.text().trim())
+                    .map_err(|e| ClientError::Auth(e.to_string()))?;
                 scram
                     .verify_server_final(&server_final)
                     .map_err(|e| ClientError::Auth(e.to_string()))?;
@@ -354,21 +382,26 @@ impl Client {
         conn.open_stream(&cfg.domain).await?;
         let features = conn.recv_element().await?;
         if features.child("bind", NS_BIND).is_none() {
-            return Err(ClientError::Protocol("no bind feature after authentication".into()));
+            return Err(ClientError::Protocol(
+                "no bind feature after authentication".into(),
+            ));
         }
         let res = match &cfg.resource {
             Some(r) => format!("<resource>{}</resource>", escape_text(r)),
             None => String::new(),
         };
-        conn.send_raw(format!("<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'>{res}</bind></iq>"))
-            .await?;
+        conn.send_raw(format!(
+            "<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'>{res}</bind></iq>"
+        ))
+        .await?;
         let r = conn.recv_element().await?;
         let jid = r
             .child("bind", NS_BIND)
             .and_then(|b| b.child("jid", NS_BIND))
             .map(|j| j.text())
             .ok_or_else(|| ClientError::Protocol("bind failed".into()))?;
-        let jid = FullJid::parse(&jid).map_err(|e| ClientError::Protocol(format!("bound JID: {e}")))?;
+        let jid =
+            FullJid::parse(&jid).map_err(|e| ClientError::Protocol(format!("bound JID: {e}")))?;
         Ok(Client { conn, jid })
     }
 
@@ -382,7 +415,10 @@ impl Client {
 
     /// Receives until `pred` matches, dropping what does not (bounded by
     /// the connection timeout per stanza).
-    pub async fn recv_until(&mut self, mut pred: impl FnMut(&Stanza) -> bool) -> Result<Stanza, ClientError> {
+    pub async fn recv_until(
+        &mut self,
+        mut pred: impl FnMut(&Stanza) -> bool,
+    ) -> Result<Stanza, ClientError> {
         loop {
             let s = self.recv().await?;
             if pred(&s) {
@@ -394,8 +430,12 @@ impl Client {
     /// Sends an IQ and waits for the answer with the same id.
     pub async fn iq(&mut self, id: &str, xml: &str) -> Result<Stanza, ClientError> {
         self.send(xml).await?;
-        self.recv_until(|s| s.name() == "iq" && s.id().as_deref() == Some(id) && matches!(s.type_().as_deref(), Some("result") | Some("error")))
-            .await
+        self.recv_until(|s| {
+            s.name() == "iq"
+                && s.id().as_deref() == Some(id)
+                && matches!(s.type_().as_deref(), Some("result") | Some("error"))
+        })
+        .await
     }
 
     /// Closes the stream politely and waits for the server's close.
@@ -438,7 +478,9 @@ fn tls_config(trust: &TlsTrust) -> Result<Arc<rustls::ClientConfig>, ClientError
         TlsTrust::Roots(roots) => {
             let mut store = rustls::RootCertStore::empty();
             for r in roots {
-                store.add(r.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
+                store
+                    .add(r.clone())
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
             }
             builder.with_root_certificates(store).with_no_client_auth()
         }
@@ -468,7 +510,12 @@ impl ServerCertVerifier for AcceptAny {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -477,7 +524,12 @@ impl ServerCertVerifier for AcceptAny {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -7,7 +7,7 @@
 mod shard;
 pub mod writer;
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use kameo::actor::{ActorRef, Recipient, Spawn};
@@ -168,9 +168,7 @@ impl Router {
     }
 
     pub fn shard_index(&self, bare: &BareJid) -> usize {
-        let mut h = self.inner.hasher.build_hasher();
-        bare.as_str().hash(&mut h);
-        (h.finish() % self.inner.shards.len() as u64) as usize
+        (self.inner.hasher.hash_one(bare.as_str()) % self.inner.shards.len() as u64) as usize
     }
 
     pub fn shard(&self, bare: &BareJid) -> &ActorRef<Shard> {

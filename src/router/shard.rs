@@ -12,20 +12,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kameo::Actor;
 use kameo::actor::{ActorRef, WeakActorRef};
 use kameo::error::{ActorStopReason, Infallible, PanicError};
 use kameo::message::{Context, Message};
-use kameo::Actor;
 
 use super::{Envelope, SessionHandle, ShardContext};
 use crate::c2s::CloseSession;
 use crate::error::{StanzaCondition, StreamCondition, StreamError, error_reply};
 use crate::jid::{BareJid, FullJid, Jid};
+use crate::roster::RosterItem;
 use crate::roster::delivery::{self, Delivery, MessageType, ResourceView};
 use crate::roster::iq::{self, RosterChange, RosterSetRequest};
 use crate::roster::presence::{parse_priority, probe_xml, subscription_xml, unavailable_xml};
 use crate::roster::subscription::{self, SubKind};
-use crate::roster::RosterItem;
 use crate::storage::WriteOp;
 use crate::xml::element::Element;
 use crate::xml::{Frame, NS_CLIENT, Stanza, StanzaKind};
@@ -133,7 +133,9 @@ impl Message<Shutdown> for Shard {
                 let _ = r
                     .handle
                     .control
-                    .tell(CloseSession(StreamError::new(StreamCondition::SystemShutdown)))
+                    .tell(CloseSession(StreamError::new(
+                        StreamCondition::SystemShutdown,
+                    )))
                     .try_send();
             }
         }
@@ -162,7 +164,10 @@ enum Effect {
         bytes: Bytes,
     },
     /// A roster push of `item` (or its removal) to every resource.
-    Push { user: BareJid, item: PushItem },
+    Push {
+        user: BareJid,
+        item: PushItem,
+    },
     Route(Envelope),
     /// Send the user's current presence (or unavailable) to a contact.
     PresenceTo {
@@ -185,7 +190,10 @@ impl Message<Bind> for Shard {
             Some(r) => r.to_string(),
             None => random_resource(),
         };
-        let jid = m.user.with_resource(&resource).map_err(BindError::BadResource)?;
+        let jid = m
+            .user
+            .with_resource(&resource)
+            .map_err(BindError::BadResource)?;
         let jid_str: Arc<str> = Arc::from(jid.to_string());
         self.ensure_roster(&m.user);
         let user = self.users.entry(m.user.clone()).or_default();
@@ -305,9 +313,14 @@ impl Message<OfflineBatch> for Shard {
                 let n = msgs.len() as u64;
                 let mut delivered = 0;
                 for bytes in msgs {
-                    if self.write_to(&m.user, Some(m.resource.resource()), bytes.into(), StanzaKind::Message) {
+                    if self.write_to(
+                        &m.user,
+                        Some(m.resource.resource()),
+                        bytes.clone().into(),
+                        StanzaKind::Message,
+                    ) {
                         delivered += 1;
-                    } else if let Some(s) = Stanza::parse(bytes).ok() {
+                    } else if let Ok(s) = Stanza::parse(bytes) {
                         // The resource went away meanwhile: keep the message.
                         self.ctx.writer.submit(
                             vec![WriteOp::PushOffline {
@@ -321,7 +334,9 @@ impl Message<OfflineBatch> for Shard {
                 self.ctx.metrics.offline_delivered.increment(delivered);
                 tracing::debug!(user = %m.user, n, "offline messages delivered");
             }
-            Err(e) => tracing::error!(user = %m.user, error = %e, "reading offline messages failed"),
+            Err(e) => {
+                tracing::error!(user = %m.user, error = %e, "reading offline messages failed")
+            }
         }
         for env in held {
             self.deliver(env);
@@ -369,16 +384,25 @@ impl Shard {
 
     /// Forgets a user with no sessions and nothing in flight.
     fn gc(&mut self, user: &BareJid) {
-        if let Some(u) = self.users.get(user) {
-            if u.resources.is_empty() && u.pending_writes == 0 && !u.flushing && u.held.is_empty() {
-                self.users.remove(user);
-            }
+        if let Some(u) = self.users.get(user)
+            && u.resources.is_empty()
+            && u.pending_writes == 0
+            && !u.flushing
+            && u.held.is_empty()
+        {
+            self.users.remove(user);
         }
     }
 
     /// Updates the cached item, submits the write, and runs `effects` once
     /// it is committed (`on_fail` if it is not).
-    fn store_item(&mut self, user: &BareJid, item: RosterItem, effects: Vec<Effect>, on_fail: Vec<Effect>) {
+    fn store_item(
+        &mut self,
+        user: &BareJid,
+        item: RosterItem,
+        effects: Vec<Effect>,
+        on_fail: Vec<Effect>,
+    ) {
         self.ensure_roster(user);
         let u = self.users.entry(user.clone()).or_default();
         let op = if item.is_void() {
@@ -418,7 +442,11 @@ impl Shard {
 
     fn run(&mut self, e: Effect) {
         match e {
-            Effect::ToUser { user, resource, bytes } => {
+            Effect::ToUser {
+                user,
+                resource,
+                bytes,
+            } => {
                 self.write_to(&user, resource.as_deref(), bytes.into(), StanzaKind::Other);
             }
             Effect::Push { user, item } => self.push(&user, &item),
@@ -435,7 +463,11 @@ impl Shard {
         let Some(u) = self.users.get(user) else {
             return;
         };
-        let targets: Vec<Arc<str>> = u.resources.iter().map(|r| r.handle.jid_str.clone()).collect();
+        let targets: Vec<Arc<str>> = u
+            .resources
+            .iter()
+            .map(|r| r.handle.jid_str.clone())
+            .collect();
         for to in targets {
             self.push_seq += 1;
             let id = format!("push{}", self.push_seq);
@@ -444,13 +476,24 @@ impl Shard {
                 PushItem::Remove(c) => iq::roster_push_remove_xml(&to, c, &id),
             };
             let res = to.rsplit_once('/').map(|(_, r)| r.to_string());
-            self.write_to(user, res.as_deref(), Bytes::from(xml).into(), StanzaKind::Iq);
+            self.write_to(
+                user,
+                res.as_deref(),
+                Bytes::from(xml).into(),
+                StanzaKind::Iq,
+            );
         }
     }
 
     /// Queues bytes on one resource's writer (`None`: every resource).
     /// False when nothing was queued.
-    fn write_to(&mut self, user: &BareJid, resource: Option<&str>, frame: Frame, kind: StanzaKind) -> bool {
+    fn write_to(
+        &mut self,
+        user: &BareJid,
+        resource: Option<&str>,
+        frame: Frame,
+        kind: StanzaKind,
+    ) -> bool {
         let Some(u) = self.users.get(user) else {
             return false;
         };
@@ -509,7 +552,11 @@ impl Shard {
     }
 
     fn user_exists(&self, user: &BareJid) -> bool {
-        if self.users.get(user).is_some_and(|u| !u.resources.is_empty()) {
+        if self
+            .users
+            .get(user)
+            .is_some_and(|u| !u.resources.is_empty())
+        {
             return true;
         }
         matches!(self.ctx.store.credentials(user), Ok(Some(_)))
@@ -518,7 +565,10 @@ impl Shard {
     // ---- inbound (to a user of this shard) ----
 
     fn deliver(&mut self, env: Envelope) {
-        self.ctx.metrics.route_seconds.record(env.at.elapsed().as_secs_f64());
+        self.ctx
+            .metrics
+            .route_seconds
+            .record(env.at.elapsed().as_secs_f64());
         match env.kind() {
             StanzaKind::Message => self.deliver_message(env),
             StanzaKind::Presence => self.deliver_presence(env),
@@ -529,22 +579,24 @@ impl Shard {
 
     fn deliver_message(&mut self, env: Envelope) {
         let user = env.to.bare().clone();
-        if let Some(u) = self.users.get_mut(&user) {
-            if u.flushing {
-                u.held.push(env);
-                return;
-            }
+        if let Some(u) = self.users.get_mut(&user)
+            && u.flushing
+        {
+            u.held.push(env);
+            return;
         }
         let ty = MessageType::from_attr(env.stanza.type_().as_deref());
         let exists = self.user_exists(&user);
         let views = self.views(&user);
-        let plain: Vec<ResourceView<'_>> = views.iter().map(|(v, _)| v.clone()).collect();
+        let plain: Vec<ResourceView<'_>> = views.iter().map(|(v, _)| *v).collect();
         let decision = match env.to.resource() {
             Some(res) => delivery::message_to_full(exists, &plain, res, ty),
             None => delivery::message_to_bare(exists, &plain, ty),
         };
         let targets: Vec<String> = match &decision {
-            Delivery::ToResources(idx) => idx.iter().map(|i| plain[*i].resource.to_string()).collect(),
+            Delivery::ToResources(idx) => {
+                idx.iter().map(|i| plain[*i].resource.to_string()).collect()
+            }
             _ => Vec::new(),
         };
         drop(views);
@@ -598,7 +650,7 @@ impl Shard {
         };
         let exists = self.user_exists(&user);
         let views = self.views(&user);
-        let plain: Vec<ResourceView<'_>> = views.iter().map(|(v, _)| v.clone()).collect();
+        let plain: Vec<ResourceView<'_>> = views.iter().map(|(v, _)| *v).collect();
         match delivery::iq_to_full(exists, &plain, res, is_request) {
             Delivery::ToResources(_) => {
                 drop(views);
@@ -625,13 +677,14 @@ impl Shard {
             None | Some("unavailable") | Some("error") => {
                 let user = env.to.bare().clone();
                 let views = self.views(&user);
-                let plain: Vec<ResourceView<'_>> = views.iter().map(|(v, _)| v.clone()).collect();
+                let plain: Vec<ResourceView<'_>> = views.iter().map(|(v, _)| *v).collect();
                 let d = match env.to.resource() {
                     Some(r) => delivery::presence_to_full(&plain, r),
                     None => delivery::presence_to_bare(&plain),
                 };
                 if let Delivery::ToResources(idx) = d {
-                    let names: Vec<String> = idx.iter().map(|i| plain[*i].resource.to_string()).collect();
+                    let names: Vec<String> =
+                        idx.iter().map(|i| plain[*i].resource.to_string()).collect();
                     drop(views);
                     let frame = env.frame();
                     for r in names {
@@ -648,7 +701,8 @@ impl Shard {
         let contact = env.from.bare().clone();
         if !self.user_exists(&user) {
             if kind == SubKind::Subscribe {
-                let reply = subscription_xml(SubKind::Unsubscribed, user.as_str(), contact.as_str());
+                let reply =
+                    subscription_xml(SubKind::Unsubscribed, user.as_str(), contact.as_str());
                 self.route_xml(reply, Jid::Bare(user), Jid::Bare(contact));
             }
             return;
@@ -656,13 +710,13 @@ impl Shard {
         let current = self.item(&user, contact.as_str());
         let out = subscription::inbound(current.as_ref(), kind, contact.as_str());
         let mut effects = Vec::new();
-        if out.push {
-            if let Some(i) = out.new_item.as_ref().filter(|i| i.listed) {
-                effects.push(Effect::Push {
-                    user: user.clone(),
-                    item: PushItem::Set(i.clone()),
-                });
-            }
+        if out.push
+            && let Some(i) = out.new_item.as_ref().filter(|i| i.listed)
+        {
+            effects.push(Effect::Push {
+                user: user.clone(),
+                item: PushItem::Set(i.clone()),
+            });
         }
         if out.deliver {
             // Subscription stanzas carry bare JIDs (RFC 6121 §3.1.1).
@@ -701,6 +755,13 @@ impl Shard {
                 user: user.clone(),
                 contact: contact.clone(),
                 unavailable: false,
+            });
+        }
+        if out.send_unavailable_to_contact {
+            effects.push(Effect::PresenceTo {
+                user: user.clone(),
+                contact: contact.clone(),
+                unavailable: true,
             });
         }
         match out.new_item {
@@ -752,19 +813,23 @@ impl Shard {
                 (Some(p), false) => p.clone(),
                 _ => Bytes::from(unavailable_xml(&jid, &to_str)),
             };
-            if let Ok(s) = Stanza::parse(xml) {
-                if let Ok(from) = Jid::parse(&jid) {
-                    let mut env = Envelope::new(s, from, to.clone());
-                    // The stored presence has no `to`; the recipient's shard
-                    // addresses it.
-                    env.at = tokio::time::Instant::now();
-                    self.ctx.router.route_nowait(env);
-                    sent = true;
-                }
+            if let Ok(s) = Stanza::parse(xml)
+                && let Ok(from) = Jid::parse(&jid)
+            {
+                let mut env = Envelope::new(s, from, to.clone());
+                // The stored presence has no `to`; the recipient's shard
+                // addresses it.
+                env.at = tokio::time::Instant::now();
+                self.ctx.router.route_nowait(env);
+                sent = true;
             }
         }
         if !sent {
-            self.route_xml(unavailable_xml(user.as_str(), &to_str), Jid::Bare(user.clone()), to.clone());
+            self.route_xml(
+                unavailable_xml(user.as_str(), &to_str),
+                Jid::Bare(user.clone()),
+                to.clone(),
+            );
         }
     }
 
@@ -782,7 +847,11 @@ impl Shard {
             Some(t) => match Jid::parse(&t) {
                 Ok(j) => Some(j),
                 Err(_) => {
-                    let env = Envelope::new(stanza.clone(), Jid::Full(from.clone()), Jid::Bare(from.bare().clone()));
+                    let env = Envelope::new(
+                        stanza.clone(),
+                        Jid::Full(from.clone()),
+                        Jid::Bare(from.bare().clone()),
+                    );
                     self.bounce(&env, StanzaCondition::JidMalformed);
                     return;
                 }
@@ -827,16 +896,16 @@ impl Shard {
                     .and_then(|u| u.resources.iter_mut().find(|r| r.handle.jid == from))
                 {
                     match ty {
-                        None => {
-                            if !r.directed.contains(&to) {
-                                r.directed.push(to.clone());
-                            }
+                        None if !r.directed.contains(&to) => {
+                            r.directed.push(to.clone());
                         }
                         Some("unavailable") => r.directed.retain(|j| j != &to),
                         _ => {}
                     }
                 }
-                self.ctx.router.route_nowait(Envelope::new(stanza, Jid::Full(from), to));
+                self.ctx
+                    .router
+                    .route_nowait(Envelope::new(stanza, Jid::Full(from), to));
             }
             (None, Some(_)) => {}
         }
@@ -877,9 +946,21 @@ impl Shard {
             let roster = self.users.get(&bare).and_then(|u| u.roster.as_ref());
             let items: Vec<&RosterItem> = roster.map(|r| r.values().collect()).unwrap_or_default();
             (
-                items.iter().filter(|i| i.subscription.has_from()).map(|i| i.jid.clone()).collect(),
-                items.iter().filter(|i| i.subscription.has_to()).map(|i| i.jid.clone()).collect(),
-                items.iter().filter(|i| i.pending_in).map(|i| i.jid.clone()).collect(),
+                items
+                    .iter()
+                    .filter(|i| i.subscription.has_from())
+                    .map(|i| i.jid.clone())
+                    .collect(),
+                items
+                    .iter()
+                    .filter(|i| i.subscription.has_to())
+                    .map(|i| i.jid.clone())
+                    .collect(),
+                items
+                    .iter()
+                    .filter(|i| i.pending_in)
+                    .map(|i| i.jid.clone())
+                    .collect(),
             )
         };
         let presence = match Stanza::parse(stamped.clone()) {
@@ -889,7 +970,8 @@ impl Shard {
         // To every contact with a subscription from us.
         for c in &subscribers {
             if let Ok(to) = BareJid::parse(c) {
-                let mut env = Envelope::new(presence.clone(), Jid::Full(from.clone()), Jid::Bare(to));
+                let mut env =
+                    Envelope::new(presence.clone(), Jid::Full(from.clone()), Jid::Bare(to));
                 env.at = tokio::time::Instant::now();
                 self.ctx.router.route_nowait(env);
             }
@@ -898,7 +980,13 @@ impl Shard {
         let own: Vec<Arc<str>> = self
             .users
             .get(&bare)
-            .map(|u| u.resources.iter().filter(|r| r.available).map(|r| r.handle.jid_str.clone()).collect())
+            .map(|u| {
+                u.resources
+                    .iter()
+                    .filter(|r| r.available)
+                    .map(|r| r.handle.jid_str.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         for to in own {
             let f = presence.splice(None, Some(&to));
@@ -912,7 +1000,11 @@ impl Shard {
         // ourselves up to date with our other resources' presence.
         for c in &subscribed_to {
             if let Ok(to) = BareJid::parse(c) {
-                self.route_xml(probe_xml(bare.as_str(), c), Jid::Bare(bare.clone()), Jid::Bare(to));
+                self.route_xml(
+                    probe_xml(bare.as_str(), c),
+                    Jid::Bare(bare.clone()),
+                    Jid::Bare(to),
+                );
             }
         }
         let others: Vec<Bytes> = self
@@ -928,13 +1020,23 @@ impl Shard {
             .unwrap_or_default();
         for p in others {
             if let Ok(s) = Stanza::parse(p) {
-                self.write_to(&bare, Some(from.resource()), s.splice(None, Some(&jid_str)), StanzaKind::Presence);
+                self.write_to(
+                    &bare,
+                    Some(from.resource()),
+                    s.splice(None, Some(&jid_str)),
+                    StanzaKind::Presence,
+                );
             }
         }
         // Subscription requests that waited for us (RFC 6121 §3.1.3).
         for c in &pending_in {
             let xml = subscription_xml(SubKind::Subscribe, c, bare.as_str());
-            self.write_to(&bare, Some(from.resource()), Bytes::from(xml).into(), StanzaKind::Presence);
+            self.write_to(
+                &bare,
+                Some(from.resource()),
+                Bytes::from(xml).into(),
+                StanzaKind::Presence,
+            );
         }
         // Offline messages go to the first resource that becomes available
         // with a non-negative priority (XEP-0160).
@@ -962,7 +1064,12 @@ impl Shard {
     }
 
     /// `res` has gone unavailable (it may already be removed from the user).
-    fn broadcast_unavailable(&mut self, bare: &BareJid, res: &Resource, frame_bytes: impl Into<Frame>) {
+    fn broadcast_unavailable(
+        &mut self,
+        bare: &BareJid,
+        res: &Resource,
+        frame_bytes: impl Into<Frame>,
+    ) {
         let frame: Frame = frame_bytes.into();
         let Ok(presence) = Stanza::parse(flatten(&frame)) else {
             return;
@@ -972,7 +1079,12 @@ impl Shard {
             .users
             .get(bare)
             .and_then(|u| u.roster.as_ref())
-            .map(|r| r.values().filter(|i| i.subscription.has_from()).map(|i| i.jid.clone()).collect())
+            .map(|r| {
+                r.values()
+                    .filter(|i| i.subscription.has_from())
+                    .map(|i| i.jid.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         let from = Jid::Full(res.handle.jid.clone());
         let mut targets: Vec<Jid> = subscribers
@@ -985,20 +1097,36 @@ impl Shard {
             }
         }
         for to in targets {
-            self.ctx.router.route_nowait(Envelope::new(presence.clone(), from.clone(), to));
+            self.ctx
+                .router
+                .route_nowait(Envelope::new(presence.clone(), from.clone(), to));
         }
         let own: Vec<Arc<str>> = self
             .users
             .get(bare)
-            .map(|u| u.resources.iter().filter(|r| r.available).map(|r| r.handle.jid_str.clone()).collect())
+            .map(|u| {
+                u.resources
+                    .iter()
+                    .filter(|r| r.available)
+                    .map(|r| r.handle.jid_str.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         for to in own {
             let res = to.rsplit_once('/').map(|(_, r)| r.to_string());
-            self.write_to(bare, res.as_deref(), presence.splice(None, Some(&to)), StanzaKind::Presence);
+            self.write_to(
+                bare,
+                res.as_deref(),
+                presence.splice(None, Some(&to)),
+                StanzaKind::Presence,
+            );
         }
         // The leaving resource gets its own unavailable too, as a clean echo.
         if res.available {
-            let _ = res.handle.out.try_send(presence.splice(None, Some(&res.handle.jid_str)));
+            let _ = res
+                .handle
+                .out
+                .try_send(presence.splice(None, Some(&res.handle.jid_str)));
         }
     }
 
@@ -1010,13 +1138,13 @@ impl Shard {
         let current = self.item(&user, contact.as_str());
         let out = subscription::outbound(current.as_ref(), kind, contact.as_str());
         let mut effects = Vec::new();
-        if out.push {
-            if let Some(i) = out.new_item.as_ref() {
-                effects.push(Effect::Push {
-                    user: user.clone(),
-                    item: PushItem::Set(i.clone()),
-                });
-            }
+        if out.push
+            && let Some(i) = out.new_item.as_ref()
+        {
+            effects.push(Effect::Push {
+                user: user.clone(),
+                item: PushItem::Set(i.clone()),
+            });
         }
         if out.forward {
             // Subscription stanzas travel from the bare JID (RFC 6121 §3.1.2).
@@ -1057,9 +1185,8 @@ impl Shard {
         let user = from.bare().clone();
         let id = stanza.id().map(|s| s.into_owned()).unwrap_or_default();
         let jid_str: Arc<str> = Arc::from(from.to_string());
-        let reply_err = |cond: StanzaCondition| {
-            Bytes::from(error_reply("iq", Some(&id), Some(&jid_str), None, cond, None))
-        };
+        let reply_err =
+            |cond: StanzaCondition| error_reply("iq", Some(&id), Some(&jid_str), None, cond, None);
         let Ok(el) = Element::parse(stanza.bytes(), NS_CLIENT, &[]) else {
             let b = reply_err(StanzaCondition::BadRequest);
             self.write_to(&user, Some(from.resource()), b.into(), StanzaKind::Iq);
@@ -1081,7 +1208,12 @@ impl Shard {
                     .unwrap_or_default();
                 items.sort_by(|a, b| a.jid.cmp(&b.jid));
                 let xml = iq::roster_result_xml(&id, &jid_str, &items);
-                self.write_to(&user, Some(from.resource()), Bytes::from(xml).into(), StanzaKind::Iq);
+                self.write_to(
+                    &user,
+                    Some(from.resource()),
+                    Bytes::from(xml).into(),
+                    StanzaKind::Iq,
+                );
             }
             Some("set") => {
                 let items: Vec<&Element> = query.children_named("item", NS_ROSTER).collect();
@@ -1094,13 +1226,22 @@ impl Shard {
                 let req = RosterSetRequest {
                     jid: it.attr("jid").unwrap_or_default().to_string(),
                     name: it.attr("name").map(str::to_string),
-                    groups: it.children_named("group", NS_ROSTER).map(|g| g.text()).collect(),
+                    groups: it
+                        .children_named("group", NS_ROSTER)
+                        .map(|g| g.text())
+                        .collect(),
                     remove: it.attr("subscription") == Some("remove"),
                     subscription_attr: it.attr("subscription").map(str::to_string),
                 };
-                let contact = BareJid::parse(&req.jid).map(|j| j.as_str().to_string()).unwrap_or_default();
+                let contact = BareJid::parse(&req.jid)
+                    .map(|j| j.as_str().to_string())
+                    .unwrap_or_default();
                 let current = self.item(&user, &contact);
-                let result_xml = format!("<iq type='result' id='{}' to='{}'/>", crate::xml::escape::escape_attr(&id), crate::xml::escape::escape_attr(&jid_str));
+                let result_xml = format!(
+                    "<iq type='result' id='{}' to='{}'/>",
+                    crate::xml::escape::escape_attr(&id),
+                    crate::xml::escape::escape_attr(&jid_str)
+                );
                 let result = Effect::ToUser {
                     user: user.clone(),
                     resource: Some(Arc::from(from.resource())),
@@ -1212,7 +1353,10 @@ fn with_delay(frame: &Frame, domain: &str) -> Bytes {
     // Insert before the closing tag, or expand an empty element.
     if bytes.ends_with(b"/>") {
         let head = &bytes[..bytes.len() - 2];
-        let name_end = head.iter().position(|b| b.is_ascii_whitespace() || *b == b'/').unwrap_or(head.len());
+        let name_end = head
+            .iter()
+            .position(|b| b.is_ascii_whitespace() || *b == b'/')
+            .unwrap_or(head.len());
         let name = String::from_utf8_lossy(&head[1..name_end]).into_owned();
         let mut out = Vec::with_capacity(bytes.len() + delay.len() + name.len() + 3);
         out.extend_from_slice(head);

@@ -61,7 +61,10 @@ pub enum Action {
     RestartStream,
     Authenticated(BareJid),
     /// Bind a resource (the shard decides the final one).
-    Bind { requested: Option<String>, iq_id: String },
+    Bind {
+        requested: Option<String>,
+        iq_id: String,
+    },
     /// Negotiation is complete: the session is live.
     Established(FullJid),
     /// A SASL attempt failed (counted; the failure is already in a `Send`).
@@ -142,7 +145,11 @@ impl C2sNegotiation {
         vec![Action::Fail(StreamError::with_text(cond, text))]
     }
 
-    pub fn handle(&mut self, input: Input<'_>, creds: &dyn CredentialSource) -> Vec<Action> {
+    pub fn handle<C: CredentialSource + ?Sized>(
+        &mut self,
+        input: Input<'_>,
+        creds: &C,
+    ) -> Vec<Action> {
         match input {
             Input::StreamOpen(h) => self.on_header(h),
             Input::TlsEstablished => {
@@ -169,25 +176,37 @@ impl C2sNegotiation {
         if !matches!(self.state, State::ExpectHeader) {
             return self.fail(StreamCondition::BadFormat, "unexpected stream header");
         }
-        let to = h.to.as_deref().map(|t| t.trim_end_matches('.').to_ascii_lowercase());
+        let to =
+            h.to.as_deref()
+                .map(|t| t.trim_end_matches('.').to_ascii_lowercase());
         let domain = match to {
-            Some(t) if self.policy.domains.iter().any(|d| *d == t) => t,
+            Some(t) if self.policy.domains.contains(&t) => t,
             Some(_) | None => {
                 // RFC 6120 §4.9.3.6: answer with a header first, then the error.
                 let d = self.policy.domains.first().cloned().unwrap_or_default();
                 let mut out = vec![Action::Send(self.header(&d))];
-                out.extend(self.fail(StreamCondition::HostUnknown, "this server does not serve that domain"));
+                out.extend(self.fail(
+                    StreamCondition::HostUnknown,
+                    "this server does not serve that domain",
+                ));
                 return out;
             }
         };
-        if let Some(prev) = &self.domain {
-            if *prev != domain {
-                return self.fail(StreamCondition::HostUnknown, "the domain changed on restart");
-            }
+        if let Some(prev) = &self.domain
+            && *prev != domain
+        {
+            return self.fail(
+                StreamCondition::HostUnknown,
+                "the domain changed on restart",
+            );
         }
         let mut out = vec![Action::Send(self.header(&domain))];
         self.domain = Some(domain);
-        if h.version.as_deref().map(|v| v.split('.').next() != Some("1")).unwrap_or(true) {
+        if h.version
+            .as_deref()
+            .map(|v| v.split('.').next() != Some("1"))
+            .unwrap_or(true)
+        {
             out.extend(self.fail(StreamCondition::UnsupportedVersion, "XMPP 1.0 is required"));
             return out;
         }
@@ -224,12 +243,15 @@ impl C2sNegotiation {
         f
     }
 
-    fn on_element(&mut self, s: &Stanza, creds: &dyn CredentialSource) -> Vec<Action> {
+    fn on_element<C: CredentialSource + ?Sized>(&mut self, s: &Stanza, creds: &C) -> Vec<Action> {
         if matches!(self.state, State::Established | State::Closed) {
             return Vec::new();
         }
         if matches!(self.state, State::ExpectHeader) {
-            return self.fail(StreamCondition::NotWellFormed, "stanza before the stream header");
+            return self.fail(
+                StreamCondition::NotWellFormed,
+                "stanza before the stream header",
+            );
         }
         let Ok(el) = Element::parse(s.bytes(), NS_CLIENT, &[("stream", NS_STREAMS)]) else {
             return self.fail(StreamCondition::NotWellFormed, "cannot parse element");
@@ -239,18 +261,30 @@ impl C2sNegotiation {
                 self.state = State::Closed;
                 return vec![
                     Action::Send(format!("<failure xmlns='{NS_TLS}'/>")),
-                    Action::Fail(StreamError::with_text(StreamCondition::PolicyViolation, "STARTTLS not allowed now")),
+                    Action::Fail(StreamError::with_text(
+                        StreamCondition::PolicyViolation,
+                        "STARTTLS not allowed now",
+                    )),
                 ];
             }
-            return vec![Action::Send(format!("<proceed xmlns='{NS_TLS}'/>")), Action::StartTls];
+            return vec![
+                Action::Send(format!("<proceed xmlns='{NS_TLS}'/>")),
+                Action::StartTls,
+            ];
         }
-        let is_stanza = matches!(s.kind(), StanzaKind::Message | StanzaKind::Presence | StanzaKind::Iq);
+        let is_stanza = matches!(
+            s.kind(),
+            StanzaKind::Message | StanzaKind::Presence | StanzaKind::Iq
+        );
         if is_stanza && self.user.is_none() {
             // RFC 6120 §8.1.1: no stanzas before the stream is authenticated.
             return self.fail(StreamCondition::NotAuthorized, "authenticate first");
         }
         if self.user.is_none() && !self.tls && self.policy.require_tls {
-            return self.fail(StreamCondition::PolicyViolation, "STARTTLS is required first");
+            return self.fail(
+                StreamCondition::PolicyViolation,
+                "STARTTLS is required first",
+            );
         }
         if el.ns == NS_SASL {
             if self.user.is_some() {
@@ -259,33 +293,42 @@ impl C2sNegotiation {
             return self.on_sasl(&el, creds);
         }
         if is_stanza {
-            if s.kind() == StanzaKind::Iq && matches!(self.state, State::Features) {
-                if let Some(bind) = el.child("bind", NS_BIND) {
-                    if el.attr("type") != Some("set") {
-                        return vec![Action::Send(iq_error(&el, "bad-request", "modify"))];
-                    }
-                    let requested = bind.child("resource", NS_BIND).map(|r| r.text());
-                    self.state = State::Binding;
-                    return vec![Action::Bind {
-                        requested,
-                        iq_id: el.attr("id").unwrap_or_default().to_string(),
-                    }];
+            if s.kind() == StanzaKind::Iq
+                && matches!(self.state, State::Features)
+                && let Some(bind) = el.child("bind", NS_BIND)
+            {
+                if el.attr("type") != Some("set") {
+                    return vec![Action::Send(iq_error(&el, "bad-request", "modify"))];
                 }
+                let requested = bind.child("resource", NS_BIND).map(|r| r.text());
+                self.state = State::Binding;
+                return vec![Action::Bind {
+                    requested,
+                    iq_id: el.attr("id").unwrap_or_default().to_string(),
+                }];
             }
             return self.fail(StreamCondition::NotAuthorized, "bind a resource first");
         }
-        self.fail(StreamCondition::UnsupportedStanzaType, "unexpected element during negotiation")
+        self.fail(
+            StreamCondition::UnsupportedStanzaType,
+            "unexpected element during negotiation",
+        )
     }
 
     fn sasl_failure(&mut self, condition: &str) -> Vec<Action> {
         self.failures += 1;
         self.state = State::Features;
         let mut out = vec![
-            Action::Send(format!("<failure xmlns='{NS_SASL}'><{condition}/></failure>")),
+            Action::Send(format!(
+                "<failure xmlns='{NS_SASL}'><{condition}/></failure>"
+            )),
             Action::AuthFailed,
         ];
         if self.failures >= MAX_AUTH_FAILURES {
-            out.extend(self.fail(StreamCondition::PolicyViolation, "too many failed authentication attempts"));
+            out.extend(self.fail(
+                StreamCondition::PolicyViolation,
+                "too many failed authentication attempts",
+            ));
         }
         out
     }
@@ -294,7 +337,7 @@ impl C2sNegotiation {
         BareJid::from_parts(Some(username), self.domain.as_deref()?).ok()
     }
 
-    fn on_sasl(&mut self, el: &Element, creds: &dyn CredentialSource) -> Vec<Action> {
+    fn on_sasl<C: CredentialSource + ?Sized>(&mut self, el: &Element, creds: &C) -> Vec<Action> {
         let payload = || -> Result<Vec<u8>, ()> {
             let t = el.text();
             let t = t.trim();
@@ -303,7 +346,10 @@ impl C2sNegotiation {
             }
             B64.decode(t).map_err(|_| ())
         };
-        match (el.name.as_str(), std::mem::replace(&mut self.state, State::Features)) {
+        match (
+            el.name.as_str(),
+            std::mem::replace(&mut self.state, State::Features),
+        ) {
             ("abort", _) => self.sasl_failure("aborted"),
             ("auth", State::Features) => {
                 let Ok(data) = payload() else {
@@ -344,7 +390,12 @@ impl C2sNegotiation {
         }
     }
 
-    fn scram_first(&mut self, hash: ScramHash, data: &[u8], creds: &dyn CredentialSource) -> Vec<Action> {
+    fn scram_first<C: CredentialSource + ?Sized>(
+        &mut self,
+        hash: ScramHash,
+        data: &[u8],
+        creds: &C,
+    ) -> Vec<Action> {
         let (awaiting, username, authzid) = match ScramServer::start(hash, data) {
             Ok(x) => x,
             Err(e) => return self.sasl_failure(e.sasl_condition()),
@@ -352,20 +403,25 @@ impl C2sNegotiation {
         let Some(user) = self.user_jid(&username) else {
             return self.sasl_failure("not-authorized");
         };
-        if let Some(a) = authzid.filter(|a| !a.is_empty()) {
-            if BareJid::parse(&a).ok().as_ref() != Some(&user) {
-                return self.sasl_failure("invalid-authzid");
-            }
+        if let Some(a) = authzid.filter(|a| !a.is_empty())
+            && BareJid::parse(&a).ok().as_ref() != Some(&user)
+        {
+            return self.sasl_failure("invalid-authzid");
         }
         let stored = creds.lookup(&user);
         let (fin, server_first) = awaiting.server_first(stored.as_ref().map(|c| c.keys(hash)));
         self.state = State::ScramFinal(Box::new(fin), user);
-        vec![Action::Send(format!("<challenge xmlns='{NS_SASL}'>{}</challenge>", B64.encode(server_first)))]
+        vec![Action::Send(format!(
+            "<challenge xmlns='{NS_SASL}'>{}</challenge>",
+            B64.encode(server_first)
+        ))]
     }
 
-    fn plain(&mut self, data: &[u8], creds: &dyn CredentialSource) -> Vec<Action> {
+    fn plain<C: CredentialSource + ?Sized>(&mut self, data: &[u8], creds: &C) -> Vec<Action> {
         let mut parts = data.split(|b| *b == 0);
-        let (Some(authz), Some(authc), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(authz), Some(authc), Some(pass), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return self.sasl_failure("malformed-request");
         };
         let (Ok(authz), Ok(authc), Ok(pass)) = (
@@ -394,7 +450,11 @@ impl C2sNegotiation {
             Some(d) => format!("<success xmlns='{NS_SASL}'>{}</success>", B64.encode(d)),
             None => format!("<success xmlns='{NS_SASL}'/>"),
         };
-        vec![Action::Send(body), Action::Authenticated(user), Action::RestartStream]
+        vec![
+            Action::Send(body),
+            Action::Authenticated(user),
+            Action::RestartStream,
+        ]
     }
 
     fn on_bound(&mut self, r: Result<FullJid, BindFailure>) -> Vec<Action> {
@@ -479,7 +539,9 @@ mod tests {
             let mut out = Vec::new();
             while let Ok(Some(ev)) = self.framer.next() {
                 let actions = match ev {
-                    FramerEvent::StreamOpen(h) => self.neg.handle(Input::StreamOpen(&h), &self.store),
+                    FramerEvent::StreamOpen(h) => {
+                        self.neg.handle(Input::StreamOpen(&h), &self.store)
+                    }
                     FramerEvent::Stanza(s) => self.neg.handle(Input::Element(&s), &self.store),
                     FramerEvent::StreamClose => Vec::new(),
                 };
@@ -495,7 +557,11 @@ mod tests {
 
         fn tls(&mut self) {
             self.framer = Framer::new(NS_CLIENT, 65536);
-            assert!(self.neg.handle(Input::TlsEstablished, &self.store).is_empty());
+            assert!(
+                self.neg
+                    .handle(Input::TlsEstablished, &self.store)
+                    .is_empty()
+            );
         }
     }
 
@@ -530,7 +596,10 @@ mod tests {
             B64.encode(first)
         ));
         let fin = client.handle_server_first(&challenge(&a)).unwrap();
-        h.feed(&format!("<response xmlns='{NS_SASL}'>{}</response>", B64.encode(fin)))
+        h.feed(&format!(
+            "<response xmlns='{NS_SASL}'>{}</response>",
+            B64.encode(fin)
+        ))
     }
 
     #[test]
@@ -539,8 +608,13 @@ mod tests {
         let a = h.feed(HEADER);
         let s = sent(&a);
         assert!(s.contains("from='example.org'") && s.contains("id='sid1'"));
-        assert!(s.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"));
-        assert!(!s.contains("mechanisms"), "no SASL before TLS when TLS is required");
+        assert!(
+            s.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>")
+        );
+        assert!(
+            !s.contains("mechanisms"),
+            "no SASL before TLS when TLS is required"
+        );
     }
 
     #[test]
@@ -557,7 +631,9 @@ mod tests {
         assert!(!s.contains("starttls"));
         let a = scram_login(&mut h, "pencil");
         assert!(sent(&a).starts_with("<success"), "{a:?}");
-        assert!(a.contains(&Action::Authenticated(BareJid::parse("alice@example.org").unwrap())));
+        assert!(a.contains(&Action::Authenticated(
+            BareJid::parse("alice@example.org").unwrap()
+        )));
         let a = h.feed(HEADER);
         assert!(sent(&a).contains("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"));
         let a = h.feed("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>");
@@ -624,7 +700,9 @@ mod tests {
     fn sasl_before_required_tls_is_a_policy_violation() {
         let mut h = Harness::new(true);
         h.feed(HEADER);
-        let a = h.feed(&format!("<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>x</auth>"));
+        let a = h.feed(&format!(
+            "<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>x</auth>"
+        ));
         assert_eq!(failure(&a), Some(StreamCondition::PolicyViolation));
     }
 
@@ -656,12 +734,20 @@ mod tests {
     fn scram_without_initial_response_gets_an_empty_challenge_first() {
         let mut h = Harness::new(false);
         h.feed(HEADER);
-        let a = h.feed(&format!("<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-1'/>"));
+        let a = h.feed(&format!(
+            "<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-1'/>"
+        ));
         assert_eq!(sent(&a), format!("<challenge xmlns='{NS_SASL}'/>"));
         let (mut client, first) = ScramClient::new(ScramHash::Sha1, "alice", "pencil").unwrap();
-        let a = h.feed(&format!("<response xmlns='{NS_SASL}'>{}</response>", B64.encode(first)));
+        let a = h.feed(&format!(
+            "<response xmlns='{NS_SASL}'>{}</response>",
+            B64.encode(first)
+        ));
         let fin = client.handle_server_first(&challenge(&a)).unwrap();
-        let a = h.feed(&format!("<response xmlns='{NS_SASL}'>{}</response>", B64.encode(fin)));
+        let a = h.feed(&format!(
+            "<response xmlns='{NS_SASL}'>{}</response>",
+            B64.encode(fin)
+        ));
         assert!(sent(&a).starts_with("<success"), "{a:?}");
     }
 
@@ -675,7 +761,10 @@ mod tests {
             B64.encode(first)
         ));
         let fin = client.handle_server_first(&challenge(&a)).unwrap();
-        let a = h.feed(&format!("<response xmlns='{NS_SASL}'>{}</response>", B64.encode(fin)));
+        let a = h.feed(&format!(
+            "<response xmlns='{NS_SASL}'>{}</response>",
+            B64.encode(fin)
+        ));
         assert!(sent(&a).contains("<not-authorized/>"));
     }
 }

@@ -34,7 +34,9 @@ impl TestServer {
         let path = dir.path().join("fedrouter.toml");
         std::fs::write(&path, &text).expect("write config");
         let config = Config::load(&path).unwrap_or_else(|e| panic!("test config: {e}"));
-        let daemon = fedrouter::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
+        let daemon = fedrouter::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
         TestServer { daemon, dir }
     }
 
@@ -59,7 +61,12 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("{local} could not sign in: {e}"))
     }
 
-    pub async fn client_with_resource(&self, local: &str, password: &str, resource: &str) -> Client {
+    pub async fn client_with_resource(
+        &self,
+        local: &str,
+        password: &str,
+        resource: &str,
+    ) -> Client {
         let mut c = self.config(local, password);
         c.resource = Some(resource.to_string());
         Client::connect(&c)
@@ -69,14 +76,20 @@ impl TestServer {
 
     /// A raw TCP connection to the c2s port, for hostile input.
     pub async fn raw(&self) -> Connection {
-        Connection::tcp(self.addr(), TIMEOUT).await.expect("connect")
+        Connection::tcp(self.addr(), TIMEOUT)
+            .await
+            .expect("connect")
     }
 
     pub async fn scrape(&self) -> String {
         let addr = self.daemon.metrics_addr.expect("metrics enabled");
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics connect");
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("metrics connect");
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
@@ -90,7 +103,9 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         if line.starts_with('#') {
             continue;
         }
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let (n, l) = match series.split_once('{') {
             Some((n, l)) => (n, l.trim_end_matches('}')),
             None => (series, ""),
@@ -98,7 +113,10 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         if n != name {
             continue;
         }
-        if labels.iter().all(|(k, v)| l.split(',').any(|kv| kv == format!("{k}=\"{v}\""))) {
+        if labels
+            .iter()
+            .all(|(k, v)| l.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+        {
             return value.parse().unwrap_or(f64::NAN);
         }
     }
@@ -111,8 +129,10 @@ pub fn text(s: &Stanza) -> String {
 
 /// The text of the first `<body>` in a stanza.
 pub fn body(s: &Stanza) -> Option<String> {
-    let el = fedrouter::xml::element::Element::parse(s.bytes(), fedrouter::xml::NS_CLIENT, &[]).ok()?;
-    el.child("body", fedrouter::xml::NS_CLIENT).map(|b| b.text())
+    let el =
+        fedrouter::xml::element::Element::parse(s.bytes(), fedrouter::xml::NS_CLIENT, &[]).ok()?;
+    el.child("body", fedrouter::xml::NS_CLIENT)
+        .map(|b| b.text())
 }
 
 pub fn is_presence_from(s: &Stanza, from_prefix: &str, ty: Option<&str>) -> bool {
