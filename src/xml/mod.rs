@@ -1,5 +1,16 @@
 //! XML for XMPP streams: the incremental framer that turns socket bytes
 //! into zero-copy [`Stanza`]s while enforcing RFC 6120 §11, escaping, and a
 //! small element tree for the few stanzas that are parsed deeply.
+//!
+//! Nothing here does I/O. The forwarding path is `Framer` → `Stanza` →
+//! `Stanza::splice` → `Frame`; `Element` is for the stanzas the server
+//! itself must understand.
 
+pub mod element;
 pub mod escape;
+pub mod framer;
+pub mod stanza;
+
+pub use element::{Element, ElementError, Node};
+pub use framer::{Framer, FramerEvent, NS_CLIENT, NS_SERVER, NS_STREAMS, StreamHeader};
+pub use stanza::{Frame, Stanza, StanzaKind};

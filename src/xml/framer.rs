@@ -1,0 +1,1932 @@
+//! The sans-IO stream framer: socket bytes in, [`FramerEvent`]s out.
+//!
+//! It owns the read buffer, finds the stream header and the top-level
+//! elements of a never-ending XMPP stream, enforces RFC 6120 §11 (restricted
+//! XML, UTF-8 only, well-formedness, namespace well-formedness) and the
+//! stanza size limit *while* reading, and hands out each stanza as a
+//! zero-copy [`Stanza`] split off the buffer. It does no I/O, knows no clock
+//! and never looks inside a stanza beyond what well-formedness requires.
+//!
+//! # Design
+//!
+//! A hand-written byte scanner rather than quick-xml, because the framer
+//! must resume at arbitrary chunk boundaries and must check things quick-xml
+//! lets through (control characters, undeclared entities and prefixes, DTDs),
+//! and doing both in one pass over the bytes is what keeps it fast.
+//!
+//! - State kept between calls: the scan position `pos` inside the buffered,
+//!   incomplete top-level element; the stack of open element names (as spans
+//!   into the buffer, which is never split while a stanza is open); prefix
+//!   declarations in scope; whether we are inside a CDATA section.
+//! - Text and CDATA are consumed incrementally: the scan stops before an
+//!   incomplete UTF-8 sequence, entity reference or `]]>` and resumes there,
+//!   so every byte of character data is scanned once (amortised O(n)).
+//! - Markup (start tag, end tag, XML declaration) is scanned as a whole once
+//!   its closing `>` may have arrived. An incomplete tag is re-scanned only
+//!   after a read brings a new `>` (`wait_gt`), so a peer trickling a tag in
+//!   byte by byte costs one `memchr` over the new bytes per read, and the
+//!   worst case (a `>` inside attribute values in every read) is re-scanning
+//!   one tag, bounded by the stanza size limit. A consequence: a syntax
+//!   error inside an incomplete tag may be reported only once the next `>`
+//!   arrives (or the size limit is hit); events never depend on chunking.
+//! - Between stanzas only whitespace is allowed; it is dropped from the buffer
+//!   at once, so a stanza always starts at buffer offset 0, its size is
+//!   `buf.len()` while incomplete, and [`Framer::read_buf`] can cap each read
+//!   at the bytes still allowed (limit + 1, so an oversize stanza is seen
+//!   without ever buffering more).
+//!
+//! Policies chosen here: a byte order mark is refused (RFC 6120 §11.6 says a
+//! U+FEFF must be read as a character, and a character before the root is
+//! not well-formed); an XML declaration anywhere but the very start of a
+//! stream is a processing instruction (`restricted-xml`); nesting deeper
+//! than [`MAX_DEPTH`] elements inside one stanza is `policy-violation`;
+//! bytes after `</stream:stream>` are ignored. Duplicate attributes are found
+//! by qualified name; two prefixes bound to the same namespace with the same
+//! local name are not detected.
+
+use bytes::buf::Limit;
+use bytes::{Buf, BufMut, BytesMut};
+use memchr::{memchr, memmem};
+
+use crate::error::{StreamCondition, StreamError};
+use crate::xml::escape::unescape;
+use crate::xml::stanza::{HeadSpans, Span, Stanza};
+
+pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
+pub const NS_CLIENT: &str = "jabber:client";
+pub const NS_SERVER: &str = "jabber:server";
+pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
+
+/// Deepest element nesting allowed inside one stanza, the stanza itself
+/// counting as 1. Real XMPP payloads stay far below; the limit keeps the
+/// element stack and every deep parser downstream bounded.
+pub const MAX_DEPTH: usize = 64;
+
+/// Largest read `read_buf` offers in one go (a typical socket read).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Longest entity or character reference body we wait for (`&#x000010FFFF;`
+/// has leading zeros; anything longer than this is refused).
+const MAX_REF_LEN: usize = 40;
+
+/// Keeps every position representable in the `u32` spans of `Stanza`.
+const MAX_LIMIT: usize = (u32::MAX / 2) as usize;
+
+/// What the framer yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FramerEvent {
+    StreamOpen(StreamHeader),
+    Stanza(Stanza),
+    StreamClose,
+}
+
+/// The facts of a `<stream:stream>` open tag, unescaped and owned.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StreamHeader {
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub id: Option<String>,
+    pub version: Option<String>,
+    /// `xml:lang`.
+    pub lang: Option<String>,
+    /// The content namespace (`xmlns`), already checked against the
+    /// framer's `content_ns`.
+    pub default_ns: String,
+    /// Every `xmlns:prefix` declared on the header, e.g. `("stream",
+    /// NS_STREAMS)`, `("db", "jabber:server:dialback")`. They stay in scope
+    /// for all stanzas of the stream.
+    pub prefixes: Vec<(String, String)>,
+}
+
+impl StreamHeader {
+    /// The prefix bindings in the shape `Element::parse` takes.
+    pub fn prefix_pairs(&self) -> Vec<(&str, &str)> {
+        self.prefixes
+            .iter()
+            .map(|(p, n)| (p.as_str(), n.as_str()))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the very start of a stream: an XML declaration may come.
+    Start,
+    /// Declaration done or absent: whitespace, then the stream header.
+    Prolog,
+    /// Inside the stream: stanzas and whitespace.
+    Open,
+    /// `</stream:stream>` seen.
+    Closed,
+}
+
+/// A prefix declared inside the current stanza: the prefix as a span into
+/// the buffer and the depth of the element that declared it.
+#[derive(Clone, Copy)]
+struct InnerPrefix {
+    prefix: Span,
+    depth: u32,
+}
+
+/// One attribute of a scanned tag: its qualified name and raw value
+/// (between the quotes), as absolute positions in the scanned buffer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RawAttr {
+    pub(crate) name: Span,
+    pub(crate) value: Span,
+}
+
+/// A complete start tag.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tag {
+    pub(crate) name: Span,
+    /// Index just past the closing `>`.
+    pub(crate) end: usize,
+    pub(crate) empty: bool,
+}
+
+/// The incremental framer. See the module documentation.
+pub struct Framer {
+    buf: BytesMut,
+    content_ns: &'static str,
+    max: usize,
+    state: State,
+    dead: Option<StreamError>,
+    /// Everything in `buf[..pos]` belongs to the open stanza and is checked.
+    pos: usize,
+    /// Names of the open elements of the current stanza.
+    stack: Vec<Span>,
+    inner_prefixes: Vec<InnerPrefix>,
+    stream_prefixes: Vec<(String, String)>,
+    root_name: String,
+    in_cdata: bool,
+    /// An incomplete piece of markup can only complete with a `>` at or
+    /// after this index.
+    wait_gt: Option<usize>,
+    /// Reused for every tag so scanning allocates nothing once warm.
+    attrs: Vec<RawAttr>,
+    head: HeadSpans,
+}
+
+impl Framer {
+    /// `content_ns` is the default namespace the stream header must declare
+    /// (`NS_CLIENT` or `NS_SERVER`).
+    pub fn new(content_ns: &'static str, max_stanza_size: usize) -> Framer {
+        Framer {
+            buf: BytesMut::new(),
+            content_ns,
+            max: max_stanza_size.min(MAX_LIMIT),
+            state: State::Start,
+            dead: None,
+            pos: 0,
+            stack: Vec::new(),
+            inner_prefixes: Vec::new(),
+            stream_prefixes: Vec::new(),
+            root_name: String::new(),
+            in_cdata: false,
+            wait_gt: None,
+            attrs: Vec::new(),
+            head: HeadSpans::new(Span::NONE, false),
+        }
+    }
+
+    /// Changes the size limit for top-level elements (e.g. 8 KiB before
+    /// authentication, 512 KiB after). It applies to the element being read.
+    pub fn set_max_stanza_size(&mut self, n: usize) {
+        self.max = n.min(MAX_LIMIT);
+    }
+
+    pub fn max_stanza_size(&self) -> usize {
+        self.max
+    }
+
+    /// The buffer to read socket bytes into, limited so that the current
+    /// incomplete element can grow to at most the size limit plus one byte
+    /// (enough to prove it is too large). Use it only after [`next`] returned
+    /// `Ok(None)`; it always offers at least one byte, so a zero-byte read
+    /// still means EOF.
+    ///
+    /// [`next`]: Framer::next
+    pub fn read_buf(&mut self) -> Limit<&mut BytesMut> {
+        let limit = (self.max + 1).saturating_sub(self.buf.len()).max(1);
+        // BytesMut grows by only 64 bytes per chunk when full, which would
+        // turn one socket read into hundreds; offer a real chunk instead.
+        let want = limit.min(READ_CHUNK);
+        if self.buf.capacity() - self.buf.len() < want {
+            self.buf.reserve(want);
+        }
+        (&mut self.buf).limit(limit)
+    }
+
+    /// Appends bytes (tests, and callers that already hold the bytes). Not
+    /// limited: an oversize element is still refused by [`Framer::next`].
+    pub fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes received but not yet handed out in an event. Must be 0 before a
+    /// TLS handshake starts (STARTTLS command injection).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Frees the read buffer when nothing is buffered, so idle sessions cost
+    /// a few hundred bytes instead of a read chunk.
+    pub fn shrink_if_idle(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        if self.attrs.capacity() > 64 {
+            self.attrs = Vec::new();
+        }
+    }
+
+    /// Expects a fresh stream header (stream restart after SASL or TLS).
+    /// Buffered bytes are kept and read as the start of the new stream.
+    pub fn reset(&mut self) {
+        self.state = State::Start;
+        self.pos = 0;
+        self.stack.clear();
+        self.inner_prefixes.clear();
+        self.stream_prefixes.clear();
+        self.root_name.clear();
+        self.in_cdata = false;
+        self.wait_gt = None;
+    }
+
+    /// The prefixes declared on the current stream header.
+    pub fn stream_prefixes(&self) -> &[(String, String)] {
+        &self.stream_prefixes
+    }
+
+    /// The next complete event, or `Ok(None)` when more bytes are needed.
+    /// After an error the framer is dead and returns the same error again.
+    #[allow(clippy::should_implement_trait)] // fallible and resumable, not an Iterator
+    pub fn next(&mut self) -> Result<Option<FramerEvent>, StreamError> {
+        if let Some(e) = &self.dead {
+            return Err(e.clone());
+        }
+        let r = self.step();
+        if let Err(e) = &r {
+            self.dead = Some(e.clone());
+        }
+        r
+    }
+
+    fn step(&mut self) -> Result<Option<FramerEvent>, StreamError> {
+        loop {
+            match self.state {
+                State::Closed => return Ok(None),
+                State::Start => {
+                    if !self.xml_declaration()? {
+                        return self.need_more();
+                    }
+                    self.state = State::Prolog;
+                }
+                State::Prolog => return self.header(),
+                State::Open => return self.content(),
+            }
+        }
+    }
+
+    /// Ok(None), unless the incomplete element already exceeds the limit.
+    /// The element always starts at offset 0, so its size is the buffer's.
+    fn need_more(&self) -> Result<Option<FramerEvent>, StreamError> {
+        if self.buf.len() > self.max {
+            return Err(too_large());
+        }
+        Ok(None)
+    }
+
+    /// True while no `>` has arrived since the last incomplete attempt;
+    /// moves the mark forward so each byte is looked at once.
+    fn waiting_for_gt(&mut self) -> bool {
+        let Some(at) = self.wait_gt else {
+            return false;
+        };
+        let len = self.buf.len();
+        if memchr(b'>', &self.buf[at.min(len)..]).is_some() {
+            return false;
+        }
+        self.wait_gt = Some(len);
+        true
+    }
+
+    /// Handles an optional `<?xml ...?>` at the very start. Returns false
+    /// when more bytes are needed to decide or to finish it.
+    fn xml_declaration(&mut self) -> Result<bool, StreamError> {
+        const DECL: &[u8] = b"<?xml";
+        let b = &self.buf[..];
+        if b.len() <= DECL.len() {
+            // Too short to tell `<?xml ` from `<?xml-stylesheet` or `<stream`.
+            let n = b.len();
+            return Ok(!(b == &DECL[..n] || b == DECL));
+        }
+        if !(b.starts_with(DECL) && is_ws(b[DECL.len()])) {
+            return Ok(true);
+        }
+        if self.waiting_for_gt() {
+            return Ok(false);
+        }
+        let b = &self.buf[..];
+        let Some(close) = memmem::find(&b[DECL.len()..], b"?>") else {
+            self.wait_gt = Some(b.len());
+            return Ok(false);
+        };
+        self.wait_gt = None;
+        let end = DECL.len() + close + 2;
+        if end > self.max {
+            return Err(too_large());
+        }
+        parse_xml_declaration(&b[DECL.len()..DECL.len() + close])?;
+        self.buf.advance(end);
+        Ok(true)
+    }
+
+    fn header(&mut self) -> Result<Option<FramerEvent>, StreamError> {
+        let n = count_ws(&self.buf);
+        self.buf.advance(n);
+        let b = &self.buf[..];
+        let Some(&first) = b.first() else {
+            return Ok(None);
+        };
+        if first != b'<' {
+            return Err(char_error(b, 0, "text before the stream header"));
+        }
+        let Some(&second) = b.get(1) else {
+            return Ok(None);
+        };
+        match second {
+            b'?' => return Err(restricted("processing instruction")),
+            b'!' => return Err(restricted("DTD or comment")),
+            b'/' => return Err(not_well_formed("end tag before the stream header")),
+            _ => {}
+        }
+        if self.waiting_for_gt() {
+            return self.need_more();
+        }
+        let b = &self.buf[..];
+        let Some(tag) = scan_start_tag(b, 0, &mut self.attrs)? else {
+            self.wait_gt = Some(b.len());
+            return self.need_more();
+        };
+        self.wait_gt = None;
+        if tag.end > self.max {
+            return Err(too_large());
+        }
+        let header = self.stream_header(&tag)?;
+        self.buf.advance(tag.end);
+        self.pos = 0;
+        self.state = State::Open;
+        Ok(Some(FramerEvent::StreamOpen(header)))
+    }
+
+    /// Checks the stream header tag (RFC 6120 §4.7, §4.8, §4.9.3) and
+    /// records its name and prefixes for the rest of the stream.
+    fn stream_header(&mut self, tag: &Tag) -> Result<StreamHeader, StreamError> {
+        let b = &self.buf[..];
+        let text = |s: Span| str_of(b, s);
+        let value = |s: Span| -> Result<String, StreamError> {
+            unescape(str_of(b, s))
+                .map(|c| c.into_owned())
+                .map_err(|_| not_well_formed("bad reference"))
+        };
+
+        let mut h = StreamHeader::default();
+        let mut default_ns = None;
+        for a in &self.attrs {
+            let name = text(a.name);
+            if name == "xmlns" {
+                default_ns = Some(value(a.value)?);
+            } else if let Some(p) = name.strip_prefix("xmlns:") {
+                let uri = value(a.value)?;
+                check_prefix_declaration(p.as_bytes(), uri.as_bytes())?;
+                h.prefixes.push((p.to_owned(), uri));
+            }
+        }
+
+        let qname = text(tag.name);
+        let (prefix, local) = split_qname(qname);
+        let ns = match prefix {
+            Some(p) => match h.prefixes.iter().find(|(q, _)| q == p) {
+                Some((_, uri)) => Some(uri.as_str()),
+                None if p == "xml" => Some(NS_XML),
+                None => return Err(bad_prefix(p)),
+            },
+            None => default_ns.as_deref(),
+        };
+        if ns != Some(NS_STREAMS) {
+            return Err(StreamError::with_text(
+                StreamCondition::InvalidNamespace,
+                "the stream element must be in the streams namespace",
+            ));
+        }
+        if local != "stream" || tag.empty {
+            return Err(StreamError::with_text(
+                StreamCondition::BadFormat,
+                "the root element must be an open <stream>",
+            ));
+        }
+        if default_ns.as_deref() != Some(self.content_ns) {
+            return Err(StreamError::with_text(
+                StreamCondition::InvalidNamespace,
+                format!("the content namespace must be {}", self.content_ns),
+            ));
+        }
+
+        for a in &self.attrs {
+            let name = text(a.name);
+            match split_qname(name) {
+                (Some("xmlns"), _) => {}
+                (Some("xml"), "lang") => h.lang = Some(value(a.value)?),
+                (Some("xml"), _) => {}
+                (Some(p), _) => {
+                    if !h.prefixes.iter().any(|(q, _)| q == p) {
+                        return Err(bad_prefix(p));
+                    }
+                }
+                (None, "to") => h.to = Some(value(a.value)?),
+                (None, "from") => h.from = Some(value(a.value)?),
+                (None, "id") => h.id = Some(value(a.value)?),
+                (None, "version") => h.version = Some(value(a.value)?),
+                (None, _) => {}
+            }
+        }
+        if let Some(v) = &h.version {
+            let major = v
+                .split_once('.')
+                .map(|(m, n)| (m.parse::<u32>(), n.parse::<u32>()));
+            if !matches!(major, Some((Ok(1), Ok(_)))) {
+                return Err(StreamError::with_text(
+                    StreamCondition::UnsupportedVersion,
+                    "only XMPP 1.x is supported",
+                ));
+            }
+        }
+        h.default_ns = default_ns.unwrap_or_default();
+
+        self.root_name.clear();
+        self.root_name.push_str(qname);
+        self.stream_prefixes.clone_from(&h.prefixes);
+        Ok(h)
+    }
+
+    /// Stanzas, whitespace between them, and the stream close.
+    fn content(&mut self) -> Result<Option<FramerEvent>, StreamError> {
+        loop {
+            if self.in_cdata {
+                let (p, closed) = scan_cdata(&self.buf, self.pos)?;
+                self.pos = p;
+                if !closed {
+                    return self.need_more();
+                }
+                self.in_cdata = false;
+            }
+            if self.stack.is_empty() {
+                // Between stanzas: only whitespace, dropped at once so the
+                // next stanza starts at offset 0.
+                let n = count_ws(&self.buf);
+                self.buf.advance(n);
+                self.pos = 0;
+                let Some(&first) = self.buf.first() else {
+                    return Ok(None);
+                };
+                if first != b'<' {
+                    return Err(char_error(&self.buf, 0, "text between stanzas"));
+                }
+            } else {
+                let (p, at_tag) = scan_text(&self.buf, self.pos)?;
+                self.pos = p;
+                if !at_tag {
+                    return self.need_more();
+                }
+            }
+
+            let at = self.pos;
+            let Some(&second) = self.buf.get(at + 1) else {
+                return self.need_more();
+            };
+            let event = match second {
+                b'/' => self.end_tag(at)?,
+                b'?' => return Err(restricted("processing instruction")),
+                b'!' => {
+                    const CDATA: &[u8] = b"<![CDATA[";
+                    let rest = &self.buf[at..];
+                    if rest.len() < CDATA.len() && CDATA.starts_with(rest) {
+                        return self.need_more();
+                    }
+                    if !rest.starts_with(CDATA) {
+                        return Err(match rest.get(2) {
+                            Some(b'-') | Some(b'D') => restricted("DTD or comment"),
+                            _ => not_well_formed("unknown markup declaration"),
+                        });
+                    }
+                    if self.stack.is_empty() {
+                        return Err(not_well_formed("character data between stanzas"));
+                    }
+                    self.pos += CDATA.len();
+                    self.in_cdata = true;
+                    continue;
+                }
+                _ => self.start_tag(at)?,
+            };
+            match event {
+                Step::NeedMore => return self.need_more(),
+                Step::Continue => {}
+                Step::Event(e) => return Ok(Some(e)),
+            }
+        }
+    }
+
+    fn end_tag(&mut self, at: usize) -> Result<Step, StreamError> {
+        if self.waiting_for_gt() {
+            return Ok(Step::NeedMore);
+        }
+        let b = &self.buf[..];
+        let name_start = at + 2;
+        let Some(name_end) = scan_name(b, name_start)? else {
+            self.wait_gt = Some(b.len());
+            return Ok(Step::NeedMore);
+        };
+        let gt = name_end + count_ws(&b[name_end..]);
+        match b.get(gt) {
+            None => {
+                self.wait_gt = Some(b.len());
+                return Ok(Step::NeedMore);
+            }
+            Some(b'>') => {}
+            Some(_) => return Err(char_error(b, gt, "bad end tag")),
+        }
+        self.wait_gt = None;
+        let end = gt + 1;
+        let name = &b[name_start..name_end];
+        let Some(open) = self.stack.last().copied() else {
+            if name != self.root_name.as_bytes() {
+                return Err(not_well_formed("mismatched end tag"));
+            }
+            self.buf.advance(end);
+            self.pos = 0;
+            self.state = State::Closed;
+            return Ok(Step::Event(FramerEvent::StreamClose));
+        };
+        if &b[open.start as usize..open.end as usize] != name {
+            return Err(not_well_formed("mismatched end tag"));
+        }
+        let depth = self.stack.len() as u32;
+        self.stack.pop();
+        while self.inner_prefixes.last().is_some_and(|p| p.depth >= depth) {
+            self.inner_prefixes.pop();
+        }
+        if self.stack.is_empty() {
+            return self.emit_stanza(end);
+        }
+        self.pos = end;
+        Ok(Step::Continue)
+    }
+
+    fn start_tag(&mut self, at: usize) -> Result<Step, StreamError> {
+        if self.waiting_for_gt() {
+            return Ok(Step::NeedMore);
+        }
+        let Some(tag) = scan_start_tag(&self.buf, at, &mut self.attrs)? else {
+            self.wait_gt = Some(self.buf.len());
+            return Ok(Step::NeedMore);
+        };
+        self.wait_gt = None;
+        let depth = self.stack.len() + 1;
+        if depth > MAX_DEPTH {
+            return Err(StreamError::with_text(
+                StreamCondition::PolicyViolation,
+                "elements nested too deeply",
+            ));
+        }
+        let mark = self.inner_prefixes.len();
+        self.check_namespaces(&tag, depth as u32)?;
+        if depth == 1 {
+            self.head = HeadSpans::new(tag.name, tag.empty);
+            for a in &self.attrs {
+                self.head.note_attr(
+                    &self.buf[a.name.start as usize..a.name.end as usize],
+                    a.value,
+                );
+            }
+        }
+        if tag.empty {
+            if depth == 1 {
+                return self.emit_stanza(tag.end);
+            }
+            self.inner_prefixes.truncate(mark);
+        } else {
+            self.stack.push(tag.name);
+        }
+        self.pos = tag.end;
+        Ok(Step::Continue)
+    }
+
+    /// Records the prefixes the tag declares and checks that every prefix
+    /// it uses is in scope (Namespaces in XML §5).
+    fn check_namespaces(&mut self, tag: &Tag, depth: u32) -> Result<(), StreamError> {
+        let b = &self.buf[..];
+        for a in &self.attrs {
+            let name = span_of(b, a.name);
+            if let Some(p) = name.strip_prefix(b"xmlns:") {
+                check_prefix_declaration(p, span_of(b, a.value))?;
+                self.inner_prefixes.push(InnerPrefix {
+                    prefix: Span::new(a.name.start as usize + 6, a.name.end as usize),
+                    depth,
+                });
+            }
+        }
+        let in_scope = |p: &[u8]| {
+            p == b"xml"
+                || self
+                    .inner_prefixes
+                    .iter()
+                    .rev()
+                    .any(|d| span_of(b, d.prefix) == p)
+                || self.stream_prefixes.iter().any(|(q, _)| q.as_bytes() == p)
+        };
+        let name = span_of(b, tag.name);
+        if let Some(colon) = memchr(b':', name)
+            && !in_scope(&name[..colon])
+        {
+            return Err(not_well_formed("undeclared namespace prefix"));
+        }
+        for a in &self.attrs {
+            let name = span_of(b, a.name);
+            if let Some(colon) = memchr(b':', name) {
+                let p = &name[..colon];
+                if p != b"xmlns" && !in_scope(p) {
+                    return Err(not_well_formed("undeclared namespace prefix"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_stanza(&mut self, end: usize) -> Result<Step, StreamError> {
+        if end > self.max {
+            return Err(too_large());
+        }
+        let bytes = self.buf.split_to(end).freeze();
+        self.pos = 0;
+        self.stack.clear();
+        self.inner_prefixes.clear();
+        Ok(Step::Event(FramerEvent::Stanza(Stanza::from_parts(
+            bytes, self.head,
+        ))))
+    }
+}
+
+enum Step {
+    NeedMore,
+    Continue,
+    Event(FramerEvent),
+}
+
+// ---------------------------------------------------------------------------
+// Lexical scanning, shared with `Stanza::parse`.
+
+const C_TEXT: u8 = 1; // stops a text scan: < & > 0xEF, C0 controls but \t \n \r
+const C_ATTR: u8 = 2; // stops an attribute value check: < & 0xEF, same controls
+const C_NAME: u8 = 4; // ASCII name character
+const C_NAME_START: u8 = 8; // ASCII name start character
+const C_WS: u8 = 16;
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        if i != 0x09 && i != 0x0A && i != 0x0D {
+            t[i] = C_TEXT | C_ATTR;
+        }
+        i += 1;
+    }
+    t[b'<' as usize] = C_TEXT | C_ATTR;
+    t[b'&' as usize] = C_TEXT | C_ATTR;
+    t[b'>' as usize] = C_TEXT;
+    t[0xEF] = C_TEXT | C_ATTR;
+    let mut c = b'a';
+    while c <= b'z' {
+        t[c as usize] |= C_NAME | C_NAME_START;
+        t[(c - 32) as usize] |= C_NAME | C_NAME_START;
+        c += 1;
+    }
+    let mut d = b'0';
+    while d <= b'9' {
+        t[d as usize] |= C_NAME;
+        d += 1;
+    }
+    t[b'_' as usize] |= C_NAME | C_NAME_START;
+    t[b':' as usize] |= C_NAME | C_NAME_START;
+    t[b'-' as usize] |= C_NAME;
+    t[b'.' as usize] |= C_NAME;
+    t[b' ' as usize] |= C_WS;
+    t[b'\t' as usize] |= C_WS;
+    t[b'\n' as usize] |= C_WS;
+    t[b'\r' as usize] |= C_WS;
+    t
+};
+
+#[inline]
+fn is_ws(b: u8) -> bool {
+    CLASS[b as usize] & C_WS != 0
+}
+
+#[inline]
+fn count_ws(b: &[u8]) -> usize {
+    b.iter().take_while(|&&c| is_ws(c)).count()
+}
+
+fn span_of(b: &[u8], s: Span) -> &[u8] {
+    &b[s.start as usize..s.end as usize]
+}
+
+/// Spans handed out by the scanner cover validated UTF-8.
+fn str_of(b: &[u8], s: Span) -> &str {
+    std::str::from_utf8(span_of(b, s)).unwrap_or_default()
+}
+
+fn split_qname(n: &str) -> (Option<&str>, &str) {
+    match n.split_once(':') {
+        Some((p, l)) => (Some(p), l),
+        None => (None, n),
+    }
+}
+
+fn not_well_formed(why: &'static str) -> StreamError {
+    StreamError::with_text(StreamCondition::NotWellFormed, why)
+}
+
+fn restricted(why: &'static str) -> StreamError {
+    StreamError::with_text(StreamCondition::RestrictedXml, why)
+}
+
+fn bad_utf8() -> StreamError {
+    StreamError::with_text(StreamCondition::UnsupportedEncoding, "invalid UTF-8")
+}
+
+fn bad_prefix(p: &str) -> StreamError {
+    StreamError::with_text(
+        StreamCondition::BadNamespacePrefix,
+        format!("undeclared namespace prefix '{p}'"),
+    )
+}
+
+fn too_large() -> StreamError {
+    StreamError::with_text(StreamCondition::PolicyViolation, "stanza too large")
+}
+
+/// The error for an unexpected byte: invalid UTF-8 takes precedence
+/// (RFC 6120 §11.6), anything else is not well-formed.
+fn char_error(b: &[u8], i: usize, why: &'static str) -> StreamError {
+    match b.get(i) {
+        Some(&c) if c >= 0x80 => match decode_char(&b[i..]) {
+            Decoded::Invalid => bad_utf8(),
+            _ => not_well_formed(why),
+        },
+        _ => not_well_formed(why),
+    }
+}
+
+enum Decoded {
+    Char(char, usize),
+    Incomplete,
+    Invalid,
+}
+
+fn decode_char(b: &[u8]) -> Decoded {
+    let n = match b.first() {
+        None => return Decoded::Incomplete,
+        Some(0x00..=0x7F) => 1,
+        Some(0xC2..=0xDF) => 2,
+        Some(0xE0..=0xEF) => 3,
+        Some(0xF0..=0xF4) => 4,
+        Some(_) => return Decoded::Invalid,
+    };
+    if b.len() < n {
+        return if b[1..].iter().all(|&c| c & 0xC0 == 0x80) {
+            Decoded::Incomplete
+        } else {
+            Decoded::Invalid
+        };
+    }
+    match std::str::from_utf8(&b[..n])
+        .ok()
+        .and_then(|s| s.chars().next())
+    {
+        Some(c) => Decoded::Char(c, n),
+        None => Decoded::Invalid,
+    }
+}
+
+/// Validates UTF-8, allowing an incomplete sequence at the end; returns how
+/// many bytes are complete characters.
+fn utf8_prefix(b: &[u8]) -> Result<usize, StreamError> {
+    match std::str::from_utf8(b) {
+        Ok(_) => Ok(b.len()),
+        Err(e) if e.error_len().is_none() => Ok(e.valid_up_to()),
+        Err(_) => Err(bad_utf8()),
+    }
+}
+
+fn utf8(b: &[u8]) -> Result<(), StreamError> {
+    std::str::from_utf8(b).map(|_| ()).map_err(|_| bad_utf8())
+}
+
+/// XML 1.0 `Char`.
+fn is_xml_char(c: u32) -> bool {
+    matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
+}
+
+fn is_name_start_char(c: char) -> bool {
+    matches!(c as u32,
+        0x3A | 0x41..=0x5A | 0x5F | 0x61..=0x7A | 0xC0..=0xD6 | 0xD8..=0xF6 | 0xF8..=0x2FF
+        | 0x370..=0x37D | 0x37F..=0x1FFF | 0x200C..=0x200D | 0x2070..=0x218F
+        | 0x2C00..=0x2FEF | 0x3001..=0xD7FF | 0xF900..=0xFDCF | 0xFDF0..=0xFFFD
+        | 0x10000..=0xEFFFF)
+}
+
+fn is_name_char(c: char) -> bool {
+    is_name_start_char(c)
+        || matches!(c as u32, 0x2D | 0x2E | 0x30..=0x39 | 0xB7 | 0x300..=0x36F | 0x203F..=0x2040)
+}
+
+/// Scans an XML Name starting at `i`; returns its end, or None when the
+/// buffer ends before the name does.
+fn scan_name(b: &[u8], i: usize) -> Result<Option<usize>, StreamError> {
+    let mut j = i;
+    loop {
+        let Some(&c) = b.get(j) else {
+            return Ok(None);
+        };
+        let first = j == i;
+        if c < 0x80 {
+            let class = CLASS[c as usize];
+            let ok = if first {
+                class & C_NAME_START != 0
+            } else {
+                class & C_NAME != 0
+            };
+            if !ok {
+                return if first {
+                    Err(char_error(b, j, "bad name"))
+                } else {
+                    Ok(Some(j))
+                };
+            }
+            j += 1;
+        } else {
+            match decode_char(&b[j..]) {
+                Decoded::Incomplete => return Ok(None),
+                Decoded::Invalid => return Err(bad_utf8()),
+                Decoded::Char(ch, n) => {
+                    let ok = if first {
+                        is_name_start_char(ch)
+                    } else {
+                        is_name_char(ch)
+                    };
+                    if !ok {
+                        return if first {
+                            Err(not_well_formed("bad name"))
+                        } else {
+                            Ok(Some(j))
+                        };
+                    }
+                    j += n;
+                }
+            }
+        }
+    }
+}
+
+/// Namespaces in XML: at most one colon, with a non-empty prefix and a
+/// local part that starts like a name.
+fn check_qname(n: &[u8]) -> Result<(), StreamError> {
+    if let Some(colon) = memchr(b':', n) {
+        let local = &n[colon + 1..];
+        let bad = colon == 0
+            || memchr(b':', local).is_some()
+            || local
+                .first()
+                .is_none_or(|&c| c < 0x80 && CLASS[c as usize] & C_NAME_START == 0);
+        if bad {
+            return Err(not_well_formed("bad qualified name"));
+        }
+    }
+    Ok(())
+}
+
+fn check_prefix_declaration(prefix: &[u8], uri: &[u8]) -> Result<(), StreamError> {
+    let ok = match prefix {
+        b"xmlns" => false,
+        b"xml" => uri == NS_XML.as_bytes(),
+        _ => !uri.is_empty() && uri != NS_XML.as_bytes(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(not_well_formed("bad namespace declaration"))
+    }
+}
+
+/// Scans a complete start tag at `start` (which holds `<`), checking names,
+/// attribute syntax, values and duplicates. `attrs` receives the attributes.
+/// Ok(None) when the buffer ends inside the tag.
+pub(crate) fn scan_start_tag(
+    b: &[u8],
+    start: usize,
+    attrs: &mut Vec<RawAttr>,
+) -> Result<Option<Tag>, StreamError> {
+    attrs.clear();
+    if b.get(start) != Some(&b'<') {
+        return Err(not_well_formed("expected a start tag"));
+    }
+    let name_start = start + 1;
+    let Some(name_end) = scan_name(b, name_start)? else {
+        return Ok(None);
+    };
+    check_qname(&b[name_start..name_end])?;
+    let name = Span::new(name_start, name_end);
+    let mut i = name_end;
+    loop {
+        let before_ws = i;
+        i += count_ws(&b[i..]);
+        let Some(&c) = b.get(i) else {
+            return Ok(None);
+        };
+        match c {
+            b'>' => {
+                check_duplicates(b, attrs)?;
+                return Ok(Some(Tag {
+                    name,
+                    end: i + 1,
+                    empty: false,
+                }));
+            }
+            b'/' => match b.get(i + 1) {
+                None => return Ok(None),
+                Some(b'>') => {
+                    check_duplicates(b, attrs)?;
+                    return Ok(Some(Tag {
+                        name,
+                        end: i + 2,
+                        empty: true,
+                    }));
+                }
+                Some(_) => return Err(char_error(b, i + 1, "bad empty-element tag")),
+            },
+            _ if i == before_ws => {
+                return Err(char_error(
+                    b,
+                    i,
+                    "attributes must be separated by whitespace",
+                ));
+            }
+            _ => {}
+        }
+        let an_start = i;
+        let Some(an_end) = scan_name(b, i)? else {
+            return Ok(None);
+        };
+        check_qname(&b[an_start..an_end])?;
+        i = an_end + count_ws(&b[an_end..]);
+        match b.get(i) {
+            None => return Ok(None),
+            Some(b'=') => i += 1,
+            Some(_) => return Err(char_error(b, i, "expected '=' after an attribute name")),
+        }
+        i += count_ws(&b[i..]);
+        let quote = match b.get(i) {
+            None => return Ok(None),
+            Some(&q @ (b'\'' | b'"')) => q,
+            Some(_) => return Err(char_error(b, i, "attribute values must be quoted")),
+        };
+        let v_start = i + 1;
+        let Some(len) = memchr(quote, &b[v_start..]) else {
+            return Ok(None);
+        };
+        let v_end = v_start + len;
+        check_attr_value(&b[v_start..v_end])?;
+        attrs.push(RawAttr {
+            name: Span::new(an_start, an_end),
+            value: Span::new(v_start, v_end),
+        });
+        i = v_end + 1;
+    }
+}
+
+fn check_duplicates(b: &[u8], attrs: &[RawAttr]) -> Result<(), StreamError> {
+    let dup = if attrs.len() <= 16 {
+        (1..attrs.len()).any(|i| {
+            let n = span_of(b, attrs[i].name);
+            attrs[..i].iter().any(|a| span_of(b, a.name) == n)
+        })
+    } else {
+        // Keeps a tag with thousands of attributes from costing n².
+        let mut names: Vec<&[u8]> = attrs.iter().map(|a| span_of(b, a.name)).collect();
+        names.sort_unstable();
+        names.windows(2).any(|w| w[0] == w[1])
+    };
+    if dup {
+        Err(not_well_formed("duplicate attribute"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A complete attribute value: no `<`, only legal references and
+/// characters, valid UTF-8.
+fn check_attr_value(v: &[u8]) -> Result<(), StreamError> {
+    let mut i = 0;
+    while i < v.len() {
+        let c = v[i];
+        if CLASS[c as usize] & C_ATTR == 0 {
+            i += 1;
+            continue;
+        }
+        match c {
+            b'<' => return Err(not_well_formed("'<' in an attribute value")),
+            b'&' => match check_ref(v, i)? {
+                Some(end) => i = end,
+                None => return Err(not_well_formed("unterminated reference")),
+            },
+            0xEF => {
+                if is_nonchar_fffe(&v[i..]) {
+                    return Err(not_well_formed("illegal character"));
+                }
+                i += 1;
+            }
+            _ => return Err(not_well_formed("illegal control character")),
+        }
+    }
+    utf8(v)
+}
+
+/// U+FFFE or U+FFFF encoded at the start of `b`.
+#[inline]
+fn is_nonchar_fffe(b: &[u8]) -> bool {
+    b.len() >= 3 && b[0] == 0xEF && b[1] == 0xBF && (b[2] == 0xBE || b[2] == 0xBF)
+}
+
+/// Checks the reference starting with `&` at `amp`. Returns the index past
+/// its `;`, or None when the buffer ends first.
+fn check_ref(b: &[u8], amp: usize) -> Result<Option<usize>, StreamError> {
+    let body = amp + 1;
+    let mut j = body;
+    while j < b.len() && j - body <= MAX_REF_LEN {
+        let c = b[j];
+        if c == b';' {
+            check_ref_body(&b[body..j])?;
+            return Ok(Some(j + 1));
+        }
+        if !(c.is_ascii_alphanumeric()
+            || matches!(c, b'#' | b'_' | b'-' | b'.' | b':')
+            || c >= 0x80)
+        {
+            return Err(not_well_formed("malformed reference"));
+        }
+        j += 1;
+    }
+    if j - body > MAX_REF_LEN {
+        return Err(if b.get(body) == Some(&b'#') {
+            not_well_formed("malformed character reference")
+        } else {
+            restricted("undeclared entity")
+        });
+    }
+    Ok(None)
+}
+
+fn check_ref_body(body: &[u8]) -> Result<(), StreamError> {
+    let (digits, radix) = match body {
+        b"lt" | b"gt" | b"amp" | b"apos" | b"quot" => return Ok(()),
+        [b'#', b'x', hex @ ..] => (hex, 16),
+        [b'#', dec @ ..] => (dec, 10),
+        _ => {
+            // Any other well-formed name is an entity we may not expand.
+            return match scan_name(body, 0) {
+                Ok(Some(end)) if end == body.len() => Err(restricted("undeclared entity")),
+                Ok(None) if !body.is_empty() => Err(restricted("undeclared entity")),
+                _ => Err(not_well_formed("malformed reference")),
+            };
+        }
+    };
+    if digits.is_empty() {
+        return Err(not_well_formed("malformed character reference"));
+    }
+    let mut value: u32 = 0;
+    for &d in digits {
+        let v = (d as char)
+            .to_digit(radix)
+            .ok_or_else(|| not_well_formed("malformed character reference"))?;
+        value = value.saturating_mul(radix).saturating_add(v);
+    }
+    if is_xml_char(value) {
+        Ok(())
+    } else {
+        Err(not_well_formed("reference to an illegal character"))
+    }
+}
+
+/// Scans character data from `pos`. Returns the new position and whether it
+/// stopped at a `<`; otherwise it stopped at the end of the buffer or before
+/// an incomplete reference or UTF-8 sequence, which the next call rescans.
+fn scan_text(b: &[u8], pos: usize) -> Result<(usize, bool), StreamError> {
+    let mut run = pos; // start of the stretch not yet UTF-8 validated
+    let mut i = pos;
+    loop {
+        while i < b.len() && CLASS[b[i] as usize] & C_TEXT == 0 {
+            i += 1;
+        }
+        let Some(&c) = b.get(i) else {
+            return Ok((run + utf8_prefix(&b[run..])?, false));
+        };
+        match c {
+            b'<' => {
+                utf8(&b[run..i])?;
+                return Ok((i, true));
+            }
+            b'&' => {
+                utf8(&b[run..i])?;
+                match check_ref(b, i)? {
+                    Some(end) => {
+                        i = end;
+                        run = end;
+                    }
+                    None => return Ok((i, false)),
+                }
+            }
+            b'>' => {
+                if i >= 2 && b[i - 1] == b']' && b[i - 2] == b']' {
+                    return Err(not_well_formed("']]>' in character data"));
+                }
+                i += 1;
+            }
+            0xEF => {
+                if b.len() < i + 3 {
+                    utf8(&b[run..i])?;
+                    return Ok((i, false));
+                }
+                if is_nonchar_fffe(&b[i..]) {
+                    return Err(not_well_formed("illegal character"));
+                }
+                i += 1;
+            }
+            _ => return Err(not_well_formed("illegal control character")),
+        }
+    }
+}
+
+/// Scans CDATA content from `pos`. Returns the new position and whether the
+/// section ended (the position is then past `]]>`). The last two bytes are
+/// left unscanned while open: they may be the start of `]]>`.
+fn scan_cdata(b: &[u8], pos: usize) -> Result<(usize, bool), StreamError> {
+    match memmem::find(&b[pos..], b"]]>") {
+        Some(off) => {
+            let content = &b[pos..pos + off];
+            if check_chars(content)? != content.len() {
+                return Err(bad_utf8());
+            }
+            Ok((pos + off + 3, true))
+        }
+        None => {
+            let safe = b.len().saturating_sub(2).max(pos);
+            Ok((pos + check_chars(&b[pos..safe])?, false))
+        }
+    }
+}
+
+/// Legal characters only; returns how many bytes are complete characters
+/// (an incomplete sequence may end the slice).
+fn check_chars(b: &[u8]) -> Result<usize, StreamError> {
+    let mut end = b.len();
+    for (i, &c) in b.iter().enumerate() {
+        if c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r') {
+            return Err(not_well_formed("illegal control character"));
+        }
+        if c == 0xEF {
+            if b.len() < i + 3 {
+                end = i;
+                break;
+            }
+            if is_nonchar_fffe(&b[i..]) {
+                return Err(not_well_formed("illegal character"));
+            }
+        }
+    }
+    utf8_prefix(&b[..end])
+}
+
+/// The pseudo-attributes of `<?xml ...?>`: version (required, 1.x), then
+/// optional encoding (UTF-8 only) and standalone.
+fn parse_xml_declaration(content: &[u8]) -> Result<(), StreamError> {
+    let s = std::str::from_utf8(content).map_err(|_| bad_utf8())?;
+    let bad = || not_well_formed("malformed XML declaration");
+    let mut rest = s;
+    let mut stage = 0; // 0: want version, 1: encoding/standalone, 2: standalone, 3: done
+    loop {
+        let t = rest.trim_start_matches([' ', '\t', '\r', '\n']);
+        if t.is_empty() {
+            break;
+        }
+        if t.len() == rest.len() {
+            return Err(bad());
+        }
+        let (key, after) = t.split_once('=').ok_or_else(bad)?;
+        let after = after.trim_start_matches([' ', '\t', '\r', '\n']);
+        let quote = after
+            .chars()
+            .next()
+            .filter(|q| *q == '\'' || *q == '"')
+            .ok_or_else(bad)?;
+        let (value, r) = after[1..].split_once(quote).ok_or_else(bad)?;
+        rest = r;
+        match (key.trim_end_matches([' ', '\t', '\r', '\n']), stage) {
+            ("version", 0) => {
+                let minor = value.strip_prefix("1.").ok_or_else(bad)?;
+                if minor.is_empty() || !minor.bytes().all(|c| c.is_ascii_digit()) {
+                    return Err(bad());
+                }
+                stage = 1;
+            }
+            ("encoding", 1) => {
+                if !value.eq_ignore_ascii_case("UTF-8") {
+                    return Err(StreamError::with_text(
+                        StreamCondition::UnsupportedEncoding,
+                        "only UTF-8 is supported",
+                    ));
+                }
+                stage = 2;
+            }
+            ("standalone", 1 | 2) => {
+                if value != "yes" && value != "no" {
+                    return Err(bad());
+                }
+                stage = 3;
+            }
+            _ => return Err(bad()),
+        }
+    }
+    if stage == 0 { Err(bad()) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::StreamCondition::*;
+
+    const SERVER_STREAM: &str = concat!(
+        "<?xml version='1.0' encoding='UTF-8'?>\n",
+        "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' ",
+        "xmlns:db='jabber:server:dialback' to='b.example' from=\"a.example\" id='s&amp;1' ",
+        "version='1.0' xml:lang='en'>",
+        "<db:result from='a.example' to='b.example'>abc</db:result>\n",
+        "<message from='juliet@a.example/balcony' to=\"romeo@b.example\" type='chat' id='m1'>",
+        "<body>Wherefore &amp; why &#x263A; &#9731; Grüße 日本語 😀 a>b</body>",
+        "<x xmlns='urn:x'><![CDATA[<raw> & ]] stuff ]]></x></message>",
+        " \t\r\n",
+        "<presence from='juliet@a.example/balcony' to='romeo@b.example'/>",
+        "<iq type='get' id='i1' from='a.example' to='b.example'>",
+        "<query xmlns='http://jabber.org/protocol/disco#info' node='n'><item a='1' b=\"2\"/>",
+        "<p:x xmlns:p='urn:p' p:attr='v&lt;'><p:y/></p:x><bödy>ö</bödy></query></iq>",
+        "\n \n",
+        "</stream:stream>"
+    );
+
+    const SERVER_STANZAS: [&str; 4] = [
+        "<db:result from='a.example' to='b.example'>abc</db:result>",
+        concat!(
+            "<message from='juliet@a.example/balcony' to=\"romeo@b.example\" type='chat' id='m1'>",
+            "<body>Wherefore &amp; why &#x263A; &#9731; Grüße 日本語 😀 a>b</body>",
+            "<x xmlns='urn:x'><![CDATA[<raw> & ]] stuff ]]></x></message>",
+        ),
+        "<presence from='juliet@a.example/balcony' to='romeo@b.example'/>",
+        concat!(
+            "<iq type='get' id='i1' from='a.example' to='b.example'>",
+            "<query xmlns='http://jabber.org/protocol/disco#info' node='n'><item a='1' b=\"2\"/>",
+            "<p:x xmlns:p='urn:p' p:attr='v&lt;'><p:y/></p:x><bödy>ö</bödy></query></iq>",
+        ),
+    ];
+
+    const HDR: &str = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='a.example' version='1.0'>";
+
+    /// Feeds the chunks in order, draining events after each.
+    fn run<'a>(
+        framer: &mut Framer,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Vec<FramerEvent>, StreamError> {
+        let (out, err) = run_all(framer, chunks);
+        match err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Like `run`, but keeps the events that came before an error.
+    fn run_all<'a>(
+        framer: &mut Framer,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> (Vec<FramerEvent>, Option<StreamError>) {
+        let mut out = Vec::new();
+        for c in chunks {
+            framer.feed(c);
+            loop {
+                match framer.next() {
+                    Ok(Some(e)) => out.push(e),
+                    Ok(None) => break,
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        }
+        (out, None)
+    }
+
+    fn server_events<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<FramerEvent> {
+        run(&mut Framer::new(NS_SERVER, 64 * 1024), chunks).expect("valid stream")
+    }
+
+    fn client_result(input: &[u8]) -> Result<Vec<FramerEvent>, StreamError> {
+        run(&mut Framer::new(NS_CLIENT, 8 * 1024), [input])
+    }
+
+    fn condition(input: &[u8]) -> StreamCondition {
+        match client_result(input) {
+            Err(e) => e.condition,
+            Ok(ev) => panic!("accepted {:?}: {ev:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    /// The same body after the standard client header.
+    fn in_stream(body: &[u8]) -> StreamCondition {
+        condition(&[HDR.as_bytes(), body].concat())
+    }
+
+    #[test]
+    fn a_realistic_server_stream_yields_header_stanzas_and_close() {
+        let events = server_events([SERVER_STREAM.as_bytes()]);
+        assert_eq!(events.len(), 6, "{events:?}");
+        let FramerEvent::StreamOpen(h) = &events[0] else {
+            panic!("{:?}", events[0])
+        };
+        assert_eq!(h.to.as_deref(), Some("b.example"));
+        assert_eq!(h.from.as_deref(), Some("a.example"));
+        assert_eq!(h.id.as_deref(), Some("s&1"));
+        assert_eq!(h.version.as_deref(), Some("1.0"));
+        assert_eq!(h.lang.as_deref(), Some("en"));
+        assert_eq!(h.default_ns, NS_SERVER);
+        assert_eq!(
+            h.prefix_pairs(),
+            vec![("stream", NS_STREAMS), ("db", "jabber:server:dialback")]
+        );
+        for (ev, want) in events[1..5].iter().zip(SERVER_STANZAS) {
+            let FramerEvent::Stanza(s) = ev else {
+                panic!("{ev:?}")
+            };
+            assert_eq!(s.bytes().as_ref(), want.as_bytes());
+        }
+        let FramerEvent::Stanza(m) = &events[2] else {
+            unreachable!()
+        };
+        assert_eq!(m.to().as_deref(), Some("romeo@b.example"));
+        assert_eq!(m.type_().as_deref(), Some("chat"));
+        assert_eq!(events[5], FramerEvent::StreamClose);
+    }
+
+    #[test]
+    fn events_are_identical_for_every_split_into_two_chunks() {
+        let input = SERVER_STREAM.as_bytes();
+        let whole = server_events([input]);
+        for i in 0..=input.len() {
+            let (a, b) = input.split_at(i);
+            assert_eq!(server_events([a, b]), whole, "split at {i}");
+        }
+    }
+
+    #[test]
+    fn events_are_identical_when_fed_one_byte_at_a_time() {
+        let input = SERVER_STREAM.as_bytes();
+        assert_eq!(server_events(input.chunks(1)), server_events([input]));
+        assert_eq!(server_events(input.chunks(3)), server_events([input]));
+    }
+
+    #[test]
+    fn read_buf_feeds_the_framer_like_a_socket() {
+        let mut f = Framer::new(NS_SERVER, 64 * 1024);
+        let mut events = Vec::new();
+        for chunk in SERVER_STREAM.as_bytes().chunks(7) {
+            f.read_buf().put_slice(chunk);
+            while let Some(e) = f.next().expect("valid") {
+                events.push(e);
+            }
+        }
+        assert_eq!(events, server_events([SERVER_STREAM.as_bytes()]));
+        assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn whitespace_keepalives_are_consumed_silently_and_the_buffer_released() {
+        let mut f = Framer::new(NS_CLIENT, 8192);
+        f.feed(HDR.as_bytes());
+        assert!(matches!(f.next(), Ok(Some(FramerEvent::StreamOpen(_)))));
+        f.feed(b" \n\t\r ");
+        assert_eq!(f.next(), Ok(None));
+        assert_eq!(f.buffered(), 0);
+        f.shrink_if_idle();
+        assert_eq!(f.buf.capacity(), 0);
+    }
+
+    #[test]
+    fn the_xml_declaration_and_whitespace_before_the_header_are_accepted() {
+        let input = [
+            b"<?xml version=\"1.0\" encoding=\"utf-8\" standalone='yes' ?>\n\n ".as_slice(),
+            HDR.as_bytes(),
+        ]
+        .concat();
+        assert!(matches!(
+            client_result(&input).as_deref(),
+            Ok([FramerEvent::StreamOpen(_)])
+        ));
+    }
+
+    #[test]
+    fn the_stream_closes_at_the_end_tag_and_ignores_what_follows() {
+        let mut f = Framer::new(NS_CLIENT, 8192);
+        let ev = run(
+            &mut f,
+            [HDR.as_bytes(), b"<presence/></stream:stream>garbage"],
+        )
+        .expect("valid");
+        assert_eq!(ev.len(), 3);
+        assert_eq!(ev[2], FramerEvent::StreamClose);
+        assert_eq!(f.next(), Ok(None));
+    }
+
+    #[test]
+    fn reset_expects_a_new_header_and_keeps_buffered_bytes() {
+        let mut f = Framer::new(NS_CLIENT, 8192);
+        f.feed(HDR.as_bytes());
+        f.feed(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/><?xml version='1.0'?>");
+        f.feed(HDR.as_bytes());
+        assert!(matches!(f.next(), Ok(Some(FramerEvent::StreamOpen(_)))));
+        let Ok(Some(FramerEvent::Stanza(s))) = f.next() else {
+            panic!()
+        };
+        assert_eq!(s.name(), "success");
+        f.reset();
+        assert!(matches!(f.next(), Ok(Some(FramerEvent::StreamOpen(_)))));
+        assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn bytes_sent_after_starttls_stay_visible_as_buffered() {
+        let mut f = Framer::new(NS_CLIENT, 8192);
+        let ev = run(
+            &mut f,
+            [
+                HDR.as_bytes(),
+                b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><message>",
+            ],
+        )
+        .expect("valid so far");
+        assert_eq!(ev.len(), 2);
+        assert_eq!(f.buffered(), "<message>".len());
+    }
+
+    #[test]
+    fn errors_are_sticky() {
+        let mut f = Framer::new(NS_CLIENT, 8192);
+        f.feed(b"<!DOCTYPE x>");
+        let e = f.next().expect_err("dtd");
+        f.feed(HDR.as_bytes());
+        assert_eq!(f.next(), Err(e));
+    }
+
+    #[test]
+    fn a_dtd_with_entity_expansion_is_restricted_xml() {
+        let laughs = concat!(
+            "<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'>",
+            "<!ENTITY lol2 '&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;'>]>",
+            "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>&lol2;"
+        );
+        assert_eq!(condition(laughs.as_bytes()), RestrictedXml);
+        assert_eq!(in_stream(b"<!DOCTYPE x>"), RestrictedXml);
+    }
+
+    #[test]
+    fn comments_are_restricted_xml() {
+        assert_eq!(condition(b"<!-- hi --><stream:stream/>"), RestrictedXml);
+        assert_eq!(in_stream(b"<!-- hi -->"), RestrictedXml);
+        assert_eq!(in_stream(b"<message><!-- hi --></message>"), RestrictedXml);
+    }
+
+    #[test]
+    fn processing_instructions_are_restricted_xml() {
+        assert_eq!(in_stream(b"<?foo bar?>"), RestrictedXml);
+        assert_eq!(in_stream(b"<message><?foo?></message>"), RestrictedXml);
+        assert_eq!(condition(b"<?xml-stylesheet href='x'?>"), RestrictedXml);
+    }
+
+    #[test]
+    fn an_xml_declaration_in_the_middle_is_restricted_xml() {
+        assert_eq!(in_stream(b"<?xml version='1.0'?>"), RestrictedXml);
+        assert_eq!(condition(b" <?xml version='1.0'?>"), RestrictedXml);
+    }
+
+    #[test]
+    fn undeclared_entities_are_restricted_xml() {
+        assert_eq!(
+            in_stream(b"<message><body>&foo;</body></message>"),
+            RestrictedXml
+        );
+        assert_eq!(in_stream(b"<message to='&foo;'/>"), RestrictedXml);
+        assert_eq!(
+            in_stream(b"<message><body>&nbsp;</body></message>"),
+            RestrictedXml
+        );
+    }
+
+    #[test]
+    fn malformed_references_are_not_well_formed() {
+        assert_eq!(
+            in_stream(b"<message><body>a & b</body></message>"),
+            NotWellFormed
+        );
+        assert_eq!(
+            in_stream(b"<message><body>&#;</body></message>"),
+            NotWellFormed
+        );
+        assert_eq!(
+            in_stream(b"<message><body>&#xZZ;</body></message>"),
+            NotWellFormed
+        );
+        assert_eq!(in_stream(b"<message to='&amp'/>"), NotWellFormed);
+        assert_eq!(
+            in_stream(b"<message><body>&#x110000;</body></message>"),
+            NotWellFormed
+        );
+        assert_eq!(
+            in_stream(b"<message><body>&#99999999999999999999;</body></message>"),
+            NotWellFormed
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_unsupported_encoding() {
+        assert_eq!(
+            in_stream(b"<message><body>\xff\xfe</body></message>"),
+            UnsupportedEncoding
+        );
+        assert_eq!(in_stream(b"<message to='\xc0\xaf'/>"), UnsupportedEncoding);
+        assert_eq!(
+            in_stream(b"<message><body>\xed\xa0\x80</body></message>"),
+            UnsupportedEncoding
+        );
+        assert_eq!(in_stream(b"<m\xffssage/>"), UnsupportedEncoding);
+        assert_eq!(
+            in_stream(b"<message><![CDATA[\xff]]></message>"),
+            UnsupportedEncoding
+        );
+        assert_eq!(in_stream(b"\xff"), UnsupportedEncoding);
+        assert_eq!(condition(b"\x80<stream:stream>"), UnsupportedEncoding);
+    }
+
+    #[test]
+    fn a_non_utf8_encoding_declaration_is_unsupported_encoding() {
+        assert_eq!(
+            condition(b"<?xml version='1.0' encoding='ISO-8859-1'?>"),
+            UnsupportedEncoding
+        );
+        assert_eq!(
+            condition(b"<?xml version='1.0' encoding='UTF-16'?>"),
+            UnsupportedEncoding
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_refused() {
+        let input = [b"\xEF\xBB\xBF".as_slice(), HDR.as_bytes()].concat();
+        assert_eq!(condition(&input), NotWellFormed);
+    }
+
+    #[test]
+    fn mismatched_end_tags_are_not_well_formed() {
+        assert_eq!(in_stream(b"<message><body></message>"), NotWellFormed);
+        assert_eq!(in_stream(b"<message></messages>"), NotWellFormed);
+        assert_eq!(in_stream(b"</stream:streams>"), NotWellFormed);
+        assert_eq!(in_stream(b"</message>"), NotWellFormed);
+    }
+
+    #[test]
+    fn a_less_than_sign_in_an_attribute_value_is_not_well_formed() {
+        assert_eq!(in_stream(b"<message to='a<b'/>"), NotWellFormed);
+    }
+
+    #[test]
+    fn attribute_syntax_errors_are_not_well_formed() {
+        assert_eq!(in_stream(b"<message to='a' to='b'/>"), NotWellFormed);
+        assert_eq!(in_stream(b"<message to=a/>"), NotWellFormed);
+        assert_eq!(in_stream(b"<message to='a'from='b'/>"), NotWellFormed);
+        assert_eq!(in_stream(b"<message to/>"), NotWellFormed);
+        assert_eq!(in_stream(b"<message / >"), NotWellFormed);
+        assert_eq!(in_stream(b"<1message/>"), NotWellFormed);
+        assert_eq!(in_stream(b"<a:b:c xmlns:a='urn:a'/>"), NotWellFormed);
+    }
+
+    #[test]
+    fn many_duplicate_attributes_are_found_without_quadratic_work() {
+        let mut tag = String::from("<message");
+        for i in 0..1000 {
+            tag.push_str(&format!(" a{i}='x'"));
+        }
+        tag.push_str(" a7='y'/>");
+        assert_eq!(in_stream(tag.as_bytes()), NotWellFormed);
+    }
+
+    #[test]
+    fn illegal_characters_are_not_well_formed() {
+        assert_eq!(
+            in_stream(b"<message><body>a\x01b</body></message>"),
+            NotWellFormed
+        );
+        assert_eq!(in_stream(b"<message to='a\x0bb'/>"), NotWellFormed);
+        assert_eq!(
+            in_stream(b"<message><body>&#1;</body></message>"),
+            NotWellFormed
+        );
+        assert_eq!(
+            in_stream(b"<message><body>&#xFFFE;</body></message>"),
+            NotWellFormed
+        );
+        assert_eq!(
+            in_stream("<message><body>\u{FFFF}</body></message>".as_bytes()),
+            NotWellFormed
+        );
+        assert_eq!(
+            in_stream(b"<message><![CDATA[\x00]]></message>"),
+            NotWellFormed
+        );
+        assert_eq!(
+            in_stream(b"<message><body>]]></body></message>"),
+            NotWellFormed
+        );
+        // Legal neighbours pass.
+        let ok = [
+            HDR.as_bytes(),
+            "<message><body>\t\r\n\u{FFFD}\u{10FFFF}&#x9;</body></message>".as_bytes(),
+        ]
+        .concat();
+        assert!(client_result(&ok).is_ok());
+    }
+
+    #[test]
+    fn a_wrong_stream_namespace_is_invalid_namespace() {
+        assert_eq!(
+            condition(b"<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong'>"),
+            InvalidNamespace
+        );
+        assert_eq!(
+            condition(b"<stream xmlns='jabber:client'>"),
+            InvalidNamespace
+        );
+    }
+
+    #[test]
+    fn a_wrong_or_missing_content_namespace_is_invalid_namespace() {
+        let s =
+            "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>";
+        assert_eq!(condition(s.as_bytes()), InvalidNamespace);
+        let s = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
+        assert_eq!(condition(s.as_bytes()), InvalidNamespace);
+    }
+
+    #[test]
+    fn a_root_other_than_stream_is_bad_format() {
+        let s = "<stream:features xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+        assert_eq!(condition(s.as_bytes()), BadFormat);
+        let s = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'/>";
+        assert_eq!(condition(s.as_bytes()), BadFormat);
+    }
+
+    #[test]
+    fn an_undeclared_prefix_on_the_header_is_bad_namespace_prefix() {
+        assert_eq!(
+            condition(b"<stream:stream xmlns='jabber:client'>"),
+            BadNamespacePrefix
+        );
+        let s = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' foo:x='1'>";
+        assert_eq!(condition(s.as_bytes()), BadNamespacePrefix);
+    }
+
+    #[test]
+    fn undeclared_prefixes_inside_stanzas_are_not_well_formed() {
+        assert_eq!(in_stream(b"<foo:bar/>"), NotWellFormed);
+        assert_eq!(in_stream(b"<message x:y='1'/>"), NotWellFormed);
+        assert_eq!(
+            in_stream(b"<message><a xmlns:p='urn:p'/><p:b/></message>"),
+            NotWellFormed
+        );
+        assert_eq!(in_stream(b"<message xmlns:p=''/>"), NotWellFormed);
+        // Declared on the stanza, on an ancestor, on the header, or xml: are fine.
+        let ok = [
+            HDR.as_bytes(),
+            b"<message xml:lang='en'><a xmlns:p='urn:p'><p:b p:c='1'/></a><stream:x/></message>",
+        ]
+        .concat();
+        assert!(client_result(&ok).is_ok());
+    }
+
+    #[test]
+    fn an_unsupported_major_version_is_unsupported_version() {
+        let s = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='2.0'>";
+        assert_eq!(condition(s.as_bytes()), UnsupportedVersion);
+        let s = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.1'>";
+        assert!(client_result(s.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn text_between_stanzas_is_not_well_formed() {
+        assert_eq!(in_stream(b"hello"), NotWellFormed);
+        assert_eq!(in_stream(b"<presence/> x"), NotWellFormed);
+        assert_eq!(in_stream(b"&#32;"), NotWellFormed);
+        assert_eq!(in_stream(b"<![CDATA[ ]]>"), NotWellFormed);
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_a_policy_violation() {
+        let ok = format!(
+            "{HDR}{}{}",
+            "<a>".repeat(MAX_DEPTH),
+            "</a>".repeat(MAX_DEPTH)
+        );
+        assert!(client_result(ok.as_bytes()).is_ok());
+        let deep = format!("{HDR}{}", "<a>".repeat(MAX_DEPTH + 1));
+        assert_eq!(condition(deep.as_bytes()), PolicyViolation);
+    }
+
+    /// Feeds `input` through `read_buf` in socket-sized reads until an error;
+    /// returns it with the most that was ever buffered.
+    fn read_until_error(f: &mut Framer, input: &[u8]) -> (StreamError, usize) {
+        let mut off = 0;
+        let mut peak = 0;
+        loop {
+            let mut rb = f.read_buf();
+            let n = rb.remaining_mut().min(READ_CHUNK).min(input.len() - off);
+            assert!(n > 0, "input exhausted without an error");
+            rb.put_slice(&input[off..off + n]);
+            off += n;
+            peak = peak.max(f.buffered());
+            loop {
+                match f.next() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => return (e, peak),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversize_stanza_fails_before_more_than_the_limit_is_buffered() {
+        let mut f = Framer::new(NS_CLIENT, 8 * 1024);
+        let body = "x".repeat(1024 * 1024);
+        let input = format!("{HDR}<message><body>{body}</body></message>");
+        let (e, peak) = read_until_error(&mut f, input.as_bytes());
+        assert_eq!(e.condition, PolicyViolation);
+        assert!(peak <= 8 * 1024 + 1, "buffered {peak}");
+    }
+
+    #[test]
+    fn an_oversize_stanza_fed_all_at_once_still_fails() {
+        let body = "x".repeat(9000);
+        assert_eq!(
+            in_stream(format!("<message><body>{body}</body></message>").as_bytes()),
+            PolicyViolation
+        );
+        assert_eq!(
+            in_stream(format!("<message a='{body}'/>").as_bytes()),
+            PolicyViolation
+        );
+    }
+
+    #[test]
+    fn a_stanza_of_exactly_the_limit_passes_and_the_limit_can_be_raised() {
+        let mut f = Framer::new(NS_CLIENT, 1000);
+        run(&mut f, [HDR.as_bytes()]).expect("header");
+        f.set_max_stanza_size(100);
+        let over = format!("<message><body>{}</body></message>", "y".repeat(100 - 31));
+        let s = format!("<message><body>{}</body></message>", "y".repeat(100 - 32));
+        assert_eq!(s.len(), 100);
+        assert_eq!(run(&mut f, [s.as_bytes()]).expect("fits").len(), 1);
+        let mut g = Framer::new(NS_CLIENT, 1000);
+        run(&mut g, [HDR.as_bytes()]).expect("header");
+        g.set_max_stanza_size(100);
+        assert_eq!(
+            run(&mut g, [over.as_bytes()]).map_err(|e| e.condition),
+            Err(PolicyViolation)
+        );
+        f.set_max_stanza_size(1000);
+        let s = format!("<message><body>{}</body></message>", "y".repeat(500));
+        assert_eq!(run(&mut f, [s.as_bytes()]).expect("fits now").len(), 1);
+    }
+
+    #[test]
+    fn an_oversize_header_is_a_policy_violation() {
+        let mut f = Framer::new(NS_CLIENT, 8 * 1024);
+        let input = format!("<stream:stream x='{}'>", "z".repeat(100_000));
+        let (e, peak) = read_until_error(&mut f, input.as_bytes());
+        assert_eq!(e.condition, PolicyViolation);
+        assert!(peak <= 8 * 1024 + 1);
+        let input = format!("<?xml version='1.0' {}?>", " ".repeat(100_000));
+        assert_eq!(
+            read_until_error(&mut Framer::new(NS_CLIENT, 8192), input.as_bytes())
+                .0
+                .condition,
+            PolicyViolation
+        );
+    }
+
+    #[test]
+    fn a_large_stanza_trickled_byte_by_byte_costs_linear_work() {
+        // Quadratic rescanning would make this take minutes.
+        let mut f = Framer::new(NS_CLIENT, 1024 * 1024);
+        run(&mut f, [HDR.as_bytes()]).expect("header");
+        let attrs: String = (0..10_000).map(|i| format!(" a{i}='v'")).collect();
+        let s = format!(
+            "<message{attrs}><body>{}&amp;{}</body></message>",
+            "t".repeat(200_000),
+            "ü".repeat(50_000)
+        );
+        let started = std::time::Instant::now();
+        let ev = run(&mut f, s.as_bytes().chunks(1)).expect("valid");
+        let [FramerEvent::Stanza(st)] = ev.as_slice() else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(st.bytes().len(), s.len());
+        // Linear work is ~0.1 s in a debug build; rescanning the tag from its
+        // start on every byte took 7 s here before `wait_gt` moved forward.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Deterministic xorshift64*, enough for mutation fuzzing.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_mutations_never_panic_and_give_the_same_events_for_any_chunking() {
+        const INTERESTING: &[u8] = b"<>/&;'\"=:![]?#x \n\x00\x01\xc3\xa4\xef\xbf\xff-";
+        let base = SERVER_STREAM.as_bytes();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..3000 {
+            let mut input = base.to_vec();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(input.len());
+                match rng.below(4) {
+                    0 => input[at] ^= 1 << rng.below(8),
+                    1 => input.insert(at, INTERESTING[rng.below(INTERESTING.len())]),
+                    2 => {
+                        input.remove(at);
+                    }
+                    _ => {
+                        let end = (at + rng.below(16)).min(input.len());
+                        let dup = input[at..end].to_vec();
+                        let to = rng.below(input.len());
+                        input.splice(to..to, dup);
+                    }
+                }
+            }
+            let (whole, whole_err) =
+                run_all(&mut Framer::new(NS_SERVER, 1 << 20), [input.as_slice()]);
+            let mut chunks = Vec::new();
+            let mut rest = input.as_slice();
+            while !rest.is_empty() {
+                let (a, b) = rest.split_at((1 + rng.below(9)).min(rest.len()));
+                chunks.push(a);
+                rest = b;
+            }
+            let (chunked, chunked_err) = run_all(&mut Framer::new(NS_SERVER, 1 << 20), chunks);
+            let input = String::from_utf8_lossy(&input);
+            assert_eq!(chunked, whole, "input {input:?}");
+            // An error inside an incomplete tag may wait for the next `>`.
+            match (whole_err, chunked_err) {
+                (Some(w), Some(c)) => assert_eq!(w.condition, c.condition, "input {input:?}"),
+                (None, Some(c)) => panic!("chunked only: {c} for {input:?}"),
+                _ => {}
+            }
+        }
+    }
+}
