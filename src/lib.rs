@@ -84,6 +84,13 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     })?;
     let metrics = Metrics::get();
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&data_dir)?);
+    // Bound before anything else listens, so an admin command that sees the
+    // daemon's ports open always finds its control socket too.
+    let control_path = control::socket_path(&data_dir);
+    let control = control::bind(&control_path).map_err(|source| StartError::Control {
+        path: control_path.clone(),
+        source,
+    })?;
     let writer = StoreWriter::spawn(store.clone());
     let router = Router::start(
         config.server.workers,
@@ -138,11 +145,6 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         metrics_addr = Some(bound);
         tasks.push(tokio::spawn(http::serve_metrics(l)));
     }
-    let control_path = control::socket_path(&data_dir);
-    let control = control::bind(&control_path).map_err(|source| StartError::Control {
-        path: control_path.clone(),
-        source,
-    })?;
     tasks.push(tokio::spawn(control::serve(
         control,
         control::ControlContext {

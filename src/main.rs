@@ -188,7 +188,15 @@ fn user(config: Config, cmd: UserCommand) -> Result<(), String> {
         Err(e) => return Err(format!("control socket: {e}")),
     }
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-    let store = fedrouter::storage::RedbStore::open(&data_dir).map_err(|e| e.to_string())?;
+    let store = fedrouter::storage::RedbStore::open(&data_dir).map_err(|e| match e {
+        fedrouter::storage::StoreError::Locked => format!(
+            "the store in {} is held by another fedrouter process, but its control socket {} did not answer \
+             (is the daemon still starting?)",
+            data_dir.display(),
+            control::socket_path(&data_dir).display()
+        ),
+        e => e.to_string(),
+    })?;
     let out = match cmd {
         UserCommand::Add { jid, .. } => {
             let j = admin::user_jid(&jid, &domains).map_err(|e| e.to_string())?;

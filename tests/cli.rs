@@ -45,9 +45,13 @@ fn run_daemon(cwd: &Path, config: Option<&Path>) -> Running {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let mut addr = None;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("c2s listening addr=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                addr = rest.split_whitespace().next().map(str::to_string);
+            }
+            if line.contains("fedrouter is running") {
+                let _ = tx.send(addr.take().unwrap_or_default());
             }
         }
     });
