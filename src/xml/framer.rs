@@ -1449,6 +1449,26 @@ mod tests {
         assert_eq!(f.buffered(), 0);
     }
 
+    #[tokio::test]
+    async fn read_buf_works_with_tokio_read_buf_and_a_zero_read_means_eof() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut peer, mut sock) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            peer.write_all(SERVER_STREAM.as_bytes())
+                .await
+                .expect("write");
+        });
+        let mut f = Framer::new(NS_SERVER, 64 * 1024);
+        let mut events = Vec::new();
+        while sock.read_buf(&mut f.read_buf()).await.expect("read") > 0 {
+            while let Some(e) = f.next().expect("valid") {
+                events.push(e);
+            }
+        }
+        writer.await.expect("writer");
+        assert_eq!(events, server_events([SERVER_STREAM.as_bytes()]));
+    }
+
     #[test]
     fn whitespace_keepalives_are_consumed_silently_and_the_buffer_released() {
         let mut f = Framer::new(NS_CLIENT, 8192);
