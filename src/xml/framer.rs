@@ -687,8 +687,10 @@ enum Step {
 // ---------------------------------------------------------------------------
 // Lexical scanning, shared with `Stanza::parse`.
 
-const C_TEXT: u8 = 1; // stops a text scan: < & > 0xEF, C0 controls but \t \n \r
-const C_ATTR: u8 = 2; // stops an attribute value check: < & 0xEF, same controls
+// Bytes >= 0x80 stop both scans so that UTF-8 is validated in the same pass
+// (a second pass with `str::from_utf8` cost 40 % of the framing time).
+const C_TEXT: u8 = 1; // stops a text scan: < & > non-ASCII, C0 controls but \t \n \r
+const C_ATTR: u8 = 2; // stops an attribute value check: < & non-ASCII, same controls
 const C_NAME: u8 = 4; // ASCII name character
 const C_NAME_START: u8 = 8; // ASCII name start character
 const C_WS: u8 = 16;
@@ -705,7 +707,11 @@ static CLASS: [u8; 256] = {
     t[b'<' as usize] = C_TEXT | C_ATTR;
     t[b'&' as usize] = C_TEXT | C_ATTR;
     t[b'>' as usize] = C_TEXT;
-    t[0xEF] = C_TEXT | C_ATTR;
+    let mut h = 0x80;
+    while h < 0x100 {
+        t[h] = C_TEXT | C_ATTR;
+        h += 1;
+    }
     let mut c = b'a';
     while c <= b'z' {
         t[c as usize] |= C_NAME | C_NAME_START;
@@ -828,10 +834,6 @@ fn utf8_prefix(b: &[u8]) -> Result<usize, StreamError> {
         Err(e) if e.error_len().is_none() => Ok(e.valid_up_to()),
         Err(_) => Err(bad_utf8()),
     }
-}
-
-fn utf8(b: &[u8]) -> Result<(), StreamError> {
-    std::str::from_utf8(b).map(|_| ()).map_err(|_| bad_utf8())
 }
 
 /// XML 1.0 `Char`.
@@ -1051,16 +1053,48 @@ fn check_attr_value(v: &[u8]) -> Result<(), StreamError> {
                 Some(end) => i = end,
                 None => return Err(not_well_formed("unterminated reference")),
             },
-            0xEF => {
-                if is_nonchar_fffe(&v[i..]) {
-                    return Err(not_well_formed("illegal character"));
-                }
-                i += 1;
-            }
+            0x80.. => match utf8_char(v, i)? {
+                Some(n) => i += n,
+                None => return Err(bad_utf8()),
+            },
             _ => return Err(not_well_formed("illegal control character")),
         }
     }
-    utf8(v)
+    Ok(())
+}
+
+/// Validates the multi-byte UTF-8 sequence starting at `b[i]` (Unicode
+/// Table 3-7: no overlongs, no surrogates, nothing above U+10FFFF) and
+/// refuses the non-characters U+FFFE and U+FFFF, which XML forbids.
+/// Returns its length, or None when the slice ends inside it.
+#[inline]
+fn utf8_char(b: &[u8], i: usize) -> Result<Option<usize>, StreamError> {
+    let (n, lo, hi) = match b[i] {
+        0xC2..=0xDF => (2, 0x80, 0xBF),
+        0xE0 => (3, 0xA0, 0xBF),
+        0xE1..=0xEC | 0xEE..=0xEF => (3, 0x80, 0xBF),
+        0xED => (3, 0x80, 0x9F),
+        0xF0 => (4, 0x90, 0xBF),
+        0xF1..=0xF3 => (4, 0x80, 0xBF),
+        0xF4 => (4, 0x80, 0x8F),
+        _ => return Err(bad_utf8()),
+    };
+    let tail = &b[i + 1..b.len().min(i + n)];
+    if let Some(&second) = tail.first()
+        && !(lo..=hi).contains(&second)
+    {
+        return Err(bad_utf8());
+    }
+    if tail.iter().skip(1).any(|&c| c & 0xC0 != 0x80) {
+        return Err(bad_utf8());
+    }
+    if tail.len() < n - 1 {
+        return Ok(None);
+    }
+    if is_nonchar_fffe(&b[i..]) {
+        return Err(not_well_formed("illegal character"));
+    }
+    Ok(Some(n))
 }
 
 /// U+FFFE or U+FFFF encoded at the start of `b`.
@@ -1073,6 +1107,13 @@ fn is_nonchar_fffe(b: &[u8]) -> bool {
 /// its `;`, or None when the buffer ends first.
 fn check_ref(b: &[u8], amp: usize) -> Result<Option<usize>, StreamError> {
     let body = amp + 1;
+    // Fast path for the predefined entities, which are most references.
+    let rest = &b[body..];
+    for known in [&b"amp;"[..], b"lt;", b"gt;", b"quot;", b"apos;"] {
+        if rest.starts_with(known) {
+            return Ok(Some(body + known.len()));
+        }
+    }
     let mut j = body;
     while j < b.len() && j - body <= MAX_REF_LEN {
         let c = b[j];
@@ -1133,46 +1174,30 @@ fn check_ref_body(body: &[u8]) -> Result<(), StreamError> {
 /// stopped at a `<`; otherwise it stopped at the end of the buffer or before
 /// an incomplete reference or UTF-8 sequence, which the next call rescans.
 fn scan_text(b: &[u8], pos: usize) -> Result<(usize, bool), StreamError> {
-    let mut run = pos; // start of the stretch not yet UTF-8 validated
     let mut i = pos;
     loop {
         while i < b.len() && CLASS[b[i] as usize] & C_TEXT == 0 {
             i += 1;
         }
         let Some(&c) = b.get(i) else {
-            return Ok((run + utf8_prefix(&b[run..])?, false));
+            return Ok((i, false));
         };
         match c {
-            b'<' => {
-                utf8(&b[run..i])?;
-                return Ok((i, true));
-            }
-            b'&' => {
-                utf8(&b[run..i])?;
-                match check_ref(b, i)? {
-                    Some(end) => {
-                        i = end;
-                        run = end;
-                    }
-                    None => return Ok((i, false)),
-                }
-            }
+            b'<' => return Ok((i, true)),
+            b'&' => match check_ref(b, i)? {
+                Some(end) => i = end,
+                None => return Ok((i, false)),
+            },
             b'>' => {
                 if i >= 2 && b[i - 1] == b']' && b[i - 2] == b']' {
                     return Err(not_well_formed("']]>' in character data"));
                 }
                 i += 1;
             }
-            0xEF => {
-                if b.len() < i + 3 {
-                    utf8(&b[run..i])?;
-                    return Ok((i, false));
-                }
-                if is_nonchar_fffe(&b[i..]) {
-                    return Err(not_well_formed("illegal character"));
-                }
-                i += 1;
-            }
+            0x80.. => match utf8_char(b, i)? {
+                Some(n) => i += n,
+                None => return Ok((i, false)),
+            },
             _ => return Err(not_well_formed("illegal control character")),
         }
     }
@@ -1422,6 +1447,26 @@ mod tests {
         }
         assert_eq!(events, server_events([SERVER_STREAM.as_bytes()]));
         assert_eq!(f.buffered(), 0);
+    }
+
+    #[tokio::test]
+    async fn read_buf_works_with_tokio_read_buf_and_a_zero_read_means_eof() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut peer, mut sock) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            peer.write_all(SERVER_STREAM.as_bytes())
+                .await
+                .expect("write");
+        });
+        let mut f = Framer::new(NS_SERVER, 64 * 1024);
+        let mut events = Vec::new();
+        while sock.read_buf(&mut f.read_buf()).await.expect("read") > 0 {
+            while let Some(e) = f.next().expect("valid") {
+                events.push(e);
+            }
+        }
+        writer.await.expect("writer");
+        assert_eq!(events, server_events([SERVER_STREAM.as_bytes()]));
     }
 
     #[test]
@@ -1870,6 +1915,54 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn the_inline_utf8_check_agrees_with_the_standard_library() {
+        let tails = [
+            0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBE, 0xBF, 0xC0, 0xFF,
+        ];
+        for lead in 0x80..=0xFFu8 {
+            for second in 0..=0xFFu8 {
+                for &third in &tails {
+                    for &fourth in &tails {
+                        let seq = [lead, second, third, fourth];
+                        let ours = utf8_char(&seq, 0);
+                        let std_len = match std::str::from_utf8(&seq) {
+                            Ok(s) => s.chars().next().map(char::len_utf8),
+                            Err(e) if e.valid_up_to() > 0 => {
+                                std::str::from_utf8(&seq[..e.valid_up_to()])
+                                    .ok()
+                                    .and_then(|s| s.chars().next())
+                                    .map(char::len_utf8)
+                            }
+                            Err(_) => None,
+                        };
+                        let nonchar = is_nonchar_fffe(&seq);
+                        match (ours, std_len) {
+                            (Ok(Some(n)), Some(m)) => assert_eq!(n, m, "{seq:x?}"),
+                            (Err(e), Some(_)) => {
+                                assert!(nonchar && e.condition == NotWellFormed, "{seq:x?}")
+                            }
+                            (Err(e), None) => {
+                                assert_eq!(e.condition, UnsupportedEncoding, "{seq:x?}")
+                            }
+                            (r, s) => panic!("{seq:x?}: ours {r:?}, std {s:?}"),
+                        }
+                        // Every proper prefix of a valid sequence is incomplete, not an error.
+                        if let Some(m) = std_len.filter(|_| !nonchar) {
+                            for cut in 1..m {
+                                assert_eq!(
+                                    utf8_char(&seq[..cut], 0),
+                                    Ok(None),
+                                    "{seq:x?} cut {cut}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Deterministic xorshift64*, enough for mutation fuzzing.
