@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of fedrouter on a fresh Debian machine: installs what the
-# tests need (the slixmpp client library), checks formatting and lints, runs
-# the unit, integration and interop tests, and smoke-runs the benchmarks.
+# tests need (the slixmpp client library), checks formatting and lints,
+# smoke-runs each benchmark once, then runs the unit, integration and
+# interop tests and prints one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,15 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
 # Each benchmark once, as a smoke test (timed runs: `cargo bench --bench framing -- --quick`).
 cargo test --benches --locked
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "tests: $passed passed, $failed failed"
+exit "$status"
