@@ -394,6 +394,19 @@ impl Shard {
         }
     }
 
+    /// Stores `item` and runs `effects` after the commit, or runs them now
+    /// when nothing changed.
+    fn commit_or_run(&mut self, user: &BareJid, item: Option<RosterItem>, effects: Vec<Effect>) {
+        match item {
+            Some(item) => self.store_item(user, item, effects, Vec::new()),
+            None => {
+                for e in effects {
+                    self.run(e);
+                }
+            }
+        }
+    }
+
     /// Updates the cached item, submits the write, and runs `effects` once
     /// it is committed (`on_fail` if it is not).
     fn store_item(
@@ -741,37 +754,16 @@ impl Shard {
             }
         }
         if let Some(reply) = out.auto_reply {
-            let xml = subscription_xml(reply, user.as_str(), contact.as_str());
-            if let Ok(s) = Stanza::parse(Bytes::from(xml)) {
-                effects.push(Effect::Route(Envelope::new(
-                    s,
-                    Jid::Bare(user.clone()),
-                    Jid::Bare(contact.clone()),
-                )));
-            }
+            effects.extend(subscription_effect(reply, &user, &contact));
         }
-        if out.send_presence_to_contact {
-            effects.push(Effect::PresenceTo {
-                user: user.clone(),
-                contact: contact.clone(),
-                unavailable: false,
-            });
-        }
-        if out.send_unavailable_to_contact {
-            effects.push(Effect::PresenceTo {
-                user: user.clone(),
-                contact: contact.clone(),
-                unavailable: true,
-            });
-        }
-        match out.new_item {
-            Some(item) => self.store_item(&user, item, effects, Vec::new()),
-            None => {
-                for e in effects {
-                    self.run(e);
-                }
-            }
-        }
+        presence_effects(
+            &user,
+            &contact,
+            out.send_presence_to_contact,
+            out.send_unavailable_to_contact,
+            &mut effects,
+        );
+        self.commit_or_run(&user, out.new_item, effects);
         self.gc(&user);
     }
 
@@ -1147,38 +1139,16 @@ impl Shard {
             });
         }
         if out.forward {
-            // Subscription stanzas travel from the bare JID (RFC 6121 §3.1.2).
-            let xml = subscription_xml(kind, user.as_str(), contact.as_str());
-            if let Ok(s) = Stanza::parse(Bytes::from(xml)) {
-                effects.push(Effect::Route(Envelope::new(
-                    s,
-                    Jid::Bare(user.clone()),
-                    Jid::Bare(contact.clone()),
-                )));
-            }
+            effects.extend(subscription_effect(kind, &user, &contact));
         }
-        if out.send_presence_to_contact {
-            effects.push(Effect::PresenceTo {
-                user: user.clone(),
-                contact: contact.clone(),
-                unavailable: false,
-            });
-        }
-        if out.send_unavailable_to_contact {
-            effects.push(Effect::PresenceTo {
-                user: user.clone(),
-                contact: contact.clone(),
-                unavailable: true,
-            });
-        }
-        match out.new_item {
-            Some(item) => self.store_item(&user, item, effects, Vec::new()),
-            None => {
-                for e in effects {
-                    self.run(e);
-                }
-            }
-        }
+        presence_effects(
+            &user,
+            &contact,
+            out.send_presence_to_contact,
+            out.send_unavailable_to_contact,
+            &mut effects,
+        );
+        self.commit_or_run(&user, out.new_item, effects);
     }
 
     fn roster_iq(&mut self, from: FullJid, stanza: Stanza) {
@@ -1289,16 +1259,8 @@ impl Shard {
                                 (had_to || had_pending_out, SubKind::Unsubscribe),
                                 (had_from || had_pending_in, SubKind::Unsubscribed),
                             ] {
-                                if !cond {
-                                    continue;
-                                }
-                                let xml = subscription_xml(kind, user.as_str(), cj.as_str());
-                                if let Ok(s) = Stanza::parse(Bytes::from(xml)) {
-                                    effects.push(Effect::Route(Envelope::new(
-                                        s,
-                                        Jid::Bare(user.clone()),
-                                        Jid::Bare(cj.clone()),
-                                    )));
+                                if cond {
+                                    effects.extend(subscription_effect(kind, &user, &cj));
                                 }
                             }
                         }
@@ -1320,6 +1282,37 @@ impl Shard {
                 let b = reply_err(StanzaCondition::BadRequest);
                 self.write_to(&user, Some(from.resource()), b.into(), StanzaKind::Iq);
             }
+        }
+    }
+}
+
+/// A subscription stanza from the user's bare JID to the contact's
+/// (subscription stanzas never carry resources, RFC 6121 §3.1.2).
+fn subscription_effect(kind: SubKind, user: &BareJid, contact: &BareJid) -> Option<Effect> {
+    let xml = subscription_xml(kind, user.as_str(), contact.as_str());
+    let s = Stanza::parse(Bytes::from(xml)).ok()?;
+    Some(Effect::Route(Envelope::new(
+        s,
+        Jid::Bare(user.clone()),
+        Jid::Bare(contact.clone()),
+    )))
+}
+
+/// The presence a subscription change owes the contact.
+fn presence_effects(
+    user: &BareJid,
+    contact: &BareJid,
+    available: bool,
+    unavailable: bool,
+    effects: &mut Vec<Effect>,
+) {
+    for (wanted, unavailable) in [(available, false), (unavailable, true)] {
+        if wanted {
+            effects.push(Effect::PresenceTo {
+                user: user.clone(),
+                contact: contact.clone(),
+                unavailable,
+            });
         }
     }
 }
