@@ -177,3 +177,136 @@ impl Metrics {
         }
     }
 }
+
+/// Server-to-server metrics. Per-domain series are labelled with the
+/// remote domain only for configured partners, and `other` for everyone
+/// else, so an open federation cannot explode the label set.
+pub struct S2sMetrics {
+    pub dns_seconds: Histogram,
+    pub connect_seconds: Histogram,
+    pub tls_seconds: Histogram,
+    pub negotiation_seconds: Histogram,
+}
+
+impl Default for S2sMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl S2sMetrics {
+    pub fn new() -> S2sMetrics {
+        prometheus();
+        describe_gauge!("fedrouter_s2s_connections", "Server-to-server connections by remote domain, direction and state");
+        describe_gauge!("fedrouter_s2s_queue", "Stanzas waiting for a server-to-server stream, by remote domain");
+        describe_counter!("fedrouter_s2s_auth_total", "Server-to-server authentications by domain, method and result");
+        describe_counter!("fedrouter_s2s_failures_total", "Failed outbound connection attempts by domain and stage");
+        describe_counter!("fedrouter_s2s_bounces_total", "Stanzas bounced by the s2s layer, by domain and condition");
+        S2sMetrics {
+            dns_seconds: histogram!("fedrouter_s2s_dns_seconds"),
+            connect_seconds: histogram!("fedrouter_s2s_connect_seconds"),
+            tls_seconds: histogram!("fedrouter_s2s_tls_seconds"),
+            negotiation_seconds: histogram!("fedrouter_s2s_negotiation_seconds"),
+        }
+    }
+
+    /// The label for a remote domain: itself if it is a configured partner.
+    pub fn label(config: &crate::config::Config, remote: &str) -> String {
+        if config.partner(remote).is_some() { remote.to_string() } else { "other".to_string() }
+    }
+
+    pub fn domain(&self, config: &crate::config::Config, remote: &str) -> DomainMetrics {
+        DomainMetrics::new(Self::label(config, remote), "out")
+    }
+
+    pub fn inbound(&self, config: &crate::config::Config, remote: &str) -> DomainMetrics {
+        DomainMetrics::new(Self::label(config, remote), "in")
+    }
+}
+
+/// Handles for one connection's domain label, held by its actor. Gauges
+/// shared by several actors (the `other` label) move by increments only.
+pub struct DomainMetrics {
+    label: String,
+    dir: &'static str,
+    state: Option<(&'static str, Gauge)>,
+    queue: Gauge,
+    queued: usize,
+    bounces: Vec<(crate::error::StanzaCondition, Counter)>,
+}
+
+impl DomainMetrics {
+    fn new(label: String, dir: &'static str) -> DomainMetrics {
+        DomainMetrics {
+            queue: gauge!("fedrouter_s2s_queue", "domain" => label.clone()),
+            label,
+            dir,
+            state: None,
+            queued: 0,
+            bounces: Vec::new(),
+        }
+    }
+
+    /// Re-labels an inbound connection once the peer's domain is known.
+    pub fn relabel(&mut self, config: &crate::config::Config, remote: &str) {
+        let state = self.state.as_ref().map(|(s, _)| *s);
+        self.set_state_opt(None);
+        self.label = S2sMetrics::label(config, remote);
+        self.queue = gauge!("fedrouter_s2s_queue", "domain" => self.label.clone());
+        self.set_state_opt(state);
+    }
+
+    pub fn set_state(&mut self, state: &'static str) {
+        self.set_state_opt(Some(state));
+    }
+
+    fn set_state_opt(&mut self, state: Option<&'static str>) {
+        if let Some((_, g)) = self.state.take() {
+            g.decrement(1.0);
+        }
+        if let Some(s) = state {
+            let g = gauge!("fedrouter_s2s_connections", "domain" => self.label.clone(), "dir" => self.dir, "state" => s);
+            g.increment(1.0);
+            self.state = Some((s, g));
+        }
+    }
+
+    pub fn set_queue(&mut self, n: usize) {
+        self.queue.increment(n as f64 - self.queued as f64);
+        self.queued = n;
+    }
+
+    pub fn auth(&self, method: Option<crate::stream::s2s::AuthMethod>, ok: bool) {
+        use crate::stream::s2s::AuthMethod;
+        let m = match method {
+            Some(AuthMethod::SaslExternal) => "sasl_external",
+            Some(AuthMethod::DialbackTls) => "dialback_tls",
+            Some(AuthMethod::DialbackPlain) => "dialback_plain",
+            None => "none",
+        };
+        let r = if ok { "success" } else { "failure" };
+        counter!("fedrouter_s2s_auth_total", "domain" => self.label.clone(), "dir" => self.dir, "method" => m, "result" => r)
+            .increment(1);
+    }
+
+    pub fn failure(&self, stage: &'static str) {
+        counter!("fedrouter_s2s_failures_total", "domain" => self.label.clone(), "stage" => stage).increment(1);
+    }
+
+    pub fn bounce(&mut self, cond: crate::error::StanzaCondition) {
+        if let Some((_, c)) = self.bounces.iter().find(|(k, _)| *k == cond) {
+            c.increment(1);
+            return;
+        }
+        let c = counter!("fedrouter_s2s_bounces_total", "domain" => self.label.clone(), "condition" => cond.as_str());
+        c.increment(1);
+        self.bounces.push((cond, c));
+    }
+}
+
+impl Drop for DomainMetrics {
+    fn drop(&mut self) {
+        self.set_state_opt(None);
+        self.set_queue(0);
+    }
+}

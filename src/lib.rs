@@ -15,9 +15,11 @@ pub mod http;
 pub mod jid;
 pub mod roster;
 pub mod router;
+pub mod s2s;
 pub mod storage;
 pub mod stream;
 pub mod tls;
+pub mod transport;
 pub mod util;
 pub mod xml;
 
@@ -52,6 +54,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("DNS resolver: {0}")]
+    Dns(#[from] dns::DnsError),
     #[error("control socket {path}: {source}")]
     Control {
         path: PathBuf,
@@ -64,6 +68,9 @@ pub struct Daemon {
     /// The addresses the c2s listeners are bound to (port 0 resolved).
     pub c2s_addrs: Vec<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
+    /// The s2s listeners' addresses (STARTTLS, then Direct TLS).
+    pub s2s_addrs: Vec<SocketAddr>,
+    pub s2s_direct_tls_addrs: Vec<SocketAddr>,
     pub router: Router,
     pub store: Arc<dyn Store>,
     pub writer: StoreWriter,
@@ -133,6 +140,54 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         c2s_addrs.push(bound);
         tasks.push(tokio::spawn(c2s::accept_loop(l, shared.clone())));
     }
+    // Federation.
+    let verifier = Arc::new(pki::PeerVerifier::new(config.tls.ca_file.as_deref(), true)?);
+    let client_tls = config
+        .server
+        .domains
+        .iter()
+        .map(|d| (d.clone(), verifier.client_config(certs.for_domain(d))))
+        .collect();
+    let server_tls = verifier.server_config(certs.clone())?;
+    let secret: Arc<[u8]> = match &config.gateway.dialback_passphrase {
+        Some(p) => Arc::from(p.as_bytes()),
+        None => {
+            let mut r = [0u8; 32];
+            let _ = aws_lc_rs::rand::fill(&mut r);
+            Arc::from(&r[..])
+        }
+    };
+    let s2s_shared = Arc::new(s2s::S2sShared {
+        config: config.clone(),
+        router: router.clone(),
+        metrics: metrics.clone(),
+        s2s_metrics: events::S2sMetrics::new(),
+        resolver: dns::Resolver::new(&config.s2s.dns_nameservers)?,
+        verifier,
+        certs: certs.clone(),
+        client_tls,
+        server_tls,
+        secret,
+        connections: Default::default(),
+        per_domain: Default::default(),
+    });
+    router.set_s2s(s2s::S2sRouter::new(s2s_shared.clone()));
+    let mut s2s_addrs = Vec::new();
+    let mut s2s_direct_tls_addrs = Vec::new();
+    for (addrs, direct, out) in [
+        (&config.s2s.listen, false, &mut s2s_addrs),
+        (&config.s2s.direct_tls_listen, true, &mut s2s_direct_tls_addrs),
+    ] {
+        for addr in addrs {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr: *addr, source })?;
+            let bound = l.local_addr().map_err(|source| StartError::Listen { addr: *addr, source })?;
+            tracing::info!(addr = %bound, direct_tls = direct, "s2s listening");
+            out.push(bound);
+            tasks.push(tokio::spawn(s2s::inbound::accept_loop(l, s2s_shared.clone(), direct)));
+        }
+    }
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics.listen {
         let l = TcpListener::bind(addr)
@@ -155,6 +210,8 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     Ok(Daemon {
         c2s_addrs,
         metrics_addr,
+        s2s_addrs,
+        s2s_direct_tls_addrs,
         router,
         store,
         writer,
@@ -170,6 +227,9 @@ impl Daemon {
     pub async fn shutdown(self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(s2s) = self.router.s2s() {
+            s2s.shutdown().await;
         }
         self.router.shutdown().await;
         self.writer.shutdown();

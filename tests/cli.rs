@@ -103,7 +103,7 @@ async fn users_are_managed_while_the_daemon_runs_and_sign_in_with_scram_sha_256(
     let cfg = dir.path().join("fedrouter.toml");
     std::fs::write(
         &cfg,
-        "[server]\ndomains = [\"localhost\"]\ndata_dir = \"data\"\n[c2s]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        "[server]\ndomains = [\"localhost\"]\ndata_dir = \"data\"\n[c2s]\nlisten = [\"127.0.0.1:0\"]\n[s2s]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
     let c = cfg.to_str().unwrap();

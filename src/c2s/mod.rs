@@ -8,8 +8,6 @@
 //! IQs addressed to the server. It must not hold presence or roster state:
 //! that is the shard's.
 
-mod transport;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-pub use transport::Transport;
+pub use crate::transport::Transport;
 
 use crate::error::{StanzaCondition, StreamCondition, StreamError, error_reply};
 use crate::events::Metrics;

@@ -66,12 +66,16 @@ impl Envelope {
     }
 
     /// The bytes to write: the original stanza with `from` stamped when it
-    /// differs from what the sender wrote.
+    /// differs from what the sender wrote, and `to` added when it has none
+    /// (broadcast presence), which server-to-server streams require.
     pub fn frame(&self) -> Frame {
         let from = self.from.to_string();
-        match self.stanza.from() {
-            Some(f) if *f == *from => Frame::from(self.stanza.clone()),
-            _ => self.stanza.splice(Some(&from), None),
+        let stamp_from = self.stanza.from().is_none_or(|f| *f != *from);
+        let add_to = self.stanza.to().is_none();
+        match (stamp_from, add_to) {
+            (false, false) => Frame::from(self.stanza.clone()),
+            (true, false) => self.stanza.splice(Some(&from), None),
+            (sf, true) => self.stanza.splice(sf.then_some(from.as_str()), Some(&self.to.to_string())),
         }
     }
 
@@ -112,6 +116,9 @@ impl Envelope {
 struct Inner {
     shards: Vec<ActorRef<Shard>>,
     domains: Vec<String>,
+    /// Federation, once started (set after the shards exist, since the s2s
+    /// side routes into them too).
+    s2s: std::sync::OnceLock<crate::s2s::S2sRouter>,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -147,6 +154,7 @@ impl Router {
             inner: Arc::new(Inner {
                 shards: prepared.iter().map(|p| p.actor_ref().clone()).collect(),
                 domains: domains.clone(),
+                s2s: std::sync::OnceLock::new(),
                 hasher: Default::default(),
             }),
         };
@@ -161,6 +169,15 @@ impl Router {
             p.spawn((i, ctx));
         }
         router
+    }
+
+    /// Connects federation: stanzas for remote domains go there from now on.
+    pub fn set_s2s(&self, s2s: crate::s2s::S2sRouter) {
+        let _ = self.inner.s2s.set(s2s);
+    }
+
+    pub fn s2s(&self) -> Option<&crate::s2s::S2sRouter> {
+        self.inner.s2s.get()
     }
 
     pub fn is_local_domain(&self, domain: &str) -> bool {
@@ -226,9 +243,8 @@ impl Router {
         }
     }
 
-    /// Local targets come back for delivery; anything else is answered
-    /// here. Federation arrives with the s2s module; until then a remote
-    /// domain is unreachable.
+    /// Local targets come back for delivery; remote ones go to federation
+    /// (or bounce when it is not running).
     fn remote_or_local(&self, env: Envelope) -> Option<Envelope> {
         if self.is_local_domain(env.to.domain()) {
             if env.to.bare().is_domain() {
@@ -237,6 +253,14 @@ impl Router {
                 return None;
             }
             return Some(env);
+        }
+        if let Some(s2s) = self.inner.s2s.get() {
+            // A stanza from a remote server to another remote server is not
+            // ours to relay.
+            if self.is_local_domain(env.from.domain()) {
+                s2s.send(env);
+            }
+            return None;
         }
         if let Some(b) = env.bounce(StanzaCondition::RemoteServerNotFound, None) {
             self.route_nowait(b);

@@ -16,6 +16,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TestServer {
     pub daemon: Daemon,
     pub dir: tempfile::TempDir,
+    pub domain: String,
 }
 
 impl TestServer {
@@ -25,19 +26,30 @@ impl TestServer {
 
     /// Starts with extra TOML appended to the base test configuration.
     pub async fn start_with(extra: &str) -> TestServer {
+        Self::start_domain(DOMAIN, "", extra).await
+    }
+
+    /// Starts serving `domain`. `server_extra` goes into `[server]`; `extra`
+    /// is appended (whole tables). s2s listens on a loopback port.
+    pub async fn start_domain(domain: &str, server_extra: &str, extra: &str) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = format!(
-            "[server]\ndomains = [\"{DOMAIN}\"]\ndata_dir = \"{}\"\nworkers = 2\n\
+            "[server]\ndomains = [\"{domain}\"]\ndata_dir = \"{}\"\nworkers = 2\n{server_extra}\n\
              [c2s]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n{extra}",
             dir.path().join("data").display()
         );
+        let text = if text.contains("[s2s]") { text } else { format!("{text}\n[s2s]\nlisten = [\"127.0.0.1:0\"]\n") };
         let path = dir.path().join("fedrouter.toml");
         std::fs::write(&path, &text).expect("write config");
         let config = Config::load(&path).unwrap_or_else(|e| panic!("test config: {e}"));
         let daemon = fedrouter::start(config)
             .await
             .unwrap_or_else(|e| panic!("start: {e}"));
-        TestServer { daemon, dir }
+        TestServer {
+            daemon,
+            dir,
+            domain: domain.to_string(),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -45,12 +57,12 @@ impl TestServer {
     }
 
     pub fn add_user(&self, local: &str, password: &str) {
-        let jid = admin::user_jid(&format!("{local}@{DOMAIN}"), &[DOMAIN.to_string()]).unwrap();
+        let jid = admin::user_jid(&format!("{local}@{}", self.domain), std::slice::from_ref(&self.domain)).unwrap();
         admin::add_user(&*self.daemon.store, &jid, password).unwrap();
     }
 
     pub fn config(&self, local: &str, password: &str) -> ClientConfig {
-        let mut c = ClientConfig::new(self.addr(), &format!("{local}@{DOMAIN}"), password);
+        let mut c = ClientConfig::new(self.addr(), &format!("{local}@{}", self.domain), password);
         c.timeout = TIMEOUT;
         c
     }

@@ -1,0 +1,265 @@
+//! Opening an outbound server-to-server stream: targets from the static
+//! route or DNS, TCP with Happy Eyeballs, then the sans-IO negotiation
+//! driven over the socket until it is ready (or, in verify mode, until the
+//! authoritative server has answered a `db:verify`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::S2sShared;
+use crate::dns::{DnsError, Target, connect_happy_eyeballs};
+use crate::error::StanzaCondition;
+use crate::stream::s2s::{AuthMethod, OutAction, OutInput, OutMode, OutboundNegotiation, S2sFailure};
+use crate::transport::Transport;
+use crate::xml::{Framer, FramerEvent, NS_SERVER};
+
+/// TCP connect budget per target.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("DNS: {0}")]
+    Dns(DnsError),
+    #[error("no address of {0} accepted a connection")]
+    Unreachable(String),
+    #[error("TLS handshake: {0}")]
+    Tls(String),
+    #[error("negotiation: {0}")]
+    Negotiation(String),
+    #[error("stream negotiation did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("the peer closed the connection during negotiation")]
+    Closed,
+    #[error("connection limit reached")]
+    Limit,
+}
+
+impl ConnectError {
+    /// The stanza error queued stanzas are bounced with: the server could
+    /// not be found or reached, or it was found but did not complete.
+    pub fn bounce_condition(&self) -> StanzaCondition {
+        match self {
+            ConnectError::Dns(_) | ConnectError::Unreachable(_) => StanzaCondition::RemoteServerNotFound,
+            ConnectError::Limit => StanzaCondition::ResourceConstraint,
+            _ => StanzaCondition::RemoteServerTimeout,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            ConnectError::Dns(_) => "dns",
+            ConnectError::Unreachable(_) => "connect",
+            ConnectError::Tls(_) => "tls",
+            ConnectError::Negotiation(_) => "negotiation",
+            ConnectError::Timeout(_) => "timeout",
+            ConnectError::Closed => "closed",
+            ConnectError::Limit => "limit",
+        }
+    }
+}
+
+/// A negotiated outbound stream.
+pub struct Established {
+    pub transport: Transport,
+    pub framer: Framer,
+    pub method: Option<AuthMethod>,
+    /// Verify mode: the authoritative server's answer.
+    pub verified: Option<bool>,
+    pub peer_addr: SocketAddr,
+}
+
+/// Where to connect: the partner's static route, else DNS.
+async fn targets(shared: &S2sShared, remote: &str) -> Result<Vec<Target>, ConnectError> {
+    if let Some(proxy) = shared.config.partner(remote).and_then(|p| p.proxy_fqdn.clone()) {
+        let host = proxy.host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let addrs: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, proxy.port)],
+            Err(_) => tokio::net::lookup_host((host.as_str(), proxy.port))
+                .await
+                .map_err(|e| ConnectError::Dns(DnsError::Other(e.to_string())))?
+                .collect(),
+        };
+        return Ok(vec![Target {
+            host,
+            port: proxy.port,
+            direct_tls: false,
+            addrs,
+        }]);
+    }
+    let started = Instant::now();
+    let r = shared.resolver.resolve_s2s(remote).await;
+    shared.s2s_metrics.dns_seconds.record(started.elapsed().as_secs_f64());
+    r.map_err(ConnectError::Dns)
+}
+
+/// Resolves, connects and negotiates `local` → `remote`, within the
+/// gateway's `stream_establishment_timeout` for the negotiation.
+pub async fn connect_and_negotiate(
+    shared: Arc<S2sShared>,
+    local: String,
+    remote: String,
+    mode: OutMode,
+) -> Result<Established, ConnectError> {
+    let targets = targets(&shared, &remote).await?;
+    let mut last = ConnectError::Unreachable(remote.clone());
+    for t in targets {
+        // Direct TLS targets (XEP-0368) are tried like STARTTLS ones but
+        // with the handshake first.
+        let started = Instant::now();
+        let tcp = match connect_happy_eyeballs(&t.addrs, CONNECT_TIMEOUT).await {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(%remote, host = %t.host, port = t.port, error = %e, "connect failed");
+                last = ConnectError::Unreachable(remote.clone());
+                continue;
+            }
+        };
+        shared.s2s_metrics.connect_seconds.record(started.elapsed().as_secs_f64());
+        let _ = tcp.set_nodelay(true);
+        let peer_addr = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let budget = shared.config.gateway.stream_establishment_timeout;
+        let fut = negotiate(shared.clone(), Transport::Plain(tcp), t.direct_tls, &local, &remote, mode.clone(), peer_addr);
+        return match tokio::time::timeout(budget, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout(budget)),
+        };
+    }
+    Err(last)
+}
+
+async fn tls_client(shared: &S2sShared, local: &str, remote: &str, io: Transport) -> Result<Transport, ConnectError> {
+    let Transport::Plain(tcp) = io else {
+        return Err(ConnectError::Tls("already TLS".into()));
+    };
+    let cfg = shared
+        .client_tls
+        .get(local)
+        .cloned()
+        .ok_or_else(|| ConnectError::Tls(format!("no TLS client configuration for {local}")))?;
+    let name = ServerName::try_from(remote.to_string()).map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let started = Instant::now();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    shared.s2s_metrics.tls_seconds.record(started.elapsed().as_secs_f64());
+    Ok(Transport::TlsClient(Box::new(tls)))
+}
+
+fn peer_identity(shared: &S2sShared, io: &Transport) -> Option<Arc<dyn crate::stream::s2s::PeerIdentity>> {
+    io.peer_certificates().map(|chain| shared.verifier.identity(chain))
+}
+
+async fn negotiate(
+    shared: Arc<S2sShared>,
+    mut io: Transport,
+    direct_tls: bool,
+    local: &str,
+    remote: &str,
+    mode: OutMode,
+    peer_addr: SocketAddr,
+) -> Result<Established, ConnectError> {
+    let started = Instant::now();
+    let can_external = shared.certs.for_domain(local).is_some();
+    let policy = shared.policy(remote).ok_or_else(|| ConnectError::Negotiation("domain refused by policy".into()))?;
+    let mut neg = OutboundNegotiation::new(
+        local.to_string(),
+        remote.to_string(),
+        policy,
+        shared.secret.clone(),
+        can_external,
+        mode,
+    );
+    let mut pending: std::collections::VecDeque<OutAction> = Default::default();
+    if direct_tls {
+        io = tls_client(&shared, local, remote, io).await?;
+        let peer = peer_identity(&shared, &io);
+        pending.extend(neg.handle(OutInput::TlsEstablished { peer }));
+    }
+    pending.extend(neg.start());
+    let mut framer = Framer::new(NS_SERVER, shared.config.gateway.max_stanza_size);
+    loop {
+        while let Some(a) = pending.pop_front() {
+            match a {
+                OutAction::Send(s) => {
+                    io.write_all(s.as_bytes()).await.map_err(|_| ConnectError::Closed)?;
+                    io.flush().await.map_err(|_| ConnectError::Closed)?;
+                }
+                OutAction::StartTls => {
+                    if framer.buffered() > 0 {
+                        return Err(ConnectError::Negotiation("data after <proceed/>".into()));
+                    }
+                    io = tls_client(&shared, local, remote, io).await?;
+                    framer = Framer::new(NS_SERVER, shared.config.gateway.max_stanza_size);
+                    let peer = peer_identity(&shared, &io);
+                    pending.extend(neg.handle(OutInput::TlsEstablished { peer }));
+                }
+                OutAction::RestartStream => framer.reset(),
+                OutAction::Ready(method) => {
+                    shared.s2s_metrics.negotiation_seconds.record(started.elapsed().as_secs_f64());
+                    return Ok(Established {
+                        transport: io,
+                        framer,
+                        method: Some(method),
+                        verified: None,
+                        peer_addr,
+                    });
+                }
+                OutAction::Verified(valid) => {
+                    let _ = io.write_all(b"</stream:stream>").await;
+                    let _ = io.shutdown().await;
+                    return Ok(Established {
+                        transport: io,
+                        framer,
+                        method: None,
+                        verified: Some(valid),
+                        peer_addr,
+                    });
+                }
+                OutAction::Fail(f) => return Err(fail(&mut io, f).await),
+            }
+        }
+        // Need more input.
+        let ev = loop {
+            match framer.next() {
+                Ok(Some(ev)) => break ev,
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = io.write_all(format!("{}</stream:stream>", e.to_xml()).as_bytes()).await;
+                    return Err(ConnectError::Negotiation(format!("the peer sent bad XML: {e}")));
+                }
+            }
+            let n = {
+                let mut buf = framer.read_buf();
+                io.read_buf(&mut buf).await.map_err(|_| ConnectError::Closed)?
+            };
+            if n == 0 {
+                pending.extend(neg.handle(OutInput::StreamClosed));
+                break FramerEvent::StreamClose;
+            }
+            shared.metrics.bytes_in.increment(n as u64);
+        };
+        match ev {
+            FramerEvent::StreamOpen(h) => pending.extend(neg.handle(OutInput::StreamOpen(&h))),
+            FramerEvent::Stanza(s) => pending.extend(neg.handle(OutInput::Element(&s))),
+            FramerEvent::StreamClose => {
+                if pending.is_empty() {
+                    return Err(ConnectError::Closed);
+                }
+            }
+        }
+    }
+}
+
+async fn fail(io: &mut Transport, f: S2sFailure) -> ConnectError {
+    if let Some(e) = &f.send {
+        let _ = io.write_all(format!("{}</stream:stream>", e.to_xml()).as_bytes()).await;
+        let _ = io.shutdown().await;
+    }
+    ConnectError::Negotiation(f.reason.to_string())
+}

@@ -1,0 +1,427 @@
+//! Inbound server-to-server streams: the listener (STARTTLS on `[s2s]
+//! listen`, Direct TLS on `direct_tls_listen`) and one actor per
+//! connection that negotiates, authenticates peers (SASL EXTERNAL when the
+//! certificate verifies, else dialback checked against the sender's
+//! authoritative server), enforces addressing, and routes stanzas to local
+//! users.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kameo::Actor;
+use kameo::actor::{ActorRef, Spawn, WeakActorRef};
+use kameo::error::{ActorStopReason, Infallible};
+use kameo::mailbox::{MailboxReceiver, Signal};
+use kameo::message::{Context, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use super::{S2sShared, connect_and_negotiate};
+use crate::error::{StreamCondition, StreamError};
+use crate::events::DomainMetrics;
+use crate::jid::Jid;
+use crate::router::Envelope;
+use crate::stream::s2s::{InAction, InInput, InboundContext, InboundNegotiation, OutMode, PeerPolicy};
+use crate::transport::Transport;
+use crate::xml::{Framer, FramerEvent, NS_SERVER, NS_STREAMS, Stanza, StanzaKind};
+
+const LINGER: Duration = Duration::from_secs(2);
+
+pub async fn accept_loop(listener: TcpListener, shared: Arc<S2sShared>, direct_tls: bool) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                InboundS2s::spawn((tcp, peer, shared.clone(), direct_tls));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "s2s accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+struct Ctx<'a>(&'a S2sShared);
+
+impl InboundContext for Ctx<'_> {
+    fn is_local(&self, domain: &str) -> bool {
+        self.0.is_local(domain)
+    }
+
+    fn policy(&self, remote: &str) -> Option<PeerPolicy> {
+        self.0.policy(remote)
+    }
+
+    fn dialback_secret(&self) -> &[u8] {
+        &self.0.secret
+    }
+}
+
+/// The authoritative server's answer to a dialback check.
+struct DialbackChecked {
+    originating: String,
+    receiving: String,
+    valid: bool,
+}
+
+pub struct InboundS2s {
+    peer: SocketAddr,
+    shared: Arc<S2sShared>,
+    me: ActorRef<InboundS2s>,
+    io: Option<Transport>,
+    direct_tls: bool,
+    framer: Framer,
+    neg: InboundNegotiation,
+    metrics: DomainMetrics,
+    header_sent: bool,
+    deadline: Option<Instant>,
+    last_activity: Instant,
+    /// Remote domains holding a `partner_connection_limit` slot.
+    domains: Vec<String>,
+    holds_slot: bool,
+    done: bool,
+}
+
+impl Actor for InboundS2s {
+    type Args = (TcpStream, SocketAddr, Arc<S2sShared>, bool);
+    type Error = Infallible;
+
+    async fn on_start((tcp, peer, shared, direct_tls): Self::Args, me: ActorRef<Self>) -> Result<Self, Infallible> {
+        let mut sid = [0u8; 8];
+        let _ = aws_lc_rs::rand::fill(&mut sid);
+        let mut metrics = shared.s2s_metrics.inbound(&shared.config, "");
+        metrics.set_state("negotiating");
+        let holds_slot = shared.acquire_connection();
+        let now = Instant::now();
+        let mut me_ = InboundS2s {
+            peer,
+            me,
+            io: Some(Transport::Plain(tcp)),
+            direct_tls,
+            framer: Framer::new(NS_SERVER, shared.config.gateway.max_stanza_size_pre_auth),
+            neg: InboundNegotiation::new(hex::encode(sid), true),
+            metrics,
+            header_sent: false,
+            deadline: Some(now + shared.config.gateway.stream_establishment_timeout),
+            last_activity: now,
+            domains: Vec::new(),
+            holds_slot,
+            done: false,
+            shared,
+        };
+        if !holds_slot {
+            me_.close(StreamError::with_text(StreamCondition::PolicyViolation, "connection limit reached"))
+                .await;
+        }
+        Ok(me_)
+    }
+
+    async fn next(
+        &mut self,
+        _me: WeakActorRef<Self>,
+        rx: &mut MailboxReceiver<Self>,
+    ) -> Result<Option<Signal<Self>>, Infallible> {
+        if self.direct_tls && !self.done {
+            self.direct_tls = false;
+            let actions = self.start_tls_now().await;
+            self.run(actions).await;
+        }
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let timer = self
+                .deadline
+                .unwrap_or(self.last_activity + self.shared.config.gateway.stream_inactivity_timeout);
+            tokio::select! {
+                biased;
+                sig = rx.recv() => return Ok(sig),
+                r = read_more(&mut self.io, &mut self.framer) => self.on_read(r).await,
+                _ = tokio::time::sleep_until(timer) => {
+                    let text = if self.deadline.is_some() { "stream negotiation took too long" } else { "the stream was idle too long" };
+                    self.close(StreamError::with_text(StreamCondition::ConnectionTimeout, text)).await;
+                }
+            }
+        }
+    }
+
+    async fn on_stop(&mut self, _me: WeakActorRef<Self>, _r: ActorStopReason) -> Result<(), Infallible> {
+        if !self.done {
+            self.close(StreamError::new(StreamCondition::SystemShutdown)).await;
+        }
+        for d in self.domains.drain(..) {
+            self.shared.release_domain(&d);
+        }
+        if self.holds_slot {
+            self.shared.release_connection();
+            self.holds_slot = false;
+        }
+        Ok(())
+    }
+}
+
+async fn read_more(io: &mut Option<Transport>, framer: &mut Framer) -> std::io::Result<usize> {
+    match io.as_mut() {
+        Some(t) => {
+            let mut buf = framer.read_buf();
+            t.read_buf(&mut buf).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Message<DialbackChecked> for InboundS2s {
+    type Reply = ();
+
+    async fn handle(&mut self, m: DialbackChecked, _: &mut Context<Self, ()>) {
+        let actions = self.neg.handle(
+            InInput::DialbackChecked {
+                originating: m.originating,
+                receiving: m.receiving,
+                valid: m.valid,
+            },
+            &Ctx(&self.shared),
+        );
+        self.run(actions).await;
+    }
+}
+
+impl InboundS2s {
+    async fn on_read(&mut self, r: std::io::Result<usize>) {
+        match r {
+            Ok(0) | Err(_) => {
+                self.done = true;
+                return;
+            }
+            Ok(n) => {
+                self.shared.metrics.bytes_in.increment(n as u64);
+                self.last_activity = Instant::now();
+            }
+        }
+        while !self.done {
+            match self.framer.next() {
+                Ok(None) => break,
+                Ok(Some(FramerEvent::StreamOpen(h))) => {
+                    let actions = self.neg.handle(InInput::StreamOpen(&h), &Ctx(&self.shared));
+                    self.run(actions).await;
+                }
+                Ok(Some(FramerEvent::Stanza(s))) => {
+                    self.shared.metrics.stanza_in(s.kind());
+                    if s.kind() != StanzaKind::Other && !self.neg.authenticated().is_empty() {
+                        self.route(s).await;
+                    } else {
+                        let actions = self.neg.handle(InInput::Element(&s), &Ctx(&self.shared));
+                        self.run(actions).await;
+                    }
+                }
+                Ok(Some(FramerEvent::StreamClose)) => {
+                    self.finish(b"</stream:stream>".to_vec()).await;
+                }
+                Err(e) => self.close(e).await,
+            }
+        }
+        self.framer.shrink_if_idle();
+    }
+
+    async fn route(&mut self, s: Stanza) {
+        if let Err(cond) = self.neg.check_addressing(&s) {
+            let text = match cond {
+                StreamCondition::InvalidFrom => "the from domain is not authenticated on this stream",
+                StreamCondition::HostUnknown => "the to domain is not served here",
+                _ => "bad addressing",
+            };
+            return self.close(StreamError::with_text(cond, text)).await;
+        }
+        let (Some(from), Some(to)) = (s.from().and_then(|f| Jid::parse(&f).ok()), s.to().and_then(|t| Jid::parse(&t).ok()))
+        else {
+            return self
+                .close(StreamError::new(StreamCondition::ImproperAddressing))
+                .await;
+        };
+        if to.bare().is_domain() {
+            // Addressed to the server itself: answer pings, refuse the rest.
+            return self.server_stanza(s, from, to).await;
+        }
+        self.shared.router.route(Envelope::new(s, from, to)).await;
+    }
+
+    async fn server_stanza(&mut self, s: Stanza, from: Jid, to: Jid) {
+        if s.kind() != StanzaKind::Iq || !matches!(s.type_().as_deref(), Some("get") | Some("set")) {
+            return;
+        }
+        let is_ping = crate::xml::element::Element::parse(s.bytes(), NS_SERVER, &[("stream", NS_STREAMS)])
+            .ok()
+            .is_some_and(|e| e.child("ping", "urn:xmpp:ping").is_some());
+        let env = Envelope::new(s, from, to);
+        if is_ping {
+            let id = env.stanza.id().map(|i| i.into_owned()).unwrap_or_default();
+            let xml = format!(
+                "<iq type='result' id='{}' from='{}' to='{}'/>",
+                crate::xml::escape::escape_attr(&id),
+                crate::xml::escape::escape_attr(&env.to.to_string()),
+                crate::xml::escape::escape_attr(&env.from.to_string())
+            );
+            if let Ok(reply) = Stanza::parse(bytes::Bytes::from(xml)) {
+                self.shared
+                    .router
+                    .route_nowait(Envelope::new(reply, env.to.clone(), env.from.clone()));
+            }
+        } else if let Some(b) = env.bounce(crate::error::StanzaCondition::ServiceUnavailable, None) {
+            self.shared.router.route_nowait(b);
+        }
+    }
+
+    async fn run(&mut self, actions: Vec<InAction>) {
+        let mut queue: std::collections::VecDeque<InAction> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            if self.done {
+                return;
+            }
+            match a {
+                InAction::Send(s) => {
+                    if s.starts_with("<?xml") || s.starts_with("<stream:stream") {
+                        self.header_sent = true;
+                    }
+                    self.write(s.as_bytes()).await;
+                }
+                InAction::StartTls => queue.extend(self.start_tls_now().await),
+                InAction::RestartStream => self.framer.reset(),
+                InAction::VerifyDialback {
+                    originating,
+                    receiving,
+                    stream_id,
+                    key,
+                } => self.verify_dialback(originating, receiving, stream_id, key),
+                InAction::Authenticated { remote, local, method } => {
+                    if !self.domains.contains(&remote) {
+                        if !self.shared.acquire_domain(&remote) {
+                            self.metrics.auth(Some(method), false);
+                            self.close(StreamError::with_text(
+                                StreamCondition::PolicyViolation,
+                                "too many connections from your domain",
+                            ))
+                            .await;
+                            return;
+                        }
+                        self.domains.push(remote.clone());
+                    }
+                    self.metrics.relabel(&self.shared.config, &remote);
+                    self.metrics.set_state("up");
+                    self.metrics.auth(Some(method), true);
+                    self.deadline = None;
+                    self.framer.set_max_stanza_size(self.shared.config.gateway.max_stanza_size);
+                    tracing::info!(%remote, %local, ?method, peer = %self.peer, "inbound s2s authenticated");
+                }
+                InAction::Fail(e) => self.close(e).await,
+            }
+        }
+    }
+
+    async fn write(&mut self, b: &[u8]) {
+        if let Some(io) = self.io.as_mut() {
+            if io.write_all(b).await.is_err() || io.flush().await.is_err() {
+                self.done = true;
+                return;
+            }
+            self.shared.metrics.bytes_out.increment(b.len() as u64);
+        }
+    }
+
+    /// Server-side TLS handshake; returns the machine's follow-up actions.
+    async fn start_tls_now(&mut self) -> Vec<InAction> {
+        if self.framer.buffered() > 0 {
+            self.close(StreamError::with_text(
+                StreamCondition::PolicyViolation,
+                "data received after <starttls/> before the TLS handshake",
+            ))
+            .await;
+            return Vec::new();
+        }
+        let Some(Transport::Plain(tcp)) = self.io.take() else {
+            self.done = true;
+            return Vec::new();
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.shared.server_tls.clone());
+        let budget = self
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(self.shared.config.gateway.stream_establishment_timeout);
+        match tokio::time::timeout(budget, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                let io = Transport::Tls(Box::new(tls));
+                let peer = io.peer_certificates().map(|c| self.shared.verifier.identity(c));
+                self.io = Some(io);
+                self.framer = Framer::new(NS_SERVER, self.shared.config.gateway.max_stanza_size_pre_auth);
+                self.header_sent = false;
+                self.neg.handle(InInput::TlsEstablished { peer }, &Ctx(&self.shared))
+            }
+            _ => {
+                self.done = true;
+                Vec::new()
+            }
+        }
+    }
+
+    fn verify_dialback(&self, originating: String, receiving: String, stream_id: String, key: String) {
+        let (shared, me) = (self.shared.clone(), self.me.clone());
+        tokio::spawn(async move {
+            let mode = OutMode::Verify {
+                receiving: receiving.clone(),
+                originating: originating.clone(),
+                stream_id,
+                key,
+            };
+            let valid = match connect_and_negotiate(shared, receiving.clone(), originating.clone(), mode).await {
+                Ok(est) => est.verified.unwrap_or(false),
+                Err(e) => {
+                    tracing::info!(%originating, error = %e, "dialback verification failed");
+                    false
+                }
+            };
+            let _ = me
+                .tell(DialbackChecked {
+                    originating,
+                    receiving,
+                    valid,
+                })
+                .await;
+        });
+    }
+
+    async fn close(&mut self, e: StreamError) {
+        if self.done {
+            return;
+        }
+        self.shared.metrics.stream_error(e.condition, &self.peer, e.text.as_deref());
+        let mut tail = String::new();
+        if !self.header_sent {
+            tail.push_str(&format!(
+                "<?xml version='1.0'?><stream:stream xmlns='{NS_SERVER}' xmlns:stream='{NS_STREAMS}' version='1.0'>"
+            ));
+        }
+        tail.push_str(&e.to_xml());
+        tail.push_str("</stream:stream>");
+        self.finish(tail.into_bytes()).await;
+    }
+
+    async fn finish(&mut self, tail: Vec<u8>) {
+        self.done = true;
+        if let Some(io) = self.io.as_mut() {
+            let _ = tokio::time::timeout(LINGER, async {
+                let _ = io.write_all(&tail).await;
+                let _ = io.shutdown().await;
+                let mut sink = vec![0u8; 8192];
+                while let Ok(n) = io.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        self.io = None;
+    }
+}

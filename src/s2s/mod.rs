@@ -1,0 +1,157 @@
+//! Server-to-server federation: one actor per (local, remote) domain pair
+//! for outbound traffic ([`outbound`]), one actor per inbound connection
+//! ([`inbound`]), and the shared pieces they use: DNS, certificates,
+//! dialback secret, connection limits.
+//!
+//! This module owns connections and queues; it must not hold user state:
+//! stanzas that arrive are routed to shards like any other.
+
+mod connect;
+pub mod inbound;
+pub mod outbound;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use kameo::actor::{ActorRef, Spawn};
+
+use crate::config::Config;
+use crate::dns::Resolver;
+use crate::events::{Metrics, S2sMetrics};
+use crate::pki::PeerVerifier;
+use crate::router::{Envelope, Router};
+use crate::stream::s2s::PeerPolicy;
+use crate::tls::CertStore;
+
+pub use connect::{ConnectError, Established, connect_and_negotiate};
+pub use outbound::{OutboundDomain, Send as SendRemote};
+
+/// Everything the s2s actors share.
+pub struct S2sShared {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub metrics: Arc<Metrics>,
+    pub s2s_metrics: S2sMetrics,
+    pub resolver: Resolver,
+    pub verifier: Arc<PeerVerifier>,
+    pub certs: Arc<CertStore>,
+    /// Outbound TLS client configs, one per local domain (each presents
+    /// that domain's certificate for SASL EXTERNAL).
+    pub client_tls: HashMap<String, Arc<rustls::ClientConfig>>,
+    pub server_tls: Arc<rustls::ServerConfig>,
+    /// The XEP-0185 dialback secret (from `dialback_passphrase`, or random
+    /// per start).
+    pub secret: Arc<[u8]>,
+    /// Open s2s connections, both directions (`connection_limit`).
+    pub connections: AtomicUsize,
+    /// Inbound connections authenticated per remote domain
+    /// (`partner_connection_limit`).
+    pub per_domain: DashMap<String, usize>,
+}
+
+impl S2sShared {
+    /// The negotiation settings for a remote domain; `None` if refused.
+    /// Every domain is allowed with the open-federation settings until the
+    /// partner policy lands.
+    pub fn policy(&self, _remote: &str) -> Option<PeerPolicy> {
+        Some(PeerPolicy::open_federation())
+    }
+
+    pub fn is_local(&self, domain: &str) -> bool {
+        self.config.server.domains.iter().any(|d| d == domain)
+    }
+
+    /// Takes a connection slot; false when `connection_limit` is reached.
+    pub fn acquire_connection(&self) -> bool {
+        let limit = self.config.gateway.connection_limit as usize;
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub fn release_connection(&self) {
+        let _ = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// Counts an inbound connection authenticated for `remote`; false when
+    /// the domain is at `partner_connection_limit`.
+    pub fn acquire_domain(&self, remote: &str) -> bool {
+        let limit = self.config.gateway.partner_connection_limit as usize;
+        let mut e = self.per_domain.entry(remote.to_string()).or_insert(0);
+        if *e >= limit {
+            return false;
+        }
+        *e += 1;
+        true
+    }
+
+    pub fn release_domain(&self, remote: &str) {
+        if let Some(mut e) = self.per_domain.get_mut(remote) {
+            *e = e.saturating_sub(1);
+        }
+        self.per_domain.remove_if(remote, |_, n| *n == 0);
+    }
+}
+
+/// The outbound side's entry point: finds or starts the actor for the
+/// (local, remote) pair and hands it the stanza.
+#[derive(Clone)]
+pub struct S2sRouter {
+    shared: Arc<S2sShared>,
+    actors: Arc<DashMap<(String, String), ActorRef<OutboundDomain>>>,
+}
+
+impl S2sRouter {
+    pub fn new(shared: Arc<S2sShared>) -> S2sRouter {
+        S2sRouter {
+            shared,
+            actors: Arc::new(DashMap::new()),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<S2sShared> {
+        &self.shared
+    }
+
+    /// Queues a stanza for a remote domain. Never waits: the domain actor's
+    /// mailbox is unbounded and its own queue is bounded (a full queue
+    /// bounces with `resource-constraint`).
+    pub fn send(&self, env: Envelope) {
+        let local = env.from.domain().to_string();
+        let remote = env.to.domain().to_string();
+        let key = (local, remote);
+        // Clone the handle out: never hold a map guard while sending.
+        let existing = self.actors.get(&key).map(|r| r.clone()).filter(|r| r.is_alive());
+        let actor = match existing {
+            Some(a) => a,
+            None => {
+                let a = OutboundDomain::spawn_with_mailbox(
+                    (key.0.clone(), key.1.clone(), self.shared.clone()),
+                    kameo::mailbox::unbounded(),
+                );
+                self.actors.insert(key, a.clone());
+                a
+            }
+        };
+        if let Err(e) = actor.tell(SendRemote(env)).try_send() {
+            tracing::warn!(error = %e, "remote domain actor unavailable");
+        }
+    }
+
+    /// Live state per remote domain, for metrics and admin.
+    pub fn domains(&self) -> Vec<(String, String)> {
+        self.actors.iter().map(|e| e.key().clone()).collect()
+    }
+
+    pub async fn shutdown(&self) {
+        let actors: Vec<_> = self.actors.iter().map(|e| e.value().clone()).collect();
+        for a in actors {
+            let _ = a.stop_gracefully().await;
+            a.wait_for_shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! One actor per (local, remote) domain pair: queues stanzas while the
+//! stream is set up, sends them once it is, keeps it alive, closes it when
+//! idle, and retries with exponential backoff and jitter when it fails.
+//!
+//! Queued stanzas are bounced only when retrying cannot help (the domain
+//! does not exist), or once they have waited `stream_establishment_timeout`;
+//! a stanza arriving during a long backoff triggers a fresh attempt at once
+//! rather than being bounced by a stale failure (ejabberd's "bouncing for
+//! 289 seconds").
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kameo::Actor;
+use kameo::actor::{ActorRef, WeakActorRef};
+use kameo::error::{ActorStopReason, Infallible};
+use kameo::mailbox::{MailboxReceiver, Signal};
+use kameo::message::{Context, Message};
+use tokio::io::{AsyncReadExt, ReadHalf};
+use tokio::time::Instant;
+
+use super::{ConnectError, Established, S2sShared, connect_and_negotiate};
+use crate::error::StanzaCondition;
+use crate::events::DomainMetrics;
+use crate::router::Envelope;
+use crate::router::writer::Writer;
+use crate::stream::s2s::OutMode;
+use crate::transport::Transport;
+use crate::xml::{Framer, FramerEvent, StanzaKind};
+
+/// Stanzas waiting per domain while connecting; beyond it new ones bounce
+/// with `resource-constraint` (Prosody keeps 32 768; this is per pair).
+pub const MAX_QUEUE: usize = 10_000;
+/// Writer queue of an established stream, in frames.
+const WRITE_QUEUE: usize = 4096;
+/// A new stanza never waits longer than this for a fresh attempt after a
+/// failure, however long the backoff has grown.
+const MIN_ATTEMPT_GAP: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// A stanza for the remote domain.
+pub struct Send(pub Envelope);
+
+/// The result of a connection attempt (sent by the attempt's task).
+struct Attempt(Result<Established, ConnectError>);
+
+enum State {
+    Idle,
+    Connecting,
+    Up,
+}
+
+pub struct OutboundDomain {
+    local: String,
+    remote: String,
+    shared: Arc<S2sShared>,
+    me: ActorRef<OutboundDomain>,
+    metrics: DomainMetrics,
+    state: State,
+    queue: VecDeque<Envelope>,
+    failures: u32,
+    last_attempt: Option<Instant>,
+    retry_at: Option<Instant>,
+    rd: Option<ReadHalf<Transport>>,
+    framer: Option<Framer>,
+    writer: Option<Writer>,
+    last_activity: Instant,
+    last_write: Instant,
+    holds_slot: bool,
+    stop: bool,
+}
+
+impl Actor for OutboundDomain {
+    type Args = (String, String, Arc<S2sShared>);
+    type Error = Infallible;
+
+    async fn on_start((local, remote, shared): Self::Args, me: ActorRef<Self>) -> Result<Self, Infallible> {
+        let metrics = shared.s2s_metrics.domain(&shared.config, &remote);
+        let now = Instant::now();
+        Ok(OutboundDomain {
+            local,
+            remote,
+            shared,
+            me,
+            metrics,
+            state: State::Idle,
+            queue: VecDeque::new(),
+            failures: 0,
+            last_attempt: None,
+            retry_at: None,
+            rd: None,
+            framer: None,
+            writer: None,
+            last_activity: now,
+            last_write: now,
+            holds_slot: false,
+            stop: false,
+        })
+    }
+
+    async fn next(
+        &mut self,
+        _me: WeakActorRef<Self>,
+        rx: &mut MailboxReceiver<Self>,
+    ) -> Result<Option<Signal<Self>>, Infallible> {
+        loop {
+            if self.stop {
+                return Ok(None);
+            }
+            let timer = self.next_timer();
+            tokio::select! {
+                biased;
+                sig = rx.recv() => return Ok(sig),
+                r = read_more(&mut self.rd, &mut self.framer) => self.on_read(r).await,
+                _ = sleep_until(timer) => self.on_timer().await,
+            }
+        }
+    }
+
+    async fn on_stop(&mut self, _me: WeakActorRef<Self>, _r: ActorStopReason) -> Result<(), Infallible> {
+        self.disconnect(Some("</stream:stream>")).await;
+        let queued: Vec<Envelope> = self.queue.drain(..).collect();
+        for env in queued {
+            self.bounce(&env, StanzaCondition::RemoteServerTimeout);
+        }
+        self.metrics.set_queue(0);
+        Ok(())
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_more(rd: &mut Option<ReadHalf<Transport>>, framer: &mut Option<Framer>) -> std::io::Result<usize> {
+    match (rd.as_mut(), framer.as_mut()) {
+        (Some(r), Some(f)) => {
+            let mut buf = f.read_buf();
+            r.read_buf(&mut buf).await
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+impl Message<Send> for OutboundDomain {
+    type Reply = ();
+
+    async fn handle(&mut self, Send(env): Send, _: &mut Context<Self, ()>) {
+        match self.state {
+            State::Up => self.write(env),
+            _ => {
+                if self.queue.len() >= MAX_QUEUE {
+                    self.bounce(&env, StanzaCondition::ResourceConstraint);
+                    return;
+                }
+                self.queue.push_back(env);
+                self.metrics.set_queue(self.queue.len());
+                if matches!(self.state, State::Idle) {
+                    // A new stanza gets a fresh attempt soon, whatever the
+                    // backoff: at most MIN_ATTEMPT_GAP after the last one.
+                    let soon = self
+                        .last_attempt
+                        .map(|t| t + MIN_ATTEMPT_GAP)
+                        .unwrap_or_else(Instant::now);
+                    self.retry_at = Some(self.retry_at.map_or(soon, |r| r.min(soon)));
+                    if soon <= Instant::now() {
+                        self.connect();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Message<Attempt> for OutboundDomain {
+    type Reply = ();
+
+    async fn handle(&mut self, Attempt(r): Attempt, _: &mut Context<Self, ()>) {
+        match r {
+            Ok(est) => self.established(est),
+            Err(e) => self.failed(e),
+        }
+    }
+}
+
+impl OutboundDomain {
+    fn next_timer(&self) -> Option<Instant> {
+        let g = &self.shared.config.gateway;
+        match self.state {
+            State::Idle => self.retry_at.filter(|_| !self.queue.is_empty()),
+            State::Connecting => None,
+            State::Up => {
+                let idle = self.last_activity + g.stream_inactivity_timeout;
+                let keepalive = self.last_write + g.keep_alive_interval;
+                Some(idle.min(keepalive))
+            }
+        }
+    }
+
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        match self.state {
+            State::Idle => {
+                if self.retry_at.is_some_and(|t| t <= now) && !self.queue.is_empty() {
+                    self.connect();
+                }
+            }
+            State::Up => {
+                let g = &self.shared.config.gateway;
+                if now >= self.last_activity + g.stream_inactivity_timeout {
+                    tracing::info!(local = %self.local, remote = %self.remote, "closing idle s2s stream");
+                    self.disconnect(Some("</stream:stream>")).await;
+                    if self.queue.is_empty() {
+                        self.stop = true;
+                    }
+                } else if now >= self.last_write + g.keep_alive_interval {
+                    // Whitespace keepalive (RFC 6120 §4.6.1).
+                    self.send_bytes(Bytes::from_static(b" "));
+                }
+            }
+            State::Connecting => {}
+        }
+    }
+
+    fn connect(&mut self) {
+        if !matches!(self.state, State::Idle) {
+            return;
+        }
+        if !self.shared.acquire_connection() {
+            tracing::warn!(remote = %self.remote, "s2s connection_limit reached");
+            self.failed(ConnectError::Limit);
+            return;
+        }
+        self.holds_slot = true;
+        self.state = State::Connecting;
+        self.retry_at = None;
+        self.last_attempt = Some(Instant::now());
+        self.metrics.set_state("connecting");
+        let (shared, local, remote, me) = (self.shared.clone(), self.local.clone(), self.remote.clone(), self.me.clone());
+        tokio::spawn(async move {
+            let r = connect_and_negotiate(shared, local, remote, OutMode::Authenticate).await;
+            let _ = me.tell(Attempt(r)).await;
+        });
+    }
+
+    fn established(&mut self, est: Established) {
+        let method = est.method;
+        tracing::info!(local = %self.local, remote = %self.remote, peer = %est.peer_addr, ?method, "s2s stream up");
+        self.metrics.auth(method, true);
+        let (rd, wr) = tokio::io::split(est.transport);
+        self.rd = Some(rd);
+        self.framer = Some(est.framer);
+        self.writer = Some(Writer::spawn(wr, WRITE_QUEUE, self.shared.metrics.clone()));
+        self.state = State::Up;
+        self.metrics.set_state("up");
+        self.failures = 0;
+        let now = Instant::now();
+        self.last_activity = now;
+        self.last_write = now;
+        while let Some(env) = self.queue.pop_front() {
+            self.write(env);
+        }
+        self.metrics.set_queue(0);
+    }
+
+    fn failed(&mut self, e: ConnectError) {
+        if self.holds_slot {
+            self.shared.release_connection();
+            self.holds_slot = false;
+        }
+        self.state = State::Idle;
+        self.failures += 1;
+        self.metrics.set_state("failed");
+        self.metrics.failure(e.label());
+        tracing::warn!(local = %self.local, remote = %self.remote, error = %e, failures = self.failures, "s2s connection failed");
+        let cond = e.bounce_condition();
+        let hopeless = matches!(e, ConnectError::Dns(crate::dns::DnsError::NotFound(_) | crate::dns::DnsError::NoService(_)));
+        let max_age = self.shared.config.gateway.stream_establishment_timeout;
+        let now = Instant::now();
+        let (bounce, keep): (Vec<Envelope>, Vec<Envelope>) = self
+            .queue
+            .drain(..)
+            .partition(|env| hopeless || now.duration_since(env.at) >= max_age);
+        self.queue = keep.into();
+        self.metrics.set_queue(self.queue.len());
+        for env in bounce {
+            self.bounce(&env, cond);
+        }
+        self.retry_at = Some(now + backoff(self.failures));
+    }
+
+    fn bounce(&mut self, env: &Envelope, cond: StanzaCondition) {
+        if let Some(b) = env.bounce(cond, None) {
+            self.metrics.bounce(cond);
+            self.shared.router.route_nowait(b);
+        }
+    }
+
+    fn write(&mut self, env: Envelope) {
+        let kind = env.kind();
+        let frame = env.frame();
+        if let Some(w) = &self.writer {
+            match w.queue.try_send(frame) {
+                Ok(()) => {
+                    self.shared.metrics.stanza_out(kind);
+                    self.last_write = Instant::now();
+                    self.last_activity = self.last_write;
+                }
+                Err(_) => {
+                    // The peer does not read: presence may go, nothing else.
+                    if kind == StanzaKind::Presence {
+                        self.shared.metrics.presence_dropped.increment(1);
+                    } else {
+                        self.bounce(&env, StanzaCondition::ResourceConstraint);
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_bytes(&mut self, b: Bytes) {
+        if let Some(w) = &self.writer {
+            if w.queue.try_send(b.into()).is_ok() {
+                self.last_write = Instant::now();
+            }
+        }
+    }
+
+    async fn on_read(&mut self, r: std::io::Result<usize>) {
+        match r {
+            Ok(0) | Err(_) => {
+                tracing::info!(local = %self.local, remote = %self.remote, "s2s stream closed by the peer");
+                self.disconnect(None).await;
+                return;
+            }
+            Ok(n) => {
+                self.shared.metrics.bytes_in.increment(n as u64);
+                self.last_activity = Instant::now();
+            }
+        }
+        loop {
+            let Some(f) = self.framer.as_mut() else { return };
+            match f.next() {
+                Ok(None) => break,
+                Ok(Some(FramerEvent::StreamClose)) => {
+                    self.disconnect(Some("</stream:stream>")).await;
+                    return;
+                }
+                Ok(Some(FramerEvent::Stanza(s))) => {
+                    if s.name() == "stream:error" {
+                        tracing::warn!(remote = %self.remote, error = %String::from_utf8_lossy(s.bytes()), "the peer sent a stream error");
+                        self.disconnect(None).await;
+                        return;
+                    }
+                    // Nothing else is expected on an outbound stream
+                    // (no XEP-0288 bidi): ignore it.
+                }
+                Ok(Some(FramerEvent::StreamOpen(_))) => {}
+                Err(e) => {
+                    let tail = format!("{}</stream:stream>", e.to_xml());
+                    self.shared.metrics.stream_error(e.condition, &self.remote, e.text.as_deref());
+                    self.disconnect(Some(&tail)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Closes the stream (writing `tail` first if given) and goes idle; a
+    /// non-empty queue is retried by the timer.
+    async fn disconnect(&mut self, tail: Option<&str>) {
+        if let Some(mut w) = self.writer.take() {
+            let tail = Bytes::from(tail.unwrap_or_default().to_string());
+            w.close(tail, Duration::from_secs(5)).await;
+        }
+        self.rd = None;
+        self.framer = None;
+        if matches!(self.state, State::Up) {
+            self.state = State::Idle;
+            self.metrics.set_state("idle");
+            self.retry_at = Some(Instant::now());
+        }
+        if self.holds_slot {
+            self.shared.release_connection();
+            self.holds_slot = false;
+        }
+    }
+}
+
+/// 1 s, 2 s, 4 s … up to 5 minutes, with ±20 % jitter.
+fn backoff(failures: u32) -> Duration {
+    let base = MIN_ATTEMPT_GAP.saturating_mul(1u32 << failures.saturating_sub(1).min(9));
+    let base = base.min(MAX_BACKOFF);
+    let mut r = [0u8; 2];
+    let _ = aws_lc_rs::rand::fill(&mut r);
+    let jitter = (u16::from_le_bytes(r) as f64 / u16::MAX as f64) * 0.4 - 0.2;
+    base.mul_f64(1.0 + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_from_a_short_first_retry_to_five_minutes() {
+        let first = backoff(1);
+        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200), "{first:?}");
+        let fourth = backoff(4);
+        assert!(fourth >= Duration::from_millis(6400) && fourth <= Duration::from_millis(9600), "{fourth:?}");
+        assert!(backoff(30) <= Duration::from_secs(360));
+    }
+
+    #[test]
+    fn connect_errors_bounce_with_the_right_condition() {
+        use crate::dns::DnsError;
+        assert_eq!(
+            ConnectError::Dns(DnsError::NotFound("x".into())).bounce_condition(),
+            StanzaCondition::RemoteServerNotFound
+        );
+        assert_eq!(ConnectError::Unreachable("x".into()).bounce_condition(), StanzaCondition::RemoteServerNotFound);
+        assert_eq!(ConnectError::Timeout(Duration::from_secs(1)).bounce_condition(), StanzaCondition::RemoteServerTimeout);
+        assert_eq!(ConnectError::Negotiation("x".into()).bounce_condition(), StanzaCondition::RemoteServerTimeout);
+    }
+}

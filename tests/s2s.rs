@@ -1,0 +1,183 @@
+//! Federation between two real fedrouter daemons on loopback, found
+//! through a test DNS server, in each authentication mode, plus the
+//! failure answers (no DNS records, a server that never speaks).
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::*;
+use fedrouter::client::Client;
+use fedrouter::testing::ca::{TestCa, self_signed};
+use fedrouter::testing::dns::TestDns;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    /// CA-signed certificates, trusted on both sides.
+    SaslExternal,
+    /// Self-signed certificates nobody trusts.
+    Dialback,
+}
+
+struct Federation {
+    _dns: TestDns,
+    a: TestServer,
+    b: TestServer,
+    _dir: tempfile::TempDir,
+}
+
+async fn federation(mode: Mode, gateway: &str) -> Federation {
+    let dns = TestDns::start("127.0.0.1:0".parse().unwrap()).await.expect("test DNS");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("fedrouter test CA");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+    let mut servers = Vec::new();
+    for d in ["a.test", "b.test"] {
+        let leaf = match mode {
+            Mode::SaslExternal => ca.issue(&[d]),
+            Mode::Dialback => self_signed(&[d]),
+        };
+        let (cert, key) = leaf.write(dir.path(), d);
+        let trust = match mode {
+            Mode::SaslExternal => format!("[tls]\nca_file = \"{}\"\n", ca_path.display()),
+            Mode::Dialback => "[tls]\n".to_string(),
+        };
+        let extra = format!(
+            "{trust}[[tls.certificate]]\ndomain = \"{d}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+             [s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n{gateway}",
+            cert.display(),
+            key.display(),
+            dns.addr()
+        );
+        servers.push(TestServer::start_domain(d, "", &extra).await);
+    }
+    let b = servers.pop().unwrap();
+    let a = servers.pop().unwrap();
+    for s in [&a, &b] {
+        let host = format!("xmpp.{}", s.domain);
+        dns.add_srv(&format!("_xmpp-server._tcp.{}", s.domain), 10, 5, s.daemon.s2s_addrs[0].port(), &host);
+        dns.add_a(&host, Ipv4Addr::LOCALHOST);
+    }
+    Federation { _dns: dns, a, b, _dir: dir }
+}
+
+async fn chat_across(fed: &Federation, mode: Mode) {
+    fed.a.add_user("alice", "a-pw");
+    fed.b.add_user("bob", "b-pw");
+    let mut alice: Client = fed.a.client("alice", "a-pw").await;
+    let mut bob: Client = fed.b.client("bob", "b-pw").await;
+    alice.send("<presence/>").await.unwrap();
+    bob.send("<presence/>").await.unwrap();
+
+    // Subscriptions both ways, across the federation.
+    alice.send("<presence to='bob@b.test' type='subscribe'/>").await.unwrap();
+    expect(&mut bob, "alice's subscribe", |s| is_presence_from(s, "alice@a.test", Some("subscribe"))).await;
+    bob.send("<presence to='alice@a.test' type='subscribed'/>").await.unwrap();
+    bob.send("<presence to='alice@a.test' type='subscribe'/>").await.unwrap();
+    expect(&mut alice, "bob's subscribe", |s| is_presence_from(s, "bob@b.test", Some("subscribe"))).await;
+    alice.send("<presence to='bob@b.test' type='subscribed'/>").await.unwrap();
+    // Presence flows both ways once subscribed.
+    expect(&mut alice, "bob's presence", |s| is_presence_from(s, "bob@b.test/", None)).await;
+    alice.send("<presence><status>federated</status></presence>").await.unwrap();
+    let p = expect(&mut bob, "alice's presence", |s| is_presence_from(s, "alice@a.test/", None) && text(s).contains("federated")).await;
+    assert!(text(&p).contains("federated"));
+
+    // 1,000 messages in order, none lost.
+    for i in 0..1000 {
+        alice
+            .send(format!("<message to='bob@b.test' type='chat' id='f{i}'><body>f{i}</body></message>"))
+            .await
+            .unwrap();
+    }
+    let mut next = 0;
+    while next < 1000 {
+        let s = bob.recv().await.unwrap_or_else(|e| panic!("{mode:?}: after {next} messages: {e}"));
+        if s.name() != "message" {
+            continue;
+        }
+        assert_eq!(body(&s).as_deref(), Some(format!("f{next}").as_str()), "{mode:?}: out of order or lost");
+        assert!(s.from().unwrap().starts_with("alice@a.test/"));
+        next += 1;
+    }
+    // And back.
+    bob.send("<message to='alice@a.test' type='chat'><body>reply</body></message>").await.unwrap();
+    let m = expect(&mut alice, "bob's reply", |s| s.name() == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("reply"));
+
+    // Going offline is seen across the federation.
+    bob.close().await.unwrap();
+    expect(&mut alice, "bob unavailable", |s| is_presence_from(s, "bob@b.test/", Some("unavailable"))).await;
+
+    // The metrics show the federated streams and how they authenticated.
+    let m = fed.a.scrape().await;
+    let method = match mode {
+        Mode::SaslExternal => "sasl_external",
+        Mode::Dialback => "dialback_tls",
+    };
+    assert!(
+        metric(&m, "fedrouter_s2s_auth_total", &[("dir", "out"), ("method", method), ("result", "success")]) >= 1.0,
+        "{mode:?}: outbound auth by {method}:\n{}",
+        m.lines().filter(|l| l.contains("s2s")).collect::<Vec<_>>().join("\n")
+    );
+    assert!(metric(&m, "fedrouter_s2s_connections", &[("dir", "out"), ("state", "up")]) >= 1.0);
+}
+
+#[tokio::test]
+async fn two_fedrouters_federate_with_starttls_and_sasl_external() {
+    let fed = federation(Mode::SaslExternal, "").await;
+    chat_across(&fed, Mode::SaslExternal).await;
+}
+
+#[tokio::test]
+async fn two_fedrouters_federate_with_starttls_and_dialback_when_certificates_are_untrusted() {
+    let fed = federation(Mode::Dialback, "").await;
+    chat_across(&fed, Mode::Dialback).await;
+}
+
+#[tokio::test]
+async fn a_stanza_to_a_domain_without_dns_records_bounces_with_remote_server_not_found() {
+    let fed = federation(Mode::Dialback, "").await;
+    fed.a.add_user("alice", "pw");
+    let mut alice = fed.a.client("alice", "pw").await;
+    alice
+        .send("<message to='someone@nowhere.test' id='n1'><body>hello?</body></message>")
+        .await
+        .unwrap();
+    let e = expect(&mut alice, "the bounce", |s| s.name() == "message").await;
+    assert_eq!(e.type_().as_deref(), Some("error"));
+    assert_eq!(e.id().as_deref(), Some("n1"));
+    assert!(text(&e).contains("remote-server-not-found"), "{}", text(&e));
+}
+
+#[tokio::test]
+async fn a_server_that_accepts_but_never_speaks_gets_remote_server_timeout() {
+    let fed = federation(Mode::Dialback, "[gateway]\nstream_establishment_timeout = 2\n").await;
+    // A TCP server that accepts and then says nothing, ever.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    fed._dns.add_srv("_xmpp-server._tcp.silent.test", 10, 5, port, "xmpp.silent.test");
+    fed._dns.add_a("xmpp.silent.test", Ipv4Addr::LOCALHOST);
+    fed.a.add_user("alice", "pw");
+    let mut alice = fed.a.client("alice", "pw").await;
+    let sent = tokio::time::Instant::now();
+    alice
+        .send("<message to='x@silent.test' id='t1'><body>anyone?</body></message>")
+        .await
+        .unwrap();
+    let e = expect(&mut alice, "the bounce", |s| s.name() == "message").await;
+    let waited = sent.elapsed();
+    assert!(text(&e).contains("remote-server-timeout"), "{}", text(&e));
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(8),
+        "bounced after {waited:?}, expected about stream_establishment_timeout (2 s)"
+    );
+    hold.abort();
+}
