@@ -4,4 +4,5 @@
 
 pub mod c2s;
 pub mod dialback;
+pub mod s2s;
 pub mod scram;
