@@ -2354,6 +2354,12 @@ mod tests {
             valid: true,
         });
         assert!(a.is_empty());
+        let a = h.input(InInput::DialbackFailed {
+            originating: A.into(),
+            receiving: B.into(),
+            condition: StanzaCondition::RemoteServerTimeout,
+        });
+        assert!(a.is_empty());
         assert!(h.neg.authenticated().is_empty());
         assert_eq!(
             h.neg
