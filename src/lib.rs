@@ -17,6 +17,7 @@ pub mod roster;
 pub mod router;
 pub mod storage;
 pub mod stream;
+pub mod testing;
 pub mod tls;
 pub mod util;
 pub mod xml;
