@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod jid;
+pub mod pki;
 pub mod roster;
 pub mod router;
 pub mod storage;
