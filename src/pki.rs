@@ -1,0 +1,836 @@
+//! Peer certificates on s2s links (RFC 6120 §13.7, RFC 6125, XEP-0178).
+//!
+//! This module owns the trust anchors and the question "is this chain good
+//! for that domain?". It never fails a TLS handshake over a certificate:
+//! both TLS configs built here accept any peer certificate whose handshake
+//! signature verifies, and the stream layer asks [`PeerVerifier::verify`]
+//! (or a [`PeerIdentity`]) afterwards, so that an untrusted peer can still
+//! be authenticated with dialback instead of being cut off (ejabberd #2030).
+//!
+//! Identity: a dNSName SAN (RFC 6125 wildcards: `*` only as the whole
+//! left-most label, matching exactly one label) or an id-on-xmppAddr
+//! otherName SAN (exact match). The subject CN is never used. The chain
+//! must reach a trust anchor and be valid now; the certificate purpose is
+//! not enforced beyond "serverAuth or clientAuth or none", because Let's
+//! Encrypt no longer issues clientAuth and Prosody/ejabberd ignore it.
+//!
+//! Not handled: SRV-IDs (`_xmpp-server.example`), IDNA U-label/A-label
+//! conversion (domains are compared as given, ASCII case-insensitively),
+//! revocation, DANE and POSH.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::tls::{CertStore, TlsError, provider};
+
+/// id-on-xmppAddr, RFC 6120 §13.7.1.4.
+const XMPP_ADDR_OID: &str = "1.3.6.1.5.5.7.8.5";
+
+/// How many per-domain answers one [`PeerIdentity`] remembers; a peer that
+/// claims more domains than this (multiplexing) is re-checked each time.
+const IDENTITY_CACHE_MAX: usize = 64;
+
+/// What the stream layer knows about an authenticated-by-certificate peer.
+pub trait PeerIdentity: Send + Sync {
+    fn is_valid_for(&self, domain: &str) -> bool;
+    fn describe(&self) -> String;
+}
+
+/// Why a peer certificate does not authenticate a domain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    #[error("certificate not trusted: {0}")]
+    Untrusted(String),
+    #[error("certificate expired")]
+    Expired,
+    #[error("certificate is not valid for {domain} (it names {})", names.join(", "))]
+    NameMismatch { domain: String, names: Vec<String> },
+    #[error("certificate cannot be parsed: {0}")]
+    BadEncoding(String),
+}
+
+/// Trust anchors plus the TLS configs of the s2s listener and dialer.
+pub struct PeerVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    /// Chain check for clientAuth-only certificates (see `verify_chain`);
+    /// `None` when there are no roots at all.
+    client_purpose: Option<Arc<dyn ClientCertVerifier>>,
+    /// Outbound config without a client certificate; cloned per call.
+    client_base: rustls::ClientConfig,
+}
+
+impl fmt::Debug for PeerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerVerifier")
+            .field("roots", &self.roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerVerifier {
+    /// Trust anchors: the system roots unless `use_system_roots` is false (a
+    /// missing or empty system store just means no system roots), plus every
+    /// certificate in the PEM file `ca_file`.
+    pub fn new(ca_file: Option<&Path>, use_system_roots: bool) -> Result<PeerVerifier, TlsError> {
+        let mut roots = RootCertStore::empty();
+        if use_system_roots {
+            let native = rustls_native_certs::load_native_certs();
+            for e in &native.errors {
+                tracing::warn!(error = %e, "reading the system trust store");
+            }
+            let (added, ignored) = roots.add_parsable_certificates(native.certs);
+            tracing::debug!(added, ignored, "system trust anchors");
+        }
+        if let Some(path) = ca_file {
+            let pem_err = |message: String| TlsError::Pem {
+                path: path.to_path_buf(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|source| TlsError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| pem_err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(TlsError::NoCertificate {
+                    path: path.to_path_buf(),
+                });
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| pem_err(e.to_string()))?;
+            }
+        }
+        Self::with_roots(roots)
+    }
+
+    /// A verifier over exactly these anchors (tests, pinned deployments).
+    pub fn with_roots(roots: RootCertStore) -> Result<PeerVerifier, TlsError> {
+        let provider = provider();
+        let roots = Arc::new(roots);
+        let client_purpose = if roots.is_empty() {
+            None
+        } else {
+            let v = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+            Some(v)
+        };
+        let accept_any = Arc::new(AcceptAnyServerCert {
+            algs: provider.signature_verification_algorithms,
+        });
+        let client_base = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(accept_any)
+            .with_no_client_auth();
+        Ok(PeerVerifier {
+            roots,
+            provider,
+            client_purpose,
+            client_base,
+        })
+    }
+
+    /// Number of trust anchors.
+    pub fn root_count(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// Does `chain` (leaf first) authenticate `domain`? Checks, in order:
+    /// chain to an anchor and validity now, then the name.
+    pub fn verify(&self, chain: &[CertificateDer<'_>], domain: &str) -> Result<(), IdentityError> {
+        self.verify_chain(chain)?;
+        let names = CertNames::parse(&chain[0])?;
+        check_name(&chain[0], &names, domain)
+    }
+
+    /// The domain-independent half of [`verify`](Self::verify).
+    fn verify_chain(&self, chain: &[CertificateDer<'_>]) -> Result<(), IdentityError> {
+        let Some((ee, intermediates)) = chain.split_first() else {
+            return Err(IdentityError::NoCertificate);
+        };
+        let parsed = ParsedCertificate::try_from(ee)
+            .map_err(|e| IdentityError::BadEncoding(e.to_string()))?;
+        let now = UnixTime::now();
+        let res = verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        );
+        match res {
+            Ok(()) => Ok(()),
+            // A clientAuth-only certificate: still a fine s2s identity (the
+            // peer is a client of ours on this link); check the chain with
+            // the clientAuth purpose instead.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
+            )) if self
+                .client_purpose
+                .as_ref()
+                .is_some_and(|v| v.verify_client_cert(ee, intermediates, now).is_ok()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(map_chain_error(e)),
+        }
+    }
+
+    /// The peer's chain after a handshake, as a [`PeerIdentity`]: the chain
+    /// is checked once, names per domain, answers cached.
+    pub fn identity(
+        self: &Arc<Self>,
+        chain: Vec<CertificateDer<'static>>,
+    ) -> Arc<dyn PeerIdentity> {
+        Arc::new(self.cert_identity(chain))
+    }
+
+    /// Like [`identity`](Self::identity), keeping the concrete type so the
+    /// caller can get the reason of a failure.
+    pub fn cert_identity(self: &Arc<Self>, chain: Vec<CertificateDer<'static>>) -> CertIdentity {
+        CertIdentity {
+            verifier: self.clone(),
+            chain,
+            chain_ok: OnceLock::new(),
+            names: OnceLock::new(),
+            by_domain: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Outbound s2s: presents `our_cert` (for SASL EXTERNAL) when the server
+    /// asks, and completes the handshake whatever the server's certificate
+    /// (its handshake signature is still verified); call
+    /// [`verify`](Self::verify) on `peer_certificates()` afterwards. No ALPN.
+    pub fn client_config(&self, our_cert: Option<Arc<CertifiedKey>>) -> Arc<rustls::ClientConfig> {
+        let mut cfg = self.client_base.clone();
+        if let Some(ck) = our_cert {
+            cfg.client_auth_cert_resolver = Arc::new(FixedClientCert(ck));
+        }
+        Arc::new(cfg)
+    }
+
+    /// Inbound s2s: our certificate by SNI from `certs` (the first domain's
+    /// without SNI); requests a client certificate without requiring it and
+    /// accepts any (signature checked). Verify `peer_certificates()` against
+    /// the stream's `from` afterwards.
+    pub fn server_config(
+        &self,
+        certs: Arc<CertStore>,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        // CertStore's own config carries its (private) SNI resolver, which
+        // already falls back to the first domain without SNI; reuse it.
+        let resolver = certs.server_config()?.cert_resolver.clone();
+        let verifier = Arc::new(AcceptAnyClientCert {
+            algs: self.provider.signature_verification_algorithms,
+        });
+        let cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(resolver);
+        Ok(Arc::new(cfg))
+    }
+}
+
+fn map_chain_error(e: rustls::Error) -> IdentityError {
+    match e {
+        rustls::Error::InvalidCertificate(ce) => match ce {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                IdentityError::Expired
+            }
+            CertificateError::BadEncoding => IdentityError::BadEncoding("bad DER".into()),
+            CertificateError::UnknownIssuer => {
+                IdentityError::Untrusted("issuer is not a trust anchor".into())
+            }
+            other => IdentityError::Untrusted(rustls::Error::InvalidCertificate(other).to_string()),
+        },
+        other => IdentityError::Untrusted(other.to_string()),
+    }
+}
+
+/// The identities a leaf claims, read with x509-parser.
+#[derive(Debug, Clone, Default)]
+struct CertNames {
+    dns: Vec<String>,
+    xmpp_addrs: Vec<String>,
+}
+
+impl CertNames {
+    fn parse(ee: &CertificateDer<'_>) -> Result<CertNames, IdentityError> {
+        let (_, cert) = X509Certificate::from_der(ee.as_ref())
+            .map_err(|e| IdentityError::BadEncoding(e.to_string()))?;
+        let mut names = CertNames::default();
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| IdentityError::BadEncoding(e.to_string()))?;
+        let Some(san) = san else { return Ok(names) };
+        for gn in &san.value.general_names {
+            match gn {
+                GeneralName::DNSName(d) => names.dns.push(d.to_string()),
+                GeneralName::OtherName(oid, raw) if oid.to_id_string() == XMPP_ADDR_OID => {
+                    match decode_xmpp_addr(raw) {
+                        Some(a) => names.xmpp_addrs.push(a),
+                        // One bad entry must not hide the good ones.
+                        None => tracing::debug!("undecodable id-on-xmppAddr SAN ignored"),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(names)
+    }
+
+    /// Every name, dNSNames first, without duplicates.
+    fn all(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for n in self.dns.iter().chain(&self.xmpp_addrs) {
+            if !out.iter().any(|o| o.eq_ignore_ascii_case(n)) {
+                out.push(n.clone());
+            }
+        }
+        out
+    }
+}
+
+/// The otherName value as x509-parser hands it over: `[0] EXPLICIT`
+/// wrapping a UTF8String.
+fn decode_xmpp_addr(raw: &[u8]) -> Option<String> {
+    use x509_parser::asn1_rs::{Any, Class, Tag};
+    let (_, outer) = Any::from_der(raw).ok()?;
+    if outer.class() != Class::ContextSpecific || outer.tag() != Tag(0) {
+        return None;
+    }
+    let (_, inner) = Any::from_der(outer.data).ok()?;
+    if inner.tag() != Tag::Utf8String {
+        return None;
+    }
+    std::str::from_utf8(inner.data).ok().map(str::to_owned)
+}
+
+fn normalize(domain: &str) -> String {
+    domain.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// dNSName via webpki (RFC 6125 wildcard rules, no CN), then xmppAddr by
+/// exact, ASCII case-insensitive comparison (no wildcards in xmppAddr).
+fn check_name(
+    ee: &CertificateDer<'_>,
+    names: &CertNames,
+    domain: &str,
+) -> Result<(), IdentityError> {
+    let wanted = normalize(domain);
+    if !wanted.is_empty() {
+        if let Ok(server_name) = ServerName::try_from(wanted.as_str()) {
+            let parsed = ParsedCertificate::try_from(ee)
+                .map_err(|e| IdentityError::BadEncoding(e.to_string()))?;
+            if rustls::client::verify_server_name(&parsed, &server_name).is_ok() {
+                return Ok(());
+            }
+        }
+        if names.xmpp_addrs.iter().any(|a| normalize(a) == wanted) {
+            return Ok(());
+        }
+    }
+    Err(IdentityError::NameMismatch {
+        domain: domain.to_string(),
+        names: names.all(),
+    })
+}
+
+/// A peer's certificate chain with memoised answers; see
+/// [`PeerVerifier::identity`].
+pub struct CertIdentity {
+    verifier: Arc<PeerVerifier>,
+    chain: Vec<CertificateDer<'static>>,
+    chain_ok: OnceLock<Result<(), IdentityError>>,
+    names: OnceLock<Result<CertNames, IdentityError>>,
+    by_domain: Mutex<HashMap<String, Result<(), IdentityError>>>,
+}
+
+impl CertIdentity {
+    /// Same answer as [`PeerVerifier::verify`] for this chain.
+    pub fn check(&self, domain: &str) -> Result<(), IdentityError> {
+        let key = normalize(domain);
+        if let Some(r) = self.cache().get(&key) {
+            return r.clone();
+        }
+        let r = self.compute(domain);
+        let mut cache = self.cache();
+        if cache.len() < IDENTITY_CACHE_MAX {
+            cache.insert(key, r.clone());
+        }
+        r
+    }
+
+    fn compute(&self, domain: &str) -> Result<(), IdentityError> {
+        self.chain_ok
+            .get_or_init(|| self.verifier.verify_chain(&self.chain))
+            .clone()?;
+        let names = self.names().clone()?;
+        check_name(&self.chain[0], &names, domain)
+    }
+
+    fn names(&self) -> &Result<CertNames, IdentityError> {
+        self.names.get_or_init(|| match self.chain.first() {
+            Some(ee) => CertNames::parse(ee),
+            None => Err(IdentityError::NoCertificate),
+        })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Result<(), IdentityError>>> {
+        // The map holds plain values; a panic elsewhere cannot leave it
+        // half-updated, so a poisoned lock is still usable.
+        self.by_domain.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl PeerIdentity for CertIdentity {
+    fn is_valid_for(&self, domain: &str) -> bool {
+        self.check(domain).is_ok()
+    }
+
+    fn describe(&self) -> String {
+        match self.names() {
+            Ok(n) => format!("certificate for {}", n.all().join(", ")),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for CertIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertIdentity")
+            .field("describe", &self.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Completes the handshake whatever the server's certificate; the
+/// identity is judged afterwards (see the module docs).
+#[derive(Debug)]
+struct AcceptAnyServerCert {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// Asks for a client certificate, never requires one, accepts any whose
+/// handshake signature verifies.
+#[derive(Debug)]
+struct AcceptAnyClientCert {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AcceptAnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: a peer should send whatever certificate it has.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// Presents the same certificate to every server that asks.
+#[derive(Debug)]
+struct FixedClientCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::ca::{Eku, LeafOptions, TestCa, self_signed};
+
+    fn verifier_trusting(ca: &TestCa) -> Arc<PeerVerifier> {
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert_der()).unwrap();
+        Arc::new(PeerVerifier::with_roots(roots).unwrap())
+    }
+
+    fn opts(dns: &[&str], xmpp: &[&str]) -> LeafOptions {
+        LeafOptions {
+            dns_names: dns.iter().map(|s| s.to_string()).collect(),
+            xmpp_addrs: xmpp.iter().map(|s| s.to_string()).collect(),
+            ..LeafOptions::default()
+        }
+    }
+
+    #[test]
+    fn a_ca_signed_leaf_with_a_dns_name_is_valid_for_that_name() {
+        let ca = TestCa::new("Test CA");
+        let v = verifier_trusting(&ca);
+        let leaf = ca.issue_with(opts(&["a.test"], &[]));
+        assert_eq!(v.verify(&[leaf.cert_der()], "a.test"), Ok(()));
+        assert_eq!(v.verify(&[leaf.cert_der()], "A.Test."), Ok(()));
+    }
+
+    #[test]
+    fn an_xmpp_addr_only_leaf_is_valid_for_that_domain() {
+        let ca = TestCa::new("Test CA");
+        let v = verifier_trusting(&ca);
+        let leaf = ca.issue_with(opts(&[], &["chat.b.test"]));
+        assert_eq!(v.verify(&[leaf.cert_der()], "chat.b.test"), Ok(()));
+        assert!(matches!(
+            v.verify(&[leaf.cert_der()], "b.test"),
+            Err(IdentityError::NameMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_wildcard_matches_exactly_one_left_most_label() {
+        let ca = TestCa::new("Test CA");
+        let v = verifier_trusting(&ca);
+        let chain = [ca.issue_with(opts(&["*.a.test"], &[])).cert_der()];
+        assert_eq!(v.verify(&chain, "x.a.test"), Ok(()));
+        assert!(v.verify(&chain, "a.test").is_err());
+        assert!(v.verify(&chain, "y.x.a.test").is_err());
+    }
+
+    #[test]
+    fn an_xmpp_addr_is_not_a_wildcard() {
+        let ca = TestCa::new("Test CA");
+        let v = verifier_trusting(&ca);
+        let chain = [ca.issue_with(opts(&[], &["*.a.test"])).cert_der()];
+        assert!(v.verify(&chain, "x.a.test").is_err());
+    }
+
+    #[test]
+    fn a_wrong_name_is_a_mismatch_that_lists_the_names() {
+        let ca = TestCa::new("Test CA");
+        let v = verifier_trusting(&ca);
+        let leaf = ca.issue(&["a.test", "b.test"]);
+        assert_eq!(
+            v.verify(&[leaf.cert_der()], "c.test"),
+            Err(IdentityError::NameMismatch {
+                domain: "c.test".into(),
+                names: vec!["a.test".into(), "b.test".into()],
+            })
+        );
+    }
+
+    #[test]
+    fn the_common_name_is_not_an_identity() {
+        let ca = TestCa::new("Test CA");
+        let v = verifier_trusting(&ca);
+        let leaf = ca.issue_with(LeafOptions {
+            common_name: Some("a.test".into()),
+            ..opts(&["other.test"], &[])
+        });
+        assert!(matches!(
+            v.verify(&[leaf.cert_der()], "a.test"),
+            Err(IdentityError::NameMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_self_signed_leaf_is_untrusted_unless_it_is_the_anchor() {
+        let ca = TestCa::new("Test CA");
+        let v = verifier_trusting(&ca);
+        let leaf = self_signed(&["a.test"]);
+        assert!(matches!(
+            v.verify(&[leaf.cert_der()], "a.test"),
+            Err(IdentityError::Untrusted(_))
+        ));
+        let mut roots = RootCertStore::empty();
+        roots.add(leaf.cert_der()).unwrap();
+        let pinned = PeerVerifier::with_roots(roots).unwrap();
+        assert_eq!(pinned.verify(&[leaf.cert_der()], "a.test"), Ok(()));
+    }
+
+    #[test]
+    fn a_leaf_from_another_ca_is_untrusted() {
+        let ca = TestCa::new("Test CA");
+        let other = TestCa::new("Other CA");
+        let v = verifier_trusting(&ca);
+        let leaf = other.issue(&["a.test"]);
+        assert!(matches!(
+            v.verify(&[leaf.cert_der()], "a.test"),
+            Err(IdentityError::Untrusted(_))
+        ));
+    }
+
+    #[test]
+    fn server_auth_only_client_auth_only_and_no_eku_leaves_are_all_accepted() {
+        let ca = TestCa::new("Test CA");
+        let v = verifier_trusting(&ca);
+        for eku in [Eku::ServerOnly, Eku::ClientOnly, Eku::None] {
+            let leaf = ca.issue_with(LeafOptions {
+                eku,
+                ..LeafOptions::for_domains(&["a.test"])
+            });
+            assert_eq!(v.verify(&[leaf.cert_der()], "a.test"), Ok(()), "{eku:?}");
+        }
+    }
+
+    #[test]
+    fn an_expired_leaf_is_rejected_as_expired() {
+        let ca = TestCa::new("Test CA");
+        let v = verifier_trusting(&ca);
+        let leaf = ca.issue_with(LeafOptions {
+            expired: true,
+            ..LeafOptions::for_domains(&["a.test"])
+        });
+        assert_eq!(
+            v.verify(&[leaf.cert_der()], "a.test"),
+            Err(IdentityError::Expired)
+        );
+    }
+
+    #[test]
+    fn an_empty_chain_is_no_certificate_and_garbage_is_bad_encoding() {
+        let v = PeerVerifier::new(None, false).unwrap();
+        assert_eq!(v.verify(&[], "a.test"), Err(IdentityError::NoCertificate));
+        let junk = CertificateDer::from(vec![0x30, 0x03, 0x01, 0x01, 0xff]);
+        assert!(matches!(
+            v.verify(&[junk], "a.test"),
+            Err(IdentityError::BadEncoding(_))
+        ));
+    }
+
+    #[test]
+    fn new_reads_every_certificate_of_the_ca_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (TestCa::new("A"), TestCa::new("B"));
+        let path = dir.path().join("cas.pem");
+        std::fs::write(&path, format!("{}{}", a.cert_pem(), b.cert_pem())).unwrap();
+        let v = PeerVerifier::new(Some(&path), false).unwrap();
+        assert_eq!(v.root_count(), 2);
+        assert_eq!(
+            v.verify(&[b.issue(&["b.test"]).cert_der()], "b.test"),
+            Ok(())
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        assert!(matches!(
+            PeerVerifier::new(Some(&empty), false),
+            Err(TlsError::NoCertificate { .. })
+        ));
+        assert!(matches!(
+            PeerVerifier::new(Some(&dir.path().join("missing.pem")), false),
+            Err(TlsError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn system_roots_load_or_are_simply_absent() {
+        // Whatever the machine has; only "no error" is portable.
+        assert!(PeerVerifier::new(None, true).is_ok());
+    }
+
+    #[test]
+    fn an_identity_answers_per_domain_and_describes_its_names() {
+        let ca = TestCa::new("Test CA");
+        let v = verifier_trusting(&ca);
+        let id = v.identity(vec![ca.issue(&["a.test", "muc.a.test"]).cert_der()]);
+        assert!(id.is_valid_for("a.test"));
+        assert!(id.is_valid_for("muc.a.test"));
+        assert!(!id.is_valid_for("b.test"));
+        assert!(id.is_valid_for("a.test"));
+        assert_eq!(id.describe(), "certificate for a.test, muc.a.test");
+        let untrusted = v.cert_identity(vec![self_signed(&["a.test"]).cert_der()]);
+        assert!(matches!(
+            untrusted.check("a.test"),
+            Err(IdentityError::Untrusted(_))
+        ));
+    }
+
+    mod handshake {
+        use super::*;
+        use crate::config::Config;
+        use rustls::pki_types::ServerName;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+        /// A CertStore for `domain` serving `leaf`, through the real loader.
+        fn cert_store(dir: &Path, domain: &str, leaf: &crate::testing::ca::Leaf) -> Arc<CertStore> {
+            let (cert, key) = leaf.write(dir, domain);
+            let mut config = Config::from_toml_str("", None).expect("default config");
+            config.server.domains = vec![domain.to_string()];
+            config.server.data_dir = dir.to_path_buf();
+            config.tls.certificates = vec![crate::config::CertificateConfig {
+                domain: domain.to_string(),
+                cert,
+                key,
+            }];
+            Arc::new(CertStore::load(&config).unwrap())
+        }
+
+        /// Runs a handshake over an in-memory pipe; returns what each side
+        /// saw of the other's certificate chain.
+        async fn handshake(
+            client_cfg: Arc<rustls::ClientConfig>,
+            server_cfg: Arc<rustls::ServerConfig>,
+            sni: &str,
+        ) -> (
+            Option<Vec<CertificateDer<'static>>>,
+            Option<Vec<CertificateDer<'static>>>,
+        ) {
+            let (c, s) = tokio::io::duplex(64 * 1024);
+            let name = ServerName::try_from(sni.to_string()).unwrap();
+            let server = tokio::spawn(async move {
+                let mut tls = TlsAcceptor::from(server_cfg).accept(s).await.unwrap();
+                let mut buf = [0u8; 4];
+                tls.read_exact(&mut buf).await.unwrap();
+                tls.write_all(b"pong").await.unwrap();
+                tls.flush().await.unwrap();
+                tls.get_ref().1.peer_certificates().map(|c| c.to_vec())
+            });
+            let mut tls = TlsConnector::from(client_cfg)
+                .connect(name, c)
+                .await
+                .unwrap();
+            tls.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            tls.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"pong");
+            let seen_by_client = tls.get_ref().1.peer_certificates().map(|c| c.to_vec());
+            (seen_by_client, server.await.unwrap())
+        }
+
+        #[tokio::test]
+        async fn the_server_reads_and_verifies_the_client_certificate_after_the_handshake() {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = TestCa::new("Test CA");
+            let v = verifier_trusting(&ca);
+            let server_leaf = ca.issue(&["b.test"]);
+            let client_leaf = ca.issue_with(LeafOptions {
+                eku: Eku::ServerOnly,
+                ..LeafOptions::for_domains(&["a.test"])
+            });
+            let server_cfg = v
+                .server_config(cert_store(dir.path(), "b.test", &server_leaf))
+                .unwrap();
+            let client_cfg = v.client_config(Some(client_leaf.certified_key()));
+            let (server_chain, client_chain) = handshake(client_cfg, server_cfg, "b.test").await;
+            let client_chain = client_chain.expect("the client presented a certificate");
+            assert_eq!(v.verify(&client_chain, "a.test"), Ok(()));
+            assert!(v.identity(client_chain).is_valid_for("a.test"));
+            let server_chain = server_chain.expect("server certificate");
+            assert_eq!(v.verify(&server_chain, "b.test"), Ok(()));
+        }
+
+        #[tokio::test]
+        async fn an_untrusted_server_certificate_still_completes_the_handshake() {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = TestCa::new("Test CA");
+            let v = verifier_trusting(&ca);
+            let server_leaf = self_signed(&["b.test"]);
+            let server_cfg = v
+                .server_config(cert_store(dir.path(), "b.test", &server_leaf))
+                .unwrap();
+            let (server_chain, client_chain) =
+                handshake(v.client_config(None), server_cfg, "b.test").await;
+            assert!(
+                client_chain.is_none(),
+                "no client certificate was configured"
+            );
+            let server_chain = server_chain.expect("server certificate");
+            assert!(matches!(
+                v.verify(&server_chain, "b.test"),
+                Err(IdentityError::Untrusted(_))
+            ));
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Helpers for tests and the load generator: a throw-away certificate
+//! authority and a tiny authoritative DNS server on loopback. They are part
+//! of the library (not `#[cfg(test)]`) because integration tests and the
+//! `loadtest` binary use them too. Nothing here touches the network beyond
+//! the sockets the caller asks for.
+
+pub mod ca;
