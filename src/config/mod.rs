@@ -10,8 +10,9 @@
 //! Loading goes text → spanned document ([`toml::de::DeTable`]) → raw serde
 //! structs (`raw.rs`) → checked [`Config`] (`validate.rs`); the spanned
 //! document is kept to place serde and validation errors (`spans.rs`).
-//! The key names are the product's public interface; `config/REFERENCE.md`
-//! documents them and `config/fedrouter.toml` is a complete example.
+//! The key names are the product's public interface; the "Configuration
+//! reference" in README.md documents them and `config/fedrouter.toml` is a
+//! complete example.
 
 mod error;
 mod raw;
@@ -45,6 +46,13 @@ pub mod defaults {
     pub const WORKERS: usize = 0;
     pub const C2S_LISTEN: &[&str] = &["127.0.0.1:5222"];
     pub const C2S_REQUIRE_TLS: bool = true;
+    /// `s2s.listen` when a config file is used: federation is public.
+    pub const S2S_LISTEN: &[&str] = &["0.0.0.0:5269"];
+    /// `s2s.listen` of the embedded default (no file at all): the daemon
+    /// started without configuration stays on loopback.
+    pub const S2S_LISTEN_EMBEDDED: &[&str] = &["127.0.0.1:5269"];
+    /// The registered server-to-server port (RFC 6120 §14.7).
+    pub const S2S_PORT: u16 = 5269;
     // Lync Set-CsXmppGatewayConfiguration defaults.
     pub const CONNECTION_LIMIT: u32 = 1000;
     pub const PARTNER_CONNECTION_LIMIT: u32 = 20;
@@ -70,6 +78,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub tls: TlsConfig,
     pub c2s: C2sConfig,
+    pub s2s: S2sConfig,
     pub gateway: GatewayConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
@@ -108,6 +117,19 @@ pub struct C2sConfig {
     /// May be empty (no client listener); port 0 picks a free port.
     pub listen: Vec<SocketAddr>,
     pub require_tls: bool,
+}
+
+/// Server-to-server (federation) listeners and name resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S2sConfig {
+    /// STARTTLS listeners (RFC 6120). May be empty (no inbound federation).
+    pub listen: Vec<SocketAddr>,
+    /// XEP-0368 Direct TLS listeners (TLS from the first byte); 5270 is
+    /// customary. Empty by default.
+    pub direct_tls_listen: Vec<SocketAddr>,
+    /// DNS servers to ask instead of the system resolver; empty = system.
+    /// Never port 0 or an unspecified address, no duplicates.
+    pub dns_nameservers: Vec<SocketAddr>,
 }
 
 /// The Lync XMPP gateway settings (`Set-CsXmppGatewayConfiguration`) plus
@@ -213,7 +235,7 @@ impl Default for Config {
 impl Config {
     /// The configuration used when there is no file at all.
     pub fn default_embedded() -> Config {
-        match validate::validate(raw::RawConfig::default(), None, None) {
+        match validate::validate(raw::RawConfig::embedded(), None, None) {
             Ok(config) => config,
             // The defaults are constants; a unit test proves they validate.
             Err(e) => panic!("embedded default configuration is invalid: {e:?}"),

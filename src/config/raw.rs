@@ -13,9 +13,28 @@ pub(super) struct RawConfig {
     pub server: RawServer,
     pub tls: RawTls,
     pub c2s: RawC2s,
+    pub s2s: RawS2s,
     pub gateway: RawGateway,
     pub metrics: RawMetrics,
     pub log: RawLog,
+}
+
+impl RawConfig {
+    /// The configuration without any file: [`RawConfig::default`] (what an
+    /// empty file gives), but s2s listens on loopback only.
+    pub fn embedded() -> RawConfig {
+        RawConfig {
+            s2s: RawS2s {
+                listen: strings(d::S2S_LISTEN_EMBEDDED),
+                ..RawS2s::default()
+            },
+            ..RawConfig::default()
+        }
+    }
+}
+
+fn strings(values: &[&str]) -> Vec<String> {
+    values.iter().map(|s| s.to_string()).collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -29,7 +48,7 @@ pub(super) struct RawServer {
 impl Default for RawServer {
     fn default() -> Self {
         RawServer {
-            domains: d::DOMAINS.iter().map(|s| s.to_string()).collect(),
+            domains: strings(d::DOMAINS),
             data_dir: d::DATA_DIR.to_owned(),
             workers: d::WORKERS,
         }
@@ -62,8 +81,26 @@ pub(super) struct RawC2s {
 impl Default for RawC2s {
     fn default() -> Self {
         RawC2s {
-            listen: d::C2S_LISTEN.iter().map(|s| s.to_string()).collect(),
+            listen: strings(d::C2S_LISTEN),
             require_tls: d::C2S_REQUIRE_TLS,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table")]
+pub(super) struct RawS2s {
+    pub listen: Vec<String>,
+    pub direct_tls_listen: Vec<String>,
+    pub dns_nameservers: Vec<String>,
+}
+
+impl Default for RawS2s {
+    fn default() -> Self {
+        RawS2s {
+            listen: strings(d::S2S_LISTEN),
+            direct_tls_listen: Vec::new(),
+            dns_nameservers: Vec::new(),
         }
     }
 }

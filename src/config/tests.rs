@@ -75,9 +75,34 @@ fn the_embedded_default_serves_localhost_on_loopback() {
 }
 
 #[test]
-fn an_empty_file_is_the_embedded_default() {
-    assert_eq!(parse(""), Config::default_embedded());
-    assert_eq!(parse("# nothing\n[gateway]\n"), Config::default_embedded());
+fn the_embedded_default_keeps_s2s_on_loopback() {
+    let s2s = Config::default_embedded().s2s;
+    assert_eq!(s2s.listen, [addr("127.0.0.1:5269")]);
+    assert!(s2s.direct_tls_listen.is_empty());
+    assert!(s2s.dns_nameservers.is_empty());
+}
+
+#[test]
+fn a_config_file_listens_for_s2s_on_all_ipv4_interfaces_by_default() {
+    let s2s = parse("").s2s;
+    assert_eq!(s2s.listen, [addr("0.0.0.0:5269")]);
+    assert!(s2s.direct_tls_listen.is_empty());
+    assert!(s2s.dns_nameservers.is_empty());
+}
+
+#[test]
+fn an_empty_file_is_the_embedded_default_but_for_s2s_listen() {
+    let embedded_but_public_s2s = || {
+        let mut c = Config::default_embedded();
+        c.s2s.listen = vec![addr("0.0.0.0:5269")];
+        c
+    };
+    assert_eq!(parse(""), embedded_but_public_s2s());
+    assert_eq!(parse("# nothing\n[gateway]\n"), embedded_but_public_s2s());
+    assert_eq!(
+        parse("s2s.listen = [\"127.0.0.1:5269\"]"),
+        Config::default_embedded()
+    );
 }
 
 #[test]
@@ -104,6 +129,10 @@ fn every_key_is_read() {
         [c2s]
         listen = ["0.0.0.0:5222", "[::]:5222"]
         require_tls = false
+        [s2s]
+        listen = ["0.0.0.0:5269", "[::1]:5269"]
+        direct_tls_listen = ["0.0.0.0:5270"]
+        dns_nameservers = ["127.0.0.1:5300", "[2001:db8::53]:53"]
         [gateway]
         connection_limit = 1200
         partner_connection_limit = 30
@@ -136,6 +165,14 @@ fn every_key_is_read() {
     );
     assert_eq!(c.c2s.listen, [addr("0.0.0.0:5222"), addr("[::]:5222")]);
     assert!(!c.c2s.require_tls);
+    assert_eq!(
+        c.s2s,
+        S2sConfig {
+            listen: vec![addr("0.0.0.0:5269"), addr("[::1]:5269")],
+            direct_tls_listen: vec![addr("0.0.0.0:5270")],
+            dns_nameservers: vec![addr("127.0.0.1:5300"), addr("[2001:db8::53]:53")],
+        }
+    );
     let g = &c.gateway;
     assert_eq!((g.connection_limit, g.partner_connection_limit), (1200, 30));
     assert_eq!(g.keep_alive_interval, Duration::from_secs(301));
@@ -344,7 +381,7 @@ fn errors_in_text_without_a_file_say_config() {
     assert_eq!(e.file(), None);
     assert_eq!(
         e.to_string(),
-        "<config>:1:1: nope: unknown field `nope`, expected one of `server`, `tls`, `c2s`, `gateway`, `metrics`, `log`"
+        "<config>:1:1: nope: unknown field `nope`, expected one of `server`, `tls`, `c2s`, `s2s`, `gateway`, `metrics`, `log`"
     );
 }
 
@@ -483,6 +520,187 @@ fn a_repeated_or_shared_listen_address_is_refused() {
         4,
         "metrics.listen",
         "both metrics.listen and c2s.listen[0]",
+    );
+}
+
+#[test]
+fn s2s_listen_lists_may_be_empty_and_may_repeat_port_zero() {
+    let c = parse("[s2s]\nlisten = []\ndirect_tls_listen = []\n");
+    assert!(c.s2s.listen.is_empty() && c.s2s.direct_tls_listen.is_empty());
+    let c = parse(
+        "c2s.listen = [\"127.0.0.1:0\"]\n[s2s]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n\
+         direct_tls_listen = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    assert_eq!(c.s2s.listen.len(), 2);
+    assert_eq!(c.s2s.direct_tls_listen, [addr("127.0.0.1:0")]);
+}
+
+#[test]
+fn a_bad_s2s_socket_address_is_refused() {
+    let e = error("[s2s]\nlisten = [\"0.0.0.0:5269\", \"xmpp.example.org:5269\"]\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        2,
+        "s2s.listen[1]",
+        "is not a socket address: expected IP:port, such as 127.0.0.1:5269",
+    );
+    let e = error("[s2s]\n\ndirect_tls_listen = [\"0.0.0.0\"]\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        3,
+        "s2s.direct_tls_listen[0]",
+        "such as 127.0.0.1:5270",
+    );
+    let e = error("[s2s]\nlisten = [\"0.0.0.0:65536\"]\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        2,
+        "s2s.listen[0]",
+        "not a socket address",
+    );
+}
+
+#[test]
+fn a_listen_address_used_twice_anywhere_is_refused() {
+    // (text, line, key, message)
+    let cases = [
+        (
+            "[s2s]\nlisten = [\"[::]:5269\",\n  \"[::]:5269\"]\n",
+            3,
+            "s2s.listen[1]",
+            "`[::]:5269` is listed twice (first as s2s.listen[0])",
+        ),
+        (
+            "[s2s]\ndirect_tls_listen = [\"0.0.0.0:5270\", \"0.0.0.0:5270\"]\n",
+            2,
+            "s2s.direct_tls_listen[1]",
+            "`0.0.0.0:5270` is listed twice (first as s2s.direct_tls_listen[0])",
+        ),
+        (
+            "[c2s]\nlisten = [\"0.0.0.0:5269\"]\n",
+            2,
+            // s2s.listen keeps its default: the error points at what is written.
+            "c2s.listen[0]",
+            "`0.0.0.0:5269` is both s2s.listen[0] and c2s.listen[0]",
+        ),
+        (
+            "[s2s]\nlisten = [\"127.0.0.1:5222\"]\n",
+            2,
+            "s2s.listen[0]",
+            "`127.0.0.1:5222` is both s2s.listen[0] and c2s.listen[0]",
+        ),
+        (
+            "[s2s]\ndirect_tls_listen = [\"0.0.0.0:5269\"]\n",
+            2,
+            "s2s.direct_tls_listen[0]",
+            "`0.0.0.0:5269` is both s2s.direct_tls_listen[0] and s2s.listen[0]",
+        ),
+        (
+            "[s2s]\nlisten = []\ndirect_tls_listen = [\"127.0.0.1:5222\"]\n",
+            3,
+            "s2s.direct_tls_listen[0]",
+            "`127.0.0.1:5222` is both s2s.direct_tls_listen[0] and c2s.listen[0]",
+        ),
+        (
+            "[s2s]\nlisten = [\"127.0.0.1:9269\"]\n",
+            2,
+            "s2s.listen[0]",
+            "`127.0.0.1:9269` is both metrics.listen and s2s.listen[0]",
+        ),
+        (
+            "[s2s]\ndirect_tls_listen = [\"[::1]:9000\"]\n[metrics]\nlisten = \"[::1]:9000\"\n",
+            4,
+            "metrics.listen",
+            "`[::1]:9000` is both metrics.listen and s2s.direct_tls_listen[0]",
+        ),
+    ];
+    for (text, line, key, message) in cases {
+        let e = error(text);
+        assert_error(&e, ConfigErrorKind::Invalid, line, key, message);
+        assert_eq!(e.message(), message);
+    }
+}
+
+#[test]
+fn the_same_port_on_different_addresses_is_accepted() {
+    let c = parse(
+        "c2s.listen = [\"127.0.0.1:5222\"]\n\
+         s2s.listen = [\"127.0.0.1:5269\", \"192.0.2.1:5269\", \"[::1]:5269\"]\n",
+    );
+    assert_eq!(c.s2s.listen.len(), 3);
+}
+
+#[test]
+fn dns_nameservers_are_socket_addresses() {
+    let c = parse("s2s.dns_nameservers = [\"127.0.0.1:5300\", \"[::1]:53\"]");
+    assert_eq!(
+        c.s2s.dns_nameservers,
+        [addr("127.0.0.1:5300"), addr("[::1]:53")]
+    );
+    // A nameserver may share an address with a listener: it is a destination.
+    let c = parse("s2s.dns_nameservers = [\"127.0.0.1:5222\"]");
+    assert_eq!(c.s2s.dns_nameservers, [addr("127.0.0.1:5222")]);
+}
+
+#[test]
+fn a_bad_dns_nameserver_is_refused() {
+    for (value, message) in [
+        ("9.9.9.9", "`9.9.9.9` has no port: write 9.9.9.9:53"),
+        (
+            "2001:db8::53",
+            "`2001:db8::53` has no port: write [2001:db8::53]:53",
+        ),
+        (
+            "dns.example:53",
+            "`dns.example:53` is not a socket address: expected IP:port, such as 127.0.0.1:53 \
+             or [::1]:53 (host names are not resolved)",
+        ),
+        ("127.0.0.1:0", "`127.0.0.1:0`: port 0 cannot be queried"),
+        (
+            "0.0.0.0:53",
+            "`0.0.0.0:53` is the unspecified address; name the DNS server's address",
+        ),
+    ] {
+        let e = error(&format!("[s2s]\ndns_nameservers = [\n  \"{value}\"]\n"));
+        assert_error(
+            &e,
+            ConfigErrorKind::Invalid,
+            3,
+            "s2s.dns_nameservers[0]",
+            message,
+        );
+        assert_eq!(e.message(), message);
+    }
+    let e = error("[s2s]\ndns_nameservers = [\"[::1]:53\", \"[::1]:53\"]\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        2,
+        "s2s.dns_nameservers[1]",
+        "`[::1]:53` is listed twice (first as s2s.dns_nameservers[0])",
+    );
+}
+
+#[test]
+fn an_unknown_s2s_key_is_refused() {
+    let e = error("[s2s]\nlisten = []\ndirect_tls = [\"0.0.0.0:5270\"]\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::UnknownKey,
+        3,
+        "s2s.direct_tls",
+        "unknown field `direct_tls`",
+    );
+    let e = error("s2s.listen = \"0.0.0.0:5269\"");
+    assert_error(
+        &e,
+        ConfigErrorKind::Type,
+        1,
+        "s2s.listen",
+        "expected an array",
     );
 }
 
@@ -732,6 +950,9 @@ fn the_shipped_example_parses_and_validates() {
     // change it is the embedded default.
     assert_eq!(c.gateway, GatewayConfig::default());
     assert_eq!(c.c2s, Config::default_embedded().c2s);
+    // s2s is the file default (public), not the embedded one (loopback).
+    assert_eq!(c.s2s, parse("").s2s);
+    assert_eq!(c.s2s.listen, [addr("0.0.0.0:5269")]);
     assert_eq!(c.metrics, Config::default_embedded().metrics);
     assert_eq!(c.log, Config::default_embedded().log);
 }

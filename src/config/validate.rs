@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawC2s, RawConfig, RawGateway, RawLog, RawMetrics, RawServer, RawTls};
+use super::raw::{RawC2s, RawConfig, RawGateway, RawLog, RawMetrics, RawS2s, RawServer, RawTls};
 use super::{
-    C2sConfig, CertificateConfig, Config, GatewayConfig, LogConfig, MetricsConfig, ServerConfig,
-    TlsConfig, defaults as d,
+    C2sConfig, CertificateConfig, Config, GatewayConfig, LogConfig, MetricsConfig, S2sConfig,
+    ServerConfig, TlsConfig, defaults as d,
 };
 use crate::jid::BareJid;
 
@@ -43,14 +43,17 @@ pub(super) fn validate(
 ) -> Result<Config, Invalid> {
     let server = server(raw.server, base)?;
     let tls = tls(raw.tls, base, &server.domains)?;
-    let c2s = c2s(raw.c2s)?;
+    let mut listeners = Listeners::default();
+    let c2s = c2s(raw.c2s, &mut listeners)?;
+    let s2s = s2s(raw.s2s, &mut listeners)?;
     let gateway = gateway(raw.gateway)?;
-    let metrics = metrics(raw.metrics, &c2s)?;
+    let metrics = metrics(raw.metrics, &mut listeners)?;
     let log = log(raw.log)?;
     Ok(Config {
         server,
         tls,
         c2s,
+        s2s,
         gateway,
         metrics,
         log,
@@ -153,37 +156,113 @@ fn tls(raw: RawTls, base: Option<&Path>, domains: &[String]) -> Result<TlsConfig
     })
 }
 
-fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, Invalid> {
+/// `example_port` is the port the error message suggests.
+fn socket_addr(key: &str, value: &str, example_port: u16) -> Result<SocketAddr, Invalid> {
     value.parse().map_err(|_| {
         invalid(
             key,
             format!(
-                "`{value}` is not a socket address: expected IP:port, \
-                 such as 127.0.0.1:5222 or [::]:5222 (host names are not resolved)"
+                "`{value}` is not a socket address: expected IP:port, such as \
+                 127.0.0.1:{example_port} or [::]:{example_port} (host names are not resolved)"
             ),
         )
     })
 }
 
-fn c2s(raw: RawC2s) -> Result<C2sConfig, Invalid> {
-    let mut listen: Vec<SocketAddr> = Vec::with_capacity(raw.listen.len());
-    for (i, value) in raw.listen.iter().enumerate() {
-        let key = format!("c2s.listen[{i}]");
-        let addr = socket_addr(&key, value)?;
-        // Port 0 asks the OS for a fresh port each time, so it never clashes.
+/// Every listen address accepted so far, with its key, so that no two
+/// listeners — of any kind — are given the same address. Port 0 asks the
+/// OS for a fresh port each time, so it never clashes.
+#[derive(Default)]
+struct Listeners(Vec<(SocketAddr, String)>);
+
+impl Listeners {
+    /// Checks `addr` (written at `key`, an element of `list` or `list`
+    /// itself) against the listeners before it, and records it.
+    fn add(&mut self, list: &str, key: String, addr: SocketAddr) -> Result<(), Invalid> {
         if addr.port() != 0
-            && let Some(first) = listen.iter().position(|a| *a == addr)
+            && let Some((_, first)) = self.0.iter().find(|(a, _)| *a == addr)
         {
+            let message = match first.strip_prefix(list) {
+                Some(rest) if rest.starts_with('[') => {
+                    format!("`{addr}` is listed twice (first as {first})")
+                }
+                _ => format!("`{addr}` is both {key} and {first}"),
+            };
+            return Err(Invalid {
+                keys: vec![key, first.clone()],
+                message,
+            });
+        }
+        self.0.push((addr, key));
+        Ok(())
+    }
+
+    /// Parses, checks and records every address of the array `list`.
+    fn add_all(
+        &mut self,
+        list: &str,
+        values: &[String],
+        example_port: u16,
+    ) -> Result<Vec<SocketAddr>, Invalid> {
+        let mut out = Vec::with_capacity(values.len());
+        for (i, value) in values.iter().enumerate() {
+            let key = format!("{list}[{i}]");
+            let addr = socket_addr(&key, value, example_port)?;
+            self.add(list, key, addr)?;
+            out.push(addr);
+        }
+        Ok(out)
+    }
+}
+
+fn c2s(raw: RawC2s, listeners: &mut Listeners) -> Result<C2sConfig, Invalid> {
+    Ok(C2sConfig {
+        listen: listeners.add_all("c2s.listen", &raw.listen, 5222)?,
+        require_tls: raw.require_tls,
+    })
+}
+
+fn s2s(raw: RawS2s, listeners: &mut Listeners) -> Result<S2sConfig, Invalid> {
+    let listen = listeners.add_all("s2s.listen", &raw.listen, d::S2S_PORT)?;
+    let direct_tls_listen =
+        listeners.add_all("s2s.direct_tls_listen", &raw.direct_tls_listen, 5270)?;
+    let mut dns_nameservers: Vec<SocketAddr> = Vec::with_capacity(raw.dns_nameservers.len());
+    for (i, value) in raw.dns_nameservers.iter().enumerate() {
+        let key = format!("s2s.dns_nameservers[{i}]");
+        let addr: SocketAddr = match value.parse() {
+            Ok(addr) => addr,
+            Err(_) => {
+                let message = match value.parse::<std::net::IpAddr>() {
+                    Ok(ip) => format!("`{value}` has no port: write {}", SocketAddr::new(ip, 53)),
+                    Err(_) => format!(
+                        "`{value}` is not a socket address: expected IP:port, such as \
+                         127.0.0.1:53 or [::1]:53 (host names are not resolved)"
+                    ),
+                };
+                return Err(invalid(key, message));
+            }
+        };
+        if addr.port() == 0 {
+            return Err(invalid(key, format!("`{addr}`: port 0 cannot be queried")));
+        }
+        if addr.ip().is_unspecified() {
             return Err(invalid(
                 key,
-                format!("`{addr}` is listed twice (first as c2s.listen[{first}])"),
+                format!("`{addr}` is the unspecified address; name the DNS server's address"),
             ));
         }
-        listen.push(addr);
+        if let Some(first) = dns_nameservers.iter().position(|a| *a == addr) {
+            return Err(invalid(
+                key,
+                format!("`{addr}` is listed twice (first as s2s.dns_nameservers[{first}])"),
+            ));
+        }
+        dns_nameservers.push(addr);
     }
-    Ok(C2sConfig {
+    Ok(S2sConfig {
         listen,
-        require_tls: raw.require_tls,
+        direct_tls_listen,
+        dns_nameservers,
     })
 }
 
@@ -276,19 +355,13 @@ fn gateway(raw: RawGateway) -> Result<GatewayConfig, Invalid> {
     })
 }
 
-fn metrics(raw: RawMetrics, c2s: &C2sConfig) -> Result<MetricsConfig, Invalid> {
+fn metrics(raw: RawMetrics, listeners: &mut Listeners) -> Result<MetricsConfig, Invalid> {
     if raw.listen.is_empty() {
         return Ok(MetricsConfig { listen: None });
     }
-    let addr = socket_addr("metrics.listen", &raw.listen)?;
-    if addr.port() != 0
-        && let Some(i) = c2s.listen.iter().position(|a| *a == addr)
-    {
-        return Err(Invalid {
-            keys: vec!["metrics.listen".into(), format!("c2s.listen[{i}]")],
-            message: format!("`{addr}` is both metrics.listen and c2s.listen[{i}]"),
-        });
-    }
+    let key = "metrics.listen";
+    let addr = socket_addr(key, &raw.listen, 9269)?;
+    listeners.add(key, key.to_owned(), addr)?;
     Ok(MetricsConfig { listen: Some(addr) })
 }
 
