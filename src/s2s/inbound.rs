@@ -60,11 +60,12 @@ impl InboundContext for Ctx<'_> {
     }
 }
 
-/// The authoritative server's answer to a dialback check.
+/// The authoritative server's answer to a dialback check: `Ok(valid)`, or
+/// the stanza error when it could not be asked.
 struct DialbackChecked {
     originating: String,
     receiving: String,
-    valid: bool,
+    result: Result<bool, crate::error::StanzaCondition>,
 }
 
 pub struct InboundS2s {
@@ -177,14 +178,19 @@ impl Message<DialbackChecked> for InboundS2s {
     type Reply = ();
 
     async fn handle(&mut self, m: DialbackChecked, _: &mut Context<Self, ()>) {
-        let actions = self.neg.handle(
-            InInput::DialbackChecked {
+        let input = match m.result {
+            Ok(valid) => InInput::DialbackChecked {
                 originating: m.originating,
                 receiving: m.receiving,
-                valid: m.valid,
+                valid,
             },
-            &Ctx(&self.shared),
-        );
+            Err(condition) => InInput::DialbackFailed {
+                originating: m.originating,
+                receiving: m.receiving,
+                condition,
+            },
+        };
+        let actions = self.neg.handle(input, &Ctx(&self.shared));
         self.run(actions).await;
     }
 }
@@ -316,6 +322,10 @@ impl InboundS2s {
                     tracing::info!(%remote, %local, ?method, peer = %self.peer, "inbound s2s authenticated");
                 }
                 InAction::Fail(e) => self.close(e).await,
+                InAction::PeerStreamError(e) => {
+                    tracing::info!(peer = %self.peer, error = %e, "the peer closed its stream with an error");
+                    self.finish(b"</stream:stream>".to_vec()).await;
+                }
             }
         }
     }
@@ -374,18 +384,18 @@ impl InboundS2s {
                 stream_id,
                 key,
             };
-            let valid = match connect_and_negotiate(shared, receiving.clone(), originating.clone(), mode).await {
-                Ok(est) => est.verified.unwrap_or(false),
+            let result = match connect_and_negotiate(shared, receiving.clone(), originating.clone(), mode).await {
+                Ok(est) => Ok(est.verified.unwrap_or(false)),
                 Err(e) => {
-                    tracing::info!(%originating, error = %e, "dialback verification failed");
-                    false
+                    tracing::info!(%originating, error = %e, "dialback verification could not be done");
+                    Err(e.bounce_condition())
                 }
             };
             let _ = me
                 .tell(DialbackChecked {
                     originating,
                     receiving,
-                    valid,
+                    result,
                 })
                 .await;
         });
