@@ -51,7 +51,8 @@ pub mod defaults {
     /// `s2s.listen` of the embedded default (no file at all): the daemon
     /// started without configuration stays on loopback.
     pub const S2S_LISTEN_EMBEDDED: &[&str] = &["127.0.0.1:5269"];
-    /// The registered server-to-server port (RFC 6120 §14.7).
+    /// The registered server-to-server port (RFC 6120 §14.7), also the
+    /// port of a `partner.proxy_fqdn` written without one.
     pub const S2S_PORT: u16 = 5269;
     // Lync Set-CsXmppGatewayConfiguration defaults.
     pub const CONNECTION_LIMIT: u32 = 1000;
@@ -80,6 +81,8 @@ pub struct Config {
     pub c2s: C2sConfig,
     pub s2s: S2sConfig,
     pub gateway: GatewayConfig,
+    /// `[[partner]]`, in file order; domains are unique and not local.
+    pub partners: Vec<PartnerConfig>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     /// The file it came from; `None` for the embedded defaults or text.
@@ -130,6 +133,40 @@ pub struct S2sConfig {
     /// DNS servers to ask instead of the system resolver; empty = system.
     /// Never port 0 or an unspecified address, no duplicates.
     pub dns_nameservers: Vec<SocketAddr>,
+}
+
+/// One `[[partner]]`: a remote XMPP domain and how to reach it (the Lync
+/// `XmppAllowedPartner`). More of the Lync partner model joins this struct
+/// later; build it through the configuration, not a struct literal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartnerConfig {
+    /// A valid domain, lower-case, not one of `server.domains`.
+    pub domain: String,
+    /// Static route (Lync ProxyFqdn): connect here instead of resolving SRV.
+    pub proxy_fqdn: Option<ProxyTarget>,
+}
+
+/// Where to connect for a partner: a host name or IP address, and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProxyTarget {
+    /// A lower-case host name without trailing dot, or an IP address; an
+    /// IPv6 address is stored without brackets (`2001:db8::1`), so
+    /// `(host.as_str(), port)` can be handed to a resolver or connect as is.
+    pub host: String,
+    /// Never 0.
+    pub port: u16,
+}
+
+/// `host:port`, with an IPv6 address in brackets (`[2001:db8::1]:5269`),
+/// which is also how `proxy_fqdn` is written.
+impl fmt::Display for ProxyTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// The Lync XMPP gateway settings (`Set-CsXmppGatewayConfiguration`) plus
@@ -240,6 +277,17 @@ impl Config {
             // The defaults are constants; a unit test proves they validate.
             Err(e) => panic!("embedded default configuration is invalid: {e:?}"),
         }
+    }
+
+    /// The `[[partner]]` entry for a remote domain, if it is a partner.
+    /// `domain` is compared as configured domains are stored: ASCII case
+    /// and a trailing dot do not matter (pass a JID's normalised domain for
+    /// internationalised names). A linear scan: hot paths keep their own map.
+    pub fn partner(&self, domain: &str) -> Option<&PartnerConfig> {
+        let domain = domain.strip_suffix('.').unwrap_or(domain);
+        self.partners
+            .iter()
+            .find(|p| p.domain.eq_ignore_ascii_case(domain))
     }
 
     /// Reads, parses and validates a config file. Relative paths in it are

@@ -15,6 +15,8 @@ pub(super) struct RawConfig {
     pub c2s: RawC2s,
     pub s2s: RawS2s,
     pub gateway: RawGateway,
+    #[serde(rename = "partner")]
+    pub partners: Vec<RawPartner>,
     pub metrics: RawMetrics,
     pub log: RawLog,
 }
@@ -138,6 +140,16 @@ impl Default for RawGateway {
             max_stanza_size: d::MAX_STANZA_SIZE,
         }
     }
+}
+
+/// One `[[partner]]`. Only `domain` is required; every key added later
+/// takes `#[serde(default)]` (the Lync default), so existing files stay valid.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table with at least a domain")]
+pub(super) struct RawPartner {
+    pub domain: String,
+    #[serde(default)]
+    pub proxy_fqdn: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

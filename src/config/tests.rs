@@ -144,6 +144,11 @@ fn every_key_is_read() {
         enable_logging_all_message_bodies = true
         max_stanza_size_pre_auth = 4096
         max_stanza_size = 65536
+        [[partner]]
+        domain = "Example.NET"
+        proxy_fqdn = "XMPP.example.net:5270"
+        [[partner]]
+        domain = "gmail.com"
         [metrics]
         listen = "[::1]:9000"
         [log]
@@ -172,6 +177,22 @@ fn every_key_is_read() {
             direct_tls_listen: vec![addr("0.0.0.0:5270")],
             dns_nameservers: vec![addr("127.0.0.1:5300"), addr("[2001:db8::53]:53")],
         }
+    );
+    assert_eq!(
+        c.partners,
+        [
+            PartnerConfig {
+                domain: "example.net".into(),
+                proxy_fqdn: Some(ProxyTarget {
+                    host: "xmpp.example.net".into(),
+                    port: 5270,
+                }),
+            },
+            PartnerConfig {
+                domain: "gmail.com".into(),
+                proxy_fqdn: None,
+            },
+        ]
     );
     let g = &c.gateway;
     assert_eq!((g.connection_limit, g.partner_connection_limit), (1200, 30));
@@ -381,7 +402,7 @@ fn errors_in_text_without_a_file_say_config() {
     assert_eq!(e.file(), None);
     assert_eq!(
         e.to_string(),
-        "<config>:1:1: nope: unknown field `nope`, expected one of `server`, `tls`, `c2s`, `s2s`, `gateway`, `metrics`, `log`"
+        "<config>:1:1: nope: unknown field `nope`, expected one of `server`, `tls`, `c2s`, `s2s`, `gateway`, `partner`, `metrics`, `log`"
     );
 }
 
@@ -705,6 +726,241 @@ fn an_unknown_s2s_key_is_refused() {
 }
 
 #[test]
+fn there_are_no_partners_by_default() {
+    assert!(Config::default_embedded().partners.is_empty());
+    assert!(parse("").partners.is_empty());
+}
+
+#[test]
+fn proxy_fqdn_takes_host_and_optional_port() {
+    for (value, host, port, shown) in [
+        (
+            "xmpp.example.net",
+            "xmpp.example.net",
+            5269,
+            "xmpp.example.net:5269",
+        ),
+        (
+            "xmpp.example.net:5270",
+            "xmpp.example.net",
+            5270,
+            "xmpp.example.net:5270",
+        ),
+        (
+            "XMPP.Example.NET.:1",
+            "xmpp.example.net",
+            1,
+            "xmpp.example.net:1",
+        ),
+        (
+            "edge_1.corp:65535",
+            "edge_1.corp",
+            65535,
+            "edge_1.corp:65535",
+        ),
+        ("localhost", "localhost", 5269, "localhost:5269"),
+        ("192.0.2.7", "192.0.2.7", 5269, "192.0.2.7:5269"),
+        ("192.0.2.7:5222", "192.0.2.7", 5222, "192.0.2.7:5222"),
+        ("[2001:DB8:0::7]", "2001:db8::7", 5269, "[2001:db8::7]:5269"),
+        ("[::1]:5270", "::1", 5270, "[::1]:5270"),
+    ] {
+        let c = parse(&format!(
+            "[[partner]]\ndomain = \"example.net\"\nproxy_fqdn = \"{value}\"\n"
+        ));
+        let target = c.partners[0].proxy_fqdn.clone().expect("a proxy target");
+        assert_eq!(
+            target,
+            ProxyTarget {
+                host: host.into(),
+                port
+            },
+            "{value}"
+        );
+        assert_eq!(target.to_string(), shown, "{value}");
+    }
+}
+
+#[test]
+fn partner_finds_a_partner_by_domain() {
+    let c = parse(
+        "[[partner]]\ndomain = \"example.net\"\n\
+         [[partner]]\ndomain = \"Chat.Example.COM\"\nproxy_fqdn = \"192.0.2.1\"\n",
+    );
+    assert_eq!(c.partners.len(), 2);
+    let p = c.partner("chat.example.com").expect("listed partner");
+    assert_eq!(p.domain, "chat.example.com");
+    assert_eq!(
+        p.proxy_fqdn.as_ref().map(|t| t.to_string()).as_deref(),
+        Some("192.0.2.1:5269")
+    );
+    assert_eq!(
+        c.partner("EXAMPLE.net.").map(|p| p.domain.as_str()),
+        Some("example.net")
+    );
+    assert_eq!(c.partner("example.org"), None);
+    assert_eq!(c.partner("net"), None);
+    assert_eq!(c.partner(""), None);
+}
+
+#[test]
+fn a_partner_without_a_domain_is_refused() {
+    let e =
+        error("[[partner]]\ndomain = \"example.net\"\n\n[[partner]]\nproxy_fqdn = \"x.example\"\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::MissingKey,
+        4,
+        "partner[1].domain",
+        "missing field `domain`",
+    );
+}
+
+#[test]
+fn an_unknown_partner_key_is_refused() {
+    let e = error("[[partner]]\ndomain = \"example.net\"\nproxyfqdn = \"x.example\"\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::UnknownKey,
+        3,
+        "partner[0].proxyfqdn",
+        "unknown field `proxyfqdn`",
+    );
+    let e = error("[partner]\ndomain = \"example.net\"\n");
+    assert_error(&e, ConfigErrorKind::Type, 1, "partner", "expected an array");
+}
+
+#[test]
+fn an_invalid_partner_domain_is_refused() {
+    for value in ["bad domain", "user@example.net", "", "example.net/res"] {
+        let e = error(&format!(
+            "[[partner]]\ndomain = \"example.net\"\n[[partner]]\ndomain = \"{value}\"\n"
+        ));
+        assert_error(
+            &e,
+            ConfigErrorKind::Invalid,
+            4,
+            "partner[1].domain",
+            "is not a valid domain",
+        );
+    }
+}
+
+#[test]
+fn a_duplicate_partner_domain_is_refused_after_lower_casing() {
+    let e = error(
+        "[[partner]]\ndomain = \"example.net\"\n\
+         [[partner]]\ndomain = \"other.example\"\n\
+         [[partner]]\ndomain = \"EXAMPLE.net.\"\n",
+    );
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        6,
+        "partner[2].domain",
+        "`example.net` is listed twice (first as partner[0].domain)",
+    );
+}
+
+#[test]
+fn a_local_domain_as_partner_is_refused() {
+    let e = error(
+        "[server]\ndomains = [\"example.org\", \"example.net\"]\n\
+         [[partner]]\ndomain = \"Example.NET\"\n",
+    );
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        4,
+        "partner[0].domain",
+        "`example.net` is one of server.domains; a partner is a remote domain",
+    );
+    // The embedded `localhost` counts too.
+    let e = error("[[partner]]\ndomain = \"localhost\"\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        2,
+        "partner[0].domain",
+        "is one of server.domains",
+    );
+}
+
+#[test]
+fn a_malformed_proxy_fqdn_is_refused() {
+    const EXPECTED: &str = " (expected host or host:port, such as \
+                            xmpp.example.net:5269, 192.0.2.1 or [2001:db8::1]:5269)";
+    for (value, why) in [
+        (":5269", "the host is empty"),
+        ("[]:5269", "the host is empty"),
+        (".:5269", "the host is empty"),
+        ("xmpp.example.net:", "the port is empty"),
+        ("xmpp.example.net:0", "port 0 cannot be connected to"),
+        ("xmpp.example.net:65536", "port 65536 is above 65535"),
+        ("xmpp.example.net:xmpp", "`xmpp` is not a port number"),
+        ("xmpp.example.net:+5269", "`+5269` is not a port number"),
+        ("2001:db8::1", "an IPv6 address must be in brackets"),
+        ("[2001:db8::1", "`[` without a closing `]`"),
+        ("[2001:db8::1]5269", "only `:port` may follow `]`"),
+        (
+            "[xmpp.example.net]:5269",
+            "`xmpp.example.net` is not an IPv6 address (only those go in brackets)",
+        ),
+        (
+            "xmpp example.net",
+            "`xmpp example.net` is not a valid host name",
+        ),
+        (
+            "xmpp..example.net",
+            "`xmpp..example.net` is not a valid host name",
+        ),
+        (
+            "-xmpp.example.net",
+            "`-xmpp.example.net` is not a valid host name",
+        ),
+        (
+            "192.0.2.300",
+            "`192.0.2.300` is neither an IPv4 address nor a host name",
+        ),
+        (
+            "xmpp.exämple.net",
+            "a host name must be ASCII; write an internationalised name in its xn-- form",
+        ),
+    ] {
+        let e = error(&format!(
+            "[[partner]]\ndomain = \"example.net\"\n\n[[partner]]\ndomain = \"example.com\"\n\
+             proxy_fqdn = \"{value}\"\n"
+        ));
+        assert_error(
+            &e,
+            ConfigErrorKind::Invalid,
+            6,
+            "partner[1].proxy_fqdn",
+            why,
+        );
+        assert_eq!(e.message(), format!("`{value}`: {why}{EXPECTED}"));
+    }
+    let e = error("[[partner]]\ndomain = \"example.net\"\nproxy_fqdn = \"\"\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        3,
+        "partner[0].proxy_fqdn",
+        "must not be empty; remove the key to find the partner through DNS SRV",
+    );
+}
+
+#[test]
+fn a_proxy_fqdn_error_shows_file_line_and_key() {
+    let e = error("[[partner]]\ndomain = \"example.net\"\nproxy_fqdn = \"xmpp.example.net:0\"\n");
+    assert_eq!(
+        e.to_string(),
+        "conf/fedrouter.toml:3:14: partner[0].proxy_fqdn: `xmpp.example.net:0`: port 0 cannot \
+         be connected to (expected host or host:port, such as xmpp.example.net:5269, \
+         192.0.2.1 or [2001:db8::1]:5269)"
+    );
+}
+
+#[test]
 fn zero_timeouts_are_refused() {
     for key in [
         "keep_alive_interval",
@@ -953,6 +1209,27 @@ fn the_shipped_example_parses_and_validates() {
     // s2s is the file default (public), not the embedded one (loopback).
     assert_eq!(c.s2s, parse("").s2s);
     assert_eq!(c.s2s.listen, [addr("0.0.0.0:5269")]);
+    // The [[partner]] example is commented out; uncommented, it is valid.
+    assert!(c.partners.is_empty());
+    let text = std::fs::read_to_string(&path).expect("read the example");
+    let text = text
+        .replace("# [[partner]]\n", "[[partner]]\n")
+        .replace("# domain = ", "domain = ")
+        .replace("# proxy_fqdn = ", "proxy_fqdn = ");
+    let c = match Config::from_toml_str(&text, Some(&path)) {
+        Ok(c) => c,
+        Err(e) => panic!("the [[partner]] example, uncommented: {e}"),
+    };
+    assert_eq!(
+        c.partners,
+        [PartnerConfig {
+            domain: "example.net".into(),
+            proxy_fqdn: Some(ProxyTarget {
+                host: "xmpp.example.net".into(),
+                port: 5269,
+            }),
+        }]
+    );
     assert_eq!(c.metrics, Config::default_embedded().metrics);
     assert_eq!(c.log, Config::default_embedded().log);
 }

@@ -6,14 +6,16 @@
 //! the daemon checks certificate files and addresses when it starts.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawC2s, RawConfig, RawGateway, RawLog, RawMetrics, RawS2s, RawServer, RawTls};
+use super::raw::{
+    RawC2s, RawConfig, RawGateway, RawLog, RawMetrics, RawPartner, RawS2s, RawServer, RawTls,
+};
 use super::{
-    C2sConfig, CertificateConfig, Config, GatewayConfig, LogConfig, MetricsConfig, S2sConfig,
-    ServerConfig, TlsConfig, defaults as d,
+    C2sConfig, CertificateConfig, Config, GatewayConfig, LogConfig, MetricsConfig, PartnerConfig,
+    ProxyTarget, S2sConfig, ServerConfig, TlsConfig, defaults as d,
 };
 use crate::jid::BareJid;
 
@@ -47,6 +49,7 @@ pub(super) fn validate(
     let c2s = c2s(raw.c2s, &mut listeners)?;
     let s2s = s2s(raw.s2s, &mut listeners)?;
     let gateway = gateway(raw.gateway)?;
+    let partners = partners(raw.partners, &server.domains)?;
     let metrics = metrics(raw.metrics, &mut listeners)?;
     let log = log(raw.log)?;
     Ok(Config {
@@ -55,6 +58,7 @@ pub(super) fn validate(
         c2s,
         s2s,
         gateway,
+        partners,
         metrics,
         log,
         source: source.map(Path::to_path_buf),
@@ -353,6 +357,153 @@ fn gateway(raw: RawGateway) -> Result<GatewayConfig, Invalid> {
         max_stanza_size_pre_auth: raw.max_stanza_size_pre_auth,
         max_stanza_size: raw.max_stanza_size,
     })
+}
+
+fn partners(raw: Vec<RawPartner>, local: &[String]) -> Result<Vec<PartnerConfig>, Invalid> {
+    let mut partners: Vec<PartnerConfig> = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
+        partners.push(partner(i, p, local, &partners)?);
+    }
+    Ok(partners)
+}
+
+/// Partner `i`, given the local domains and the partners before it.
+fn partner(
+    i: usize,
+    raw: RawPartner,
+    local: &[String],
+    before: &[PartnerConfig],
+) -> Result<PartnerConfig, Invalid> {
+    let at = |field: &str| format!("partner[{i}].{field}");
+    let domain = domain(&at("domain"), &raw.domain)?;
+    if local.contains(&domain) {
+        return Err(invalid(
+            at("domain"),
+            format!("`{domain}` is one of server.domains; a partner is a remote domain"),
+        ));
+    }
+    if let Some(first) = before.iter().position(|p| p.domain == domain) {
+        return Err(invalid(
+            at("domain"),
+            format!("`{domain}` is listed twice (first as partner[{first}].domain)"),
+        ));
+    }
+    let proxy_fqdn = raw
+        .proxy_fqdn
+        .as_deref()
+        .map(|v| proxy_target(&at("proxy_fqdn"), v))
+        .transpose()?;
+    Ok(PartnerConfig { domain, proxy_fqdn })
+}
+
+/// `host[:port]`: a host name, an IPv4 address or an IPv6 address in
+/// brackets, and a port from 1 to 65535 (5269 when absent). Host names
+/// must be ASCII (an internationalised name in its `xn--` form), since they
+/// go to DNS as written; they are lower-cased, without a trailing dot.
+fn proxy_target(key: &str, value: &str) -> Result<ProxyTarget, Invalid> {
+    if value.is_empty() {
+        return Err(invalid(
+            key,
+            "must not be empty; remove the key to find the partner through DNS SRV",
+        ));
+    }
+    let bad = |why: &str| {
+        invalid(
+            key,
+            format!(
+                "`{value}`: {why} (expected host or host:port, such as \
+                 xmpp.example.net:5269, 192.0.2.1 or [2001:db8::1]:5269)"
+            ),
+        )
+    };
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let Some((inside, after)) = rest.split_once(']') else {
+            return Err(bad("`[` without a closing `]`"));
+        };
+        let port = match after {
+            "" => None,
+            after => match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return Err(bad("only `:port` may follow `]`")),
+            },
+        };
+        if inside.is_empty() {
+            return Err(bad("the host is empty"));
+        }
+        let Ok(ip) = inside.parse::<Ipv6Addr>() else {
+            return Err(bad(&format!(
+                "`{inside}` is not an IPv6 address (only those go in brackets)"
+            )));
+        };
+        (ip.to_string(), port)
+    } else {
+        let (host, port) = match value.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (value, None),
+        };
+        if port.is_some_and(|p| p.contains(':')) {
+            return Err(bad("an IPv6 address must be in brackets"));
+        }
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if host.is_empty() {
+            return Err(bad("the host is empty"));
+        }
+        if host.parse::<Ipv4Addr>().is_err() {
+            host_name(host).map_err(|why| bad(&why))?;
+        }
+        (host.to_ascii_lowercase(), port)
+    };
+    let port = match port {
+        None => d::S2S_PORT,
+        Some("") => return Err(bad("the port is empty")),
+        Some(p) if !p.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(bad(&format!("`{p}` is not a port number")));
+        }
+        Some(p) => match p.parse::<u16>() {
+            Ok(0) => return Err(bad("port 0 cannot be connected to")),
+            Ok(port) => port,
+            Err(_) => return Err(bad(&format!("port {p} is above 65535"))),
+        },
+    };
+    Ok(ProxyTarget { host, port })
+}
+
+/// An ASCII DNS host name (RFC 1123): dot-separated labels of letters,
+/// digits and inner hyphens (and underscores, as server domains allow:
+/// seen on internal hosts), at most 63 bytes each and 253 in all, the last
+/// not all digits (that would be a mistyped IPv4 address).
+fn host_name(host: &str) -> Result<(), String> {
+    if !host.is_ascii() {
+        return Err(
+            "a host name must be ASCII; write an internationalised name \
+                    in its xn-- form"
+                .into(),
+        );
+    }
+    if host.len() > 253 {
+        return Err("the host name is longer than 253 characters".into());
+    }
+    for label in host.split('.') {
+        let ok = (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!("`{host}` is not a valid host name"));
+        }
+    }
+    if host
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "`{host}` is neither an IPv4 address nor a host name"
+        ));
+    }
+    Ok(())
 }
 
 fn metrics(raw: RawMetrics, listeners: &mut Listeners) -> Result<MetricsConfig, Invalid> {
