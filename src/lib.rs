@@ -9,6 +9,7 @@ pub mod c2s;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod error;
 pub mod events;
 pub mod http;

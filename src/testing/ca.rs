@@ -243,3 +243,55 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     }
     opts.open(path)?.write_all(data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaf_is_written_with_a_private_key_file_and_combines_into_one_pem() {
+        let ca = TestCa::new("Test CA");
+        let leaf = ca.issue(&["a.test"]);
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = leaf.write(dir.path(), "a.test");
+        assert_eq!(std::fs::read_to_string(cert).unwrap(), leaf.cert_pem);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let combined = leaf.combined_pem();
+        assert!(combined.contains("BEGIN CERTIFICATE") && combined.contains("PRIVATE KEY"));
+        // The key matches the certificate.
+        let _ = leaf.certified_key();
+    }
+
+    #[test]
+    fn issued_leaves_carry_the_requested_names_and_ekus() {
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let ca = TestCa::new("Test CA");
+        let leaf = ca.issue_with(LeafOptions {
+            eku: Eku::ServerOnly,
+            ..LeafOptions::for_domains(&["a.test"])
+        });
+        let der = leaf.cert_der();
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        let kinds: Vec<String> = san
+            .value
+            .general_names
+            .iter()
+            .map(|g| match g {
+                GeneralName::DNSName(d) => format!("dns:{d}"),
+                GeneralName::OtherName(oid, _) => format!("other:{oid}"),
+                other => format!("{other}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["dns:a.test", "other:1.3.6.1.5.5.7.8.5"]);
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        assert!(cert.validity().is_valid());
+        assert_eq!(cert.issuer().to_string(), "CN=Test CA");
+    }
+}

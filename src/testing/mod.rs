@@ -5,3 +5,4 @@
 //! the sockets the caller asks for.
 
 pub mod ca;
+pub mod dns;
