@@ -197,11 +197,26 @@ impl Default for S2sMetrics {
 impl S2sMetrics {
     pub fn new() -> S2sMetrics {
         prometheus();
-        describe_gauge!("fedrouter_s2s_connections", "Server-to-server connections by remote domain, direction and state");
-        describe_gauge!("fedrouter_s2s_queue", "Stanzas waiting for a server-to-server stream, by remote domain");
-        describe_counter!("fedrouter_s2s_auth_total", "Server-to-server authentications by domain, method and result");
-        describe_counter!("fedrouter_s2s_failures_total", "Failed outbound connection attempts by domain and stage");
-        describe_counter!("fedrouter_s2s_bounces_total", "Stanzas bounced by the s2s layer, by domain and condition");
+        describe_gauge!(
+            "fedrouter_s2s_connections",
+            "Server-to-server connections by remote domain, direction and state"
+        );
+        describe_gauge!(
+            "fedrouter_s2s_queue",
+            "Stanzas waiting for a server-to-server stream, by remote domain"
+        );
+        describe_counter!(
+            "fedrouter_s2s_auth_total",
+            "Server-to-server authentications by domain, method and result"
+        );
+        describe_counter!(
+            "fedrouter_s2s_failures_total",
+            "Failed outbound connection attempts by domain and stage"
+        );
+        describe_counter!(
+            "fedrouter_s2s_bounces_total",
+            "Stanzas bounced by the s2s layer, by domain and condition"
+        );
         S2sMetrics {
             dns_seconds: histogram!("fedrouter_s2s_dns_seconds"),
             connect_seconds: histogram!("fedrouter_s2s_connect_seconds"),
@@ -212,7 +227,11 @@ impl S2sMetrics {
 
     /// The label for a remote domain: itself if it is a configured partner.
     pub fn label(config: &crate::config::Config, remote: &str) -> String {
-        if config.partner(remote).is_some() { remote.to_string() } else { "other".to_string() }
+        if config.partner(remote).is_some() {
+            remote.to_string()
+        } else {
+            "other".to_string()
+        }
     }
 
     pub fn domain(&self, config: &crate::config::Config, remote: &str) -> DomainMetrics {
@@ -290,7 +309,8 @@ impl DomainMetrics {
     }
 
     pub fn failure(&self, stage: &'static str) {
-        counter!("fedrouter_s2s_failures_total", "domain" => self.label.clone(), "stage" => stage).increment(1);
+        counter!("fedrouter_s2s_failures_total", "domain" => self.label.clone(), "stage" => stage)
+            .increment(1);
     }
 
     pub fn bounce(&mut self, cond: crate::error::StanzaCondition) {

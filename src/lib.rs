@@ -179,16 +179,30 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     let mut s2s_direct_tls_addrs = Vec::new();
     for (addrs, direct, out) in [
         (&config.s2s.listen, false, &mut s2s_addrs),
-        (&config.s2s.direct_tls_listen, true, &mut s2s_direct_tls_addrs),
+        (
+            &config.s2s.direct_tls_listen,
+            true,
+            &mut s2s_direct_tls_addrs,
+        ),
     ] {
         for addr in addrs {
             let l = TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::Listen { addr: *addr, source })?;
-            let bound = l.local_addr().map_err(|source| StartError::Listen { addr: *addr, source })?;
+                .map_err(|source| StartError::Listen {
+                    addr: *addr,
+                    source,
+                })?;
+            let bound = l.local_addr().map_err(|source| StartError::Listen {
+                addr: *addr,
+                source,
+            })?;
             tracing::info!(addr = %bound, direct_tls = direct, "s2s listening");
             out.push(bound);
-            tasks.push(tokio::spawn(s2s::inbound::accept_loop(l, s2s_shared.clone(), direct)));
+            tasks.push(tokio::spawn(s2s::inbound::accept_loop(
+                l,
+                s2s_shared.clone(),
+                direct,
+            )));
         }
     }
     let mut metrics_addr = None;

@@ -45,11 +45,9 @@ const XMPP_ADDR_OID: &str = "1.3.6.1.5.5.7.8.5";
 /// claims more domains than this (multiplexing) is re-checked each time.
 const IDENTITY_CACHE_MAX: usize = 64;
 
-/// What the stream layer knows about an authenticated-by-certificate peer.
-pub trait PeerIdentity: Send + Sync {
-    fn is_valid_for(&self, domain: &str) -> bool;
-    fn describe(&self) -> String;
-}
+/// What the stream layer knows about an authenticated-by-certificate peer
+/// (defined with the negotiation machines that consume it).
+pub use crate::stream::s2s::PeerIdentity;
 
 /// Why a peer certificate does not authenticate a domain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -28,7 +28,9 @@ struct Federation {
 }
 
 async fn federation(mode: Mode, gateway: &str) -> Federation {
-    let dns = TestDns::start("127.0.0.1:0".parse().unwrap()).await.expect("test DNS");
+    let dns = TestDns::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("test DNS");
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("fedrouter test CA");
     let ca_path = dir.path().join("ca.pem");
@@ -57,10 +59,21 @@ async fn federation(mode: Mode, gateway: &str) -> Federation {
     let a = servers.pop().unwrap();
     for s in [&a, &b] {
         let host = format!("xmpp.{}", s.domain);
-        dns.add_srv(&format!("_xmpp-server._tcp.{}", s.domain), 10, 5, s.daemon.s2s_addrs[0].port(), &host);
+        dns.add_srv(
+            &format!("_xmpp-server._tcp.{}", s.domain),
+            10,
+            5,
+            s.daemon.s2s_addrs[0].port(),
+            &host,
+        );
         dns.add_a(&host, Ipv4Addr::LOCALHOST);
     }
-    Federation { _dns: dns, a, b, _dir: dir }
+    Federation {
+        _dns: dns,
+        a,
+        b,
+        _dir: dir,
+    }
 }
 
 async fn chat_across(fed: &Federation, mode: Mode) {
@@ -72,43 +85,85 @@ async fn chat_across(fed: &Federation, mode: Mode) {
     bob.send("<presence/>").await.unwrap();
 
     // Subscriptions both ways, across the federation.
-    alice.send("<presence to='bob@b.test' type='subscribe'/>").await.unwrap();
-    expect(&mut bob, "alice's subscribe", |s| is_presence_from(s, "alice@a.test", Some("subscribe"))).await;
-    bob.send("<presence to='alice@a.test' type='subscribed'/>").await.unwrap();
-    bob.send("<presence to='alice@a.test' type='subscribe'/>").await.unwrap();
-    expect(&mut alice, "bob's subscribe", |s| is_presence_from(s, "bob@b.test", Some("subscribe"))).await;
-    alice.send("<presence to='bob@b.test' type='subscribed'/>").await.unwrap();
+    alice
+        .send("<presence to='bob@b.test' type='subscribe'/>")
+        .await
+        .unwrap();
+    expect(&mut bob, "alice's subscribe", |s| {
+        is_presence_from(s, "alice@a.test", Some("subscribe"))
+    })
+    .await;
+    bob.send("<presence to='alice@a.test' type='subscribed'/>")
+        .await
+        .unwrap();
+    bob.send("<presence to='alice@a.test' type='subscribe'/>")
+        .await
+        .unwrap();
+    expect(&mut alice, "bob's subscribe", |s| {
+        is_presence_from(s, "bob@b.test", Some("subscribe"))
+    })
+    .await;
+    alice
+        .send("<presence to='bob@b.test' type='subscribed'/>")
+        .await
+        .unwrap();
     // Presence flows both ways once subscribed.
-    expect(&mut alice, "bob's presence", |s| is_presence_from(s, "bob@b.test/", None)).await;
-    alice.send("<presence><status>federated</status></presence>").await.unwrap();
-    let p = expect(&mut bob, "alice's presence", |s| is_presence_from(s, "alice@a.test/", None) && text(s).contains("federated")).await;
+    bob.send("<presence><status>here</status></presence>")
+        .await
+        .unwrap();
+    expect(&mut alice, "bob's presence", |s| {
+        is_presence_from(s, "bob@b.test/", None) && text(s).contains("here")
+    })
+    .await;
+    alice
+        .send("<presence><status>federated</status></presence>")
+        .await
+        .unwrap();
+    let p = expect(&mut bob, "alice's presence", |s| {
+        is_presence_from(s, "alice@a.test/", None) && text(s).contains("federated")
+    })
+    .await;
     assert!(text(&p).contains("federated"));
 
     // 1,000 messages in order, none lost.
     for i in 0..1000 {
         alice
-            .send(format!("<message to='bob@b.test' type='chat' id='f{i}'><body>f{i}</body></message>"))
+            .send(format!(
+                "<message to='bob@b.test' type='chat' id='f{i}'><body>f{i}</body></message>"
+            ))
             .await
             .unwrap();
     }
     let mut next = 0;
     while next < 1000 {
-        let s = bob.recv().await.unwrap_or_else(|e| panic!("{mode:?}: after {next} messages: {e}"));
+        let s = bob
+            .recv()
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: after {next} messages: {e}"));
         if s.name() != "message" {
             continue;
         }
-        assert_eq!(body(&s).as_deref(), Some(format!("f{next}").as_str()), "{mode:?}: out of order or lost");
+        assert_eq!(
+            body(&s).as_deref(),
+            Some(format!("f{next}").as_str()),
+            "{mode:?}: out of order or lost"
+        );
         assert!(s.from().unwrap().starts_with("alice@a.test/"));
         next += 1;
     }
     // And back.
-    bob.send("<message to='alice@a.test' type='chat'><body>reply</body></message>").await.unwrap();
+    bob.send("<message to='alice@a.test' type='chat'><body>reply</body></message>")
+        .await
+        .unwrap();
     let m = expect(&mut alice, "bob's reply", |s| s.name() == "message").await;
     assert_eq!(body(&m).as_deref(), Some("reply"));
 
     // Going offline is seen across the federation.
     bob.close().await.unwrap();
-    expect(&mut alice, "bob unavailable", |s| is_presence_from(s, "bob@b.test/", Some("unavailable"))).await;
+    expect(&mut alice, "bob unavailable", |s| {
+        is_presence_from(s, "bob@b.test/", Some("unavailable"))
+    })
+    .await;
 
     // The metrics show the federated streams and how they authenticated.
     let m = fed.a.scrape().await;
@@ -117,11 +172,24 @@ async fn chat_across(fed: &Federation, mode: Mode) {
         Mode::Dialback => "dialback_tls",
     };
     assert!(
-        metric(&m, "fedrouter_s2s_auth_total", &[("dir", "out"), ("method", method), ("result", "success")]) >= 1.0,
+        metric(
+            &m,
+            "fedrouter_s2s_auth_total",
+            &[("dir", "out"), ("method", method), ("result", "success")]
+        ) >= 1.0,
         "{mode:?}: outbound auth by {method}:\n{}",
-        m.lines().filter(|l| l.contains("s2s")).collect::<Vec<_>>().join("\n")
+        m.lines()
+            .filter(|l| l.contains("s2s"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
-    assert!(metric(&m, "fedrouter_s2s_connections", &[("dir", "out"), ("state", "up")]) >= 1.0);
+    assert!(
+        metric(
+            &m,
+            "fedrouter_s2s_connections",
+            &[("dir", "out"), ("state", "up")]
+        ) >= 1.0
+    );
 }
 
 #[tokio::test]
@@ -153,7 +221,11 @@ async fn a_stanza_to_a_domain_without_dns_records_bounces_with_remote_server_not
 
 #[tokio::test]
 async fn a_server_that_accepts_but_never_speaks_gets_remote_server_timeout() {
-    let fed = federation(Mode::Dialback, "[gateway]\nstream_establishment_timeout = 2\n").await;
+    let fed = federation(
+        Mode::Dialback,
+        "[gateway]\nstream_establishment_timeout = 2\n",
+    )
+    .await;
     // A TCP server that accepts and then says nothing, ever.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = silent.local_addr().unwrap().port();
@@ -163,7 +235,13 @@ async fn a_server_that_accepts_but_never_speaks_gets_remote_server_timeout() {
             held.push(s);
         }
     });
-    fed._dns.add_srv("_xmpp-server._tcp.silent.test", 10, 5, port, "xmpp.silent.test");
+    fed._dns.add_srv(
+        "_xmpp-server._tcp.silent.test",
+        10,
+        5,
+        port,
+        "xmpp.silent.test",
+    );
     fed._dns.add_a("xmpp.silent.test", Ipv4Addr::LOCALHOST);
     fed.a.add_user("alice", "pw");
     let mut alice = fed.a.client("alice", "pw").await;

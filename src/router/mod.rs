@@ -75,7 +75,9 @@ impl Envelope {
         match (stamp_from, add_to) {
             (false, false) => Frame::from(self.stanza.clone()),
             (true, false) => self.stanza.splice(Some(&from), None),
-            (sf, true) => self.stanza.splice(sf.then_some(from.as_str()), Some(&self.to.to_string())),
+            (sf, true) => self
+                .stanza
+                .splice(sf.then_some(from.as_str()), Some(&self.to.to_string())),
         }
     }
 

@@ -210,8 +210,8 @@ impl Message<Bind> for Shard {
                 )))
                 .try_send();
             if old.available {
-                let unavailable = unavailable_xml(&jid_str, m.user.as_str());
-                self.broadcast_unavailable(&m.user, &old, Bytes::from(unavailable));
+                let unavailable = unavailable_from(&jid_str);
+                self.broadcast_unavailable(&m.user, &old, unavailable);
             }
         }
         let user = self.users.entry(m.user.clone()).or_default();
@@ -249,8 +249,8 @@ impl Message<Unbind> for Shard {
         };
         let res = user.resources.remove(pos);
         if res.available {
-            let unavailable = unavailable_xml(&res.handle.jid_str, bare.as_str());
-            self.broadcast_unavailable(&bare, &res, Bytes::from(unavailable));
+            let unavailable = unavailable_from(&res.handle.jid_str);
+            self.broadcast_unavailable(&bare, &res, unavailable);
         }
         self.gc(&bare);
     }
@@ -1315,6 +1315,15 @@ fn presence_effects(
             });
         }
     }
+}
+
+/// Unavailable presence from a resource, with no `to`: each recipient's
+/// copy is addressed when it is routed.
+fn unavailable_from(jid: &str) -> Bytes {
+    Bytes::from(format!(
+        "<presence type='unavailable' from='{}'/>",
+        crate::xml::escape::escape_attr(jid)
+    ))
 }
 
 /// The stanza with our `from` stamped, as one frame.

@@ -14,7 +14,9 @@ use tokio::time::Instant;
 use super::S2sShared;
 use crate::dns::{DnsError, Target, connect_happy_eyeballs};
 use crate::error::StanzaCondition;
-use crate::stream::s2s::{AuthMethod, OutAction, OutInput, OutMode, OutboundNegotiation, S2sFailure};
+use crate::stream::s2s::{
+    AuthMethod, OutAction, OutInput, OutMode, OutboundNegotiation, S2sFailure,
+};
 use crate::transport::Transport;
 use crate::xml::{Framer, FramerEvent, NS_SERVER};
 
@@ -44,7 +46,9 @@ impl ConnectError {
     /// not be found or reached, or it was found but did not complete.
     pub fn bounce_condition(&self) -> StanzaCondition {
         match self {
-            ConnectError::Dns(_) | ConnectError::Unreachable(_) => StanzaCondition::RemoteServerNotFound,
+            ConnectError::Dns(_) | ConnectError::Unreachable(_) => {
+                StanzaCondition::RemoteServerNotFound
+            }
             ConnectError::Limit => StanzaCondition::ResourceConstraint,
             _ => StanzaCondition::RemoteServerTimeout,
         }
@@ -75,8 +79,16 @@ pub struct Established {
 
 /// Where to connect: the partner's static route, else DNS.
 async fn targets(shared: &S2sShared, remote: &str) -> Result<Vec<Target>, ConnectError> {
-    if let Some(proxy) = shared.config.partner(remote).and_then(|p| p.proxy_fqdn.clone()) {
-        let host = proxy.host.trim_start_matches('[').trim_end_matches(']').to_string();
+    if let Some(proxy) = shared
+        .config
+        .partner(remote)
+        .and_then(|p| p.proxy_fqdn.clone())
+    {
+        let host = proxy
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let addrs: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, proxy.port)],
             Err(_) => tokio::net::lookup_host((host.as_str(), proxy.port))
@@ -93,7 +105,10 @@ async fn targets(shared: &S2sShared, remote: &str) -> Result<Vec<Target>, Connec
     }
     let started = Instant::now();
     let r = shared.resolver.resolve_s2s(remote).await;
-    shared.s2s_metrics.dns_seconds.record(started.elapsed().as_secs_f64());
+    shared
+        .s2s_metrics
+        .dns_seconds
+        .record(started.elapsed().as_secs_f64());
     r.map_err(ConnectError::Dns)
 }
 
@@ -119,11 +134,24 @@ pub async fn connect_and_negotiate(
                 continue;
             }
         };
-        shared.s2s_metrics.connect_seconds.record(started.elapsed().as_secs_f64());
+        shared
+            .s2s_metrics
+            .connect_seconds
+            .record(started.elapsed().as_secs_f64());
         let _ = tcp.set_nodelay(true);
-        let peer_addr = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let peer_addr = tcp
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let budget = shared.config.gateway.stream_establishment_timeout;
-        let fut = negotiate(shared.clone(), Transport::Plain(tcp), t.direct_tls, &local, &remote, mode.clone(), peer_addr);
+        let fut = negotiate(
+            shared.clone(),
+            Transport::Plain(tcp),
+            t.direct_tls,
+            &local,
+            &remote,
+            mode.clone(),
+            peer_addr,
+        );
         return match tokio::time::timeout(budget, fut).await {
             Ok(r) => r,
             Err(_) => Err(ConnectError::Timeout(budget)),
@@ -132,7 +160,12 @@ pub async fn connect_and_negotiate(
     Err(last)
 }
 
-async fn tls_client(shared: &S2sShared, local: &str, remote: &str, io: Transport) -> Result<Transport, ConnectError> {
+async fn tls_client(
+    shared: &S2sShared,
+    local: &str,
+    remote: &str,
+    io: Transport,
+) -> Result<Transport, ConnectError> {
     let Transport::Plain(tcp) = io else {
         return Err(ConnectError::Tls("already TLS".into()));
     };
@@ -141,18 +174,26 @@ async fn tls_client(shared: &S2sShared, local: &str, remote: &str, io: Transport
         .get(local)
         .cloned()
         .ok_or_else(|| ConnectError::Tls(format!("no TLS client configuration for {local}")))?;
-    let name = ServerName::try_from(remote.to_string()).map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let name =
+        ServerName::try_from(remote.to_string()).map_err(|e| ConnectError::Tls(e.to_string()))?;
     let started = Instant::now();
     let tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
         .await
         .map_err(|e| ConnectError::Tls(e.to_string()))?;
-    shared.s2s_metrics.tls_seconds.record(started.elapsed().as_secs_f64());
+    shared
+        .s2s_metrics
+        .tls_seconds
+        .record(started.elapsed().as_secs_f64());
     Ok(Transport::TlsClient(Box::new(tls)))
 }
 
-fn peer_identity(shared: &S2sShared, io: &Transport) -> Option<Arc<dyn crate::stream::s2s::PeerIdentity>> {
-    io.peer_certificates().map(|chain| shared.verifier.identity(chain))
+fn peer_identity(
+    shared: &S2sShared,
+    io: &Transport,
+) -> Option<Arc<dyn crate::stream::s2s::PeerIdentity>> {
+    io.peer_certificates()
+        .map(|chain| shared.verifier.identity(chain))
 }
 
 async fn negotiate(
@@ -166,7 +207,9 @@ async fn negotiate(
 ) -> Result<Established, ConnectError> {
     let started = Instant::now();
     let can_external = shared.certs.for_domain(local).is_some();
-    let policy = shared.policy(remote).ok_or_else(|| ConnectError::Negotiation("domain refused by policy".into()))?;
+    let policy = shared
+        .policy(remote)
+        .ok_or_else(|| ConnectError::Negotiation("domain refused by policy".into()))?;
     let mut neg = OutboundNegotiation::new(
         local.to_string(),
         remote.to_string(),
@@ -187,7 +230,9 @@ async fn negotiate(
         while let Some(a) = pending.pop_front() {
             match a {
                 OutAction::Send(s) => {
-                    io.write_all(s.as_bytes()).await.map_err(|_| ConnectError::Closed)?;
+                    io.write_all(s.as_bytes())
+                        .await
+                        .map_err(|_| ConnectError::Closed)?;
                     io.flush().await.map_err(|_| ConnectError::Closed)?;
                 }
                 OutAction::StartTls => {
@@ -201,7 +246,10 @@ async fn negotiate(
                 }
                 OutAction::RestartStream => framer.reset(),
                 OutAction::Ready(method) => {
-                    shared.s2s_metrics.negotiation_seconds.record(started.elapsed().as_secs_f64());
+                    shared
+                        .s2s_metrics
+                        .negotiation_seconds
+                        .record(started.elapsed().as_secs_f64());
                     return Ok(Established {
                         transport: io,
                         framer,
@@ -230,13 +278,19 @@ async fn negotiate(
                 Ok(Some(ev)) => break ev,
                 Ok(None) => {}
                 Err(e) => {
-                    let _ = io.write_all(format!("{}</stream:stream>", e.to_xml()).as_bytes()).await;
-                    return Err(ConnectError::Negotiation(format!("the peer sent bad XML: {e}")));
+                    let _ = io
+                        .write_all(format!("{}</stream:stream>", e.to_xml()).as_bytes())
+                        .await;
+                    return Err(ConnectError::Negotiation(format!(
+                        "the peer sent bad XML: {e}"
+                    )));
                 }
             }
             let n = {
                 let mut buf = framer.read_buf();
-                io.read_buf(&mut buf).await.map_err(|_| ConnectError::Closed)?
+                io.read_buf(&mut buf)
+                    .await
+                    .map_err(|_| ConnectError::Closed)?
             };
             if n == 0 {
                 pending.extend(neg.handle(OutInput::StreamClosed));
@@ -258,7 +312,9 @@ async fn negotiate(
 
 async fn fail(io: &mut Transport, f: S2sFailure) -> ConnectError {
     if let Some(e) = &f.send {
-        let _ = io.write_all(format!("{}</stream:stream>", e.to_xml()).as_bytes()).await;
+        let _ = io
+            .write_all(format!("{}</stream:stream>", e.to_xml()).as_bytes())
+            .await;
         let _ = io.shutdown().await;
     }
     ConnectError::Negotiation(f.reason.to_string())

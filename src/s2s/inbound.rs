@@ -23,7 +23,9 @@ use crate::error::{StreamCondition, StreamError};
 use crate::events::DomainMetrics;
 use crate::jid::Jid;
 use crate::router::Envelope;
-use crate::stream::s2s::{InAction, InInput, InboundContext, InboundNegotiation, OutMode, PeerPolicy};
+use crate::stream::s2s::{
+    InAction, InInput, InboundContext, InboundNegotiation, OutMode, PeerPolicy,
+};
 use crate::transport::Transport;
 use crate::xml::{Framer, FramerEvent, NS_SERVER, NS_STREAMS, Stanza, StanzaKind};
 
@@ -90,7 +92,10 @@ impl Actor for InboundS2s {
     type Args = (TcpStream, SocketAddr, Arc<S2sShared>, bool);
     type Error = Infallible;
 
-    async fn on_start((tcp, peer, shared, direct_tls): Self::Args, me: ActorRef<Self>) -> Result<Self, Infallible> {
+    async fn on_start(
+        (tcp, peer, shared, direct_tls): Self::Args,
+        me: ActorRef<Self>,
+    ) -> Result<Self, Infallible> {
         let mut sid = [0u8; 8];
         let _ = aws_lc_rs::rand::fill(&mut sid);
         let mut metrics = shared.s2s_metrics.inbound(&shared.config, "");
@@ -114,8 +119,11 @@ impl Actor for InboundS2s {
             shared,
         };
         if !holds_slot {
-            me_.close(StreamError::with_text(StreamCondition::PolicyViolation, "connection limit reached"))
-                .await;
+            me_.close(StreamError::with_text(
+                StreamCondition::PolicyViolation,
+                "connection limit reached",
+            ))
+            .await;
         }
         Ok(me_)
     }
@@ -134,9 +142,9 @@ impl Actor for InboundS2s {
             if self.done {
                 return Ok(None);
             }
-            let timer = self
-                .deadline
-                .unwrap_or(self.last_activity + self.shared.config.gateway.stream_inactivity_timeout);
+            let timer = self.deadline.unwrap_or(
+                self.last_activity + self.shared.config.gateway.stream_inactivity_timeout,
+            );
             tokio::select! {
                 biased;
                 sig = rx.recv() => return Ok(sig),
@@ -149,9 +157,14 @@ impl Actor for InboundS2s {
         }
     }
 
-    async fn on_stop(&mut self, _me: WeakActorRef<Self>, _r: ActorStopReason) -> Result<(), Infallible> {
+    async fn on_stop(
+        &mut self,
+        _me: WeakActorRef<Self>,
+        _r: ActorStopReason,
+    ) -> Result<(), Infallible> {
         if !self.done {
-            self.close(StreamError::new(StreamCondition::SystemShutdown)).await;
+            self.close(StreamError::new(StreamCondition::SystemShutdown))
+                .await;
         }
         for d in self.domains.drain(..) {
             self.shared.release_domain(&d);
@@ -235,14 +248,18 @@ impl InboundS2s {
     async fn route(&mut self, s: Stanza) {
         if let Err(cond) = self.neg.check_addressing(&s) {
             let text = match cond {
-                StreamCondition::InvalidFrom => "the from domain is not authenticated on this stream",
+                StreamCondition::InvalidFrom => {
+                    "the from domain is not authenticated on this stream"
+                }
                 StreamCondition::HostUnknown => "the to domain is not served here",
                 _ => "bad addressing",
             };
             return self.close(StreamError::with_text(cond, text)).await;
         }
-        let (Some(from), Some(to)) = (s.from().and_then(|f| Jid::parse(&f).ok()), s.to().and_then(|t| Jid::parse(&t).ok()))
-        else {
+        let (Some(from), Some(to)) = (
+            s.from().and_then(|f| Jid::parse(&f).ok()),
+            s.to().and_then(|t| Jid::parse(&t).ok()),
+        ) else {
             return self
                 .close(StreamError::new(StreamCondition::ImproperAddressing))
                 .await;
@@ -255,12 +272,14 @@ impl InboundS2s {
     }
 
     async fn server_stanza(&mut self, s: Stanza, from: Jid, to: Jid) {
-        if s.kind() != StanzaKind::Iq || !matches!(s.type_().as_deref(), Some("get") | Some("set")) {
+        if s.kind() != StanzaKind::Iq || !matches!(s.type_().as_deref(), Some("get") | Some("set"))
+        {
             return;
         }
-        let is_ping = crate::xml::element::Element::parse(s.bytes(), NS_SERVER, &[("stream", NS_STREAMS)])
-            .ok()
-            .is_some_and(|e| e.child("ping", "urn:xmpp:ping").is_some());
+        let is_ping =
+            crate::xml::element::Element::parse(s.bytes(), NS_SERVER, &[("stream", NS_STREAMS)])
+                .ok()
+                .is_some_and(|e| e.child("ping", "urn:xmpp:ping").is_some());
         let env = Envelope::new(s, from, to);
         if is_ping {
             let id = env.stanza.id().map(|i| i.into_owned()).unwrap_or_default();
@@ -271,11 +290,14 @@ impl InboundS2s {
                 crate::xml::escape::escape_attr(&env.from.to_string())
             );
             if let Ok(reply) = Stanza::parse(bytes::Bytes::from(xml)) {
-                self.shared
-                    .router
-                    .route_nowait(Envelope::new(reply, env.to.clone(), env.from.clone()));
+                self.shared.router.route_nowait(Envelope::new(
+                    reply,
+                    env.to.clone(),
+                    env.from.clone(),
+                ));
             }
-        } else if let Some(b) = env.bounce(crate::error::StanzaCondition::ServiceUnavailable, None) {
+        } else if let Some(b) = env.bounce(crate::error::StanzaCondition::ServiceUnavailable, None)
+        {
             self.shared.router.route_nowait(b);
         }
     }
@@ -301,7 +323,11 @@ impl InboundS2s {
                     stream_id,
                     key,
                 } => self.verify_dialback(originating, receiving, stream_id, key),
-                InAction::Authenticated { remote, local, method } => {
+                InAction::Authenticated {
+                    remote,
+                    local,
+                    method,
+                } => {
                     if !self.domains.contains(&remote) {
                         if !self.shared.acquire_domain(&remote) {
                             self.metrics.auth(Some(method), false);
@@ -318,7 +344,8 @@ impl InboundS2s {
                     self.metrics.set_state("up");
                     self.metrics.auth(Some(method), true);
                     self.deadline = None;
-                    self.framer.set_max_stanza_size(self.shared.config.gateway.max_stanza_size);
+                    self.framer
+                        .set_max_stanza_size(self.shared.config.gateway.max_stanza_size);
                     tracing::info!(%remote, %local, ?method, peer = %self.peer, "inbound s2s authenticated");
                 }
                 InAction::Fail(e) => self.close(e).await,
@@ -362,11 +389,17 @@ impl InboundS2s {
         match tokio::time::timeout(budget, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 let io = Transport::Tls(Box::new(tls));
-                let peer = io.peer_certificates().map(|c| self.shared.verifier.identity(c));
+                let peer = io
+                    .peer_certificates()
+                    .map(|c| self.shared.verifier.identity(c));
                 self.io = Some(io);
-                self.framer = Framer::new(NS_SERVER, self.shared.config.gateway.max_stanza_size_pre_auth);
+                self.framer = Framer::new(
+                    NS_SERVER,
+                    self.shared.config.gateway.max_stanza_size_pre_auth,
+                );
                 self.header_sent = false;
-                self.neg.handle(InInput::TlsEstablished { peer }, &Ctx(&self.shared))
+                self.neg
+                    .handle(InInput::TlsEstablished { peer }, &Ctx(&self.shared))
             }
             _ => {
                 self.done = true;
@@ -375,7 +408,13 @@ impl InboundS2s {
         }
     }
 
-    fn verify_dialback(&self, originating: String, receiving: String, stream_id: String, key: String) {
+    fn verify_dialback(
+        &self,
+        originating: String,
+        receiving: String,
+        stream_id: String,
+        key: String,
+    ) {
         let (shared, me) = (self.shared.clone(), self.me.clone());
         tokio::spawn(async move {
             let mode = OutMode::Verify {
@@ -384,7 +423,14 @@ impl InboundS2s {
                 stream_id,
                 key,
             };
-            let result = match connect_and_negotiate(shared, receiving.clone(), originating.clone(), mode).await {
+            let result = match connect_and_negotiate(
+                shared,
+                receiving.clone(),
+                originating.clone(),
+                mode,
+            )
+            .await
+            {
                 Ok(est) => Ok(est.verified.unwrap_or(false)),
                 Err(e) => {
                     tracing::info!(%originating, error = %e, "dialback verification could not be done");
@@ -405,7 +451,9 @@ impl InboundS2s {
         if self.done {
             return;
         }
-        self.shared.metrics.stream_error(e.condition, &self.peer, e.text.as_deref());
+        self.shared
+            .metrics
+            .stream_error(e.condition, &self.peer, e.text.as_deref());
         let mut tail = String::new();
         if !self.header_sent {
             tail.push_str(&format!(

@@ -67,14 +67,18 @@ impl S2sShared {
     pub fn acquire_connection(&self) -> bool {
         let limit = self.config.gateway.connection_limit as usize;
         self.connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
             .is_ok()
     }
 
     pub fn release_connection(&self) {
         let _ = self
             .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
     }
 
     /// Counts an inbound connection authenticated for `remote`; false when
@@ -125,7 +129,11 @@ impl S2sRouter {
         let remote = env.to.domain().to_string();
         let key = (local, remote);
         // Clone the handle out: never hold a map guard while sending.
-        let existing = self.actors.get(&key).map(|r| r.clone()).filter(|r| r.is_alive());
+        let existing = self
+            .actors
+            .get(&key)
+            .map(|r| r.clone())
+            .filter(|r| r.is_alive());
         let actor = match existing {
             Some(a) => a,
             None => {

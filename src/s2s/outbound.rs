@@ -76,7 +76,10 @@ impl Actor for OutboundDomain {
     type Args = (String, String, Arc<S2sShared>);
     type Error = Infallible;
 
-    async fn on_start((local, remote, shared): Self::Args, me: ActorRef<Self>) -> Result<Self, Infallible> {
+    async fn on_start(
+        (local, remote, shared): Self::Args,
+        me: ActorRef<Self>,
+    ) -> Result<Self, Infallible> {
         let metrics = shared.s2s_metrics.domain(&shared.config, &remote);
         let now = Instant::now();
         Ok(OutboundDomain {
@@ -119,7 +122,11 @@ impl Actor for OutboundDomain {
         }
     }
 
-    async fn on_stop(&mut self, _me: WeakActorRef<Self>, _r: ActorStopReason) -> Result<(), Infallible> {
+    async fn on_stop(
+        &mut self,
+        _me: WeakActorRef<Self>,
+        _r: ActorStopReason,
+    ) -> Result<(), Infallible> {
         self.disconnect(Some("</stream:stream>")).await;
         let queued: Vec<Envelope> = self.queue.drain(..).collect();
         for env in queued {
@@ -137,7 +144,10 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-async fn read_more(rd: &mut Option<ReadHalf<Transport>>, framer: &mut Option<Framer>) -> std::io::Result<usize> {
+async fn read_more(
+    rd: &mut Option<ReadHalf<Transport>>,
+    framer: &mut Option<Framer>,
+) -> std::io::Result<usize> {
     match (rd.as_mut(), framer.as_mut()) {
         (Some(r), Some(f)) => {
             let mut buf = f.read_buf();
@@ -241,7 +251,12 @@ impl OutboundDomain {
         self.retry_at = None;
         self.last_attempt = Some(Instant::now());
         self.metrics.set_state("connecting");
-        let (shared, local, remote, me) = (self.shared.clone(), self.local.clone(), self.remote.clone(), self.me.clone());
+        let (shared, local, remote, me) = (
+            self.shared.clone(),
+            self.local.clone(),
+            self.remote.clone(),
+            self.me.clone(),
+        );
         tokio::spawn(async move {
             let r = connect_and_negotiate(shared, local, remote, OutMode::Authenticate).await;
             let _ = me.tell(Attempt(r)).await;
@@ -279,7 +294,12 @@ impl OutboundDomain {
         self.metrics.failure(e.label());
         tracing::warn!(local = %self.local, remote = %self.remote, error = %e, failures = self.failures, "s2s connection failed");
         let cond = e.bounce_condition();
-        let hopeless = matches!(e, ConnectError::Dns(crate::dns::DnsError::NotFound(_) | crate::dns::DnsError::NoService(_)));
+        let hopeless = matches!(
+            e,
+            ConnectError::Dns(
+                crate::dns::DnsError::NotFound(_) | crate::dns::DnsError::NoService(_)
+            )
+        );
         let max_age = self.shared.config.gateway.stream_establishment_timeout;
         let now = Instant::now();
         let (bounce, keep): (Vec<Envelope>, Vec<Envelope>) = self
@@ -324,10 +344,10 @@ impl OutboundDomain {
     }
 
     fn send_bytes(&mut self, b: Bytes) {
-        if let Some(w) = &self.writer {
-            if w.queue.try_send(b.into()).is_ok() {
-                self.last_write = Instant::now();
-            }
+        if let Some(w) = &self.writer
+            && w.queue.try_send(b.into()).is_ok()
+        {
+            self.last_write = Instant::now();
         }
     }
 
@@ -344,7 +364,9 @@ impl OutboundDomain {
             }
         }
         loop {
-            let Some(f) = self.framer.as_mut() else { return };
+            let Some(f) = self.framer.as_mut() else {
+                return;
+            };
             match f.next() {
                 Ok(None) => break,
                 Ok(Some(FramerEvent::StreamClose)) => {
@@ -363,7 +385,9 @@ impl OutboundDomain {
                 Ok(Some(FramerEvent::StreamOpen(_))) => {}
                 Err(e) => {
                     let tail = format!("{}</stream:stream>", e.to_xml());
-                    self.shared.metrics.stream_error(e.condition, &self.remote, e.text.as_deref());
+                    self.shared
+                        .metrics
+                        .stream_error(e.condition, &self.remote, e.text.as_deref());
                     self.disconnect(Some(&tail)).await;
                     return;
                 }
@@ -409,9 +433,15 @@ mod tests {
     #[test]
     fn backoff_grows_from_a_short_first_retry_to_five_minutes() {
         let first = backoff(1);
-        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200), "{first:?}");
+        assert!(
+            first >= Duration::from_millis(800) && first <= Duration::from_millis(1200),
+            "{first:?}"
+        );
         let fourth = backoff(4);
-        assert!(fourth >= Duration::from_millis(6400) && fourth <= Duration::from_millis(9600), "{fourth:?}");
+        assert!(
+            fourth >= Duration::from_millis(6400) && fourth <= Duration::from_millis(9600),
+            "{fourth:?}"
+        );
         assert!(backoff(30) <= Duration::from_secs(360));
     }
 
@@ -422,8 +452,17 @@ mod tests {
             ConnectError::Dns(DnsError::NotFound("x".into())).bounce_condition(),
             StanzaCondition::RemoteServerNotFound
         );
-        assert_eq!(ConnectError::Unreachable("x".into()).bounce_condition(), StanzaCondition::RemoteServerNotFound);
-        assert_eq!(ConnectError::Timeout(Duration::from_secs(1)).bounce_condition(), StanzaCondition::RemoteServerTimeout);
-        assert_eq!(ConnectError::Negotiation("x".into()).bounce_condition(), StanzaCondition::RemoteServerTimeout);
+        assert_eq!(
+            ConnectError::Unreachable("x".into()).bounce_condition(),
+            StanzaCondition::RemoteServerNotFound
+        );
+        assert_eq!(
+            ConnectError::Timeout(Duration::from_secs(1)).bounce_condition(),
+            StanzaCondition::RemoteServerTimeout
+        );
+        assert_eq!(
+            ConnectError::Negotiation("x".into()).bounce_condition(),
+            StanzaCondition::RemoteServerTimeout
+        );
     }
 }

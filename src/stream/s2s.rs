@@ -76,6 +76,10 @@ pub enum AuthMethod {
 /// implemented elsewhere (certificate chain checks per RFC 6125).
 pub trait PeerIdentity: Send + Sync {
     fn is_valid_for(&self, domain: &str) -> bool;
+    /// The names the certificate carries, for logs.
+    fn describe(&self) -> String {
+        String::new()
+    }
 }
 
 impl fmt::Debug for dyn PeerIdentity {

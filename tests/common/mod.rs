@@ -38,7 +38,11 @@ impl TestServer {
              [c2s]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n{extra}",
             dir.path().join("data").display()
         );
-        let text = if text.contains("[s2s]") { text } else { format!("{text}\n[s2s]\nlisten = [\"127.0.0.1:0\"]\n") };
+        let text = if text.contains("[s2s]") {
+            text
+        } else {
+            format!("{text}\n[s2s]\nlisten = [\"127.0.0.1:0\"]\n")
+        };
         let path = dir.path().join("fedrouter.toml");
         std::fs::write(&path, &text).expect("write config");
         let config = Config::load(&path).unwrap_or_else(|e| panic!("test config: {e}"));
@@ -57,7 +61,11 @@ impl TestServer {
     }
 
     pub fn add_user(&self, local: &str, password: &str) {
-        let jid = admin::user_jid(&format!("{local}@{}", self.domain), std::slice::from_ref(&self.domain)).unwrap();
+        let jid = admin::user_jid(
+            &format!("{local}@{}", self.domain),
+            std::slice::from_ref(&self.domain),
+        )
+        .unwrap();
         admin::add_user(&*self.daemon.store, &jid, password).unwrap();
     }
 
