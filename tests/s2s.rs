@@ -28,6 +28,12 @@ struct Federation {
 }
 
 async fn federation(mode: Mode, gateway: &str) -> Federation {
+    federation_with(mode, gateway, false).await
+}
+
+/// `direct_tls`: each server is published only as `_xmpps-server` (XEP-0368)
+/// pointing at its Direct TLS listener.
+async fn federation_with(mode: Mode, gateway: &str, direct_tls: bool) -> Federation {
     let dns = TestDns::start("127.0.0.1:0".parse().unwrap())
         .await
         .expect("test DNS");
@@ -48,7 +54,7 @@ async fn federation(mode: Mode, gateway: &str) -> Federation {
         };
         let extra = format!(
             "{trust}[[tls.certificate]]\ndomain = \"{d}\"\ncert = \"{}\"\nkey = \"{}\"\n\
-             [s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n{gateway}",
+             [s2s]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n{gateway}",
             cert.display(),
             key.display(),
             dns.addr()
@@ -59,13 +65,12 @@ async fn federation(mode: Mode, gateway: &str) -> Federation {
     let a = servers.pop().unwrap();
     for s in [&a, &b] {
         let host = format!("xmpp.{}", s.domain);
-        dns.add_srv(
-            &format!("_xmpp-server._tcp.{}", s.domain),
-            10,
-            5,
-            s.daemon.s2s_addrs[0].port(),
-            &host,
-        );
+        let (service, port) = if direct_tls {
+            ("_xmpps-server", s.daemon.s2s_direct_tls_addrs[0].port())
+        } else {
+            ("_xmpp-server", s.daemon.s2s_addrs[0].port())
+        };
+        dns.add_srv(&format!("{service}._tcp.{}", s.domain), 10, 5, port, &host);
         dns.add_a(&host, Ipv4Addr::LOCALHOST);
     }
     Federation {
@@ -202,6 +207,12 @@ async fn two_fedrouters_federate_with_starttls_and_sasl_external() {
 async fn two_fedrouters_federate_with_starttls_and_dialback_when_certificates_are_untrusted() {
     let fed = federation(Mode::Dialback, "").await;
     chat_across(&fed, Mode::Dialback).await;
+}
+
+#[tokio::test]
+async fn two_fedrouters_federate_over_direct_tls_found_by_xmpps_server_records() {
+    let fed = federation_with(Mode::SaslExternal, "", true).await;
+    chat_across(&fed, Mode::SaslExternal).await;
 }
 
 #[tokio::test]

@@ -377,6 +377,12 @@ impl OutboundNegotiation {
         match input {
             OutInput::StreamOpen(h) => self.on_header(h),
             OutInput::Element(s) => self.on_element(s),
+            OutInput::TlsEstablished { peer } if self.state == OutState::Idle => {
+                // Direct TLS (XEP-0368): the handshake ran before the stream.
+                self.tls = true;
+                self.remote_cert_valid = peer.is_some_and(|p| p.is_valid_for(&self.remote));
+                Vec::new()
+            }
             OutInput::TlsEstablished { peer } => {
                 if self.state != OutState::AwaitTls {
                     return self.fail(
@@ -838,6 +844,14 @@ impl InboundNegotiation {
         match input {
             InInput::StreamOpen(h) => self.on_header(h, ctx),
             InInput::Element(s) => self.on_element(s, ctx),
+            InInput::TlsEstablished { peer }
+                if self.state == InState::ExpectHeader && self.headers == 0 && !self.tls =>
+            {
+                // Direct TLS (XEP-0368): the handshake ran before the stream.
+                self.tls = true;
+                self.peer_cert = peer;
+                Vec::new()
+            }
             InInput::TlsEstablished { peer } => {
                 if self.state != InState::AwaitTls {
                     return self.fail(
@@ -2607,6 +2621,41 @@ mod tests {
             OutAction::Fail(f) => Some(f.clone()),
             _ => None,
         })
+    }
+
+    #[test]
+    fn direct_tls_skips_starttls_and_goes_straight_to_dialback() {
+        let mut neg = OutboundNegotiation::new(
+            A.into(),
+            B.into(),
+            PeerPolicy::open_federation(),
+            Arc::from(SECRET_A),
+            false,
+            OutMode::Authenticate,
+        );
+        // XEP-0368: the handshake ran before the stream was opened.
+        assert!(
+            neg.handle(OutInput::TlsEstablished { peer: None })
+                .is_empty()
+        );
+        assert!(neg.is_tls());
+        let mut out = Out {
+            neg,
+            framer: framer(),
+        };
+        assert!(
+            matches!(out.neg.start().as_slice(), [OutAction::Send(h)] if h.contains("to='b.example'"))
+        );
+        // Features without STARTTLS are fine: TLS is already up.
+        let a = out.feed(&format!(
+            "{PROSODY_HEADER}<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>"
+        ));
+        assert!(
+            a.iter()
+                .any(|x| matches!(x, OutAction::Send(s) if s.starts_with("<db:result"))),
+            "{a:?}"
+        );
+        assert!(out_failure(&a).is_none());
     }
 
     #[test]
