@@ -80,9 +80,13 @@ kill_pidfile /run/ejabberd/ejabberd.pid
 kill_pidfile /var/run/ejabberd/ejabberd.pid
 
 # The system ejabberd's epmd (port 4369) is started by the Erlang VM, not by a
-# service with a pidfile: ask it to stop via its own client if it answers.
-if command -v epmd >/dev/null && epmd -names >/dev/null 2>&1; then
-    epmd -kill >/dev/null 2>&1 || true
+# service with a pidfile. Ask it to exit through its own protocol, and only
+# when no Erlang node is registered with it (as ejabberdctl itself does), so
+# no running node of anyone else is affected. The test peers use no epmd.
+if command -v epmd >/dev/null && names=$(epmd -names 2>/dev/null); then
+    if ! grep -q '^name ' <<<"$names"; then
+        epmd -kill >/dev/null 2>&1 || true
+    fi
 fi
 
 # Report anything still bound to the XMPP ports (another user's server, say).

@@ -162,6 +162,39 @@ async fn scenario(p: &Peers, mode: Mode) -> Result<(), String> {
     Ok(())
 }
 
+/// After both peers restarted: accounts survived, and messages cross the
+/// federation both ways on new s2s connections.
+async fn after_restart(p: &Peers) -> Result<(), String> {
+    let ca = Some(&p.certs.ca_der);
+    let mut alice = peers::connect(p.prosody.c2s_addr(), "alice@p.test", "alice-pw", ca).await;
+    let mut bob = peers::connect(p.ejabberd.c2s_addr(), "bob@e.test", "bob-pw", ca).await;
+    for c in [&mut alice, &mut bob] {
+        c.send("<presence/>").await.map_err(|e| e.to_string())?;
+    }
+    let t = Instant::now();
+    alice
+        .send("<message to='bob@e.test' type='chat'><body>again, bob</body></message>")
+        .await
+        .map_err(|e| e.to_string())?;
+    expect(
+        &mut bob,
+        "alice's message after restart",
+        &["<message", "again, bob"],
+    )
+    .await?;
+    bob.send("<message to='alice@p.test' type='chat'><body>hi alice</body></message>")
+        .await
+        .map_err(|e| e.to_string())?;
+    expect(
+        &mut alice,
+        "bob's message after restart",
+        &["<message", "hi alice"],
+    )
+    .await?;
+    eprintln!("restart: messages both ways in {:?}", t.elapsed());
+    Ok(())
+}
+
 fn dump(p: &Peers) -> String {
     format!(
         "\n===== prosody log (tail) =====\n{}\n===== ejabberd log (tail) =====\n{}\n===== dns log (tail) =====\n{}",
@@ -173,7 +206,7 @@ fn dump(p: &Peers) -> String {
 
 async fn run(mode: Mode) {
     let t0 = Instant::now();
-    let p = start_peers(mode).await;
+    let mut p = start_peers(mode).await;
     eprintln!("{mode:?}: peers up in {:?}", t0.elapsed());
     p.prosody.register("alice", "alice-pw");
     p.ejabberd.register("bob", "bob-pw");
@@ -208,6 +241,18 @@ async fn run(mode: Mode) {
             "{mode:?}: Prosody did not use SASL EXTERNAL alone{}",
             dump(&p)
         );
+    }
+    if mode == Mode::External {
+        // restart() keeps data and ports, and the peers federate again.
+        let t = Instant::now();
+        tokio::join!(p.prosody.restart(), p.ejabberd.restart());
+        eprintln!("{mode:?}: both peers restarted in {:?}", t.elapsed());
+        let result = tokio::time::timeout(Duration::from_secs(30), after_restart(&p))
+            .await
+            .unwrap_or_else(|_| Err("after restart: timed out after 30 s".into()));
+        if let Err(e) = result {
+            panic!("{mode:?}: {e}{}", dump(&p));
+        }
     }
     eprintln!("{mode:?}: done in {:?}", t0.elapsed());
 }
