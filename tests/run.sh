@@ -17,6 +17,7 @@ fi
 if ! python3 -c 'import slixmpp' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'slixmpp==1.17.0'
 fi
+bash tests/install-peers.sh
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
