@@ -173,6 +173,8 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         secret,
         connections: Default::default(),
         per_domain: Default::default(),
+        inbound: Default::default(),
+        next_inbound: Default::default(),
     });
     router.set_s2s(s2s::S2sRouter::new(s2s_shared.clone()));
     let mut s2s_addrs = Vec::new();

@@ -71,6 +71,7 @@ struct DialbackChecked {
 }
 
 pub struct InboundS2s {
+    id: u64,
     peer: SocketAddr,
     shared: Arc<S2sShared>,
     me: ActorRef<InboundS2s>,
@@ -102,7 +103,12 @@ impl Actor for InboundS2s {
         metrics.set_state("negotiating");
         let holds_slot = shared.acquire_connection();
         let now = Instant::now();
+        let id = shared
+            .next_inbound
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.inbound.insert(id, me.clone());
         let mut me_ = InboundS2s {
+            id,
             peer,
             me,
             io: Some(Transport::Plain(tcp)),
@@ -162,6 +168,7 @@ impl Actor for InboundS2s {
         _me: WeakActorRef<Self>,
         _r: ActorStopReason,
     ) -> Result<(), Infallible> {
+        self.shared.inbound.remove(&self.id);
         if !self.done {
             self.close(StreamError::new(StreamCondition::SystemShutdown))
                 .await;

@@ -49,6 +49,9 @@ pub struct S2sShared {
     /// Inbound connections authenticated per remote domain
     /// (`partner_connection_limit`).
     pub per_domain: DashMap<String, usize>,
+    /// Live inbound connections, closed at shutdown.
+    pub inbound: DashMap<u64, ActorRef<inbound::InboundS2s>>,
+    pub next_inbound: std::sync::atomic::AtomicU64,
 }
 
 impl S2sShared {
@@ -155,9 +158,21 @@ impl S2sRouter {
         self.actors.iter().map(|e| e.key().clone()).collect()
     }
 
+    /// Closes every s2s stream, both directions, with `<system-shutdown/>`
+    /// (outbound queues are bounced).
     pub async fn shutdown(&self) {
         let actors: Vec<_> = self.actors.iter().map(|e| e.value().clone()).collect();
         for a in actors {
+            let _ = a.stop_gracefully().await;
+            a.wait_for_shutdown().await;
+        }
+        let inbound: Vec<_> = self
+            .shared
+            .inbound
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        for a in inbound {
             let _ = a.stop_gracefully().await;
             a.wait_for_shutdown().await;
         }

@@ -277,10 +277,11 @@ impl OutboundDomain {
         let now = Instant::now();
         self.last_activity = now;
         self.last_write = now;
-        while let Some(env) = self.queue.pop_front() {
+        let queued: Vec<Envelope> = self.queue.drain(..).collect();
+        self.metrics.set_queue(0);
+        for env in queued {
             self.write(env);
         }
-        self.metrics.set_queue(0);
     }
 
     fn failed(&mut self, e: ConnectError) {
@@ -323,6 +324,12 @@ impl OutboundDomain {
 
     fn write(&mut self, env: Envelope) {
         let kind = env.kind();
+        if self.writer.is_none() {
+            // The stream went down while flushing: back to the queue.
+            self.queue.push_back(env);
+            self.metrics.set_queue(self.queue.len());
+            return;
+        }
         let frame = env.frame();
         if let Some(w) = &self.writer {
             match w.queue.try_send(frame) {
@@ -331,13 +338,29 @@ impl OutboundDomain {
                     self.last_write = Instant::now();
                     self.last_activity = self.last_write;
                 }
-                Err(_) => {
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                     // The peer does not read: presence may go, nothing else.
                     if kind == StanzaKind::Presence {
                         self.shared.metrics.presence_dropped.increment(1);
                     } else {
                         self.bounce(&env, StanzaCondition::ResourceConstraint);
                     }
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    // The socket died under us: keep the stanza for the next
+                    // stream instead of losing or bouncing it.
+                    self.writer = None;
+                    self.rd = None;
+                    self.framer = None;
+                    if self.holds_slot {
+                        self.shared.release_connection();
+                        self.holds_slot = false;
+                    }
+                    self.state = State::Idle;
+                    self.metrics.set_state("idle");
+                    self.queue.push_back(env);
+                    self.metrics.set_queue(self.queue.len());
+                    self.connect();
                 }
             }
         }
