@@ -243,6 +243,40 @@ async fn a_dialback_key_the_authoritative_server_refuses_never_authenticates_and
     assert_eq!(c.method(), AuthMethod::DialbackTls);
     c.send(message("x@c.test", "by dialback")).await.unwrap();
     next_message_is(&mut user, "x@c.test", "by dialback").await;
+
+    // A certificate nobody trusts changes nothing: dialback, not EXTERNAL.
+    cfg.cert = Some(self_signed(&["c.test"]).certified_key());
+    let c = S2sPeer::connect(&cfg).await.unwrap();
+    assert_eq!(c.method(), AuthMethod::DialbackTls);
+    assert!(!c.mechanisms().contains(&"EXTERNAL".to_string()));
+}
+
+#[tokio::test]
+async fn a_stanza_before_authentication_is_refused_with_not_authorized() {
+    let site = site("").await;
+    let mut user = site.user().await;
+    // No certificate and no dialback: the negotiation stops after TLS,
+    // unauthenticated, with the stream still open.
+    let mut cfg = site.peer("d.test");
+    cfg.policy.dialback = false;
+    let mut r = refused(&cfg).await;
+    assert_eq!(
+        r.failure.reason,
+        FailReason::NoUsableAuthMethod,
+        "{}",
+        r.failure
+    );
+    r.send(message("x@d.test", "unauthenticated"))
+        .await
+        .unwrap();
+    let e = r.expect_stream_error().await.unwrap();
+    assert_eq!(e.condition, StreamCondition::NotAuthorized, "{e}");
+
+    let mut a = S2sPeer::connect(&site.peer_with_cert("a.test", "a.test"))
+        .await
+        .unwrap();
+    a.send(message("x@a.test", "authenticated")).await.unwrap();
+    next_message_is(&mut user, "x@a.test", "authenticated").await;
 }
 
 #[tokio::test]
