@@ -333,8 +333,6 @@ async fn a_certificate_for_another_domain_never_yields_sasl_external() {
 }
 
 #[tokio::test]
-#[ignore = "daemon bug: the refusal comes right after <success/> without a new stream header \
-            (src/s2s/inbound.rs, InAction::Authenticated arm); see the h-spoof report"]
 async fn a_third_stream_authenticated_by_sasl_external_is_refused_at_partner_connection_limit_two()
 {
     let site = site("[gateway]\npartner_connection_limit = 2\n").await;

@@ -310,6 +310,26 @@ impl InboundS2s {
     }
 
     async fn run(&mut self, actions: Vec<InAction>) {
+        // Take the partner_connection_limit slot before anything of the
+        // batch is sent: refusing after `<success/>` would put the stream
+        // error where the peer expects a restarted stream header.
+        for a in &actions {
+            if let InAction::Authenticated { remote, method, .. } = a {
+                if self.domains.contains(remote) {
+                    continue;
+                }
+                if !self.shared.acquire_domain(remote) {
+                    self.metrics.auth(Some(*method), false);
+                    self.close(StreamError::with_text(
+                        StreamCondition::PolicyViolation,
+                        "too many connections from your domain",
+                    ))
+                    .await;
+                    return;
+                }
+                self.domains.push(remote.clone());
+            }
+        }
         let mut queue: std::collections::VecDeque<InAction> = actions.into();
         while let Some(a) = queue.pop_front() {
             if self.done {
@@ -335,18 +355,7 @@ impl InboundS2s {
                     local,
                     method,
                 } => {
-                    if !self.domains.contains(&remote) {
-                        if !self.shared.acquire_domain(&remote) {
-                            self.metrics.auth(Some(method), false);
-                            self.close(StreamError::with_text(
-                                StreamCondition::PolicyViolation,
-                                "too many connections from your domain",
-                            ))
-                            .await;
-                            return;
-                        }
-                        self.domains.push(remote.clone());
-                    }
+                    // The domain's slot was taken before the batch ran.
                     self.metrics.relabel(&self.shared.config, &remote);
                     self.metrics.set_state("up");
                     self.metrics.auth(Some(method), true);
