@@ -135,3 +135,61 @@ mod tests {
         }
     }
 }
+
+/// The presence without its `<status/>` text, for contacts that must not
+/// see a user's personal note (Lync: only Federated partners do). `None`
+/// when there is no status, so the original bytes can be sent as they are.
+/// Runs once per broadcast, never per recipient.
+pub fn without_status(stanza: &crate::xml::Stanza) -> Option<bytes::Bytes> {
+    use crate::xml::NS_CLIENT;
+    use crate::xml::element::{Element, Node};
+    if !stanza.bytes().windows(7).any(|w| w == b"<status") {
+        return None;
+    }
+    let mut el = Element::parse(stanza.bytes(), NS_CLIENT, &[]).ok()?;
+    let before = el.children.len();
+    el.children
+        .retain(|n| !matches!(n, Node::Element(c) if c.name == "status" && c.ns == NS_CLIENT));
+    if el.children.len() == before {
+        return None;
+    }
+    Some(bytes::Bytes::from(el.to_string_in(NS_CLIENT)))
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+    use crate::xml::Stanza;
+    use bytes::Bytes;
+
+    #[test]
+    fn status_text_is_removed_and_everything_else_kept() {
+        let s = Stanza::parse(Bytes::from_static(
+            b"<presence from='a@x/r'><show>away</show><status>at the dentist</status><priority>5</priority></presence>",
+        ))
+        .unwrap();
+        let out = without_status(&s).expect("changed");
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            !text.contains("dentist") && !text.contains("status"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<show>away</show>") && text.contains("<priority>5</priority>"),
+            "{text}"
+        );
+        assert!(
+            text.contains("from='a@x/r'") || text.contains("from=\"a@x/r\""),
+            "{text}"
+        );
+        let reparsed = Stanza::parse(out).unwrap();
+        assert_eq!(reparsed.from().as_deref(), Some("a@x/r"));
+    }
+
+    #[test]
+    fn presence_without_status_is_left_alone() {
+        let s =
+            Stanza::parse(Bytes::from_static(b"<presence><show>dnd</show></presence>")).unwrap();
+        assert!(without_status(&s).is_none());
+    }
+}
