@@ -45,10 +45,10 @@ impl AuditLog {
 
     /// Opens (appends to) `path` and starts the writer thread.
     pub fn open(path: &Path, bodies: bool) -> std::io::Result<AuditLog> {
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)?;
-            }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
         }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
