@@ -361,15 +361,20 @@ impl Config {
         }
     }
 
-    /// The `[[partner]]` entry for a remote domain, if it is a partner.
-    /// `domain` is compared as configured domains are stored: ASCII case
-    /// and a trailing dot do not matter (pass a JID's normalised domain for
-    /// internationalised names). A linear scan: hot paths keep their own map.
+    /// The `[[partner]]` entry for a remote domain, if it is a partner:
+    /// its `domain` or one of its `additional_domains`. `domain` is
+    /// compared as configured domains are stored: ASCII case and a trailing
+    /// dot do not matter (pass a JID's normalised domain for
+    /// internationalised names). A linear scan: hot paths use
+    /// [`crate::policy::Policy::partner`].
     pub fn partner(&self, domain: &str) -> Option<&PartnerConfig> {
         let domain = domain.strip_suffix('.').unwrap_or(domain);
-        self.partners
-            .iter()
-            .find(|p| p.domain.eq_ignore_ascii_case(domain))
+        self.partners.iter().find(|p| {
+            p.domain.eq_ignore_ascii_case(domain)
+                || p.additional_domains
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(domain))
+        })
     }
 
     /// Reads, parses and validates a config file. Relative paths in it are

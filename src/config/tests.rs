@@ -872,6 +872,13 @@ fn partner_finds_a_partner_by_domain() {
     );
     assert_eq!(c.partner("example.org"), None);
     assert_eq!(c.partner("net"), None);
+    let c = parse(
+        "[[partner]]\ndomain = \"example.net\"\nadditional_domains = [\"muc.example.net\"]\n",
+    );
+    assert_eq!(
+        c.partner("MUC.example.net.").map(|p| p.domain.as_str()),
+        Some("example.net")
+    );
     assert_eq!(c.partner(""), None);
 }
 
