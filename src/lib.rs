@@ -16,6 +16,7 @@ pub mod events;
 pub mod http;
 pub mod jid;
 pub mod pki;
+pub mod policy;
 pub mod roster;
 pub mod router;
 pub mod s2s;

@@ -35,6 +35,9 @@ pub use error::{ConfigError, ConfigErrorKind};
 use spans::DocIndex;
 use validate::Invalid;
 
+use crate::jid::BareJid;
+use crate::policy::{Negotiate, PartnerType};
+
 /// The environment variable naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "FEDROUTER_CONFIG";
 
@@ -71,6 +74,19 @@ pub mod defaults {
     pub const MIN_STANZA_SIZE: usize = 10_000;
     pub const METRICS_LISTEN: &str = "127.0.0.1:9269";
     pub const LOG_LEVEL: &str = "info";
+    // Lync New-CsXmppAllowedPartner defaults; a partner's connection_limit
+    // defaults to gateway.partner_connection_limit.
+    pub const PARTNER_TYPE: super::PartnerType = super::PartnerType::PublicUnverified;
+    pub const TLS_NEGOTIATION: super::Negotiate = super::Negotiate::Required;
+    pub const SASL_NEGOTIATION: super::Negotiate = super::Negotiate::Required;
+    pub const SUPPORT_DIALBACK_NEGOTIATION: bool = true;
+    pub const ENABLE_KEEP_ALIVE: bool = true;
+    /// As in Lync: only listed partners are reachable.
+    pub const UNLISTED_DOMAINS: super::Unlisted = super::Unlisted::Deny;
+    pub const UNLISTED_PARTNER_TYPE: super::PartnerType = super::PartnerType::PublicUnverified;
+    /// Lync's built-in global External Access Policy: everything off.
+    pub const ENABLE_FEDERATION_ACCESS: bool = false;
+    pub const ENABLE_XMPP_ACCESS: bool = false;
 }
 
 /// The whole configuration, checked and resolved.
@@ -81,8 +97,13 @@ pub struct Config {
     pub c2s: C2sConfig,
     pub s2s: S2sConfig,
     pub gateway: GatewayConfig,
-    /// `[[partner]]`, in file order; domains are unique and not local.
+    /// `[[partner]]`, in file order; domains (primary and additional) are
+    /// unique across all partners and not local.
     pub partners: Vec<PartnerConfig>,
+    /// `[[access_policy]]`, in file order, as written: no entry is added
+    /// for the built-in global policy (both switches off) when the file
+    /// has no `global` one. [`crate::policy::Policy`] resolves them.
+    pub access_policies: Vec<AccessPolicyConfig>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     /// The file it came from; `None` for the embedded defaults or text.
@@ -133,17 +154,76 @@ pub struct S2sConfig {
     /// DNS servers to ask instead of the system resolver; empty = system.
     /// Never port 0 or an unspecified address, no duplicates.
     pub dns_nameservers: Vec<SocketAddr>,
+    /// Whether domains that are not a `[[partner]]` may federate.
+    pub unlisted_domains: Unlisted,
+    /// The trust level of unlisted domains when they are allowed.
+    pub unlisted_partner_type: PartnerType,
+}
+
+/// `s2s.unlisted_domains`: what happens to a remote domain that is not a
+/// `[[partner]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unlisted {
+    /// Refused, as in Lync: only listed partners are reachable.
+    #[default]
+    Deny,
+    /// Open federation: any domain may federate, negotiating TLS required,
+    /// SASL optional, dialback on (lync-xmpp-federation.md §11).
+    Allow,
 }
 
 /// One `[[partner]]`: a remote XMPP domain and how to reach it (the Lync
-/// `XmppAllowedPartner`). More of the Lync partner model joins this struct
-/// later; build it through the configuration, not a struct literal.
+/// `XmppAllowedPartner`, lync-xmpp-federation.md §7). More fields may join
+/// this struct; build it through the configuration, not a struct literal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartnerConfig {
     /// A valid domain, lower-case, not one of `server.domains`.
     pub domain: String,
     /// Static route (Lync ProxyFqdn): connect here instead of resolving SRV.
     pub proxy_fqdn: Option<ProxyTarget>,
+    /// More domains of the same partner (Lync AdditionalDomains): valid,
+    /// lower-case, not local, and not named by any other partner entry.
+    pub additional_domains: Vec<String>,
+    pub partner_type: PartnerType,
+    pub tls_negotiation: Negotiate,
+    pub sasl_negotiation: Negotiate,
+    /// The three above are a valid row of the negotiation matrix
+    /// ([`crate::policy::check`]); warning rows are accepted.
+    pub support_dialback_negotiation: bool,
+    pub enable_keep_alive: bool,
+    /// 1 to `gateway.connection_limit`; defaults to
+    /// `gateway.partner_connection_limit`.
+    pub connection_limit: u32,
+    /// Free text (Lync Description).
+    pub description: Option<String>,
+}
+
+/// One `[[access_policy]]` (the Lync External Access Policy, §6): the
+/// global one (`name = "global"`, no scope), or one applying to whole
+/// local domains (like a Lync site policy) and/or single users (like a
+/// granted per-user policy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessPolicyConfig {
+    /// Non-empty, unique (ASCII case ignored); `global` in any case is the
+    /// global policy.
+    pub name: String,
+    pub description: Option<String>,
+    pub enable_federation_access: bool,
+    pub enable_xmpp_access: bool,
+    /// Local domains (from `server.domains`), lower-case; empty for global.
+    /// No domain is named by two policies.
+    pub domains: Vec<String>,
+    /// Normalised bare JIDs with a localpart, in local domains; empty for
+    /// global. No user is named by two policies.
+    pub users: Vec<BareJid>,
+}
+
+impl AccessPolicyConfig {
+    /// Whether this is the policy for everyone no other policy names.
+    pub fn is_global(&self) -> bool {
+        self.name.eq_ignore_ascii_case(crate::policy::GLOBAL)
+    }
 }
 
 /// Where to connect for a partner: a host name or IP address, and a port.
@@ -253,6 +333,8 @@ pub struct LogConfig {
     /// checked: `EnvFilter::try_new(&level)` succeeds.
     pub level: String,
     pub format: LogFormat,
+    /// The federation audit log; resolved like `server.data_dir`.
+    pub audit_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
@@ -279,15 +361,20 @@ impl Config {
         }
     }
 
-    /// The `[[partner]]` entry for a remote domain, if it is a partner.
-    /// `domain` is compared as configured domains are stored: ASCII case
-    /// and a trailing dot do not matter (pass a JID's normalised domain for
-    /// internationalised names). A linear scan: hot paths keep their own map.
+    /// The `[[partner]]` entry for a remote domain, if it is a partner:
+    /// its `domain` or one of its `additional_domains`. `domain` is
+    /// compared as configured domains are stored: ASCII case and a trailing
+    /// dot do not matter (pass a JID's normalised domain for
+    /// internationalised names). A linear scan: hot paths use
+    /// [`crate::policy::Policy::partner`].
     pub fn partner(&self, domain: &str) -> Option<&PartnerConfig> {
         let domain = domain.strip_suffix('.').unwrap_or(domain);
-        self.partners
-            .iter()
-            .find(|p| p.domain.eq_ignore_ascii_case(domain))
+        self.partners.iter().find(|p| {
+            p.domain.eq_ignore_ascii_case(domain)
+                || p.additional_domains
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(domain))
+        })
     }
 
     /// Reads, parses and validates a config file. Relative paths in it are
@@ -409,4 +496,6 @@ fn tomlish(message: &str) -> String {
         .replace("a sequence", "an array")
         .replace("invalid type: sequence", "invalid type: array")
         .replace("invalid type: map", "invalid type: table")
+        // An enum given something other than a string (toml's wording).
+        .replace("wanted string or table", "invalid type: expected a string")
 }

@@ -4,8 +4,9 @@
 
 use serde::Deserialize;
 
-use super::LogFormat;
 use super::defaults as d;
+use super::{LogFormat, Unlisted};
+use crate::policy::{Negotiate, PartnerType};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default, expecting = "a table")]
@@ -17,6 +18,8 @@ pub(super) struct RawConfig {
     pub gateway: RawGateway,
     #[serde(rename = "partner")]
     pub partners: Vec<RawPartner>,
+    #[serde(rename = "access_policy")]
+    pub access_policies: Vec<RawAccessPolicy>,
     pub metrics: RawMetrics,
     pub log: RawLog,
 }
@@ -95,6 +98,8 @@ pub(super) struct RawS2s {
     pub listen: Vec<String>,
     pub direct_tls_listen: Vec<String>,
     pub dns_nameservers: Vec<String>,
+    pub unlisted_domains: Unlisted,
+    pub unlisted_partner_type: PartnerType,
 }
 
 impl Default for RawS2s {
@@ -103,6 +108,8 @@ impl Default for RawS2s {
             listen: strings(d::S2S_LISTEN),
             direct_tls_listen: Vec::new(),
             dns_nameservers: Vec::new(),
+            unlisted_domains: d::UNLISTED_DOMAINS,
+            unlisted_partner_type: d::UNLISTED_PARTNER_TYPE,
         }
     }
 }
@@ -142,14 +149,103 @@ impl Default for RawGateway {
     }
 }
 
-/// One `[[partner]]`. Only `domain` is required; every key added later
-/// takes `#[serde(default)]` (the Lync default), so existing files stay valid.
+/// One `[[partner]]`. Only `domain` is required; every other key takes
+/// its Lync default (`connection_limit`: `None`, resolved to
+/// `gateway.partner_connection_limit` by validation).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table with at least a domain")]
 pub(super) struct RawPartner {
     pub domain: String,
     #[serde(default)]
     pub proxy_fqdn: Option<String>,
+    #[serde(default)]
+    pub additional_domains: Vec<String>,
+    #[serde(default = "partner_type")]
+    pub partner_type: PartnerType,
+    #[serde(default = "tls_negotiation")]
+    pub tls_negotiation: RawNegotiate,
+    #[serde(default = "sasl_negotiation")]
+    pub sasl_negotiation: RawNegotiate,
+    #[serde(default = "support_dialback_negotiation")]
+    pub support_dialback_negotiation: bool,
+    #[serde(default = "enable_keep_alive")]
+    pub enable_keep_alive: bool,
+    #[serde(default)]
+    pub connection_limit: Option<u32>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+fn partner_type() -> PartnerType {
+    d::PARTNER_TYPE
+}
+fn tls_negotiation() -> RawNegotiate {
+    d::TLS_NEGOTIATION.into()
+}
+fn sasl_negotiation() -> RawNegotiate {
+    d::SASL_NEGOTIATION.into()
+}
+fn support_dialback_negotiation() -> bool {
+    d::SUPPORT_DIALBACK_NEGOTIATION
+}
+fn enable_keep_alive() -> bool {
+    d::ENABLE_KEEP_ALIVE
+}
+
+/// [`Negotiate`] as written in the file. The protocol type lives in the
+/// stream code, which has no business knowing serde; this mirror carries
+/// the spelling (`"not_supported"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawNegotiate {
+    Required,
+    Optional,
+    NotSupported,
+}
+
+impl From<RawNegotiate> for Negotiate {
+    fn from(n: RawNegotiate) -> Negotiate {
+        match n {
+            RawNegotiate::Required => Negotiate::Required,
+            RawNegotiate::Optional => Negotiate::Optional,
+            RawNegotiate::NotSupported => Negotiate::NotSupported,
+        }
+    }
+}
+
+impl From<Negotiate> for RawNegotiate {
+    fn from(n: Negotiate) -> RawNegotiate {
+        match n {
+            Negotiate::Required => RawNegotiate::Required,
+            Negotiate::Optional => RawNegotiate::Optional,
+            Negotiate::NotSupported => RawNegotiate::NotSupported,
+        }
+    }
+}
+
+/// One `[[access_policy]]`. Only `name` is required; both switches default
+/// to off, as Lync's External Access Policy does.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table with at least a name")]
+pub(super) struct RawAccessPolicy {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default = "enable_federation_access")]
+    pub enable_federation_access: bool,
+    #[serde(default = "enable_xmpp_access")]
+    pub enable_xmpp_access: bool,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+fn enable_federation_access() -> bool {
+    d::ENABLE_FEDERATION_ACCESS
+}
+fn enable_xmpp_access() -> bool {
+    d::ENABLE_XMPP_ACCESS
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +267,7 @@ impl Default for RawMetrics {
 pub(super) struct RawLog {
     pub level: String,
     pub format: LogFormat,
+    pub audit_file: Option<String>,
 }
 
 impl Default for RawLog {
@@ -178,6 +275,7 @@ impl Default for RawLog {
         RawLog {
             level: d::LOG_LEVEL.to_owned(),
             format: LogFormat::Text,
+            audit_file: None,
         }
     }
 }

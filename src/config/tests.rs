@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
+use crate::jid::BareJid;
+use crate::policy::{Negotiate, PartnerType};
 
 fn parse(text: &str) -> Config {
     match Config::from_toml_str(text, None) {
@@ -133,6 +135,8 @@ fn every_key_is_read() {
         listen = ["0.0.0.0:5269", "[::1]:5269"]
         direct_tls_listen = ["0.0.0.0:5270"]
         dns_nameservers = ["127.0.0.1:5300", "[2001:db8::53]:53"]
+        unlisted_domains = "allow"
+        unlisted_partner_type = "public_verified"
         [gateway]
         connection_limit = 1200
         partner_connection_limit = 30
@@ -147,13 +151,33 @@ fn every_key_is_read() {
         [[partner]]
         domain = "Example.NET"
         proxy_fqdn = "XMPP.example.net:5270"
+        additional_domains = ["Conference.Example.NET", "muc.example.net."]
+        partner_type = "federated"
+        tls_negotiation = "optional"
+        sasl_negotiation = "optional"
+        support_dialback_negotiation = true
+        enable_keep_alive = false
+        connection_limit = 40
+        description = "Example Inc., ops@example.net"
         [[partner]]
         domain = "gmail.com"
+        [[access_policy]]
+        name = "global"
+        description = "everyone"
+        enable_federation_access = true
+        enable_xmpp_access = true
+        [[access_policy]]
+        name = "no-federation"
+        enable_federation_access = true
+        enable_xmpp_access = false
+        domains = ["Chat.Example.NET"]
+        users = ["Bob@Example.ORG"]
         [metrics]
         listen = "[::1]:9000"
         [log]
         level = " warn , fedrouter=debug "
         format = "json"
+        audit_file = "/var/log/fedrouter/audit.log"
         "#,
     );
     assert_eq!(c.server.domains, ["example.org", "chat.example.net"]);
@@ -176,6 +200,8 @@ fn every_key_is_read() {
             listen: vec![addr("0.0.0.0:5269"), addr("[::1]:5269")],
             direct_tls_listen: vec![addr("0.0.0.0:5270")],
             dns_nameservers: vec![addr("127.0.0.1:5300"), addr("[2001:db8::53]:53")],
+            unlisted_domains: Unlisted::Allow,
+            unlisted_partner_type: PartnerType::PublicVerified,
         }
     );
     assert_eq!(
@@ -187,10 +213,36 @@ fn every_key_is_read() {
                     host: "xmpp.example.net".into(),
                     port: 5270,
                 }),
+                additional_domains: vec!["conference.example.net".into(), "muc.example.net".into()],
+                partner_type: PartnerType::Federated,
+                tls_negotiation: Negotiate::Optional,
+                sasl_negotiation: Negotiate::Optional,
+                support_dialback_negotiation: true,
+                enable_keep_alive: false,
+                connection_limit: 40,
+                description: Some("Example Inc., ops@example.net".into()),
             },
-            PartnerConfig {
-                domain: "gmail.com".into(),
-                proxy_fqdn: None,
+            default_partner("gmail.com", 30),
+        ]
+    );
+    assert_eq!(
+        c.access_policies,
+        [
+            AccessPolicyConfig {
+                name: "global".into(),
+                description: Some("everyone".into()),
+                enable_federation_access: true,
+                enable_xmpp_access: true,
+                domains: vec![],
+                users: vec![],
+            },
+            AccessPolicyConfig {
+                name: "no-federation".into(),
+                description: None,
+                enable_federation_access: true,
+                enable_xmpp_access: false,
+                domains: vec!["chat.example.net".into()],
+                users: vec![BareJid::parse("bob@example.org").expect("jid")],
             },
         ]
     );
@@ -209,6 +261,27 @@ fn every_key_is_read() {
     assert_eq!(c.metrics.listen, Some(addr("[::1]:9000")));
     assert_eq!(c.log.level, "warn,fedrouter=debug");
     assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(
+        c.log.audit_file,
+        Some(PathBuf::from("/var/log/fedrouter/audit.log"))
+    );
+}
+
+/// A `[[partner]]` with only its domain: the Lync defaults, and the
+/// gateway's per-partner connection limit.
+fn default_partner(domain: &str, connection_limit: u32) -> PartnerConfig {
+    PartnerConfig {
+        domain: domain.into(),
+        proxy_fqdn: None,
+        additional_domains: vec![],
+        partner_type: PartnerType::PublicUnverified,
+        tls_negotiation: Negotiate::Required,
+        sasl_negotiation: Negotiate::Required,
+        support_dialback_negotiation: true,
+        enable_keep_alive: true,
+        connection_limit,
+        description: None,
+    }
 }
 
 #[test]
@@ -402,7 +475,7 @@ fn errors_in_text_without_a_file_say_config() {
     assert_eq!(e.file(), None);
     assert_eq!(
         e.to_string(),
-        "<config>:1:1: nope: unknown field `nope`, expected one of `server`, `tls`, `c2s`, `s2s`, `gateway`, `partner`, `metrics`, `log`"
+        "<config>:1:1: nope: unknown field `nope`, expected one of `server`, `tls`, `c2s`, `s2s`, `gateway`, `partner`, `access_policy`, `metrics`, `log`"
     );
 }
 
@@ -799,6 +872,13 @@ fn partner_finds_a_partner_by_domain() {
     );
     assert_eq!(c.partner("example.org"), None);
     assert_eq!(c.partner("net"), None);
+    let c = parse(
+        "[[partner]]\ndomain = \"example.net\"\nadditional_domains = [\"muc.example.net\"]\n",
+    );
+    assert_eq!(
+        c.partner("MUC.example.net.").map(|p| p.domain.as_str()),
+        Some("example.net")
+    );
     assert_eq!(c.partner(""), None);
 }
 
@@ -1187,6 +1267,23 @@ fn load_or_default_with_a_cli_path_loads_that_file() {
     );
 }
 
+/// Uncomments every `# [[partner]]` block of the example: the header and
+/// the `# key = value` lines after it, up to the first other line.
+fn uncomment_partner_examples(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut inside = false;
+    for line in text.lines() {
+        if line == "# [[partner]]" {
+            inside = true;
+        } else if inside && !(line.starts_with("# ") && line.contains(" = ")) {
+            inside = false;
+        }
+        out.push_str(if inside { &line[2..] } else { line });
+        out.push('\n');
+    }
+    out
+}
+
 #[test]
 fn the_shipped_example_parses_and_validates() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fedrouter.toml");
@@ -1194,14 +1291,14 @@ fn the_shipped_example_parses_and_validates() {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };
-    assert_eq!(c.server.domains, ["example.org"]);
+    assert_eq!(c.server.domains, ["example.org", "contractors.example.org"]);
     assert!(
         c.tls
             .certificates
             .iter()
             .all(|cert| cert.cert.starts_with("/etc/fedrouter/"))
     );
-    assert!(!c.tls.certificates.is_empty());
+    assert_eq!(c.tls.certificates.len(), 2);
     // The example spells out the defaults, so apart from what it must
     // change it is the embedded default.
     assert_eq!(c.gateway, GatewayConfig::default());
@@ -1209,26 +1306,67 @@ fn the_shipped_example_parses_and_validates() {
     // s2s is the file default (public), not the embedded one (loopback).
     assert_eq!(c.s2s, parse("").s2s);
     assert_eq!(c.s2s.listen, [addr("0.0.0.0:5269")]);
-    // The [[partner]] example is commented out; uncommented, it is valid.
+    assert_eq!(c.s2s.unlisted_domains, Unlisted::Deny);
+    // The example enables federation globally, and takes it away from the
+    // contractors' domain and from bob.
+    assert_eq!(
+        c.access_policies,
+        [
+            AccessPolicyConfig {
+                name: "global".into(),
+                description: None,
+                enable_federation_access: true,
+                enable_xmpp_access: true,
+                domains: vec![],
+                users: vec![],
+            },
+            AccessPolicyConfig {
+                name: "no-federation".into(),
+                description: None,
+                enable_federation_access: false,
+                enable_xmpp_access: false,
+                domains: vec!["contractors.example.org".into()],
+                users: vec![BareJid::parse("bob@example.org").expect("jid")],
+            },
+        ]
+    );
+    // The [[partner]] examples are commented out; uncommented, they are
+    // valid and give no warning.
     assert!(c.partners.is_empty());
     let text = std::fs::read_to_string(&path).expect("read the example");
-    let text = text
-        .replace("# [[partner]]\n", "[[partner]]\n")
-        .replace("# domain = ", "domain = ")
-        .replace("# proxy_fqdn = ", "proxy_fqdn = ");
-    let c = match Config::from_toml_str(&text, Some(&path)) {
+    let c = match Config::from_toml_str(&uncomment_partner_examples(&text), Some(&path)) {
         Ok(c) => c,
-        Err(e) => panic!("the [[partner]] example, uncommented: {e}"),
+        Err(e) => panic!("the [[partner]] examples, uncommented: {e}"),
     };
     assert_eq!(
         c.partners,
-        [PartnerConfig {
-            domain: "example.net".into(),
-            proxy_fqdn: Some(ProxyTarget {
-                host: "xmpp.example.net".into(),
-                port: 5269,
-            }),
-        }]
+        [
+            PartnerConfig {
+                domain: "example.net".into(),
+                proxy_fqdn: Some(ProxyTarget {
+                    host: "xmpp.example.net".into(),
+                    port: 5269,
+                }),
+                additional_domains: vec!["conference.example.net".into()],
+                partner_type: PartnerType::Federated,
+                tls_negotiation: Negotiate::Required,
+                sasl_negotiation: Negotiate::Required,
+                support_dialback_negotiation: false,
+                enable_keep_alive: true,
+                connection_limit: 20,
+                description: Some("Example Inc., xmpp-admin@example.net".into()),
+            },
+            PartnerConfig {
+                tls_negotiation: Negotiate::NotSupported,
+                sasl_negotiation: Negotiate::NotSupported,
+                enable_keep_alive: false,
+                ..default_partner("legacy.example.com", 20)
+            },
+        ]
+    );
+    assert_eq!(
+        crate::policy::Policy::from_config(&c).warnings(),
+        &[] as &[String]
     );
     assert_eq!(c.metrics, Config::default_embedded().metrics);
     assert_eq!(c.log, Config::default_embedded().log);
@@ -1238,4 +1376,567 @@ fn the_shipped_example_parses_and_validates() {
 fn parents_walks_up_a_dotted_path() {
     let p: Vec<&str> = parents("tls.certificate[1].cert").collect();
     assert_eq!(p, ["tls.certificate[1]", "tls.certificate", "tls"]);
+}
+
+// ---- [[partner]]: the Lync partner model (§7) ----
+
+#[test]
+fn a_partner_with_only_a_domain_takes_the_lync_defaults() {
+    let c = parse("[[partner]]\ndomain = \"example.net\"\n");
+    assert_eq!(c.partners, [default_partner("example.net", 20)]);
+    // connection_limit follows gateway.partner_connection_limit.
+    let c = parse("gateway.partner_connection_limit = 7\n[[partner]]\ndomain = \"example.net\"\n");
+    assert_eq!(c.partners[0].connection_limit, 7);
+}
+
+#[test]
+fn a_partner_connection_limit_may_exceed_the_per_partner_default_but_not_the_total() {
+    let c = parse("[[partner]]\ndomain = \"example.net\"\nconnection_limit = 1000\n");
+    assert_eq!(c.partners[0].connection_limit, 1000);
+    let e = error("[[partner]]\ndomain = \"example.net\"\nconnection_limit = 0\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        3,
+        "partner[0].connection_limit",
+        "must be at least 1",
+    );
+    let e = error("[[partner]]\ndomain = \"example.net\"\nconnection_limit = 1001\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        3,
+        "partner[0].connection_limit",
+        "1001 exceeds gateway.connection_limit (1000)",
+    );
+}
+
+#[test]
+fn negotiation_values_are_snake_case_and_unknown_ones_list_the_choices() {
+    let c = parse(
+        "[[partner]]\ndomain = \"example.net\"\ntls_negotiation = \"optional\"\n\
+         sasl_negotiation = \"not_supported\"\n",
+    );
+    assert_eq!(c.partners[0].tls_negotiation, Negotiate::Optional);
+    assert_eq!(c.partners[0].sasl_negotiation, Negotiate::NotSupported);
+    let e = error("[[partner]]\ndomain = \"example.net\"\ntls_negotiation = \"NotSupported\"\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Type,
+        3,
+        "partner[0].tls_negotiation",
+        "expected one of `required`, `optional`, `not_supported`",
+    );
+    let e = error("[[partner]]\ndomain = \"example.net\"\nsasl_negotiation = true\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Type,
+        3,
+        "partner[0].sasl_negotiation",
+        "invalid type: expected a string",
+    );
+    let e = error("[[partner]]\ndomain = \"example.net\"\npartner_type = \"ignore_list\"\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Type,
+        3,
+        "partner[0].partner_type",
+        "expected one of `federated`, `public_verified`, `public_unverified`",
+    );
+}
+
+#[test]
+fn every_partner_type_is_read() {
+    for (value, t) in [
+        ("federated", PartnerType::Federated),
+        ("public_verified", PartnerType::PublicVerified),
+        ("public_unverified", PartnerType::PublicUnverified),
+    ] {
+        let c = parse(&format!(
+            "[[partner]]\ndomain = \"example.net\"\npartner_type = \"{value}\"\n"
+        ));
+        assert_eq!(c.partners[0].partner_type, t);
+        assert_eq!(t.as_str(), value);
+    }
+}
+
+/// A second partner with the three negotiation keys written on lines 5, 6, 7.
+fn negotiation(tls: &str, sasl: &str, dialback: bool) -> String {
+    format!(
+        "[[partner]]\ndomain = \"other.example\"\n[[partner]]\ndomain = \"Example.NET\"\n\
+         tls_negotiation = \"{tls}\"\nsasl_negotiation = \"{sasl}\"\n\
+         support_dialback_negotiation = {dialback}\n"
+    )
+}
+
+#[test]
+fn every_invalid_matrix_row_is_refused_naming_the_partner_and_the_rule() {
+    // (tls, sasl, dialback, line, key, the written pair)
+    let sasl_needs_tls = "SASL must have TLS support";
+    let sasl_or_dialback = "SASL or Dialback must be enabled";
+    for (tls, sasl, dialback, line, field, rule, pair) in [
+        (
+            "not_supported",
+            "required",
+            false,
+            6,
+            "sasl_negotiation",
+            sasl_needs_tls,
+            "(tls_negotiation = \"not_supported\" with sasl_negotiation = \"required\")",
+        ),
+        (
+            "not_supported",
+            "optional",
+            false,
+            6,
+            "sasl_negotiation",
+            sasl_needs_tls,
+            "(tls_negotiation = \"not_supported\" with sasl_negotiation = \"optional\")",
+        ),
+        // The two rows the Lync matrix only warns about: refused (§11).
+        (
+            "not_supported",
+            "required",
+            true,
+            6,
+            "sasl_negotiation",
+            sasl_needs_tls,
+            "(tls_negotiation = \"not_supported\" with sasl_negotiation = \"required\")",
+        ),
+        (
+            "not_supported",
+            "optional",
+            true,
+            6,
+            "sasl_negotiation",
+            sasl_needs_tls,
+            "(tls_negotiation = \"not_supported\" with sasl_negotiation = \"optional\")",
+        ),
+        (
+            "required",
+            "not_supported",
+            false,
+            7,
+            "support_dialback_negotiation",
+            sasl_or_dialback,
+            "(sasl_negotiation = \"not_supported\" with support_dialback_negotiation = false)",
+        ),
+        (
+            "optional",
+            "not_supported",
+            false,
+            7,
+            "support_dialback_negotiation",
+            sasl_or_dialback,
+            "(sasl_negotiation = \"not_supported\" with support_dialback_negotiation = false)",
+        ),
+        (
+            "not_supported",
+            "not_supported",
+            false,
+            7,
+            "support_dialback_negotiation",
+            sasl_or_dialback,
+            "(sasl_negotiation = \"not_supported\" with support_dialback_negotiation = false)",
+        ),
+    ] {
+        let e = error(&negotiation(tls, sasl, dialback));
+        let expected = format!("partner example.net: {rule} {pair}");
+        assert_error(
+            &e,
+            ConfigErrorKind::Invalid,
+            line,
+            &format!("partner[1].{field}"),
+            &expected,
+        );
+    }
+}
+
+#[test]
+fn a_matrix_error_reads_as_one_line_with_file_line_key_partner_and_rule() {
+    let e = error(&negotiation("not_supported", "required", false));
+    assert_eq!(
+        e.to_string(),
+        "conf/fedrouter.toml:6:20: partner[1].sasl_negotiation: partner example.net: \
+         SASL must have TLS support (tls_negotiation = \"not_supported\" with \
+         sasl_negotiation = \"required\"); SASL is never sent without TLS: enable TLS, \
+         or set sasl_negotiation = \"not_supported\" for dialback only"
+    );
+    let e = error(&negotiation("required", "not_supported", false));
+    assert_eq!(
+        e.message(),
+        "partner example.net: SASL or Dialback must be enabled (sasl_negotiation = \
+         \"not_supported\" with support_dialback_negotiation = false); the partner would \
+         have no way to authenticate"
+    );
+}
+
+#[test]
+fn a_matrix_error_points_at_the_key_that_is_written() {
+    // sasl_negotiation keeps its default ("required"): the error is on tls.
+    let e = error("[[partner]]\ndomain = \"example.net\"\ntls_negotiation = \"not_supported\"\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        3,
+        "partner[0].tls_negotiation",
+        "SASL must have TLS support",
+    );
+    // Only dialback is switched off, sasl written: the error is on dialback.
+    let e = error(
+        "[[partner]]\ndomain = \"example.net\"\nsasl_negotiation = \"not_supported\"\n\
+         support_dialback_negotiation = false\n",
+    );
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        4,
+        "partner[0].support_dialback_negotiation",
+        "SASL or Dialback must be enabled",
+    );
+}
+
+#[test]
+fn every_valid_matrix_row_is_accepted() {
+    use crate::policy::{Verdict, check};
+    let mut accepted = 0;
+    for (tls, t) in [
+        ("required", Negotiate::Required),
+        ("optional", Negotiate::Optional),
+        ("not_supported", Negotiate::NotSupported),
+    ] {
+        for (sasl, s) in [
+            ("required", Negotiate::Required),
+            ("optional", Negotiate::Optional),
+            ("not_supported", Negotiate::NotSupported),
+        ] {
+            for dialback in [true, false] {
+                let text = negotiation(tls, sasl, dialback);
+                let result = Config::from_toml_str(&text, None);
+                match check(t, s, dialback) {
+                    Verdict::Invalid(_) => assert!(result.is_err(), "{text}"),
+                    _ => {
+                        let c = result.unwrap_or_else(|e| panic!("{text}: {e}"));
+                        let p = &c.partners[1];
+                        assert_eq!(
+                            (
+                                p.tls_negotiation,
+                                p.sasl_negotiation,
+                                p.support_dialback_negotiation
+                            ),
+                            (t, s, dialback)
+                        );
+                        accepted += 1;
+                    }
+                }
+            }
+        }
+    }
+    // 18 combinations: 5 invalid in the Lync table plus the 2 refused by §11.
+    assert_eq!(accepted, 11);
+}
+
+#[test]
+fn additional_domains_are_normalised() {
+    let c = parse(
+        "[[partner]]\ndomain = \"example.net\"\n\
+         additional_domains = [\"Chat.Example.NET.\", \"muc.example.net\"]\n",
+    );
+    assert_eq!(
+        c.partners[0].additional_domains,
+        ["chat.example.net", "muc.example.net"]
+    );
+}
+
+#[test]
+fn an_additional_domain_named_twice_anywhere_is_refused() {
+    // (text, line, key, message)
+    let cases = [
+        (
+            "[[partner]]\ndomain = \"example.net\"\n\
+             additional_domains = [\"a.example.net\", \"A.example.net\"]\n",
+            3,
+            "partner[0].additional_domains[1]",
+            "`a.example.net` is listed twice (first as partner[0].additional_domains[0])",
+        ),
+        (
+            "[[partner]]\ndomain = \"example.net\"\nadditional_domains = [\"example.net\"]\n",
+            3,
+            "partner[0].additional_domains[0]",
+            "`example.net` is listed twice (first as partner[0].domain)",
+        ),
+        (
+            "[[partner]]\ndomain = \"example.net\"\n\
+             [[partner]]\ndomain = \"example.com\"\nadditional_domains = [\"EXAMPLE.net\"]\n",
+            5,
+            "partner[1].additional_domains[0]",
+            "`example.net` is listed twice (first as partner[0].domain)",
+        ),
+        (
+            "[[partner]]\ndomain = \"example.net\"\nadditional_domains = [\"chat.example.net\"]\n\
+             [[partner]]\ndomain = \"chat.example.net\"\n",
+            5,
+            "partner[1].domain",
+            "`chat.example.net` is listed twice (first as partner[0].additional_domains[0])",
+        ),
+    ];
+    for (text, line, key, message) in cases {
+        let e = error(text);
+        assert_error(&e, ConfigErrorKind::Invalid, line, key, message);
+        assert_eq!(e.message(), message);
+    }
+}
+
+#[test]
+fn a_local_or_invalid_additional_domain_is_refused() {
+    let e = error(
+        "server.domains = [\"example.org\"]\n[[partner]]\ndomain = \"example.net\"\n\
+         additional_domains = [\"x.example.net\", \"Example.ORG\"]\n",
+    );
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        4,
+        "partner[0].additional_domains[1]",
+        "`example.org` is one of server.domains; a partner is a remote domain",
+    );
+    let e = error("[[partner]]\ndomain = \"example.net\"\nadditional_domains = [\"a b\"]\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        3,
+        "partner[0].additional_domains[0]",
+        "is not a valid domain",
+    );
+}
+
+// ---- [s2s] unlisted domains ----
+
+#[test]
+fn unlisted_domains_are_denied_by_default_as_in_lync() {
+    for c in [Config::default_embedded(), parse("")] {
+        assert_eq!(c.s2s.unlisted_domains, Unlisted::Deny);
+        assert_eq!(c.s2s.unlisted_partner_type, PartnerType::PublicUnverified);
+    }
+}
+
+#[test]
+fn unlisted_domains_may_be_allowed_with_a_partner_type() {
+    let c = parse("[s2s]\nunlisted_domains = \"allow\"\n");
+    assert_eq!(c.s2s.unlisted_domains, Unlisted::Allow);
+    assert_eq!(c.s2s.unlisted_partner_type, PartnerType::PublicUnverified);
+    let c = parse("[s2s]\nunlisted_domains = \"allow\"\nunlisted_partner_type = \"federated\"\n");
+    assert_eq!(c.s2s.unlisted_partner_type, PartnerType::Federated);
+    let e = error("[s2s]\nunlisted_domains = \"open\"\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Type,
+        2,
+        "s2s.unlisted_domains",
+        "expected `deny` or `allow`",
+    );
+}
+
+// ---- [[access_policy]] (§6) ----
+
+#[test]
+fn there_are_no_access_policies_by_default() {
+    assert!(Config::default_embedded().access_policies.is_empty());
+    assert!(parse("").access_policies.is_empty());
+}
+
+#[test]
+fn an_access_policy_defaults_to_both_switches_off() {
+    let c = parse("[[access_policy]]\nname = \"global\"\n");
+    let a = &c.access_policies[0];
+    assert!(!a.enable_federation_access && !a.enable_xmpp_access);
+    assert!(a.is_global());
+    assert!(parse("[[access_policy]]\nname = \"GLOBAL\"\n").access_policies[0].is_global());
+}
+
+#[test]
+fn a_bad_access_policy_is_refused_with_line_and_key() {
+    // (the entries after a valid global one, line, key, message)
+    let cases: &[(&str, usize, &str, &str)] = &[
+        (
+            "name = \" \"\n",
+            5,
+            "access_policy[1].name",
+            "must not be empty",
+        ),
+        (
+            "name = \"Global\"\n",
+            5,
+            "access_policy[1].name",
+            "`Global` is used twice (first as access_policy[0].name; names are compared ignoring case)",
+        ),
+        (
+            "name = \"a\"\ndomains = [\"example.net\"]\n",
+            6,
+            "access_policy[1].domains[0]",
+            "`example.net` is not one of server.domains (example.org, contractors.example.org); \
+             an access policy applies to local users",
+        ),
+        (
+            "name = \"a\"\ndomains = [\"bad domain\"]\n",
+            6,
+            "access_policy[1].domains[0]",
+            "`bad domain` is not a valid domain",
+        ),
+        (
+            "name = \"a\"\ndomains = [\"example.org\", \"Example.org\"]\n",
+            6,
+            "access_policy[1].domains[1]",
+            "`example.org` is listed twice (first as access_policy[1].domains[0])",
+        ),
+        (
+            "name = \"a\"\nusers = [\"bob@example.org/phone\"]\n",
+            6,
+            "access_policy[1].users[0]",
+            "`bob@example.org/phone` has a resource; name the user by their bare JID (user@domain)",
+        ),
+        (
+            "name = \"a\"\nusers = [\"example.org\"]\n",
+            6,
+            "access_policy[1].users[0]",
+            "`example.org` is a domain, not a user; put it in domains",
+        ),
+        (
+            "name = \"a\"\nusers = [\"b b@example.org\"]\n",
+            6,
+            "access_policy[1].users[0]",
+            "`b b@example.org` is not a valid bare JID (user@domain)",
+        ),
+        (
+            "name = \"a\"\nusers = [\"bob@example.net\"]\n",
+            6,
+            "access_policy[1].users[0]",
+            "`bob@example.net` is not in one of server.domains (example.org, \
+             contractors.example.org); an access policy applies to local users",
+        ),
+        (
+            "name = \"a\"\nusers = [\"bob@example.org\", \"BOB@example.org\"]\n",
+            6,
+            "access_policy[1].users[1]",
+            "`bob@example.org` is listed twice (first as access_policy[1].users[0])",
+        ),
+    ];
+    for (entry, line, key, message) in cases {
+        let e = error(&format!(
+            "server.domains = [\"example.org\", \"contractors.example.org\"]\n\
+             [[access_policy]]\nname = \"global\"\n[[access_policy]]\n{entry}"
+        ));
+        assert_error(&e, ConfigErrorKind::Invalid, *line, key, message);
+    }
+}
+
+#[test]
+fn the_global_access_policy_takes_no_scope() {
+    for field in [
+        "domains = [\"example.org\"]",
+        "users = [\"bob@example.org\"]",
+    ] {
+        let e = error(&format!(
+            "server.domains = [\"example.org\"]\n[[access_policy]]\nname = \"global\"\n{field}\n"
+        ));
+        let key = field.split(' ').next().expect("field");
+        assert_error(
+            &e,
+            ConfigErrorKind::Invalid,
+            4,
+            &format!("access_policy[0].{key}"),
+            &format!(
+                "the `global` policy applies to everyone no other policy names, so it takes \
+                 no {key}; give this policy another name"
+            ),
+        );
+    }
+}
+
+#[test]
+fn a_user_or_domain_in_two_access_policies_is_refused_naming_both() {
+    let e = error(
+        "server.domains = [\"example.org\"]\n\
+         [[access_policy]]\nname = \"staff\"\nusers = [\"bob@example.org\"]\n\
+         [[access_policy]]\nname = \"no-federation\"\nusers = [\"Bob@Example.org\"]\n",
+    );
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        7,
+        "access_policy[1].users[0]",
+        "`bob@example.org` is named by two access policies, `staff` \
+         (access_policy[0].users[0]) and `no-federation`; it may have only one",
+    );
+    let e = error(
+        "server.domains = [\"example.org\"]\n\
+         [[access_policy]]\nname = \"staff\"\ndomains = [\"example.org\"]\n\
+         [[access_policy]]\nname = \"no-federation\"\ndomains = [\"example.org\"]\n",
+    );
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        7,
+        "access_policy[1].domains[0]",
+        "`example.org` is named by two access policies, `staff` \
+         (access_policy[0].domains[0]) and `no-federation`; it may have only one",
+    );
+}
+
+#[test]
+fn an_access_policy_without_a_name_or_with_an_unknown_key_is_refused() {
+    let e = error("[[access_policy]]\nenable_xmpp_access = true\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::MissingKey,
+        1,
+        "access_policy[0].name",
+        "missing field `name`",
+    );
+    let e = error("[[access_policy]]\nname = \"global\"\nenable_public_cloud_access = true\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::UnknownKey,
+        3,
+        "access_policy[0].enable_public_cloud_access",
+        "unknown field",
+    );
+}
+
+#[test]
+fn a_user_and_their_domain_may_be_in_different_policies() {
+    let c = parse(
+        "server.domains = [\"example.org\"]\n\
+         [[access_policy]]\nname = \"site\"\ndomains = [\"example.org\"]\n\
+         [[access_policy]]\nname = \"bob\"\nusers = [\"Bob@Example.ORG\"]\n",
+    );
+    assert_eq!(c.access_policies[1].users[0].as_str(), "bob@example.org");
+}
+
+// ---- [log] audit_file ----
+
+#[test]
+fn the_audit_file_is_unset_by_default_and_resolved_like_data_dir() {
+    assert_eq!(Config::default_embedded().log.audit_file, None);
+    let text = "[log]\naudit_file = \"audit/federation.log\"\n";
+    let c = Config::from_toml_str(text, Some(Path::new("/etc/fedrouter/fedrouter.toml")))
+        .expect("valid");
+    assert_eq!(
+        c.log.audit_file,
+        Some(PathBuf::from("/etc/fedrouter/audit/federation.log"))
+    );
+    let c = Config::from_toml_str(
+        "log.audit_file = \"/abs/a.log\"",
+        Some(Path::new("x/f.toml")),
+    )
+    .expect("valid");
+    assert_eq!(c.log.audit_file, Some(PathBuf::from("/abs/a.log")));
+    let e = error("[log]\naudit_file = \"\"\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        2,
+        "log.audit_file",
+        "must not be empty",
+    );
 }

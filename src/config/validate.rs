@@ -11,13 +11,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{
-    RawC2s, RawConfig, RawGateway, RawLog, RawMetrics, RawPartner, RawS2s, RawServer, RawTls,
+    RawAccessPolicy, RawC2s, RawConfig, RawGateway, RawLog, RawMetrics, RawPartner, RawS2s,
+    RawServer, RawTls,
 };
 use super::{
-    C2sConfig, CertificateConfig, Config, GatewayConfig, LogConfig, MetricsConfig, PartnerConfig,
-    ProxyTarget, S2sConfig, ServerConfig, TlsConfig, defaults as d,
+    AccessPolicyConfig, C2sConfig, CertificateConfig, Config, GatewayConfig, LogConfig,
+    MetricsConfig, PartnerConfig, ProxyTarget, S2sConfig, ServerConfig, TlsConfig, defaults as d,
 };
 use crate::jid::BareJid;
+use crate::policy::{self, Negotiate, Verdict};
 
 /// A value that parsed but is not acceptable. `keys` are the dotted paths
 /// it is about, most relevant first; the error is placed at the first one
@@ -49,9 +51,10 @@ pub(super) fn validate(
     let c2s = c2s(raw.c2s, &mut listeners)?;
     let s2s = s2s(raw.s2s, &mut listeners)?;
     let gateway = gateway(raw.gateway)?;
-    let partners = partners(raw.partners, &server.domains)?;
+    let partners = partners(raw.partners, &server.domains, &gateway)?;
+    let access_policies = access_policies(raw.access_policies, &server.domains)?;
     let metrics = metrics(raw.metrics, &mut listeners)?;
-    let log = log(raw.log)?;
+    let log = log(raw.log, base)?;
     Ok(Config {
         server,
         tls,
@@ -59,6 +62,7 @@ pub(super) fn validate(
         s2s,
         gateway,
         partners,
+        access_policies,
         metrics,
         log,
         source: source.map(Path::to_path_buf),
@@ -267,6 +271,8 @@ fn s2s(raw: RawS2s, listeners: &mut Listeners) -> Result<S2sConfig, Invalid> {
         listen,
         direct_tls_listen,
         dns_nameservers,
+        unlisted_domains: raw.unlisted_domains,
+        unlisted_partner_type: raw.unlisted_partner_type,
     })
 }
 
@@ -359,41 +365,276 @@ fn gateway(raw: RawGateway) -> Result<GatewayConfig, Invalid> {
     })
 }
 
-fn partners(raw: Vec<RawPartner>, local: &[String]) -> Result<Vec<PartnerConfig>, Invalid> {
+fn partners(
+    raw: Vec<RawPartner>,
+    local: &[String],
+    gateway: &GatewayConfig,
+) -> Result<Vec<PartnerConfig>, Invalid> {
     let mut partners: Vec<PartnerConfig> = Vec::with_capacity(raw.len());
+    // Every partner domain so far, primary or additional → the key that
+    // named it first.
+    let mut seen: HashMap<String, String> = HashMap::new();
     for (i, p) in raw.into_iter().enumerate() {
-        partners.push(partner(i, p, local, &partners)?);
+        partners.push(partner(i, p, local, gateway, &mut seen)?);
     }
     Ok(partners)
 }
 
-/// Partner `i`, given the local domains and the partners before it.
+/// Partner `i`, given the local domains, the gateway limits and the
+/// partner domains before it.
 fn partner(
     i: usize,
     raw: RawPartner,
     local: &[String],
-    before: &[PartnerConfig],
+    gateway: &GatewayConfig,
+    seen: &mut HashMap<String, String>,
 ) -> Result<PartnerConfig, Invalid> {
     let at = |field: &str| format!("partner[{i}].{field}");
-    let domain = domain(&at("domain"), &raw.domain)?;
-    if local.contains(&domain) {
-        return Err(invalid(
-            at("domain"),
-            format!("`{domain}` is one of server.domains; a partner is a remote domain"),
-        ));
-    }
-    if let Some(first) = before.iter().position(|p| p.domain == domain) {
-        return Err(invalid(
-            at("domain"),
-            format!("`{domain}` is listed twice (first as partner[{first}].domain)"),
-        ));
-    }
+    let mut remote = |key: String, value: &str| -> Result<String, Invalid> {
+        let domain = domain(&key, value)?;
+        if local.contains(&domain) {
+            return Err(invalid(
+                key,
+                format!("`{domain}` is one of server.domains; a partner is a remote domain"),
+            ));
+        }
+        if let Some(first) = seen.get(&domain) {
+            return Err(invalid(
+                key,
+                format!("`{domain}` is listed twice (first as {first})"),
+            ));
+        }
+        seen.insert(domain.clone(), key);
+        Ok(domain)
+    };
+    let domain = remote(at("domain"), &raw.domain)?;
+    let additional_domains = raw
+        .additional_domains
+        .iter()
+        .enumerate()
+        .map(|(j, value)| remote(at(&format!("additional_domains[{j}]")), value))
+        .collect::<Result<Vec<_>, _>>()?;
     let proxy_fqdn = raw
         .proxy_fqdn
         .as_deref()
         .map(|v| proxy_target(&at("proxy_fqdn"), v))
         .transpose()?;
-    Ok(PartnerConfig { domain, proxy_fqdn })
+
+    let tls: Negotiate = raw.tls_negotiation.into();
+    let sasl: Negotiate = raw.sasl_negotiation.into();
+    let dialback = raw.support_dialback_negotiation;
+    if let Verdict::Invalid(rule) = policy::check(tls, sasl, dialback) {
+        // Point at the key the operator most likely has to change, or at
+        // the other one of the pair if only that one is written.
+        let (keys, written, fix) = if rule == policy::SASL_NEEDS_TLS {
+            (
+                [at("sasl_negotiation"), at("tls_negotiation")],
+                format!(
+                    "tls_negotiation = \"not_supported\" with sasl_negotiation = \"{}\"",
+                    policy::negotiate_name(sasl)
+                ),
+                "SASL is never sent without TLS: enable TLS, or set \
+                 sasl_negotiation = \"not_supported\" for dialback only",
+            )
+        } else {
+            (
+                [at("support_dialback_negotiation"), at("sasl_negotiation")],
+                "sasl_negotiation = \"not_supported\" with support_dialback_negotiation = false"
+                    .to_owned(),
+                "the partner would have no way to authenticate",
+            )
+        };
+        return Err(Invalid {
+            keys: keys.into(),
+            message: format!("partner {domain}: {rule} ({written}); {fix}"),
+        });
+    }
+
+    let connection_limit = match raw.connection_limit {
+        None => gateway.partner_connection_limit,
+        Some(0) => {
+            return Err(invalid(
+                at("connection_limit"),
+                "must be at least 1 (0 would refuse every connection)",
+            ));
+        }
+        Some(n) if n > gateway.connection_limit => {
+            return Err(Invalid {
+                keys: vec![at("connection_limit"), "gateway.connection_limit".into()],
+                message: format!(
+                    "{n} exceeds gateway.connection_limit ({}), the limit across all partners",
+                    gateway.connection_limit
+                ),
+            });
+        }
+        Some(n) => n,
+    };
+
+    Ok(PartnerConfig {
+        domain,
+        proxy_fqdn,
+        additional_domains,
+        partner_type: raw.partner_type,
+        tls_negotiation: tls,
+        sasl_negotiation: sasl,
+        support_dialback_negotiation: dialback,
+        enable_keep_alive: raw.enable_keep_alive,
+        connection_limit,
+        description: raw.description,
+    })
+}
+
+/// A domain or user named by an access policy: which policy, and where.
+struct Named {
+    policy: String,
+    key: String,
+}
+
+fn access_policies(
+    raw: Vec<RawAccessPolicy>,
+    local: &[String],
+) -> Result<Vec<AccessPolicyConfig>, Invalid> {
+    let mut out: Vec<AccessPolicyConfig> = Vec::with_capacity(raw.len());
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut domains: HashMap<String, Named> = HashMap::new();
+    let mut users: HashMap<BareJid, Named> = HashMap::new();
+    for (i, raw) in raw.into_iter().enumerate() {
+        let at = |field: &str| format!("access_policy[{i}].{field}");
+        let name = raw.name.trim().to_owned();
+        if name.is_empty() {
+            return Err(invalid(at("name"), "must not be empty"));
+        }
+        if let Some(first) = names.insert(name.to_ascii_lowercase(), i) {
+            return Err(invalid(
+                at("name"),
+                format!(
+                    "`{name}` is used twice (first as access_policy[{first}].name; \
+                     names are compared ignoring case)"
+                ),
+            ));
+        }
+        let global = name.eq_ignore_ascii_case(policy::GLOBAL);
+        for (field, empty) in [
+            ("domains", raw.domains.is_empty()),
+            ("users", raw.users.is_empty()),
+        ] {
+            if global && !empty {
+                return Err(invalid(
+                    at(field),
+                    format!(
+                        "the `{name}` policy applies to everyone no other policy names, \
+                         so it takes no {field}; give this policy another name"
+                    ),
+                ));
+            }
+        }
+        // A second mention: in this policy, or in another one.
+        let twice = |value: &str, first: &Named| {
+            if first.policy == name {
+                format!("`{value}` is listed twice (first as {})", first.key)
+            } else {
+                format!(
+                    "`{value}` is named by two access policies, `{}` ({}) and `{name}`; \
+                     it may have only one",
+                    first.policy, first.key
+                )
+            }
+        };
+
+        let mut policy_domains = Vec::with_capacity(raw.domains.len());
+        for (j, value) in raw.domains.iter().enumerate() {
+            let key = at(&format!("domains[{j}]"));
+            let domain = domain(&key, value)?;
+            if !local.contains(&domain) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "`{domain}` is not one of server.domains ({}); \
+                         an access policy applies to local users",
+                        local.join(", ")
+                    ),
+                ));
+            }
+            if let Some(first) = domains.get(&domain) {
+                return Err(Invalid {
+                    message: twice(&domain, first),
+                    keys: vec![key, first.key.clone()],
+                });
+            }
+            domains.insert(
+                domain.clone(),
+                Named {
+                    policy: name.clone(),
+                    key,
+                },
+            );
+            policy_domains.push(domain);
+        }
+
+        let mut policy_users = Vec::with_capacity(raw.users.len());
+        for (j, value) in raw.users.iter().enumerate() {
+            let key = at(&format!("users[{j}]"));
+            let jid = user(&key, value, local)?;
+            if let Some(first) = users.get(&jid) {
+                return Err(Invalid {
+                    message: twice(jid.as_str(), first),
+                    keys: vec![key, first.key.clone()],
+                });
+            }
+            users.insert(
+                jid.clone(),
+                Named {
+                    policy: name.clone(),
+                    key,
+                },
+            );
+            policy_users.push(jid);
+        }
+
+        out.push(AccessPolicyConfig {
+            name,
+            description: raw.description,
+            enable_federation_access: raw.enable_federation_access,
+            enable_xmpp_access: raw.enable_xmpp_access,
+            domains: policy_domains,
+            users: policy_users,
+        });
+    }
+    Ok(out)
+}
+
+/// A local user named by an access policy: a bare JID with a localpart,
+/// in one of the local domains, normalised.
+fn user(key: &str, value: &str, local: &[String]) -> Result<BareJid, Invalid> {
+    if value.contains('/') {
+        return Err(invalid(
+            key,
+            format!("`{value}` has a resource; name the user by their bare JID (user@domain)"),
+        ));
+    }
+    let jid = BareJid::parse(value).map_err(|e| {
+        invalid(
+            key,
+            format!("`{value}` is not a valid bare JID (user@domain): {e}"),
+        )
+    })?;
+    if jid.is_domain() {
+        return Err(invalid(
+            key,
+            format!("`{value}` is a domain, not a user; put it in domains"),
+        ));
+    }
+    if !local.iter().any(|d| d == jid.domain()) {
+        return Err(invalid(
+            key,
+            format!(
+                "`{jid}` is not in one of server.domains ({}); \
+                 an access policy applies to local users",
+                local.join(", ")
+            ),
+        ));
+    }
+    Ok(jid)
 }
 
 /// `host[:port]`: a host name, an IPv4 address or an IPv6 address in
@@ -523,7 +764,7 @@ const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 /// everything from the target `infoo`") and spaces become part of target
 /// names. So directives are trimmed, and a bare directive must be a level;
 /// to enable one target write `target=level`.
-fn log(raw: RawLog) -> Result<LogConfig, Invalid> {
+fn log(raw: RawLog, base: Option<&Path>) -> Result<LogConfig, Invalid> {
     let key = "log.level";
     let directives: Vec<&str> = raw
         .level
@@ -558,8 +799,14 @@ fn log(raw: RawLog) -> Result<LogConfig, Invalid> {
             format!("`{level}` is not a valid filter: {e}"),
         ));
     }
+    let audit_file = raw
+        .audit_file
+        .as_deref()
+        .map(|f| resolve_path(base, "log.audit_file", f))
+        .transpose()?;
     Ok(LogConfig {
         level,
         format: raw.format,
+        audit_file,
     })
 }
