@@ -225,6 +225,8 @@ async fn start_world(mode: Mode, tag: &str, net: u8, kinds: &[Kind]) -> World {
     let mut e_opts = EjabberdOpts::new(&e, e_ip, dns_addr, hosts, leaf(&e));
     e_opts.trust_ca = trust;
     e_opts.secure_auth = secure;
+    // For `ejabberdctl get_offline_count` (the restart test).
+    e_opts.extra_modules = "  mod_admin_extra: {}\n".into();
     records.push(Record::xmpp_server(&e, &e, e_opts.s2s_port));
     let dns = Dns::start(dir.path(), dns_addr, &records);
 
@@ -678,32 +680,120 @@ async fn fedrouter_federates_with_prosody_and_ejabberd_over_starttls_and_dialbac
     run_mode(Mode::Dialback, "dbk", 12).await;
 }
 
-/// With the fedrouter → Prosody link up, Prosody stops; messages sent
-/// meanwhile wait in fedrouter's queue and all arrive, in order, once
-/// Prosody is back (same ports and data).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn messages_sent_while_prosody_restarts_are_delivered_once_it_is_back() {
+/// How long the peer stays down in a restart test.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outage {
+    /// Messages are sent once fedrouter has seen the link go down; the peer
+    /// comes back at once.
+    Brief,
+    /// Messages are sent right after the peer stopped; it comes back only
+    /// after fedrouter failed `n` connection attempts (its backoff grows
+    /// 1 s, 2 s, …).
+    FailedAttempts(u32),
+}
+
+/// With the fedrouter → peer link up, the peer stops; messages sent
+/// meanwhile wait in fedrouter's queue and all arrive, in order, once the
+/// peer is back (same ports and data); then the way back works too.
+async fn run_restart(mode: Mode, tag: &str, net: u8, k: Kind, outage: Outage) {
     init_tracing();
     let t0 = Instant::now();
-    let mut w = start_world(Mode::External, "rst", 13, &[Kind::Prosody]).await;
+    let mut w = start_world(mode, tag, net, &[k]).await;
     w.fed.add_user("alice", "f-pw");
-    w.prosody.as_ref().unwrap().register("bob", "bob-pw");
-    let result = tokio::time::timeout(SCENARIO_TIMEOUT, restart_scenario(&mut w))
+    match k {
+        Kind::Prosody => w.prosody.as_ref().unwrap().register("bob", "bob-pw"),
+        Kind::Ejabberd => w.ejabberd.as_ref().unwrap().register("bob", "bob-pw"),
+    }
+    let result = tokio::time::timeout(SCENARIO_TIMEOUT, restart_scenario(&mut w, k, outage))
         .await
         .unwrap_or_else(|_| Err(format!("timed out after {SCENARIO_TIMEOUT:?}")));
     if let Err(e) = result {
-        panic!("restart: {e}{}", w.dump().await);
+        panic!("{mode:?}/{k:?} restart ({outage:?}): {e}{}", w.dump().await);
     }
-    eprintln!("restart: done in {:?}", t0.elapsed());
+    eprintln!(
+        "{mode:?}/{k:?} restart ({outage:?}): done in {:?}",
+        t0.elapsed()
+    );
 }
 
-async fn restart_scenario(w: &mut World) -> Result<(), String> {
-    let pd = w.p.clone();
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_sent_while_prosody_restarts_are_delivered_once_it_is_back() {
+    run_restart(Mode::External, "rst", 13, Kind::Prosody, Outage::Brief).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_sent_while_prosody_is_down_through_retries_are_delivered_over_dialback() {
+    run_restart(
+        Mode::Dialback,
+        "rdb",
+        14,
+        Kind::Prosody,
+        Outage::FailedAttempts(2),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_sent_while_ejabberd_restarts_are_delivered_once_it_is_back() {
+    run_restart(Mode::External, "rej", 15, Kind::Ejabberd, Outage::Brief).await;
+}
+
+fn stop_peer(w: &mut World, k: Kind) {
+    tokio::task::block_in_place(|| match k {
+        Kind::Prosody => w.prosody.as_mut().unwrap().stop(),
+        Kind::Ejabberd => w.ejabberd.as_mut().unwrap().stop(),
+    });
+}
+
+async fn start_peer_again(w: &mut World, k: Kind) {
+    match k {
+        Kind::Prosody => w.prosody.as_mut().unwrap().start_again().await,
+        Kind::Ejabberd => w.ejabberd.as_mut().unwrap().start_again().await,
+    }
+}
+
+/// Polls `ejabberdctl get_offline_count` (bounded) until `user` has `n`
+/// messages stored.
+async fn wait_offline_count(w: &World, user: &str, n: usize) -> Result<(), String> {
+    let e = w.ejabberd.as_ref().expect("ejabberd");
+    let t = Instant::now();
+    loop {
+        let out =
+            tokio::task::block_in_place(|| e.ctl_run(&["get_offline_count", user, &e.opts.domain]));
+        let count: usize = out.trim().parse().unwrap_or(0);
+        if count >= n {
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            return Err(format!(
+                "ejabberd stored {count} of {n} offline messages for {user}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The sum of all series of `name` with `labels`.
+fn series_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+async fn restart_scenario(w: &mut World, k: Kind, outage: Outage) -> Result<(), String> {
+    let tag = format!("{:?}/{k:?} restart", w.mode);
+    let pd = w.domain(k).to_string();
     let f_bare = format!("alice@{}", w.f);
     let p_bare = format!("bob@{pd}");
     let mut alice = w.fed.client("alice", "f-pw").await;
     alice.set_timeout(Duration::from_secs(20));
-    let mut bob = peers::connect(w.peer_c2s(Kind::Prosody), &p_bare, "bob-pw", w.ca()).await;
+    let mut bob = peers::connect(w.peer_c2s(k), &p_bare, "bob-pw", w.ca()).await;
     go_online(&mut alice).await?;
     go_online(&mut bob).await?;
 
@@ -718,6 +808,7 @@ async fn restart_scenario(w: &mut World) -> Result<(), String> {
         )
         .unwrap_or(0.0)
     };
+    let failures = |m: &str| series_sum(m, "fedrouter_s2s_failures_total", &[("domain", &pd)]);
     wait_metrics(
         &w.fed,
         "outbound link up",
@@ -726,52 +817,89 @@ async fn restart_scenario(w: &mut World) -> Result<(), String> {
         |m| up(m) >= 1.0,
     )
     .await?;
+    let failures_before = failures(&w.fed.scrape().await);
 
-    // Prosody goes away (SIGTERM: it closes its streams, then exits).
+    // The peer goes away (SIGTERM: it closes its streams, then exits).
     let t = Instant::now();
-    let prosody = w.prosody.as_mut().unwrap();
-    tokio::task::block_in_place(|| prosody.stop());
+    stop_peer(w, k);
     drop(bob);
-    eprintln!("restart: prosody stopped in {:?}", t.elapsed());
-    let noticed = wait_metrics(
-        &w.fed,
-        "outbound link down after Prosody stopped",
-        &pd,
-        Duration::from_secs(10),
-        |m| up(m) == 0.0,
-    )
-    .await?;
-    eprintln!("restart: fedrouter saw the link go down after {noticed:?} more");
+    eprintln!("{tag}: peer stopped in {:?}", t.elapsed());
+    if outage == Outage::Brief {
+        let noticed = wait_metrics(
+            &w.fed,
+            "outbound link down after the peer stopped",
+            &pd,
+            Duration::from_secs(10),
+            |m| up(m) == 0.0,
+        )
+        .await?;
+        eprintln!("{tag}: fedrouter saw the link go down after {noticed:?} more");
+    }
 
-    // Messages sent while Prosody is down are queued.
+    // Messages sent while the peer is down are queued.
     send_messages(&mut alice, &p_bare, "r", OFFLINE_MESSAGES).await?;
     let queued = wait_metrics(
         &w.fed,
-        "queued stanzas while Prosody is down",
+        "queued stanzas while the peer is down",
         &pd,
         Duration::from_secs(5),
         |m| series(m, "fedrouter_s2s_queue", &[("domain", &pd)]).unwrap_or(0.0) >= 1.0,
     )
     .await?;
-    eprintln!("restart: queue gauge > 0 after {queued:?}");
+    eprintln!("{tag}: queue gauge > 0 after {queued:?}");
+    if let Outage::FailedAttempts(n) = outage {
+        let t = Instant::now();
+        wait_metrics(
+            &w.fed,
+            &format!("{n} failed connection attempts"),
+            &pd,
+            Duration::from_secs(20),
+            |m| failures(m) >= failures_before + f64::from(n),
+        )
+        .await?;
+        eprintln!("{tag}: {n} failed attempts after {:?}", t.elapsed());
+    }
 
     // Back, with the same ports and data.
     let t = Instant::now();
-    w.prosody.as_mut().unwrap().start_again().await;
-    eprintln!("restart: prosody started again in {:?}", t.elapsed());
-    let mut bob = peers::connect(w.peer_c2s(Kind::Prosody), &p_bare, "bob-pw", w.ca()).await;
+    start_peer_again(w, k).await;
+    eprintln!("{tag}: peer started again in {:?}", t.elapsed());
+    if k == Kind::Ejabberd {
+        // ejabberd flushes offline messages at initial presence through the
+        // session's mailbox, behind live ones already routed to it: a user
+        // who comes online while the queue is being delivered may see them
+        // out of order (ejabberd's doing, not the sender's). So bob comes
+        // online only once fedrouter has sent everything and ejabberd has
+        // stored all of it.
+        wait_metrics(
+            &w.fed,
+            "the queue delivered on a new link",
+            &pd,
+            Duration::from_secs(20),
+            |m| {
+                up(m) >= 1.0
+                    && series(m, "fedrouter_s2s_queue", &[("domain", &pd)]).unwrap_or(0.0) == 0.0
+            },
+        )
+        .await?;
+        wait_offline_count(w, "bob", OFFLINE_MESSAGES).await?;
+        eprintln!(
+            "{tag}: ejabberd stored all {OFFLINE_MESSAGES} {:?} after the restart",
+            t.elapsed()
+        );
+    }
+    let mut bob = peers::connect(w.peer_c2s(k), &p_bare, "bob-pw", w.ca()).await;
     bob.set_timeout(Duration::from_secs(30));
     go_online(&mut bob).await?;
     receive_messages(&mut bob, &f_bare, "r", OFFLINE_MESSAGES).await?;
     eprintln!(
-        "restart: {OFFLINE_MESSAGES} queued messages arrived {:?} after the restart",
+        "{tag}: {OFFLINE_MESSAGES} queued messages arrived {:?} after the restart",
         t.elapsed()
     );
 
     // Nothing bounced back to alice, and the way back works too.
     send_messages(&mut bob, &f_bare, "back", 1).await?;
-    let mut next = 0;
-    while next < 1 {
+    loop {
         let s = alice
             .recv()
             .await
@@ -785,7 +913,7 @@ async fn restart_scenario(w: &mut World) -> Result<(), String> {
         if body(&s).as_deref() != Some("back0") {
             return Err(format!("alice got an unexpected message: {}", text(&s)));
         }
-        next += 1;
+        break;
     }
     let m = w.fed.scrape().await;
     if up(&m) < 1.0 {

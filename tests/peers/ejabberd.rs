@@ -67,6 +67,9 @@ pub struct EjabberdOpts {
     pub cert: CertPair,
     /// YAML appended at the top level of ejabberd.yml.
     pub extra_config: String,
+    /// YAML lines appended under `modules:` (indented two spaces), e.g.
+    /// `"  mod_admin_extra: {}\n"` for `ejabberdctl get_offline_count`.
+    pub extra_modules: String,
 }
 
 impl EjabberdOpts {
@@ -89,6 +92,7 @@ impl EjabberdOpts {
             secure_auth: true,
             cert,
             extra_config: String::new(),
+            extra_modules: String::new(),
         }
     }
 }
@@ -294,6 +298,20 @@ impl Ejabberd {
         self.stop();
         self.launch().await;
     }
+
+    /// Starts a [`Ejabberd::stop`]ped node again with the same
+    /// configuration, data and ports (the second half of
+    /// [`Ejabberd::restart`], for tests that act while it is down). No-op if
+    /// it runs.
+    pub async fn start_again(&mut self) {
+        if self.proc.is_none() {
+            self.launch().await;
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some()
+    }
 }
 
 impl Drop for Ejabberd {
@@ -358,6 +376,7 @@ modules:
     if !opts.secure_auth {
         y.push_str("  mod_s2s_dialback: {}\n");
     }
+    y.push_str(&opts.extra_modules);
     if let Some(ca) = cafile {
         y.push_str(&format!("s2s_cafile: \"{}\"\n", ca.display()));
     }
