@@ -759,14 +759,17 @@ async fn wait_offline_count(w: &World, user: &str, n: usize) -> Result<(), Strin
     let t = Instant::now();
     loop {
         let out =
-            tokio::task::block_in_place(|| e.ctl_run(&["get_offline_count", user, &e.opts.domain]));
-        let count: usize = out.trim().parse().unwrap_or(0);
-        if count >= n {
+            tokio::task::block_in_place(|| e.ctl_try(&["get_offline_count", user, &e.opts.domain]));
+        let count = out
+            .as_ref()
+            .ok()
+            .and_then(|o| o.trim().parse::<usize>().ok());
+        if count.is_some_and(|c| c >= n) {
             return Ok(());
         }
         if t.elapsed() > Duration::from_secs(20) {
             return Err(format!(
-                "ejabberd stored {count} of {n} offline messages for {user}"
+                "ejabberd: not {n} offline messages for {user} within 20 s; last answer: {out:?}"
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -256,6 +256,16 @@ impl Ejabberd {
         )
     }
 
+    /// [`Ejabberd::ctl_run`] without the panic (e.g. to poll a node that is
+    /// still starting).
+    pub fn ctl_try(&self, args: &[&str]) -> Result<String, String> {
+        super::proc::run_bounded(
+            &format!("ejabberdctl {}", args.join(" ")),
+            self.ctl(args),
+            Duration::from_secs(30),
+        )
+    }
+
     /// Creates `user@domain` with `password` (`ejabberdctl register`).
     pub fn register(&self, user: &str, password: &str) {
         self.ctl_run(&["register", user, &self.opts.domain, password]);
