@@ -332,6 +332,34 @@ async fn subscribe_mutually(a: &mut Client, b: &mut Client) -> Result<(), String
     Ok(())
 }
 
+/// `c`'s roster has `contact` with subscription `both`.
+async fn roster_has_both(c: &mut Client, contact: &str) -> Result<(), String> {
+    let r = c
+        .iq(
+            "roster2",
+            "<iq type='get' id='roster2'><query xmlns='jabber:iq:roster'/></iq>",
+        )
+        .await
+        .map_err(|e| format!("{}: roster get: {e}", c.jid))?;
+    let el = fedrouter::xml::element::Element::parse(r.bytes(), fedrouter::xml::NS_CLIENT, &[])
+        .map_err(|e| format!("{}: roster result: {e:?}", c.jid))?;
+    let item = el
+        .child("query", "jabber:iq:roster")
+        .and_then(|q| {
+            q.children_named("item", "jabber:iq:roster")
+                .find(|i| i.attr("jid") == Some(contact))
+        })
+        .ok_or_else(|| format!("{}: {contact} not in the roster: {}", c.jid, text(&r)))?;
+    match item.attr("subscription") {
+        Some("both") => Ok(()),
+        other => Err(format!(
+            "{}: subscription with {contact} is {other:?}, not both: {}",
+            c.jid,
+            text(&r)
+        )),
+    }
+}
+
 /// `a` changes its presence (status text `status`); `b` sees it.
 async fn presence_change(a: &mut Client, b: &mut Client, status: &str) -> Result<(), String> {
     let a_bare = a.jid.bare().to_string();
@@ -491,6 +519,9 @@ async fn federate(w: &World, k: Kind, f_user: &str, who: Initiator) -> Result<()
         t.elapsed()
     );
 
+    roster_has_both(&mut alice, &p_bare).await?;
+    roster_has_both(&mut bob, &f_bare).await?;
+
     presence_change(&mut bob, &mut alice, &format!("peer-away-{tag}")).await?;
     presence_change(&mut alice, &mut bob, &format!("fed-away-{tag}")).await?;
 
@@ -514,7 +545,18 @@ async fn federate(w: &World, k: Kind, f_user: &str, who: Initiator) -> Result<()
         t.elapsed()
     );
 
-    // Going offline is seen across the federation too.
+    // Going offline is seen across the federation too, both ways.
+    send(&mut alice, "<presence type='unavailable'/>").await?;
+    wait(&mut bob, "alice's unavailable presence", |s| {
+        presence_from(s, &format!("{f_bare}/"), Some("unavailable"))
+    })
+    .await?;
+    // Back (an unavailable resource gets no presence), then bob leaves.
+    send(&mut alice, "<presence/>").await?;
+    wait(&mut bob, "alice's presence after she came back", |s| {
+        presence_from(s, &format!("{f_bare}/"), None)
+    })
+    .await?;
     bob.close().await.map_err(|e| format!("bob close: {e}"))?;
     wait(&mut alice, "bob's unavailable presence", |s| {
         presence_from(s, &format!("{p_bare}/"), Some("unavailable"))
