@@ -969,3 +969,138 @@ async fn restart_scenario(w: &mut World, k: Kind, outage: Outage) -> Result<(), 
     }
     Ok(())
 }
+
+/// `[1, 2, 3, 7]` as `1-3 7`.
+fn ranges(v: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            v[i].to_string()
+        } else {
+            format!("{}-{}", v[i], v[j])
+        });
+        i = j + 1;
+    }
+    out.join(" ")
+}
+
+/// Messages in the burst of the mid-shutdown test.
+const BURST: usize = 3000;
+
+/// Prosody stops *while* the fedrouter user is sending a burst: whatever
+/// fedrouter had not yet handed to a live stream must wait in its queue and
+/// arrive once Prosody is back (a second later, well within
+/// `stream_establishment_timeout`), not bounce. What fedrouter had already
+/// written to the socket when Prosody went away may be lost (no XEP-0198 on
+/// s2s); the count is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_sent_while_prosody_shuts_down_are_queued_not_bounced() {
+    init_tracing();
+    let mut w = start_world(Mode::External, "brs", 16, &[Kind::Prosody]).await;
+    w.fed.add_user("alice", "f-pw");
+    w.prosody.as_ref().unwrap().register("bob", "bob-pw");
+    let result = tokio::time::timeout(SCENARIO_TIMEOUT, burst_scenario(&mut w))
+        .await
+        .unwrap_or_else(|_| Err(format!("timed out after {SCENARIO_TIMEOUT:?}")));
+    if let Err(e) = result {
+        panic!("stop mid-burst: {e}{}", w.dump().await);
+    }
+}
+
+async fn burst_scenario(w: &mut World) -> Result<(), String> {
+    let pd = w.p.clone();
+    let f_bare = format!("alice@{}", w.f);
+    let p_bare = format!("bob@{pd}");
+    let mut alice = w.fed.client("alice", "f-pw").await;
+    let mut bob = peers::connect(w.peer_c2s(Kind::Prosody), &p_bare, "bob-pw", w.ca()).await;
+    go_online(&mut alice).await?;
+    go_online(&mut bob).await?;
+    send_messages(&mut alice, &p_bare, "warm", 1).await?;
+    receive_messages(&mut bob, &f_bare, "warm", 1).await?;
+    drop(bob);
+
+    // Stop Prosody (SIGTERM: system-shutdown stream error, then exit) while
+    // the burst is being sent.
+    let mut prosody = w.prosody.take().expect("prosody");
+    let stopper = tokio::task::spawn_blocking(move || {
+        prosody.stop();
+        prosody
+    });
+    for i in 0..BURST {
+        send(
+            &mut alice,
+            format!("<message to='{p_bare}' type='chat' id='b{i}'><body>b{i}</body></message>"),
+        )
+        .await?;
+        if i % 50 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let mut prosody = stopper.await.map_err(|e| format!("stopper: {e}"))?;
+    prosody.start_again().await;
+    w.prosody = Some(prosody);
+
+    // Bounces came back at once if at all: collect them up to the answer of
+    // an IQ sent now (alice's session handles its input in order).
+    send(
+        &mut alice,
+        format!("<iq type='get' id='mark' to='{}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>", w.f),
+    )
+    .await?;
+    let mut bounces: Vec<String> = Vec::new();
+    loop {
+        let s = alice
+            .recv()
+            .await
+            .map_err(|e| format!("alice waiting for her IQ answer: {e}"))?;
+        if s.name() == "iq" && s.id().as_deref() == Some("mark") {
+            break;
+        }
+        if s.name() == "message" && s.type_().as_deref() == Some("error") {
+            bounces.push(text(&s));
+        }
+    }
+
+    // bob collects what arrives (offline storage or live), until everything
+    // not bounced is there or nothing comes for 10 s.
+    let mut bob = peers::connect(w.peer_c2s(Kind::Prosody), &p_bare, "bob-pw", w.ca()).await;
+    bob.set_timeout(Duration::from_secs(10));
+    go_online(&mut bob).await?;
+    let mut got: Vec<usize> = Vec::new();
+    while got.len() + bounces.len() < BURST {
+        let Ok(s) = bob.recv().await else { break };
+        if s.name() != "message" {
+            continue;
+        }
+        if let Some(i) = body(&s).and_then(|b| b.strip_prefix('b').and_then(|n| n.parse().ok())) {
+            got.push(i);
+        }
+    }
+    let ordered = got.windows(2).all(|p| p[0] < p[1]);
+    let lost = BURST - got.len() - bounces.len();
+    let first_lost = (0..BURST).find(|i| !got.contains(i));
+    let got_ranges = ranges(&got);
+    eprintln!(
+        "stop mid-burst: {} of {BURST} delivered (in order: {ordered}), {} bounced, {lost} lost without a bounce (first missing: {first_lost:?}); delivered: {got_ranges}",
+        got.len(),
+        bounces.len()
+    );
+    if !ordered {
+        return Err(format!("delivered out of order or twice: {got:?}"));
+    }
+    if !bounces.is_empty() {
+        return Err(format!(
+            "{} of {BURST} messages bounced although Prosody was back within seconds \
+             ({} delivered, {lost} lost without a bounce); first bounce: {}",
+            bounces.len(),
+            got.len(),
+            bounces[0]
+        ));
+    }
+    Ok(())
+}
