@@ -67,6 +67,9 @@ pub struct EjabberdOpts {
     pub cert: CertPair,
     /// YAML appended at the top level of ejabberd.yml.
     pub extra_config: String,
+    /// YAML lines appended under `modules:` (indented two spaces), e.g.
+    /// `"  mod_admin_extra: {}\n"` for `ejabberdctl get_offline_count`.
+    pub extra_modules: String,
 }
 
 impl EjabberdOpts {
@@ -89,6 +92,7 @@ impl EjabberdOpts {
             secure_auth: true,
             cert,
             extra_config: String::new(),
+            extra_modules: String::new(),
         }
     }
 }
@@ -252,6 +256,16 @@ impl Ejabberd {
         )
     }
 
+    /// [`Ejabberd::ctl_run`] without the panic (e.g. to poll a node that is
+    /// still starting).
+    pub fn ctl_try(&self, args: &[&str]) -> Result<String, String> {
+        super::proc::run_bounded(
+            &format!("ejabberdctl {}", args.join(" ")),
+            self.ctl(args),
+            Duration::from_secs(30),
+        )
+    }
+
     /// Creates `user@domain` with `password` (`ejabberdctl register`).
     pub fn register(&self, user: &str, password: &str) {
         self.ctl_run(&["register", user, &self.opts.domain, password]);
@@ -293,6 +307,20 @@ impl Ejabberd {
     pub async fn restart(&mut self) {
         self.stop();
         self.launch().await;
+    }
+
+    /// Starts a [`Ejabberd::stop`]ped node again with the same
+    /// configuration, data and ports (the second half of
+    /// [`Ejabberd::restart`], for tests that act while it is down). No-op if
+    /// it runs.
+    pub async fn start_again(&mut self) {
+        if self.proc.is_none() {
+            self.launch().await;
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some()
     }
 }
 
@@ -358,6 +386,7 @@ modules:
     if !opts.secure_auth {
         y.push_str("  mod_s2s_dialback: {}\n");
     }
+    y.push_str(&opts.extra_modules);
     if let Some(ca) = cafile {
         y.push_str(&format!("s2s_cafile: \"{}\"\n", ca.display()));
     }

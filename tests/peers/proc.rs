@@ -226,7 +226,13 @@ pub fn tail(s: &str, n: usize) -> String {
 
 /// Runs a command to completion (bounded), panicking with its output on
 /// failure or timeout. Returns stdout.
-pub fn run_checked(what: &str, mut cmd: Command, timeout: Duration) -> String {
+pub fn run_checked(what: &str, cmd: Command, timeout: Duration) -> String {
+    run_bounded(what, cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`run_checked`] without the panic: the output, or what went wrong (with
+/// the output).
+pub fn run_bounded(what: &str, mut cmd: Command, timeout: Duration) -> Result<String, String> {
     let out_path = std::env::temp_dir().join(format!(
         "peers-cmd-{}-{}.out",
         std::process::id(),
@@ -255,9 +261,11 @@ pub fn run_checked(what: &str, mut cmd: Command, timeout: Duration) -> String {
     let output = std::fs::read_to_string(&out_path).unwrap_or_default();
     let _ = std::fs::remove_file(&out_path);
     match status {
-        Some(s) if s.success() => output,
-        Some(s) => panic!("{what} failed ({s}): {cmd:?}\n{output}"),
-        None => panic!("{what} timed out after {timeout:?}: {cmd:?}\n{output}"),
+        Some(s) if s.success() => Ok(output),
+        Some(s) => Err(format!("{what} failed ({s}): {cmd:?}\n{output}")),
+        None => Err(format!(
+            "{what} timed out after {timeout:?}: {cmd:?}\n{output}"
+        )),
     }
 }
 

@@ -233,6 +233,19 @@ VirtualHost "{domain}"
         self.stop();
         self.launch().await;
     }
+
+    /// Starts a [`Prosody::stop`]ped server again with the same
+    /// configuration, data and ports (the second half of [`Prosody::restart`],
+    /// for tests that act while the server is down). No-op if it runs.
+    pub async fn start_again(&mut self) {
+        if self.proc.is_none() {
+            self.launch().await;
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some()
+    }
 }
 
 impl Drop for Prosody {
