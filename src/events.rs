@@ -47,6 +47,14 @@ pub struct Metrics {
     pub presence_dropped: Counter,
     pub slow_consumer_closed: Counter,
     pub stanzas_bounced: Counter,
+    /// Refusals by the federation policy, by reason.
+    pub refused_unlisted_out: Counter,
+    pub refused_unlisted_in: Counter,
+    pub refused_access_out: Counter,
+    pub refused_access_in: Counter,
+    pub refused_unverified_message: Counter,
+    pub refused_unverified_subscribe: Counter,
+    pub refused_unverified_other: Counter,
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -151,6 +159,13 @@ impl Metrics {
             presence_dropped: counter!("fedrouter_dropped_total", "reason" => "presence_queue_full"),
             slow_consumer_closed: counter!("fedrouter_dropped_total", "reason" => "slow_consumer"),
             stanzas_bounced: counter!("fedrouter_bounced_total"),
+            refused_unlisted_out: counter!("fedrouter_policy_refusals_total", "reason" => "unlisted_domain", "dir" => "out"),
+            refused_unlisted_in: counter!("fedrouter_policy_refusals_total", "reason" => "unlisted_domain", "dir" => "in"),
+            refused_access_out: counter!("fedrouter_policy_refusals_total", "reason" => "access_policy", "dir" => "out"),
+            refused_access_in: counter!("fedrouter_policy_refusals_total", "reason" => "access_policy", "dir" => "in"),
+            refused_unverified_message: counter!("fedrouter_policy_refusals_total", "reason" => "unverified_message", "dir" => "in"),
+            refused_unverified_subscribe: counter!("fedrouter_policy_refusals_total", "reason" => "unverified_subscribe", "dir" => "in"),
+            refused_unverified_other: counter!("fedrouter_policy_refusals_total", "reason" => "unverified_other", "dir" => "in"),
         }
     }
 

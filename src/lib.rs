@@ -80,6 +80,7 @@ pub struct Daemon {
     pub store: Arc<dyn Store>,
     pub writer: StoreWriter,
     pub config: Arc<Config>,
+    pub policy: policy::PolicyHandle,
     pub control_path: PathBuf,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -95,6 +96,10 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         source,
     })?;
     let metrics = Metrics::get();
+    let policy = policy::PolicyHandle::new(policy::Policy::from_config(&config));
+    for w in policy.get().warnings() {
+        tracing::warn!("{w}");
+    }
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&data_dir)?);
     // Bound before anything else listens, so an admin command that sees the
     // daemon's ports open always finds its control socket too.
@@ -110,6 +115,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         store.clone(),
         writer.clone(),
         metrics.clone(),
+        policy.clone(),
     );
     let certs = Arc::new(tls::CertStore::load(&config)?);
     let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config()?);
@@ -177,6 +183,13 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         per_domain: Default::default(),
         inbound: Default::default(),
         next_inbound: Default::default(),
+        policy: policy.clone(),
+        audit: match &config.log.audit_file {
+            Some(p) => audit::AuditLog::open(p, config.gateway.enable_logging_all_message_bodies).map_err(|source| {
+                StartError::DataDir { path: p.clone(), source }
+            })?,
+            None => audit::AuditLog::disabled(),
+        },
     });
     router.set_s2s(s2s::S2sRouter::new(s2s_shared.clone()));
     let mut s2s_addrs = Vec::new();
@@ -237,6 +250,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         store,
         writer,
         config,
+        policy,
         control_path,
         tasks,
     })

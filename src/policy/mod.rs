@@ -315,3 +315,29 @@ fn normalise(domain: &str) -> Cow<'_, str> {
         Cow::Borrowed(domain)
     }
 }
+
+/// The policy in force, swapped whole on reload. Readers take a snapshot
+/// (`get`) and keep it for the decision at hand, so a reload never changes
+/// the rules halfway through one stanza.
+#[derive(Clone)]
+pub struct PolicyHandle(Arc<std::sync::RwLock<Arc<Policy>>>);
+
+impl PolicyHandle {
+    pub fn new(p: Policy) -> PolicyHandle {
+        PolicyHandle(Arc::new(std::sync::RwLock::new(Arc::new(p))))
+    }
+
+    pub fn get(&self) -> Arc<Policy> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set(&self, p: Policy) {
+        match self.0.write() {
+            Ok(mut g) => *g = Arc::new(p),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(p),
+        }
+    }
+}

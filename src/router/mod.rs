@@ -53,6 +53,9 @@ pub struct Envelope {
     pub to: Jid,
     /// When the stanza was framed, for the routing latency histogram.
     pub at: Instant,
+    /// Set when the stanza came from a remote server: the partner type its
+    /// domain has, which decides what may reach local users.
+    pub remote: Option<crate::policy::PartnerType>,
 }
 
 impl Envelope {
@@ -62,6 +65,7 @@ impl Envelope {
             from,
             to,
             at: Instant::now(),
+            remote: None,
         }
     }
 
@@ -137,6 +141,7 @@ pub struct ShardContext {
     pub writer: StoreWriter,
     pub metrics: Arc<Metrics>,
     pub domains: Vec<String>,
+    pub policy: crate::policy::PolicyHandle,
 }
 
 impl Router {
@@ -147,6 +152,7 @@ impl Router {
         store: Arc<dyn Store>,
         writer: StoreWriter,
         metrics: Arc<Metrics>,
+        policy: crate::policy::PolicyHandle,
     ) -> Router {
         let n = n.max(1);
         let prepared: Vec<_> = (0..n)
@@ -167,6 +173,7 @@ impl Router {
                 writer: writer.clone(),
                 metrics: metrics.clone(),
                 domains: domains.clone(),
+                policy: policy.clone(),
             });
             p.spawn((i, ctx));
         }

@@ -21,6 +21,7 @@ use super::{Envelope, SessionHandle, ShardContext};
 use crate::c2s::CloseSession;
 use crate::error::{StanzaCondition, StreamCondition, StreamError, error_reply};
 use crate::jid::{BareJid, FullJid, Jid};
+use crate::policy::PartnerType;
 use crate::roster::RosterItem;
 use crate::roster::delivery::{self, Delivery, MessageType, ResourceView};
 use crate::roster::iq::{self, RosterChange, RosterSetRequest};
@@ -582,12 +583,105 @@ impl Shard {
             .metrics
             .route_seconds
             .record(env.at.elapsed().as_secs_f64());
+        if let Some(partner_type) = env.remote {
+            if !self.admit_remote(&env, partner_type) {
+                return;
+            }
+            if partner_type != PartnerType::PublicUnverified
+                && env.kind() == StanzaKind::Presence
+                && env.stanza.type_().as_deref() == Some("subscribe")
+            {
+                return self.auto_approve(env);
+            }
+        }
         match env.kind() {
             StanzaKind::Message => self.deliver_message(env),
             StanzaKind::Presence => self.deliver_presence(env),
             StanzaKind::Iq => self.deliver_iq(env),
             StanzaKind::Other => {}
         }
+    }
+
+    /// The partner-type and access rules for a stanza from a remote user
+    /// (Lync's XMPP partner model). False when it was refused here.
+    fn admit_remote(&mut self, env: &Envelope, partner_type: PartnerType) -> bool {
+        let user = env.to.bare().clone();
+        let kind = env.kind();
+        let ty = env.stanza.type_();
+        let is_error = ty.as_deref() == Some("error");
+        // A user without federation access is, to the remote, like a user
+        // that does not exist.
+        if !self.ctx.policy.get().access(&user).allowed_remote() {
+            self.ctx.metrics.refused_access_in.increment(1);
+            match kind {
+                StanzaKind::Presence if ty.as_deref() == Some("subscribe") => {
+                    let reply = subscription_xml(SubKind::Unsubscribed, user.as_str(), env.from.bare().as_str());
+                    self.route_xml(reply, Jid::Bare(user), Jid::Bare(env.from.bare().clone()));
+                }
+                StanzaKind::Presence => {}
+                _ if !is_error => self.bounce(env, StanzaCondition::ServiceUnavailable),
+                _ => {}
+            }
+            return false;
+        }
+        if partner_type != PartnerType::PublicUnverified {
+            return true;
+        }
+        // Public, unverified partners reach a user only once the user has
+        // added them (any state the user initiated, or a pre-approval).
+        let added = self
+            .item(&user, env.from.bare().as_str())
+            .is_some_and(|i| i.listed || i.approved);
+        if added {
+            return true;
+        }
+        match kind {
+            StanzaKind::Message => {
+                self.ctx.metrics.refused_unverified_message.increment(1);
+                if !is_error {
+                    // Reveal nothing beyond what an unknown user would.
+                    self.bounce(env, StanzaCondition::ServiceUnavailable);
+                }
+            }
+            StanzaKind::Presence if ty.as_deref() == Some("subscribe") => {
+                // Dropped silently.
+                self.ctx.metrics.refused_unverified_subscribe.increment(1);
+            }
+            StanzaKind::Iq if matches!(ty.as_deref(), Some("get") | Some("set")) => {
+                self.ctx.metrics.refused_unverified_other.increment(1);
+                self.bounce(env, StanzaCondition::ServiceUnavailable);
+            }
+            _ => self.ctx.metrics.refused_unverified_other.increment(1),
+        }
+        self.gc(&user);
+        false
+    }
+
+    /// Federated and PublicVerified partners: a subscription request is
+    /// approved on the user's behalf — the item gets `from`, the user's
+    /// resources get a roster push, and the contact gets `subscribed` and
+    /// the user's current presence.
+    fn auto_approve(&mut self, env: Envelope) {
+        let user = env.to.bare().clone();
+        let contact = env.from.bare().clone();
+        if !self.user_exists(&user) {
+            return self.inbound_subscription(env, SubKind::Subscribe);
+        }
+        let current = self.item(&user, contact.as_str());
+        let inbound = subscription::inbound(current.as_ref(), SubKind::Subscribe, contact.as_str());
+        let after_request = inbound.new_item.or(current);
+        let approve = subscription::outbound(after_request.as_ref(), SubKind::Subscribed, contact.as_str());
+        let Some(item) = approve.new_item.or(after_request) else {
+            return;
+        };
+        let mut effects = vec![Effect::Push {
+            user: user.clone(),
+            item: PushItem::Set(item.clone()),
+        }];
+        effects.extend(subscription_effect(SubKind::Subscribed, &user, &contact));
+        presence_effects(&user, &contact, true, false, &mut effects);
+        self.store_item(&user, item, effects, Vec::new());
+        self.gc(&user);
     }
 
     fn deliver_message(&mut self, env: Envelope) {

@@ -275,7 +275,24 @@ impl InboundS2s {
             // Addressed to the server itself: answer pings, refuse the rest.
             return self.server_stanza(s, from, to).await;
         }
-        self.shared.router.route(Envelope::new(s, from, to)).await;
+        let Some(partner) = self.shared.partner(from.domain()) else {
+            // The partner was removed or denied by a reload.
+            return self
+                .close(StreamError::with_text(
+                    StreamCondition::PolicyViolation,
+                    "your domain is not an allowed federation partner",
+                ))
+                .await;
+        };
+        self.shared.audit.message(
+            crate::audit::Direction::In,
+            &s,
+            &from.to_string(),
+            &to.to_string(),
+        );
+        let mut env = Envelope::new(s, from, to);
+        env.remote = Some(partner.partner_type);
+        self.shared.router.route(env).await;
     }
 
     async fn server_stanza(&mut self, s: Stanza, from: Jid, to: Jid) {

@@ -49,6 +49,8 @@ pub struct S2sShared {
     /// Inbound connections authenticated per remote domain
     /// (`partner_connection_limit`).
     pub per_domain: DashMap<String, usize>,
+    pub policy: crate::policy::PolicyHandle,
+    pub audit: crate::audit::AuditLog,
     /// Live inbound connections, closed at shutdown.
     pub inbound: DashMap<u64, ActorRef<inbound::InboundS2s>>,
     pub next_inbound: std::sync::atomic::AtomicU64,
@@ -56,10 +58,13 @@ pub struct S2sShared {
 
 impl S2sShared {
     /// The negotiation settings for a remote domain; `None` if refused.
-    /// Every domain is allowed with the open-federation settings until the
-    /// partner policy lands.
-    pub fn policy(&self, _remote: &str) -> Option<PeerPolicy> {
-        Some(PeerPolicy::open_federation())
+    pub fn policy(&self, remote: &str) -> Option<PeerPolicy> {
+        self.partner(remote).map(|p| p.peer_policy())
+    }
+
+    /// The partner entry in force for a remote domain; `None` if refused.
+    pub fn partner(&self, remote: &str) -> Option<Arc<crate::policy::Partner>> {
+        self.policy.get().partner(remote)
     }
 
     pub fn is_local(&self, domain: &str) -> bool {
@@ -87,7 +92,10 @@ impl S2sShared {
     /// Counts an inbound connection authenticated for `remote`; false when
     /// the domain is at `partner_connection_limit`.
     pub fn acquire_domain(&self, remote: &str) -> bool {
-        let limit = self.config.gateway.partner_connection_limit as usize;
+        let limit = self
+            .partner(remote)
+            .map(|p| p.connection_limit as usize)
+            .unwrap_or(self.config.gateway.partner_connection_limit as usize);
         let mut e = self.per_domain.entry(remote.to_string()).or_insert(0);
         if *e >= limit {
             return false;
@@ -127,7 +135,37 @@ impl S2sRouter {
     /// Queues a stanza for a remote domain. Never waits: the domain actor's
     /// mailbox is unbounded and its own queue is bounded (a full queue
     /// bounces with `resource-constraint`).
-    pub fn send(&self, env: Envelope) {
+    pub fn send(&self, mut env: Envelope) {
+        let policy = self.shared.policy.get();
+        let metrics = &self.shared.metrics;
+        // The sender's access policy (Lync's EnableFederationAccess and
+        // EnableXmppAccess) comes first: a user without it reaches nobody.
+        if !policy.access(env.from.bare()).allowed_remote() {
+            metrics.refused_access_out.increment(1);
+            self.refuse(&env, crate::error::StanzaCondition::Forbidden, "federation is not enabled for this user");
+            return;
+        }
+        let Some(partner) = policy.partner(env.to.domain()) else {
+            metrics.refused_unlisted_out.increment(1);
+            self.refuse(&env, crate::error::StanzaCondition::PolicyViolation, "this domain is not an allowed federation partner");
+            return;
+        };
+        // The personal note (<status/>) goes only to Federated partners.
+        if partner.partner_type != crate::policy::PartnerType::Federated
+            && env.kind() == crate::xml::StanzaKind::Presence
+        {
+            if let Some(stripped) = crate::roster::presence::without_status(&env.stanza) {
+                if let Ok(s) = crate::xml::Stanza::parse(stripped) {
+                    env.stanza = s;
+                }
+            }
+        }
+        self.shared.audit.message(
+            crate::audit::Direction::Out,
+            &env.stanza,
+            &env.from.to_string(),
+            &env.to.to_string(),
+        );
         let local = env.from.domain().to_string();
         let remote = env.to.domain().to_string();
         let key = (local, remote);
@@ -150,6 +188,12 @@ impl S2sRouter {
         };
         if let Err(e) = actor.tell(SendRemote(env)).try_send() {
             tracing::warn!(error = %e, "remote domain actor unavailable");
+        }
+    }
+
+    fn refuse(&self, env: &Envelope, cond: crate::error::StanzaCondition, text: &str) {
+        if let Some(b) = env.bounce(cond, Some(text)) {
+            self.shared.router.route_nowait(b);
         }
     }
 
