@@ -42,8 +42,16 @@ async fn setup() -> Setup {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let writer = StoreWriter::spawn(store.clone());
     let config = fedrouter::config::Config::default_embedded();
-    let policy = fedrouter::policy::PolicyHandle::new(fedrouter::policy::Policy::from_config(&config));
-    let router = Router::start(2, vec!["localhost".into()], store, writer, Metrics::get(), policy);
+    let policy =
+        fedrouter::policy::PolicyHandle::new(fedrouter::policy::Policy::from_config(&config));
+    let router = Router::start(
+        2,
+        vec!["localhost".into()],
+        store,
+        writer,
+        Metrics::get(),
+        policy,
+    );
     let received = Arc::new(AtomicU64::new(0));
     let notify = Arc::new(Notify::new());
     let mut targets = Vec::new();

@@ -185,8 +185,10 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         next_inbound: Default::default(),
         policy: policy.clone(),
         audit: match &config.log.audit_file {
-            Some(p) => audit::AuditLog::open(p, config.gateway.enable_logging_all_message_bodies).map_err(|source| {
-                StartError::DataDir { path: p.clone(), source }
+            Some(p) => audit::AuditLog::open(p, config.gateway.enable_logging_all_message_bodies)
+                .map_err(|source| StartError::DataDir {
+                path: p.clone(),
+                source,
             })?,
             None => audit::AuditLog::disabled(),
         },

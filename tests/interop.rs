@@ -40,7 +40,7 @@ mod peers;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::{TestServer, body, text};
+use common::{FEDERATION_ALLOWED, TestServer, add_contact, body, text};
 use fedrouter::client::Client;
 use fedrouter::xml::Stanza;
 use peers::proc::tail;
@@ -197,7 +197,8 @@ async fn start_world(mode: Mode, tag: &str, net: u8, kinds: &[Kind]) -> World {
     let extra = format!(
         "[tls]\n{ca_line}[[tls.certificate]]\ndomain = \"{f}\"\ncert = \"{}\"\nkey = \"{}\"\n\
          [s2s]\nlisten = [\"{f_ip}:0\"]\ndns_nameservers = [\"{dns_addr}\"]\n\
-         [[partner]]\ndomain = \"{p}\"\n[[partner]]\ndomain = \"{e}\"\n",
+         [[partner]]\ndomain = \"{p}\"\nsasl_negotiation = \"optional\"\n\
+         [[partner]]\ndomain = \"{e}\"\nsasl_negotiation = \"optional\"\n{FEDERATION_ALLOWED}",
         cert.display(),
         key.display(),
     );
@@ -506,6 +507,9 @@ async fn federate(w: &World, k: Kind, f_user: &str, who: Initiator) -> Result<()
     let mut alice = w.fed.client(f_user, "f-pw").await;
     alice.set_timeout(Duration::from_secs(20));
     let mut bob = peers::connect(w.peer_c2s(k), &p_bare, "bob-pw", w.ca()).await;
+    // The peers are public unverified partners (the Lync default): alice
+    // adds bob before anything from him may reach her.
+    add_contact(&mut alice, &p_bare).await;
     go_online(&mut alice).await?;
     go_online(&mut bob).await?;
 
@@ -523,7 +527,24 @@ async fn federate(w: &World, k: Kind, f_user: &str, who: Initiator) -> Result<()
     roster_has_both(&mut bob, &f_bare).await?;
 
     presence_change(&mut bob, &mut alice, &format!("peer-away-{tag}")).await?;
-    presence_change(&mut alice, &mut bob, &format!("fed-away-{tag}")).await?;
+    // fedrouter's presence reaches the peer, but not its personal note: the
+    // peer is a public unverified partner (only federated ones see it).
+    let note = format!("fed-away-{tag}");
+    send(
+        &mut alice,
+        format!("<presence><show>xa</show><status>{note}</status></presence>"),
+    )
+    .await?;
+    let p = wait(&mut bob, &format!("{f_bare}'s presence change"), |s| {
+        presence_from(s, &format!("{f_bare}/"), None) && text(s).contains("<show>xa</show>")
+    })
+    .await?;
+    if text(&p).contains(&note) {
+        return Err(format!(
+            "{tag}: the status note crossed to a public unverified partner: {}",
+            text(&p)
+        ));
+    }
 
     // fedrouter → peer.
     let t = Instant::now();
@@ -839,6 +860,9 @@ async fn restart_scenario(w: &mut World, k: Kind, outage: Outage) -> Result<(), 
     let mut alice = w.fed.client("alice", "f-pw").await;
     alice.set_timeout(Duration::from_secs(20));
     let mut bob = peers::connect(w.peer_c2s(k), &p_bare, "bob-pw", w.ca()).await;
+    // The peers are public unverified partners (the Lync default): alice
+    // adds bob before anything from him may reach her.
+    add_contact(&mut alice, &p_bare).await;
     go_online(&mut alice).await?;
     go_online(&mut bob).await?;
 
@@ -1018,6 +1042,7 @@ async fn burst_scenario(w: &mut World) -> Result<(), String> {
     let p_bare = format!("bob@{pd}");
     let mut alice = w.fed.client("alice", "f-pw").await;
     let mut bob = peers::connect(w.peer_c2s(Kind::Prosody), &p_bare, "bob-pw", w.ca()).await;
+    add_contact(&mut alice, &p_bare).await;
     go_online(&mut alice).await?;
     go_online(&mut bob).await?;
     send_messages(&mut alice, &p_bare, "warm", 1).await?;

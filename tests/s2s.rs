@@ -54,7 +54,8 @@ async fn federation_with(mode: Mode, gateway: &str, direct_tls: bool) -> Federat
         };
         let extra = format!(
             "{trust}[[tls.certificate]]\ndomain = \"{d}\"\ncert = \"{}\"\nkey = \"{}\"\n\
-             [s2s]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n{gateway}",
+             [s2s]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n\
+             unlisted_domains = \"allow\"\n{FEDERATION_ALLOWED}{gateway}",
             cert.display(),
             key.display(),
             dns.addr()
@@ -88,6 +89,10 @@ async fn chat_across(fed: &Federation, mode: Mode) {
     let mut bob: Client = fed.b.client("bob", "b-pw").await;
     alice.send("<presence/>").await.unwrap();
     bob.send("<presence/>").await.unwrap();
+    // Unlisted domains are public unverified partners: each user adds the
+    // other first, or the other's requests would be dropped.
+    add_contact(&mut alice, "bob@b.test").await;
+    add_contact(&mut bob, "alice@a.test").await;
 
     // Subscriptions both ways, across the federation.
     alice
@@ -112,23 +117,30 @@ async fn chat_across(fed: &Federation, mode: Mode) {
         .send("<presence to='bob@b.test' type='subscribed'/>")
         .await
         .unwrap();
-    // Presence flows both ways once subscribed.
-    bob.send("<presence><status>here</status></presence>")
+    // Presence flows both ways once subscribed. The peers are public
+    // unverified partners, so the personal note (<status/>) is removed on
+    // the way out while the rest of the presence arrives.
+    bob.send("<presence><show>chat</show><status>bob's note</status></presence>")
         .await
         .unwrap();
-    expect(&mut alice, "bob's presence", |s| {
-        is_presence_from(s, "bob@b.test/", None) && text(s).contains("here")
+    let p = expect(&mut alice, "bob's presence", |s| {
+        is_presence_from(s, "bob@b.test/", None) && text(s).contains("<show>chat</show>")
     })
     .await;
+    assert!(
+        !text(&p).contains("bob's note"),
+        "status crossed to a public unverified partner: {}",
+        text(&p)
+    );
     alice
-        .send("<presence><status>federated</status></presence>")
+        .send("<presence><show>dnd</show><status>alice's note</status></presence>")
         .await
         .unwrap();
     let p = expect(&mut bob, "alice's presence", |s| {
-        is_presence_from(s, "alice@a.test/", None) && text(s).contains("federated")
+        is_presence_from(s, "alice@a.test/", None) && text(s).contains("<show>dnd</show>")
     })
     .await;
-    assert!(text(&p).contains("federated"));
+    assert!(!text(&p).contains("alice's note"), "{}", text(&p));
 
     // 1,000 messages in order, none lost.
     for i in 0..1000 {

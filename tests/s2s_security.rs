@@ -47,7 +47,8 @@ async fn site(gateway: &str) -> Site {
     let (cert, key) = ca.issue(&[HOME]).write(dir.path(), HOME);
     let extra = format!(
         "[tls]\nca_file = \"{}\"\n[[tls.certificate]]\ndomain = \"{HOME}\"\ncert = \"{}\"\n\
-         key = \"{}\"\n[s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n{gateway}",
+         key = \"{}\"\n[s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n\
+         unlisted_domains = \"allow\"\nunlisted_partner_type = \"federated\"\n{FEDERATION_ALLOWED}{gateway}",
         ca_path.display(),
         cert.display(),
         key.display(),

@@ -615,7 +615,11 @@ impl Shard {
             self.ctx.metrics.refused_access_in.increment(1);
             match kind {
                 StanzaKind::Presence if ty.as_deref() == Some("subscribe") => {
-                    let reply = subscription_xml(SubKind::Unsubscribed, user.as_str(), env.from.bare().as_str());
+                    let reply = subscription_xml(
+                        SubKind::Unsubscribed,
+                        user.as_str(),
+                        env.from.bare().as_str(),
+                    );
                     self.route_xml(reply, Jid::Bare(user), Jid::Bare(env.from.bare().clone()));
                 }
                 StanzaKind::Presence => {}
@@ -670,7 +674,11 @@ impl Shard {
         let current = self.item(&user, contact.as_str());
         let inbound = subscription::inbound(current.as_ref(), SubKind::Subscribe, contact.as_str());
         let after_request = inbound.new_item.or(current);
-        let approve = subscription::outbound(after_request.as_ref(), SubKind::Subscribed, contact.as_str());
+        let approve = subscription::outbound(
+            after_request.as_ref(),
+            SubKind::Subscribed,
+            contact.as_str(),
+        );
         let Some(item) = approve.new_item.or(after_request) else {
             return;
         };

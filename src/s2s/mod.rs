@@ -142,23 +142,29 @@ impl S2sRouter {
         // EnableXmppAccess) comes first: a user without it reaches nobody.
         if !policy.access(env.from.bare()).allowed_remote() {
             metrics.refused_access_out.increment(1);
-            self.refuse(&env, crate::error::StanzaCondition::Forbidden, "federation is not enabled for this user");
+            self.refuse(
+                &env,
+                crate::error::StanzaCondition::Forbidden,
+                "federation is not enabled for this user",
+            );
             return;
         }
         let Some(partner) = policy.partner(env.to.domain()) else {
             metrics.refused_unlisted_out.increment(1);
-            self.refuse(&env, crate::error::StanzaCondition::PolicyViolation, "this domain is not an allowed federation partner");
+            self.refuse(
+                &env,
+                crate::error::StanzaCondition::PolicyViolation,
+                "this domain is not an allowed federation partner",
+            );
             return;
         };
         // The personal note (<status/>) goes only to Federated partners.
         if partner.partner_type != crate::policy::PartnerType::Federated
             && env.kind() == crate::xml::StanzaKind::Presence
+            && let Some(stripped) = crate::roster::presence::without_status(&env.stanza)
+            && let Ok(s) = crate::xml::Stanza::parse(stripped)
         {
-            if let Some(stripped) = crate::roster::presence::without_status(&env.stanza) {
-                if let Ok(s) = crate::xml::Stanza::parse(stripped) {
-                    env.stanza = s;
-                }
-            }
+            env.stanza = s;
         }
         self.shared.audit.message(
             crate::audit::Direction::Out,

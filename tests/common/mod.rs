@@ -172,3 +172,26 @@ pub async fn expect(c: &mut Client, what: &str, pred: impl FnMut(&Stanza) -> boo
 pub fn is_closed(e: &ClientError) -> bool {
     matches!(e, ClientError::Closed | ClientError::Io(_))
 }
+
+/// The access policy that lets every local user federate (the built-in
+/// global policy, as in Lync, lets nobody).
+pub const FEDERATION_ALLOWED: &str = "[[access_policy]]\nname = \"global\"\nenable_federation_access = true\nenable_xmpp_access = true\n";
+
+/// Adds `jid` to the client's roster (a roster set), as a user does before
+/// subscribing; public unverified partners reach only users who did so.
+pub async fn add_contact(c: &mut Client, jid: &str) {
+    let id = format!("add-{jid}");
+    let r = c
+        .iq(
+            &id,
+            &format!("<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'><item jid='{jid}'/></query></iq>"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("adding {jid}: {e}"));
+    assert_eq!(
+        r.type_().as_deref(),
+        Some("result"),
+        "adding {jid}: {}",
+        text(&r)
+    );
+}
