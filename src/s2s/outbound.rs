@@ -43,6 +43,30 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A stanza for the remote domain.
 pub struct Send(pub Envelope);
 
+/// The domain may no longer federate (a reload): close with
+/// `<policy-violation/>`, bounce what waits, and stop.
+pub struct PolicyClose;
+
+impl Message<PolicyClose> for OutboundDomain {
+    type Reply = ();
+
+    async fn handle(&mut self, _: PolicyClose, _: &mut Context<Self, ()>) {
+        tracing::info!(local = %self.local, remote = %self.remote, "closing: no longer an allowed partner");
+        let err = crate::error::StreamError::with_text(
+            crate::error::StreamCondition::PolicyViolation,
+            "your domain is no longer an allowed federation partner",
+        );
+        let tail = format!("{}</stream:stream>", err.to_xml());
+        self.disconnect(Some(&tail)).await;
+        let queued: Vec<Envelope> = self.queue.drain(..).collect();
+        self.metrics.set_queue(0);
+        for env in queued {
+            self.bounce(&env, StanzaCondition::PolicyViolation);
+        }
+        self.stop = true;
+    }
+}
+
 /// The result of a connection attempt (sent by the attempt's task).
 struct Attempt(Result<Established, ConnectError>);
 
