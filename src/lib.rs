@@ -268,6 +268,20 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
             )));
         }
     }
+    // subscription_refresh_interval: re-probe remote contacts of online users.
+    {
+        let router = router.clone();
+        let every = config.gateway.subscription_refresh_interval;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                for s in router.shards() {
+                    let _ = s.tell(router::RefreshProbes).try_send();
+                }
+            }
+        }));
+    }
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics.listen {
         let l = TcpListener::bind(addr)
