@@ -82,3 +82,58 @@ pub fn list_users(store: &dyn Store) -> Result<Vec<String>, AdminError> {
         .map(|v| v.into_iter().map(|j| j.to_string()).collect())
         .map_err(AdminError::Store)
 }
+
+/// The effective partner table of `fedrouter partners`: every parameter
+/// with its effective value, the negotiation mode of the §7 matrix, the
+/// warnings, and — when the daemon answers — each partner's live state.
+pub fn partners_table(
+    policy: &crate::policy::Policy,
+    live: Option<&dyn Fn(&str) -> String>,
+) -> String {
+    use crate::policy::{matrix, negotiate_name};
+    let mut out = String::new();
+    let partners = policy.listed_partners();
+    if partners.is_empty() {
+        out.push_str("no [[partner]] entries\n");
+    }
+    for p in &partners {
+        out.push_str(&format!("{}\n", p.domain));
+        let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<30} {v}\n"));
+        if !p.additional_domains.is_empty() {
+            row("additional_domains", p.additional_domains.join(", "));
+        }
+        row("partner_type", p.partner_type.as_str().to_string());
+        row("tls_negotiation", negotiate_name(p.tls).to_string());
+        row("sasl_negotiation", negotiate_name(p.sasl).to_string());
+        row("support_dialback_negotiation", p.dialback.to_string());
+        row("enable_keep_alive", p.keep_alive.to_string());
+        row("connection_limit", p.connection_limit.to_string());
+        row(
+            "proxy_fqdn",
+            p.proxy_fqdn
+                .as_ref()
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "(DNS SRV)".into()),
+        );
+        if let Some(d) = &p.description {
+            row("description", d.clone());
+        }
+        let m = matrix(p.tls, p.sasl, p.dialback);
+        row("negotiation mode", m.mode.to_string());
+        if let Some(state) = live {
+            row("state", state(&p.domain));
+        }
+    }
+    out.push_str(&format!(
+        "unlisted domains: {}\n",
+        if policy.allows_unlisted() {
+            "allowed (open federation)"
+        } else {
+            "denied"
+        }
+    ));
+    for w in policy.warnings() {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
+}

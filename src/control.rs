@@ -48,6 +48,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 pub struct ControlContext {
     pub store: Arc<dyn Store>,
     pub domains: Vec<String>,
+    pub reloader: Option<crate::Reloader>,
 }
 
 pub async fn serve(listener: UnixListener, ctx: ControlContext) {
@@ -115,6 +116,19 @@ fn execute(line: &str, ctx: &ControlContext) -> Result<String, String> {
         "user-list" => {
             let users = admin::list_users(store).map_err(|e| e.to_string())?;
             Ok(users.iter().map(|u| format!("{u}\n")).collect())
+        }
+        "reload" => {
+            let r = ctx.reloader.as_ref().ok_or("reload is not available")?;
+            let warnings = r.reload()?;
+            let mut out = String::from("configuration reloaded\n");
+            for w in warnings {
+                out.push_str(&format!("warning: {w}\n"));
+            }
+            Ok(out)
+        }
+        "partners" => {
+            let r = ctx.reloader.as_ref().ok_or("partners is not available")?;
+            Ok(r.partners())
         }
         "ping" => Ok("pong\n".into()),
         other => Err(format!("unknown command {other:?}")),

@@ -68,6 +68,43 @@ pub enum StartError {
     },
 }
 
+/// Re-reads the configuration file and applies what can change while
+/// running: partners, unlisted domains, access policies. An invalid file is
+/// refused with its error and the running configuration stays in force.
+#[derive(Clone)]
+pub struct Reloader {
+    source: Option<PathBuf>,
+    policy: policy::PolicyHandle,
+    s2s: s2s::S2sRouter,
+}
+
+impl Reloader {
+    /// On success, the warnings of the new configuration.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let Some(path) = &self.source else {
+            return Err(
+                "running on the built-in defaults: there is no configuration file to reload".into(),
+            );
+        };
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        let new = policy::Policy::from_config(&config);
+        let warnings = new.warnings().to_vec();
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        self.policy.set(new);
+        self.s2s.enforce();
+        tracing::info!(config = %path.display(), "configuration reloaded (partners and access policies)");
+        Ok(warnings)
+    }
+
+    /// The `fedrouter partners` table with live connection state.
+    pub fn partners(&self) -> String {
+        let s2s = self.s2s.clone();
+        admin::partners_table(&self.policy.get(), Some(&move |d: &str| s2s.state(d)))
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     /// The addresses the c2s listeners are bound to (port 0 resolved).
@@ -82,6 +119,7 @@ pub struct Daemon {
     pub config: Arc<Config>,
     pub policy: policy::PolicyHandle,
     pub control_path: PathBuf,
+    pub reloader: Reloader,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -193,7 +231,13 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
             None => audit::AuditLog::disabled(),
         },
     });
-    router.set_s2s(s2s::S2sRouter::new(s2s_shared.clone()));
+    let s2s_router = s2s::S2sRouter::new(s2s_shared.clone());
+    router.set_s2s(s2s_router.clone());
+    let reloader = Reloader {
+        source: config.source.clone(),
+        policy: policy.clone(),
+        s2s: s2s_router,
+    };
     let mut s2s_addrs = Vec::new();
     let mut s2s_direct_tls_addrs = Vec::new();
     for (addrs, direct, out) in [
@@ -224,6 +268,20 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
             )));
         }
     }
+    // subscription_refresh_interval: re-probe remote contacts of online users.
+    {
+        let router = router.clone();
+        let every = config.gateway.subscription_refresh_interval;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                for s in router.shards() {
+                    let _ = s.tell(router::RefreshProbes).try_send();
+                }
+            }
+        }));
+    }
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics.listen {
         let l = TcpListener::bind(addr)
@@ -241,6 +299,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         control::ControlContext {
             store: store.clone(),
             domains: config.server.domains.clone(),
+            reloader: Some(reloader.clone()),
         },
     )));
     Ok(Daemon {
@@ -254,6 +313,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         config,
         policy,
         control_path,
+        reloader,
         tasks,
     })
 }

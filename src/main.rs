@@ -29,6 +29,10 @@ enum Command {
     /// Manage local user accounts.
     #[command(subcommand)]
     User(UserCommand),
+    /// Print the effective federation partner table (with live state when the daemon runs).
+    Partners,
+    /// Make the running daemon re-read its configuration (as SIGHUP does).
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +74,8 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::User(u) => user(config, u),
+        Command::Partners => partners(config),
+        Command::Reload => reload(config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,6 +118,23 @@ fn run(config: Config) -> Result<(), String> {
             data_dir = %daemon.config.server.data_dir.display(),
             "fedrouter is running"
         );
+        let reloader = daemon.reloader.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let r = reloader.clone();
+                match tokio::task::spawn_blocking(move || r.reload()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!("reload refused, the running configuration stays: {e}")
+                    }
+                    Err(e) => tracing::error!("reload failed: {e}"),
+                }
+            }
+        });
         wait_for_shutdown_signal().await;
         tracing::info!("shutting down");
         daemon.shutdown().await;
@@ -125,6 +148,41 @@ async fn wait_for_shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn partners(config: Config) -> Result<(), String> {
+    match control::request(&config.server.data_dir, &["partners"]) {
+        Ok(Some(Ok(out))) => {
+            print!("{out}");
+            Ok(())
+        }
+        Ok(Some(Err(msg))) => Err(msg),
+        Ok(None) => {
+            // Not running: the table from the file, without live state.
+            let policy = fedrouter::policy::Policy::from_config(&config);
+            print!("{}", admin::partners_table(&policy, None));
+            println!("(the daemon is not running: no live state)");
+            Ok(())
+        }
+        Err(e) => Err(format!("control socket: {e}")),
+    }
+}
+
+fn reload(config: Config) -> Result<(), String> {
+    match control::request(&config.server.data_dir, &["reload"]) {
+        Ok(Some(Ok(out))) => {
+            print!("{out}");
+            Ok(())
+        }
+        Ok(Some(Err(msg))) => Err(format!(
+            "reload refused, the running configuration stays: {msg}"
+        )),
+        Ok(None) => Err(format!(
+            "no running fedrouter answers on {}",
+            control::socket_path(&config.server.data_dir).display()
+        )),
+        Err(e) => Err(format!("control socket: {e}")),
     }
 }
 

@@ -270,3 +270,104 @@ async fn the_binary_runs_on_its_embedded_defaults() {
         .await
         .expect("sign in on the defaults");
 }
+
+#[tokio::test]
+async fn partners_and_reload_work_against_the_running_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fedrouter.toml");
+    let base = "[server]\ndomains = [\"localhost\"]\ndata_dir = \"data\"\n[c2s]\nlisten = [\"127.0.0.1:0\"]\n\
+                [s2s]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    std::fs::write(
+        &cfg,
+        format!("{base}[[partner]]\ndomain = \"one.example\"\npartner_type = \"federated\"\n"),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    // Not running: the table comes from the file.
+    let (ok, out, err) = fedrouter(dir.path(), &["--config", c, "partners"], None);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("one.example") && out.contains("federated") && out.contains("not running"),
+        "{out}"
+    );
+    assert!(out.contains("negotiation mode"), "{out}");
+
+    let daemon = run_daemon(dir.path(), Some(&cfg));
+    let (ok, out, err) = fedrouter(dir.path(), &["--config", c, "partners"], None);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("one.example") && out.contains("state"),
+        "live state: {out}"
+    );
+
+    // An invalid file is refused with its error, by `reload` and by SIGHUP,
+    // and the running configuration stays in force. (`partners` is asked
+    // through a second, valid file naming the same data directory.)
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, base).unwrap();
+    let o = other.to_str().unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}[[partner]]\ndomain = \"two.example\"\ntls_negotiation = \"not_supported\"\n"
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = fedrouter(dir.path(), &["--config", c, "reload"], None);
+    assert!(!ok, "an invalid configuration was accepted");
+    assert!(
+        err.contains("partner[0]")
+            && err.contains("two.example")
+            && err.contains("SASL must have TLS"),
+        "{err}"
+    );
+    let status = Command::new("kill")
+        .arg("-HUP")
+        .arg(daemon.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (ok, out, err) = fedrouter(dir.path(), &["--config", o, "partners"], None);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("one.example") && !out.contains("two.example"),
+        "the old configuration stays: {out}"
+    );
+
+    // A valid one takes effect, and a local session survives it.
+    fedrouter(
+        dir.path(),
+        &[
+            "--config",
+            o,
+            "user",
+            "add",
+            "alice@localhost",
+            "--password",
+            "pw",
+        ],
+        None,
+    );
+    let mut alice = sign_in(daemon.c2s, "alice@localhost", "pw").await.unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{base}[[partner]]\ndomain = \"two.example\"\n"),
+    )
+    .unwrap();
+    let (ok, out, err) = fedrouter(dir.path(), &["--config", c, "reload"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("reloaded"), "{out}");
+    let (_, out, _) = fedrouter(dir.path(), &["--config", c, "partners"], None);
+    assert!(
+        out.contains("two.example") && !out.contains("one.example"),
+        "{out}"
+    );
+    let r = alice
+        .iq(
+            "p",
+            "<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await
+        .expect("the local session survived the reload");
+    assert_eq!(r.type_().as_deref(), Some("result"));
+}

@@ -282,3 +282,45 @@ async fn a_server_that_accepts_but_never_speaks_gets_remote_server_timeout() {
     );
     hold.abort();
 }
+
+#[tokio::test]
+async fn remote_contacts_are_re_probed_every_subscription_refresh_interval() {
+    let fed = federation(
+        Mode::SaslExternal,
+        "[gateway]\nsubscription_refresh_interval = 1\n",
+    )
+    .await;
+    fed.a.add_user("alice", "a-pw");
+    fed.b.add_user("bob", "b-pw");
+    let mut alice = fed.a.client("alice", "a-pw").await;
+    let mut bob = fed.b.client("bob", "b-pw").await;
+    add_contact(&mut alice, "bob@b.test").await;
+    add_contact(&mut bob, "alice@a.test").await;
+    bob.send("<presence/>").await.unwrap();
+    alice.send("<presence/>").await.unwrap();
+    alice
+        .send("<presence to='bob@b.test' type='subscribe'/>")
+        .await
+        .unwrap();
+    expect(&mut bob, "alice's subscribe", |s| {
+        is_presence_from(s, "alice@a.test", Some("subscribe"))
+    })
+    .await;
+    bob.send("<presence to='alice@a.test' type='subscribed'/>")
+        .await
+        .unwrap();
+    expect(&mut alice, "bob's approval", |s| {
+        is_presence_from(s, "bob@b.test", Some("subscribed"))
+    })
+    .await;
+    // Bob says nothing more, yet alice keeps hearing his presence: her
+    // server re-probes him every second and his server answers.
+    for round in 0..3 {
+        expect(
+            &mut alice,
+            &format!("bob's presence, refresh {round}"),
+            |s| is_presence_from(s, "bob@b.test/", None),
+        )
+        .await;
+    }
+}

@@ -467,3 +467,37 @@ async fn the_daemon_sends_whitespace_keepalives_on_an_idle_outbound_stream() {
         last = Instant::now();
     }
 }
+
+#[tokio::test]
+async fn a_partner_with_enable_keep_alive_false_gets_no_whitespace_keepalives() {
+    let site = site(
+        "[gateway]\nkeep_alive_interval = 1\n[[partner]]\ndomain = \"k.test\"\nsasl_negotiation = \"optional\"\n\
+         enable_keep_alive = false\npartner_type = \"federated\"\n",
+    )
+    .await;
+    let roots = site.roots();
+    let verifier = Arc::new(PeerVerifier::with_roots(roots.clone()).unwrap());
+    let mut k = S2sListener::start(ListenerConfig {
+        domain: "k.test".into(),
+        secret: random_secret(),
+        server_tls: server_tls(site.ca.issue(&["k.test"]).certified_key(), Some(roots)),
+        verifier: Some(verifier),
+        policy: PeerPolicy::open_federation(),
+        timeout: TIMEOUT,
+    })
+    .await
+    .unwrap();
+    site.register("k.test", k.addr());
+    let mut user = site.user().await;
+    user.send("<message to='someone@k.test' type='chat'><body>ping</body></message>")
+        .await
+        .unwrap();
+    let mut inbound = k.accept(TIMEOUT).await.unwrap();
+    let m = inbound.recv().await.unwrap();
+    assert_eq!(body(&m).as_deref(), Some("ping"), "{}", text(&m));
+    // Three keepalive intervals pass without a single whitespace byte.
+    match tokio::time::timeout(Duration::from_secs(3), inbound.next()).await {
+        Err(_) => {}
+        Ok(other) => panic!("expected silence, got {other:?}"),
+    }
+}

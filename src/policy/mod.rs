@@ -283,6 +283,18 @@ impl Policy {
         }))
     }
 
+    /// The configured partners, each once, sorted by primary domain.
+    pub fn listed_partners(&self) -> Vec<Arc<Partner>> {
+        let mut v: Vec<Arc<Partner>> = Vec::new();
+        for p in self.partners.values() {
+            if !v.iter().any(|q| Arc::ptr_eq(q, p)) {
+                v.push(p.clone());
+            }
+        }
+        v.sort_by(|a, b| a.domain.cmp(&b.domain));
+        v
+    }
+
     /// Whether unlisted domains may federate (`s2s.unlisted_domains`).
     pub fn allows_unlisted(&self) -> bool {
         self.unlisted.is_some()

@@ -22,7 +22,7 @@ use crate::jid::{BareJid, FullJid, Jid};
 use crate::storage::{Store, StoreWriter};
 use crate::xml::{Frame, Stanza, StanzaKind};
 
-pub use shard::{Bind, BindError, Deliver, FromSession, Shard, Shutdown, Unbind};
+pub use shard::{Bind, BindError, Deliver, FromSession, RefreshProbes, Shard, Shutdown, Unbind};
 
 /// Capacity of a session's outgoing queue, in stanzas. A session whose
 /// queue is full is a slow consumer: presence to it is dropped, and a

@@ -122,6 +122,48 @@ pub struct FromSession {
 /// A stanza for a local user of this shard.
 pub struct Deliver(pub Envelope);
 
+/// Re-probe the remote contacts of online users
+/// (`subscription_refresh_interval`), so a presence lost on the way — or
+/// a subscription the partner dropped — is noticed.
+pub struct RefreshProbes;
+
+impl Message<RefreshProbes> for Shard {
+    type Reply = ();
+
+    async fn handle(&mut self, _: RefreshProbes, _: &mut Context<Self, ()>) {
+        let online: Vec<BareJid> = self
+            .users
+            .iter()
+            .filter(|(_, u)| u.resources.iter().any(|r| r.available))
+            .map(|(j, _)| j.clone())
+            .collect();
+        for user in online {
+            let contacts: Vec<String> = self
+                .users
+                .get(&user)
+                .and_then(|u| u.roster.as_ref())
+                .map(|r| {
+                    r.values()
+                        .filter(|i| i.subscription.has_to())
+                        .map(|i| i.jid.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for c in contacts {
+                let Ok(to) = BareJid::parse(&c) else { continue };
+                if self.ctx.router.is_local_domain(to.domain()) {
+                    continue;
+                }
+                self.route_xml(
+                    probe_xml(user.as_str(), &c),
+                    Jid::Bare(user.clone()),
+                    Jid::Bare(to),
+                );
+            }
+        }
+    }
+}
+
 /// Close every session of this shard (daemon shutdown).
 pub struct Shutdown;
 

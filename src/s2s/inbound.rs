@@ -194,6 +194,30 @@ async fn read_more(io: &mut Option<Transport>, framer: &mut Framer) -> std::io::
     }
 }
 
+/// The policy changed: close if a domain authenticated here may no longer
+/// federate.
+pub struct PolicyRecheck;
+
+impl Message<PolicyRecheck> for InboundS2s {
+    type Reply = ();
+
+    async fn handle(&mut self, _: PolicyRecheck, _: &mut Context<Self, ()>) {
+        let denied = self
+            .neg
+            .authenticated()
+            .iter()
+            .any(|(remote, _)| self.shared.partner(remote).is_none());
+        if denied {
+            self.shared.metrics.refused_unlisted_in.increment(1);
+            self.close(StreamError::with_text(
+                StreamCondition::PolicyViolation,
+                "your domain is no longer an allowed federation partner",
+            ))
+            .await;
+        }
+    }
+}
+
 impl Message<DialbackChecked> for InboundS2s {
     type Reply = ();
 

@@ -203,6 +203,42 @@ impl S2sRouter {
         }
     }
 
+    /// After a policy change: closes, with `<policy-violation/>`, every
+    /// stream of a domain that may no longer federate. Local sessions are
+    /// not touched.
+    pub fn enforce(&self) {
+        let policy = self.shared.policy.get();
+        let denied: Vec<_> = self
+            .actors
+            .iter()
+            .filter(|e| policy.partner(&e.key().1).is_none())
+            .map(|e| e.value().clone())
+            .collect();
+        for a in denied {
+            let _ = a.tell(outbound::PolicyClose).try_send();
+        }
+        let inbound: Vec<_> = self
+            .shared
+            .inbound
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        for a in inbound {
+            let _ = a.tell(inbound::PolicyRecheck).try_send();
+        }
+    }
+
+    /// A short live state for a remote domain (for `fedrouter partners`).
+    pub fn state(&self, remote: &str) -> String {
+        let outbound = self
+            .actors
+            .iter()
+            .filter(|e| e.key().1 == remote && e.value().is_alive())
+            .count();
+        let inbound = self.shared.per_domain.get(remote).map(|n| *n).unwrap_or(0);
+        format!("{outbound} outbound stream actor(s), {inbound} authenticated inbound stream(s)")
+    }
+
     /// Live state per remote domain, for metrics and admin.
     pub fn domains(&self) -> Vec<(String, String)> {
         self.actors.iter().map(|e| e.key().clone()).collect()

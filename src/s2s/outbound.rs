@@ -43,6 +43,30 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A stanza for the remote domain.
 pub struct Send(pub Envelope);
 
+/// The domain may no longer federate (a reload): close with
+/// `<policy-violation/>`, bounce what waits, and stop.
+pub struct PolicyClose;
+
+impl Message<PolicyClose> for OutboundDomain {
+    type Reply = ();
+
+    async fn handle(&mut self, _: PolicyClose, _: &mut Context<Self, ()>) {
+        tracing::info!(local = %self.local, remote = %self.remote, "closing: no longer an allowed partner");
+        let err = crate::error::StreamError::with_text(
+            crate::error::StreamCondition::PolicyViolation,
+            "your domain is no longer an allowed federation partner",
+        );
+        let tail = format!("{}</stream:stream>", err.to_xml());
+        self.disconnect(Some(&tail)).await;
+        let queued: Vec<Envelope> = self.queue.drain(..).collect();
+        self.metrics.set_queue(0);
+        for env in queued {
+            self.bounce(&env, StanzaCondition::PolicyViolation);
+        }
+        self.stop = true;
+    }
+}
+
 /// The result of a connection attempt (sent by the attempt's task).
 struct Attempt(Result<Established, ConnectError>);
 
@@ -69,6 +93,8 @@ pub struct OutboundDomain {
     last_activity: Instant,
     last_write: Instant,
     holds_slot: bool,
+    /// The partner's `enable_keep_alive`, read when the stream comes up.
+    keep_alive: bool,
     stop: bool,
 }
 
@@ -99,6 +125,7 @@ impl Actor for OutboundDomain {
             last_activity: now,
             last_write: now,
             holds_slot: false,
+            keep_alive: true,
             stop: false,
         })
     }
@@ -206,6 +233,9 @@ impl OutboundDomain {
             State::Connecting => None,
             State::Up => {
                 let idle = self.last_activity + g.stream_inactivity_timeout;
+                if !self.keep_alive {
+                    return Some(idle);
+                }
                 let keepalive = self.last_write + g.keep_alive_interval;
                 Some(idle.min(keepalive))
             }
@@ -228,7 +258,7 @@ impl OutboundDomain {
                     if self.queue.is_empty() {
                         self.stop = true;
                     }
-                } else if now >= self.last_write + g.keep_alive_interval {
+                } else if self.keep_alive && now >= self.last_write + g.keep_alive_interval {
                     // Whitespace keepalive (RFC 6120 §4.6.1).
                     self.send_bytes(Bytes::from_static(b" "));
                 }
@@ -272,6 +302,10 @@ impl OutboundDomain {
         self.framer = Some(est.framer);
         self.writer = Some(Writer::spawn(wr, WRITE_QUEUE, self.shared.metrics.clone()));
         self.state = State::Up;
+        self.keep_alive = self
+            .shared
+            .partner(&self.remote)
+            .is_none_or(|p| p.keep_alive);
         self.metrics.set_state("up");
         self.failures = 0;
         let now = Instant::now();
