@@ -657,12 +657,18 @@ impl Shard {
             self.ctx.metrics.refused_access_in.increment(1);
             match kind {
                 StanzaKind::Presence if ty.as_deref() == Some("subscribe") => {
+                    // As for a user that does not exist (RFC 6121 §3.1.3).
                     let reply = subscription_xml(
                         SubKind::Unsubscribed,
                         user.as_str(),
                         env.from.bare().as_str(),
                     );
-                    self.route_xml(reply, Jid::Bare(user), Jid::Bare(env.from.bare().clone()));
+                    if let Ok(s) = Stanza::parse(Bytes::from(reply)) {
+                        let mut e =
+                            Envelope::new(s, Jid::Bare(user), Jid::Bare(env.from.bare().clone()));
+                        e.on_behalf = true;
+                        self.ctx.router.route_nowait(e);
+                    }
                 }
                 StanzaKind::Presence => {}
                 _ if !is_error => self.bounce(env, StanzaCondition::ServiceUnavailable),

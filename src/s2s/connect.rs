@@ -33,6 +33,10 @@ pub enum ConnectError {
     Tls(String),
     #[error("negotiation: {0}")]
     Negotiation(String),
+    /// The peer and our settings for it cannot agree (TLS, SASL, dialback)
+    /// or it refused to authenticate us: retrying will not help.
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("stream negotiation did not finish within {0:?}")]
     Timeout(Duration),
     #[error("the peer closed the connection during negotiation")]
@@ -60,6 +64,7 @@ impl ConnectError {
             ConnectError::Unreachable(_) => "connect",
             ConnectError::Tls(_) => "tls",
             ConnectError::Negotiation(_) => "negotiation",
+            ConnectError::Refused(_) => "refused",
             ConnectError::Timeout(_) => "timeout",
             ConnectError::Closed => "closed",
             ConnectError::Limit => "limit",
@@ -317,5 +322,11 @@ async fn fail(io: &mut Transport, f: S2sFailure) -> ConnectError {
             .await;
         let _ = io.shutdown().await;
     }
-    ConnectError::Negotiation(f.reason.to_string())
+    use crate::stream::s2s::FailReason;
+    match f.reason {
+        FailReason::PeerStreamError(_) | FailReason::Protocol(_) => {
+            ConnectError::Negotiation(f.reason.to_string())
+        }
+        _ => ConnectError::Refused(f.reason.to_string()),
+    }
 }

@@ -140,7 +140,7 @@ impl S2sRouter {
         let metrics = &self.shared.metrics;
         // The sender's access policy (Lync's EnableFederationAccess and
         // EnableXmppAccess) comes first: a user without it reaches nobody.
-        if !policy.access(env.from.bare()).allowed_remote() {
+        if !env.on_behalf && !policy.access(env.from.bare()).allowed_remote() {
             metrics.refused_access_out.increment(1);
             self.refuse(
                 &env,

@@ -329,11 +329,14 @@ impl OutboundDomain {
         self.metrics.failure(e.label());
         tracing::warn!(local = %self.local, remote = %self.remote, error = %e, failures = self.failures, "s2s connection failed");
         let cond = e.bounce_condition();
+        // Retrying cannot help when the domain does not exist, or when the
+        // peer and our partner settings cannot agree (TLS, SASL, dialback):
+        // bounce at once, with the reason, instead of after the timeout.
         let hopeless = matches!(
             e,
             ConnectError::Dns(
                 crate::dns::DnsError::NotFound(_) | crate::dns::DnsError::NoService(_)
-            )
+            ) | ConnectError::Refused(_)
         );
         let max_age = self.shared.config.gateway.stream_establishment_timeout;
         let now = Instant::now();
@@ -343,14 +346,19 @@ impl OutboundDomain {
             .partition(|env| hopeless || now.duration_since(env.at) >= max_age);
         self.queue = keep.into();
         self.metrics.set_queue(self.queue.len());
+        let reason = e.to_string();
         for env in bounce {
-            self.bounce(&env, cond);
+            self.bounce_with(&env, cond, Some(&reason));
         }
         self.retry_at = Some(now + backoff(self.failures));
     }
 
     fn bounce(&mut self, env: &Envelope, cond: StanzaCondition) {
-        if let Some(b) = env.bounce(cond, None) {
+        self.bounce_with(env, cond, None)
+    }
+
+    fn bounce_with(&mut self, env: &Envelope, cond: StanzaCondition, text: Option<&str>) {
+        if let Some(b) = env.bounce(cond, text) {
             self.metrics.bounce(cond);
             self.shared.router.route_nowait(b);
         }

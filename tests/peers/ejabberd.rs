@@ -267,8 +267,20 @@ impl Ejabberd {
     }
 
     /// Creates `user@domain` with `password` (`ejabberdctl register`).
+    ///
+    /// Right after start the node may answer before its Mnesia tables exist
+    /// (`no_exists`); that one error is retried, a bounded number of times,
+    /// once the previous attempt has returned.
     pub fn register(&self, user: &str, password: &str) {
-        self.ctl_run(&["register", user, &self.opts.domain, password]);
+        let args = ["register", user, self.opts.domain.as_str(), password];
+        for _ in 0..20 {
+            match self.ctl_try(&args) {
+                Ok(_) => return,
+                Err(e) if e.contains("no_exists") => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        self.ctl_run(&args);
     }
 
     pub fn c2s_addr(&self) -> SocketAddr {
