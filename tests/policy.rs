@@ -1084,7 +1084,9 @@ async fn bounced_by_negotiation(site: &Site, user: &mut Client, to: &str, id: &s
         metric(
             &m,
             "fedrouter_s2s_failures_total",
-            &[("domain", domain), ("stage", "negotiation")],
+            // `refused`: the peer and the partner settings cannot agree,
+            // which no retry fixes.
+            &[("domain", domain), ("stage", "refused")],
         ) >= 1.0
     })
     .await;
