@@ -423,6 +423,15 @@ impl fmt::Debug for CertIdentity {
     }
 }
 
+/// A verifier that completes the handshake whatever the server's
+/// certificate (signatures are still checked): for s2s, where identity is
+/// judged afterwards, and for the test client's `TlsTrust::Insecure`.
+pub fn accept_any_server_cert() -> Arc<dyn ServerCertVerifier> {
+    Arc::new(AcceptAnyServerCert {
+        algs: crate::tls::provider().signature_verification_algorithms,
+    })
+}
+
 /// Completes the handshake whatever the server's certificate; the
 /// identity is judged afterwards (see the module docs).
 #[derive(Debug)]
