@@ -920,6 +920,19 @@ async fn unlisted_domains_are_denied_by_default_both_ways() {
     // Inbound: a stream from the unlisted domain, with a good certificate.
     let e = refusal(S2sPeer::connect(&site.peer_cfg("open.test")).await).await;
     assert_eq!(e.condition, StreamCondition::PolicyViolation, "{e}");
+
+    // Both refusals are counted.
+    let m = site.server.scrape().await;
+    for dir in ["out", "in"] {
+        assert!(
+            metric(
+                &m,
+                "fedrouter_policy_refusals_total",
+                &[("reason", "unlisted_domain"), ("dir", dir)]
+            ) >= 1.0,
+            "refusal {dir} not counted"
+        );
+    }
 }
 
 #[tokio::test]

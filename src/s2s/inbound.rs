@@ -54,7 +54,12 @@ impl InboundContext for Ctx<'_> {
     }
 
     fn policy(&self, remote: &str) -> Option<PeerPolicy> {
-        self.0.policy(remote)
+        let p = self.0.policy(remote);
+        if p.is_none() {
+            // The machine refuses it with <policy-violation/>: count it.
+            self.0.metrics.refused_unlisted_in.increment(1);
+        }
+        p
     }
 
     fn dialback_secret(&self) -> &[u8] {
