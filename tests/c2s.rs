@@ -73,35 +73,7 @@ async fn two_users_subscribe_see_each_other_come_and_go_and_exchange_1000_messag
 
     // 1,000 messages, in order, none lost.
     let to = bob.jid.bare().to_string();
-    for i in 0..1000 {
-        alice
-            .send(format!(
-                "<message to='{to}' type='chat' id='m{i}'><body>n{i}</body></message>"
-            ))
-            .await
-            .unwrap();
-    }
-    let mut next = 0;
-    while next < 1000 {
-        let s = bob
-            .recv()
-            .await
-            .unwrap_or_else(|e| panic!("after {next} messages: {e}"));
-        if s.name() != "message" {
-            continue;
-        }
-        assert_eq!(
-            body(&s).as_deref(),
-            Some(format!("n{next}").as_str()),
-            "out of order or lost"
-        );
-        assert_eq!(
-            s.from().as_deref(),
-            Some(alice.jid.to_string().as_str()),
-            "from is stamped with the full JID"
-        );
-        next += 1;
-    }
+    exchange_in_order(&mut alice, &mut bob, &to, "n", 1000).await;
 
     // Bob goes offline: alice sees it; bob comes back: alice sees that too.
     bob.close().await.unwrap();

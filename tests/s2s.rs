@@ -143,31 +143,7 @@ async fn chat_across(fed: &Federation, mode: Mode) {
     assert!(!text(&p).contains("alice's note"), "{}", text(&p));
 
     // 1,000 messages in order, none lost.
-    for i in 0..1000 {
-        alice
-            .send(format!(
-                "<message to='bob@b.test' type='chat' id='f{i}'><body>f{i}</body></message>"
-            ))
-            .await
-            .unwrap();
-    }
-    let mut next = 0;
-    while next < 1000 {
-        let s = bob
-            .recv()
-            .await
-            .unwrap_or_else(|e| panic!("{mode:?}: after {next} messages: {e}"));
-        if s.name() != "message" {
-            continue;
-        }
-        assert_eq!(
-            body(&s).as_deref(),
-            Some(format!("f{next}").as_str()),
-            "{mode:?}: out of order or lost"
-        );
-        assert!(s.from().unwrap().starts_with("alice@a.test/"));
-        next += 1;
-    }
+    exchange_in_order(&mut alice, &mut bob, "bob@b.test", "f", 1000).await;
     // And back.
     bob.send("<message to='alice@a.test' type='chat'><body>reply</body></message>")
         .await

@@ -19,8 +19,8 @@ use fedrouter::stream::s2s::{AuthMethod, FailReason, Negotiate, PeerPolicy};
 use fedrouter::testing::ca::{TestCa, self_signed};
 use fedrouter::testing::dns::TestDns;
 use fedrouter::testing::s2s::{
-    Attempt, DialbackAuthority, InEvent, ListenerConfig, PeerConfig, PeerError, Refused,
-    S2sListener, S2sPeer, random_secret, server_tls,
+    Attempt, DialbackAuthority, InEvent, InboundPeer, ListenerConfig, PeerConfig, PeerError,
+    Refused, S2sListener, S2sPeer, random_secret, server_tls,
 };
 use rustls::RootCertStore;
 use tokio::time::Instant;
@@ -429,24 +429,7 @@ async fn whitespace_keepalives_keep_an_inbound_stream_open() {
 #[tokio::test]
 async fn the_daemon_sends_whitespace_keepalives_on_an_idle_outbound_stream() {
     let site = site("[gateway]\nkeep_alive_interval = 1\n").await;
-    let roots = site.roots();
-    let verifier = Arc::new(PeerVerifier::with_roots(roots.clone()).unwrap());
-    let mut k = S2sListener::start(ListenerConfig {
-        domain: "k.test".into(),
-        secret: random_secret(),
-        server_tls: server_tls(site.ca.issue(&["k.test"]).certified_key(), Some(roots)),
-        verifier: Some(verifier),
-        policy: PeerPolicy::open_federation(),
-        timeout: TIMEOUT,
-    })
-    .await
-    .unwrap();
-    site.register("k.test", k.addr());
-    let mut user = site.user().await;
-    user.send("<message to='someone@k.test' type='chat'><body>ping</body></message>")
-        .await
-        .unwrap();
-    let mut inbound = k.accept(TIMEOUT).await.unwrap();
+    let (_k, mut inbound) = outbound_stream_to_k(&site).await;
     assert_eq!(inbound.remote, HOME);
     assert_eq!(inbound.method, AuthMethod::SaslExternal);
     let m = inbound.recv().await.unwrap();
@@ -475,6 +458,21 @@ async fn a_partner_with_enable_keep_alive_false_gets_no_whitespace_keepalives() 
          enable_keep_alive = false\npartner_type = \"federated\"\n",
     )
     .await;
+    let (_k, mut inbound) = outbound_stream_to_k(&site).await;
+    let m = inbound.recv().await.unwrap();
+    assert_eq!(body(&m).as_deref(), Some("ping"), "{}", text(&m));
+    // Three keepalive intervals pass without a single whitespace byte.
+    match tokio::time::timeout(Duration::from_secs(3), inbound.next()).await {
+        Err(_) => {}
+        Ok(other) => panic!("expected silence, got {other:?}"),
+    }
+}
+
+/// A fake `k.test` (SASL EXTERNAL with a CA certificate) that the daemon
+/// opens an outbound stream to when the local user sends it a message;
+/// returns the listener (keep it alive) and the accepted stream, whose
+/// first stanza is the message `ping`.
+async fn outbound_stream_to_k(site: &Site) -> (S2sListener, InboundPeer) {
     let roots = site.roots();
     let verifier = Arc::new(PeerVerifier::with_roots(roots.clone()).unwrap());
     let mut k = S2sListener::start(ListenerConfig {
@@ -492,12 +490,8 @@ async fn a_partner_with_enable_keep_alive_false_gets_no_whitespace_keepalives() 
     user.send("<message to='someone@k.test' type='chat'><body>ping</body></message>")
         .await
         .unwrap();
-    let mut inbound = k.accept(TIMEOUT).await.unwrap();
-    let m = inbound.recv().await.unwrap();
-    assert_eq!(body(&m).as_deref(), Some("ping"), "{}", text(&m));
-    // Three keepalive intervals pass without a single whitespace byte.
-    match tokio::time::timeout(Duration::from_secs(3), inbound.next()).await {
-        Err(_) => {}
-        Ok(other) => panic!("expected silence, got {other:?}"),
-    }
+    let inbound = k.accept(TIMEOUT).await.unwrap();
+    // The user session may end now: the outbound stream is the daemon's.
+    drop(user);
+    (k, inbound)
 }

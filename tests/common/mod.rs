@@ -195,3 +195,43 @@ pub async fn add_contact(c: &mut Client, jid: &str) {
         text(&r)
     );
 }
+
+/// `from` sends `n` chat messages (bodies `PREFIX<i>`) to `to`, and `into`
+/// must receive every one of them, in order, from `from`'s full JID.
+pub async fn exchange_in_order(
+    from: &mut Client,
+    into: &mut Client,
+    to: &str,
+    prefix: &str,
+    n: usize,
+) {
+    for i in 0..n {
+        from.send(format!(
+            "<message to='{to}' type='chat' id='{prefix}{i}'><body>{prefix}{i}</body></message>"
+        ))
+        .await
+        .unwrap();
+    }
+    let sender = from.jid.to_string();
+    let mut next = 0;
+    while next < n {
+        let s = into
+            .recv()
+            .await
+            .unwrap_or_else(|e| panic!("after {next} of {n} messages: {e}"));
+        if s.name() != "message" {
+            continue;
+        }
+        assert_eq!(
+            body(&s).as_deref(),
+            Some(format!("{prefix}{next}").as_str()),
+            "out of order or lost"
+        );
+        assert_eq!(
+            s.from().as_deref(),
+            Some(sender.as_str()),
+            "from is the sender's full JID"
+        );
+        next += 1;
+    }
+}
