@@ -1119,22 +1119,7 @@ impl Shard {
             }
         }
         // To all of our own available resources, this one included (RFC 6121 §4.2.2).
-        let own: Vec<Arc<str>> = self
-            .users
-            .get(&bare)
-            .map(|u| {
-                u.resources
-                    .iter()
-                    .filter(|r| r.available)
-                    .map(|r| r.handle.jid_str.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for to in own {
-            let f = presence.splice(None, Some(&to));
-            let res = to.rsplit_once('/').map(|(_, r)| r.to_string());
-            self.write_to(&bare, res.as_deref(), f, StanzaKind::Presence);
-        }
+        self.echo_to_own_resources(&bare, &presence);
         if was_available {
             return;
         }
@@ -1243,6 +1228,19 @@ impl Shard {
                 .router
                 .route_nowait(Envelope::new(presence.clone(), from.clone(), to));
         }
+        self.echo_to_own_resources(bare, &presence);
+        // The leaving resource gets its own unavailable too, as a clean echo.
+        if res.available {
+            let _ = res
+                .handle
+                .out
+                .try_send(presence.splice(None, Some(&res.handle.jid_str)));
+        }
+    }
+
+    /// A user's presence to each of the user's available resources, each
+    /// copy addressed to its resource (RFC 6121 §4.2.2, §4.5.2).
+    fn echo_to_own_resources(&mut self, bare: &BareJid, presence: &Stanza) {
         let own: Vec<Arc<str>> = self
             .users
             .get(bare)
@@ -1262,13 +1260,6 @@ impl Shard {
                 presence.splice(None, Some(&to)),
                 StanzaKind::Presence,
             );
-        }
-        // The leaving resource gets its own unavailable too, as a clean echo.
-        if res.available {
-            let _ = res
-                .handle
-                .out
-                .try_send(presence.splice(None, Some(&res.handle.jid_str)));
         }
     }
 
