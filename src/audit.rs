@@ -88,8 +88,15 @@ impl AuditLog {
     }
 
     /// Records a message crossing the federation (other stanzas are not
-    /// audited). `from`/`to` are the routing addresses.
-    pub fn message(&self, dir: Direction, stanza: &Stanza, from: &str, to: &str) {
+    /// audited). `from`/`to` are the routing addresses, formatted only when
+    /// the log is enabled and the stanza is a message.
+    pub fn message(
+        &self,
+        dir: Direction,
+        stanza: &Stanza,
+        from: &dyn std::fmt::Display,
+        to: &dyn std::fmt::Display,
+    ) {
         let Some(inner) = &self.inner else { return };
         if stanza.kind() != StanzaKind::Message {
             return;
@@ -101,8 +108,8 @@ impl AuditLog {
                 Direction::In => "in",
                 Direction::Out => "out",
             },
-            quote(from),
-            quote(to),
+            quote(&from.to_string()),
+            quote(&to.to_string()),
             quote(stanza.id().as_deref().unwrap_or("")),
             quote(stanza.type_().as_deref().unwrap_or("normal")),
         );
@@ -172,8 +179,8 @@ mod tests {
         .unwrap();
         let without = dir.path().join("a.log");
         let log = AuditLog::open(&without, false).unwrap();
-        log.message(Direction::Out, &msg, "alice@a.test/r", "bob@b.test");
-        log.message(Direction::Out, &msg, "alice@a.test/r", "carol@b.test");
+        log.message(Direction::Out, &msg, &"alice@a.test/r", &"bob@b.test");
+        log.message(Direction::Out, &msg, &"alice@a.test/r", &"carol@b.test");
         let text = wait_for(&without, "carol@b.test");
         assert!(
             text.contains(" out from=\"alice@a.test/r\" to=\"bob@b.test\" id=\"m1\" type=\"chat\""),
@@ -185,7 +192,7 @@ mod tests {
         );
         let with = dir.path().join("b.log");
         let log = AuditLog::open(&with, true).unwrap();
-        log.message(Direction::Out, &msg, "alice@a.test/r", "bob@b.test");
+        log.message(Direction::Out, &msg, &"alice@a.test/r", &"bob@b.test");
         let text = wait_for(&with, "marker");
         assert!(
             text.contains("body=\"secret \\\"marker\\\"\\nline\""),
@@ -200,9 +207,9 @@ mod tests {
         let path = dir.path().join("a.log");
         let log = AuditLog::open(&path, true).unwrap();
         let p = Stanza::parse(Bytes::from_static(b"<presence/>")).unwrap();
-        log.message(Direction::In, &p, "a@x", "b@y");
+        log.message(Direction::In, &p, &"a@x", &"b@y");
         let m = Stanza::parse(Bytes::from_static(b"<message id='z'/>")).unwrap();
-        log.message(Direction::In, &m, "a@x", "b@y");
+        log.message(Direction::In, &m, &"a@x", &"b@y");
         let text = wait_for(&path, "id=\"z\"");
         assert_eq!(text.lines().count(), 1);
     }

@@ -313,12 +313,9 @@ impl InboundS2s {
                 ))
                 .await;
         };
-        self.shared.audit.message(
-            crate::audit::Direction::In,
-            &s,
-            &from.to_string(),
-            &to.to_string(),
-        );
+        self.shared
+            .audit
+            .message(crate::audit::Direction::In, &s, &from, &to);
         let mut env = Envelope::new(s, from, to);
         env.remote = Some(partner.partner_type);
         self.shared.router.route(env).await;

@@ -169,8 +169,8 @@ impl S2sRouter {
         self.shared.audit.message(
             crate::audit::Direction::Out,
             &env.stanza,
-            &env.from.to_string(),
-            &env.to.to_string(),
+            &env.from,
+            &env.to,
         );
         let local = env.from.domain().to_string();
         let remote = env.to.domain().to_string();
