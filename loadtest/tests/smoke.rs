@@ -1,0 +1,114 @@
+//! Each scenario, briefly, against the real daemon (library entry point)
+//! on loopback: our remote domains reach it over real s2s with STARTTLS and
+//! dialback through our own DNS answers, our local users over c2s with
+//! STARTTLS and SCRAM. Any lost, duplicated, misdelivered or bounced
+//! message fails the run.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fedrouter::config::Config;
+use fedrouter::{Daemon, admin};
+use loadtest::args::{Auth, Output, Target};
+
+const DOMAIN: &str = "localhost";
+
+struct Site {
+    daemon: Daemon,
+    _dir: tempfile::TempDir,
+    target: Target,
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 (for the DNS the daemon
+/// must be told about before the load generator binds it).
+fn free_port() -> u16 {
+    loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+async fn site(users: usize, extra: &str) -> Site {
+    fedrouter::tls::install_default_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        "[server]\ndomains = [\"{DOMAIN}\"]\ndata_dir = \"{}\"\nworkers = 2\n\
+         [c2s]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{dns}\"]\n\
+         unlisted_domains = \"allow\"\nunlisted_partner_type = \"federated\"\n\
+         [[access_policy]]\nname = \"global\"\nenable_federation_access = true\n\
+         enable_xmpp_access = true\n{extra}",
+        dir.path().join("data").display()
+    );
+    let path = dir.path().join("fedrouter.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
+    let daemon = fedrouter::start(config).await.unwrap();
+    for i in 1..=users {
+        let jid = admin::user_jid(&format!("lt{i}@{DOMAIN}"), &[DOMAIN.to_string()]).unwrap();
+        admin::add_user(&*daemon.store, &jid, "loadtest").unwrap();
+    }
+    let target = Target {
+        label: "fedrouter".into(),
+        domain: DOMAIN.into(),
+        c2s: daemon.c2s_addrs[0],
+        s2s: daemon.s2s_addrs[0],
+        user_prefix: "lt".into(),
+        password: "loadtest".into(),
+        remote_suffix: "lt.test".into(),
+        s2s_listen: "127.0.0.1:0".parse().unwrap(),
+        dns_listen: Some(dns),
+        auth: Auth::Dialback,
+        ca_dir: None,
+        target_pid: Some(std::process::id()),
+        source_ips: vec![],
+        connect_concurrency: 16,
+    };
+    Site {
+        daemon,
+        _dir: dir,
+        target,
+    }
+}
+
+fn output() -> Output {
+    Output {
+        json: None,
+        report: None,
+        quiet: true,
+    }
+}
+
+fn check(r: &loadtest::report::Report) {
+    assert!(r.ok, "run failed: {:?}\n{}", r.failures, r.to_table());
+    assert_eq!(r.counts.get("lost"), Some(&0), "{}", r.to_table());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn im_both_ways_loses_nothing() {
+    let s = site(4, "").await;
+    let a = loadtest::args::ImArgs {
+        target: s.target.clone(),
+        output: output(),
+        users: 4,
+        contacts: 12,
+        domains: 3,
+        direction: loadtest::args::Direction::Both,
+        messages: 3_000,
+        rate: 0,
+        window: 64,
+        duration: Duration::from_secs(60),
+        drain: Duration::from_secs(10),
+        body_bytes: 50,
+    };
+    let r = loadtest::im::run(&a, false).await.unwrap();
+    check(&r);
+    assert_eq!(r.counts["sent"], 3_000);
+    assert_eq!(r.counts["received"], 3_000);
+    assert_eq!(r.latencies[0].histogram.len(), 3_000);
+    s.daemon.shutdown().await;
+}
