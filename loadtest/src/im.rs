@@ -7,49 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use fedrouter::xml::{Stanza, StanzaKind};
-
-use crate::args::{Direction, ImArgs, Target};
-use crate::conn::{IoStats, Stream, Writer};
+use crate::args::{Direction, ImArgs};
+use crate::conn::Writer;
+use crate::presence_track::PresenceTracker;
 use crate::progress::Progress;
-use crate::remote::{Remote, Sink, domain_name};
 use crate::report::{Latency, Report};
 use crate::stamp::{self, Stamp};
 use crate::tracker::{Tracker, WARMUP};
+use crate::world::{Trackers, World, contact_jid};
 use crate::{local, sampler};
-
-/// Contact `j` of `contacts` lives in domain `j % domains`.
-pub fn contact_jid(t: &Target, j: usize, domains: usize) -> String {
-    format!("c{j}@{}", domain_name(&t.remote_suffix, j % domains))
-}
-
-/// A message from the target to one of our contacts: where it arrived.
-pub fn remote_sink(tracker: Arc<Tracker>) -> Sink {
-    Arc::new(move |s: Stanza| {
-        if s.kind() != StanzaKind::Message {
-            return;
-        }
-        let Some(st) = stamp::find(s.bytes()) else {
-            return;
-        };
-        let bounce = s.type_().as_deref() == Some("error");
-        let at = s.to().and_then(|to| stamp::index_in(&to, "c"));
-        tracker.arrive(st, at, bounce);
-    })
-}
-
-/// A message reaching local user `me` over c2s.
-pub fn local_handler(tracker: Arc<Tracker>, me: u32) -> impl FnMut(Stanza) + Send + 'static {
-    move |s: Stanza| {
-        if s.kind() != StanzaKind::Message {
-            return;
-        }
-        if let Some(st) = stamp::find(s.bytes()) {
-            let bounce = s.type_().as_deref() == Some("error");
-            tracker.arrive(st, Some(me), bounce);
-        }
-    }
-}
 
 /// One sending stream and whom it writes to: (from, to, recipient index).
 pub struct Sender {
@@ -196,38 +162,12 @@ pub async fn run(a: &ImArgs, show_progress: bool) -> anyhow::Result<Report> {
     report.param("body_bytes", a.body_bytes);
     report.param("auth", format!("{:?}", t.auth).to_lowercase());
 
-    let remote = Remote::start(t, domains, remote_sink(tracker.clone())).await?;
-    let stats = Arc::new(IoStats::default());
-    let setup = Progress::new("signing in", Some(users as u64), show_progress);
-    let signed = local::sign_in(t, 0..users, true, &setup).await?;
-    setup.finish();
-    let mut sessions: Vec<Stream> = Vec::new();
-    for (i, (r, _)) in signed.into_iter().enumerate() {
-        let c = r.map_err(|e| anyhow::anyhow!("sign-in failed: {e}"))?;
-        sessions.push(local::spawn(
-            c,
-            stats.clone(),
-            local_handler(tracker.clone(), i as u32),
-        ));
-    }
-    let mut outbound: Vec<Stream> = Vec::new();
-    if inn {
-        for d in 0..domains {
-            let tr = tracker.clone();
-            outbound.push(
-                remote
-                    .connect(d, move |s| {
-                        // Bounces of what we sent come back on the stream
-                        // the target opened to us; anything here is odd.
-                        if let Some(st) = stamp::find(s.bytes()) {
-                            tr.arrive(st, None, s.type_().as_deref() == Some("error"));
-                        }
-                    })
-                    .await?,
-            );
-        }
-    }
-
+    let trackers = Trackers {
+        msgs: tracker.clone(),
+        pres: Arc::new(PresenceTracker::new(0, 1)),
+    };
+    let world = World::setup(t, users, domains, inn, trackers, show_progress).await?;
+    let (sessions, outbound) = (&world.sessions, &world.outbound);
     // Warm up every path so stream setup stays out of the figures.
     let limit = Duration::from_secs(60);
     if out {
@@ -351,7 +291,6 @@ pub async fn run(a: &ImArgs, show_progress: bool) -> anyhow::Result<Report> {
     report.count("duplicate", tracker.duplicate.load(Ordering::Relaxed));
     report.count("bounced", tracker.bounced.load(Ordering::Relaxed));
     report.count("foreign", tracker.foreign.load(Ordering::Relaxed));
-    report.count("streams_ended", stats.ended.load(Ordering::Relaxed));
     report.timeline = samples;
     if !settled {
         report.fail(format!(
@@ -368,10 +307,8 @@ pub async fn run(a: &ImArgs, show_progress: bool) -> anyhow::Result<Report> {
     if sent == 0 {
         report.fail("nothing was sent");
     }
-    for s in sessions.into_iter().chain(outbound) {
-        s.close().await;
-    }
-    drop(remote);
+    report.count("streams_ended", world.stats.ended.load(Ordering::Relaxed));
+    world.close().await;
     Ok(report)
 }
 

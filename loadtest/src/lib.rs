@@ -6,6 +6,8 @@ pub mod args;
 pub mod conn;
 pub mod im;
 pub mod local;
+pub mod presence;
+pub mod presence_track;
 pub mod progress;
 pub mod remote;
 pub mod render_stub;
@@ -13,6 +15,7 @@ pub mod report;
 pub mod sampler;
 pub mod stamp;
 pub mod tracker;
+pub mod world;
 
 use std::io::IsTerminal;
 
@@ -28,7 +31,11 @@ pub async fn run(cmd: Command) -> anyhow::Result<Option<(Report, Output)>> {
             let p = progress(&a.output);
             Some((im::run(&a, p).await?, a.output))
         }
-        Command::Presence(_) | Command::Connect(_) | Command::Soak(_) => {
+        Command::Presence(a) => {
+            let p = progress(&a.output);
+            Some((presence::run(&a, p).await?, a.output))
+        }
+        Command::Connect(_) | Command::Soak(_) => {
             anyhow::bail!("this scenario is not implemented yet")
         }
         Command::Ca(a) => {

@@ -112,3 +112,22 @@ async fn im_both_ways_loses_nothing() {
     assert_eq!(r.latencies[0].histogram.len(), 3_000);
     s.daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reaches_every_contact() {
+    let s = site(2, "").await;
+    let a = loadtest::args::PresenceArgs {
+        target: s.target.clone(),
+        output: output(),
+        users: 2,
+        contacts: 300,
+        domains: 5,
+        updates: 3,
+        update_timeout: Duration::from_secs(20),
+    };
+    let r = loadtest::presence::run(&a, false).await.unwrap();
+    check(&r);
+    assert_eq!(r.counts["received"], 2 * 300 * 3, "{}", r.to_table());
+    assert_eq!(r.latencies[0].histogram.len(), 3);
+    s.daemon.shutdown().await;
+}
