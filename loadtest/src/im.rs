@@ -167,63 +167,8 @@ pub async fn run(a: &ImArgs, show_progress: bool) -> anyhow::Result<Report> {
         pres: Arc::new(PresenceTracker::new(0, 1)),
     };
     let world = World::setup(t, users, domains, inn, trackers, show_progress).await?;
-    let (sessions, outbound) = (&world.sessions, &world.outbound);
-    // Warm up every path so stream setup stays out of the figures.
-    let limit = Duration::from_secs(60);
-    if out {
-        let to: Vec<(String, u32)> = (0..domains.min(contacts))
-            .map(|j| (contact_jid(t, j, domains), j as u32))
-            .collect();
-        warm_up(&tracker, &sessions[0].writer, None, &to, limit).await?;
-    }
-    if inn {
-        for (d, s) in outbound.iter().enumerate() {
-            let from = contact_jid(t, d, domains);
-            let to = vec![(local::user_jid(t, d % users), (d % users) as u32)];
-            warm_up(&tracker, &s.writer, Some(&from), &to, limit).await?;
-        }
-    }
-
-    // Who talks to whom.
-    let mut senders = Vec::new();
-    if out {
-        for (i, s) in sessions.iter().enumerate() {
-            let mut pairs: Vec<(Option<String>, String, u32)> = (i..contacts)
-                .step_by(users)
-                .map(|j| (None, contact_jid(t, j, domains), j as u32))
-                .collect();
-            if pairs.is_empty() {
-                let j = i % contacts;
-                pairs.push((None, contact_jid(t, j, domains), j as u32));
-            }
-            senders.push(Sender {
-                writer: s.writer.clone(),
-                pairs,
-            });
-        }
-    }
-    if inn {
-        for (d, s) in outbound.iter().enumerate() {
-            let mut pairs: Vec<(Option<String>, String, u32)> = (d..contacts.max(domains))
-                .step_by(domains)
-                .map(|j| {
-                    let u = j % users;
-                    (
-                        Some(contact_jid(t, j, domains)),
-                        local::user_jid(t, u),
-                        u as u32,
-                    )
-                })
-                .collect();
-            if pairs.is_empty() {
-                pairs.push((Some(contact_jid(t, d, domains)), local::user_jid(t, 0), 0));
-            }
-            senders.push(Sender {
-                writer: s.writer.clone(),
-                pairs,
-            });
-        }
-    }
+    warm_all(t, &world, users, contacts, out, inn).await?;
+    let senders = build_senders(t, &world, users, contacts, out, inn);
 
     // The measured phase.
     let progress = Progress::new("im", Some(a.messages), show_progress);
@@ -310,6 +255,92 @@ pub async fn run(a: &ImArgs, show_progress: bool) -> anyhow::Result<Report> {
     report.count("streams_ended", world.stats.ended.load(Ordering::Relaxed));
     world.close().await;
     Ok(report)
+}
+
+/// Warms up every path (one message per domain each way) so stream setup
+/// stays out of the figures.
+pub async fn warm_all(
+    t: &crate::args::Target,
+    world: &World,
+    users: usize,
+    contacts: usize,
+    out: bool,
+    inn: bool,
+) -> anyhow::Result<()> {
+    let tracker = &world.trackers.msgs;
+    let domains = world.domains;
+    let (sessions, outbound) = (&world.sessions, &world.outbound);
+    let limit = Duration::from_secs(60);
+    if out {
+        let to: Vec<(String, u32)> = (0..domains.min(contacts))
+            .map(|j| (contact_jid(t, j, domains), j as u32))
+            .collect();
+        warm_up(tracker, &sessions[0].writer, None, &to, limit).await?;
+    }
+    if inn {
+        for (d, s) in outbound.iter().enumerate() {
+            let from = contact_jid(t, d, domains);
+            let to = vec![(local::user_jid(t, d % users), (d % users) as u32)];
+            warm_up(tracker, &s.writer, Some(&from), &to, limit).await?;
+        }
+    }
+
+    Ok(())
+}
+
+/// Who talks to whom: each local user to its contacts (`j ≡ i mod users`),
+/// each domain's contacts to their users (`j mod users`).
+pub fn build_senders(
+    t: &crate::args::Target,
+    world: &World,
+    users: usize,
+    contacts: usize,
+    out: bool,
+    inn: bool,
+) -> Vec<Sender> {
+    let domains = world.domains;
+    let (sessions, outbound) = (&world.sessions, &world.outbound);
+    let mut senders = Vec::new();
+    if out {
+        for (i, s) in sessions.iter().enumerate() {
+            let mut pairs: Vec<(Option<String>, String, u32)> = (i..contacts)
+                .step_by(users)
+                .map(|j| (None, contact_jid(t, j, domains), j as u32))
+                .collect();
+            if pairs.is_empty() {
+                let j = i % contacts;
+                pairs.push((None, contact_jid(t, j, domains), j as u32));
+            }
+            senders.push(Sender {
+                writer: s.writer.clone(),
+                pairs,
+            });
+        }
+    }
+    if inn {
+        for (d, s) in outbound.iter().enumerate() {
+            let mut pairs: Vec<(Option<String>, String, u32)> = (d..contacts.max(domains))
+                .step_by(domains)
+                .map(|j| {
+                    let u = j % users;
+                    (
+                        Some(contact_jid(t, j, domains)),
+                        local::user_jid(t, u),
+                        u as u32,
+                    )
+                })
+                .collect();
+            if pairs.is_empty() {
+                pairs.push((Some(contact_jid(t, d, domains)), local::user_jid(t, 0), 0));
+            }
+            senders.push(Sender {
+                writer: s.writer.clone(),
+                pairs,
+            });
+        }
+    }
+
+    senders
 }
 
 /// Waits for every task (a panic in one is reported, not propagated).

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod conn;
+pub mod connect;
 pub mod im;
 pub mod local;
 pub mod presence;
@@ -13,6 +14,7 @@ pub mod remote;
 pub mod render_stub;
 pub mod report;
 pub mod sampler;
+pub mod soak;
 pub mod stamp;
 pub mod tracker;
 pub mod world;
@@ -35,8 +37,13 @@ pub async fn run(cmd: Command) -> anyhow::Result<Option<(Report, Output)>> {
             let p = progress(&a.output);
             Some((presence::run(&a, p).await?, a.output))
         }
-        Command::Connect(_) | Command::Soak(_) => {
-            anyhow::bail!("this scenario is not implemented yet")
+        Command::Connect(a) => {
+            let p = progress(&a.output);
+            Some((connect::run(&a, p).await?, a.output))
+        }
+        Command::Soak(a) => {
+            let p = progress(&a.output);
+            Some((soak::run(&a, p).await?, a.output))
         }
         Command::Ca(a) => {
             remote::Material::write_new(&a.out, &a.remote_suffix)?;

@@ -31,7 +31,7 @@ pub struct Trackers {
 
 impl Trackers {
     /// What the target sends to our contacts.
-    fn sink(&self) -> Sink {
+    pub fn sink(&self) -> Sink {
         let tr = self.clone();
         Arc::new(move |s: Stanza| match s.kind() {
             StanzaKind::Message => {

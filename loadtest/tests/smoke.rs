@@ -85,7 +85,12 @@ fn output() -> Output {
 
 fn check(r: &loadtest::report::Report) {
     assert!(r.ok, "run failed: {:?}\n{}", r.failures, r.to_table());
-    assert_eq!(r.counts.get("lost"), Some(&0), "{}", r.to_table());
+    assert_eq!(
+        r.counts.get("lost").copied().unwrap_or(0),
+        0,
+        "{}",
+        r.to_table()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,5 +134,49 @@ async fn presence_reaches_every_contact() {
     check(&r);
     assert_eq!(r.counts["received"], 2 * 300 * 3, "{}", r.to_table());
     assert_eq!(r.latencies[0].histogram.len(), 3);
+    s.daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_storm_comes_up() {
+    let s = site(50, "").await;
+    let a = loadtest::args::ConnectArgs {
+        target: s.target.clone(),
+        output: output(),
+        domains: 10,
+        sessions: 50,
+        hold: Duration::from_millis(200),
+        timeout: Duration::from_secs(60),
+    };
+    let r = loadtest::connect::run(&a, false).await.unwrap();
+    check(&r);
+    assert_eq!(r.counts["sessions_up"], 50, "{}", r.to_table());
+    assert_eq!(r.counts["domains_up"], 10, "{}", r.to_table());
+    assert!(
+        r.figures
+            .iter()
+            .any(|f| f.name == "target RSS per connection")
+    );
+    s.daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_keeps_everything() {
+    let s = site(4, "").await;
+    let a = loadtest::args::SoakArgs {
+        target: s.target.clone(),
+        output: output(),
+        users: 4,
+        contacts: 40,
+        domains: 4,
+        rate: 500,
+        presence_every: Duration::from_millis(250),
+        duration: Duration::from_secs(3),
+        drain: Duration::from_secs(10),
+    };
+    let r = loadtest::soak::run(&a, false).await.unwrap();
+    check(&r);
+    assert!(r.counts["received"] > 1000, "{}", r.to_table());
+    assert!(r.counts["presence_received"] >= 10 * 10, "{}", r.to_table());
     s.daemon.shutdown().await;
 }
