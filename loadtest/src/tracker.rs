@@ -59,9 +59,6 @@ impl Tracker {
             self.warmup.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if let Some(w) = self.windows.get(st.sender as usize) {
-            w.add_permits(1);
-        }
         if st.seq >= self.total {
             self.foreign.fetch_add(1, Ordering::Relaxed);
             return;
@@ -70,6 +67,10 @@ impl Tracker {
         if self.seen[word].fetch_or(bit, Ordering::Relaxed) & bit != 0 {
             self.duplicate.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        // First sight of a message of ours: its sender may send another.
+        if let Some(w) = self.windows.get(st.sender as usize) {
+            w.add_permits(1);
         }
         if bounce {
             self.bounced.fetch_add(1, Ordering::Relaxed);
@@ -161,7 +162,8 @@ mod tests {
         assert_eq!(t.lost(), 2);
         assert!(!t.settled());
         assert_eq!(t.histogram().len(), 1);
-        // Every arrival of ours gave its window slot back.
-        assert_eq!(t.windows[0].available_permits(), 4 + 4);
+        // Each first arrival gave its window slot back; duplicates and
+        // strangers did not.
+        assert_eq!(t.windows[0].available_permits(), 4 + 3);
     }
 }
