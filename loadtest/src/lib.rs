@@ -4,4 +4,5 @@
 //! scenarios directly.
 
 pub mod args;
+pub mod render;
 pub mod report;
