@@ -4,7 +4,9 @@
 //! ([`html`], [`plot`]). This module owns the number formats they share;
 //! it never measures anything and never touches a socket.
 
+pub mod html;
 pub mod json;
+pub mod plot;
 
 pub mod table;
 
@@ -57,49 +59,64 @@ pub fn figure(v: f64) -> String {
     format!("{v:.decimals$}")
 }
 
-/// Columns of text: the first left-aligned (names), the rest right-aligned
-/// (numbers), each as wide as its widest cell, a rule under the header.
-pub(crate) fn columns(header: &[String], rows: &[Vec<String>]) -> String {
-    columns_left(header, rows, &[0])
+/// A table before it is drawn, as text ([`Grid::to_text`]) or as HTML
+/// (`html`), so both show the same cells.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Grid {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    /// Columns aligned left (names, units); the others are numbers and
+    /// align right.
+    pub left: Vec<usize>,
 }
 
-/// [`columns`] with the given columns left-aligned (names and units).
-pub(crate) fn columns_left(header: &[String], rows: &[Vec<String>], left: &[usize]) -> String {
-    let n = header.len();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate().take(n) {
-            widths[i] = widths[i].max(cell.chars().count());
+impl Grid {
+    pub fn new<S: ToString>(header: &[S]) -> Grid {
+        Grid {
+            header: header.iter().map(ToString::to_string).collect(),
+            rows: Vec::new(),
+            left: vec![0],
         }
     }
-    let line = |cells: &[String]| {
-        let mut s = String::new();
-        for (i, w) in widths.iter().enumerate() {
-            let cell = cells.get(i).map(String::as_str).unwrap_or("");
-            let pad = w - cell.chars().count();
-            if i > 0 {
-                s.push_str("  ");
-            }
-            if left.contains(&i) {
-                s.push_str(cell);
-                s.push_str(&" ".repeat(pad));
-            } else {
-                s.push_str(&" ".repeat(pad));
-                s.push_str(cell);
+
+    /// Each column as wide as its widest cell, a rule under the header.
+    pub fn to_text(&self) -> String {
+        let n = self.header.len();
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate().take(n) {
+                widths[i] = widths[i].max(cell.chars().count());
             }
         }
-        s.truncate(s.trim_end().len());
-        s.push('\n');
-        s
-    };
-    let mut out = line(header);
-    let rule: usize = widths.iter().sum::<usize>() + 2 * n.saturating_sub(1);
-    out.push_str(&"-".repeat(rule));
-    out.push('\n');
-    for row in rows {
-        out.push_str(&line(row));
+        let line = |cells: &[String]| {
+            let mut s = String::new();
+            for (i, w) in widths.iter().enumerate() {
+                let cell = cells.get(i).map(String::as_str).unwrap_or("");
+                let pad = " ".repeat(w - cell.chars().count());
+                if i > 0 {
+                    s.push_str("  ");
+                }
+                if self.left.contains(&i) {
+                    s.push_str(cell);
+                    s.push_str(&pad);
+                } else {
+                    s.push_str(&pad);
+                    s.push_str(cell);
+                }
+            }
+            s.truncate(s.trim_end().len());
+            s.push('\n');
+            s
+        };
+        let mut out = line(&self.header);
+        let rule: usize = widths.iter().sum::<usize>() + 2 * n.saturating_sub(1);
+        out.push_str(&"-".repeat(rule));
+        out.push('\n');
+        for row in &self.rows {
+            out.push_str(&line(row));
+        }
+        out
     }
-    out
 }
 
 #[cfg(test)]
@@ -171,16 +188,12 @@ mod tests {
     }
 
     #[test]
-    fn columns_align_names_left_and_numbers_right() {
-        let t = columns(
-            &["name".into(), "µs".into()],
-            &[
-                vec!["a".into(), "1".into()],
-                vec!["longer".into(), "1000".into()],
-            ],
-        );
+    fn text_grids_align_names_left_and_numbers_right() {
+        let mut g = Grid::new(&["name", "µs"]);
+        g.rows.push(vec!["a".into(), "1".into()]);
+        g.rows.push(vec!["longer".into(), "1000".into()]);
         assert_eq!(
-            t,
+            g.to_text(),
             "name      µs\n------------\na          1\nlonger  1000\n"
         );
     }

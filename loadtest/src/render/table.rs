@@ -3,13 +3,36 @@
 //! the text goes to files and pipes as often as to a terminal.
 
 use super::json::{LatencySummary, Summary};
-use super::{columns, columns_left, figure, ms, thousands};
+use super::{Grid, figure, ms, thousands};
 use crate::report::Report;
 
 impl Report {
     /// A readable table: header, figures, latency percentiles (ms), counts
     /// by kind, and a verdict line.
     pub fn to_table(&self) -> String {
+        let mut out = format!(
+            "{}\nmeasured for {:.2} s\n",
+            self.title(),
+            self.elapsed.as_secs_f64()
+        );
+        for grid in self.grids() {
+            out.push('\n');
+            out.push_str(&grid.to_text());
+        }
+        out.push('\n');
+        if self.ok {
+            out.push_str("OK\n");
+        } else {
+            out.push_str("FAILED\n");
+            for f in &self.failures {
+                out.push_str(&format!("  - {f}\n"));
+            }
+        }
+        out
+    }
+
+    /// `loadtest im → fedrouter  (users=100 …)`.
+    pub(crate) fn title(&self) -> String {
         let mut out = format!("loadtest {} → {}", self.scenario, self.target);
         if !self.params.is_empty() {
             let params: Vec<String> = self
@@ -19,78 +42,48 @@ impl Report {
                 .collect();
             out.push_str(&format!("  ({})", params.join(" ")));
         }
-        out.push_str(&format!(
-            "\nmeasured for {:.2} s\n",
-            self.elapsed.as_secs_f64()
-        ));
-
-        if !self.figures.is_empty() {
-            let rows: Vec<Vec<String>> = self
-                .figures
-                .iter()
-                .map(|f| vec![f.name.clone(), figure(f.value), f.unit.clone()])
-                .collect();
-            out.push('\n');
-            out.push_str(&columns_left(
-                &strings(&["figure", "value", "unit"]),
-                &rows,
-                &[0, 2],
-            ));
-        }
-
-        if !self.latencies.is_empty() {
-            let header = strings(&["latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"]);
-            let rows: Vec<Vec<String>> = self
-                .latencies
-                .iter()
-                .map(|l| {
-                    // The same reduction as the JSON, so the two never disagree.
-                    let s = LatencySummary::of(&l.histogram);
-                    let mut row = vec![l.name.clone(), thousands(s.count)];
-                    let points = [s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us];
-                    row.extend(points.iter().map(|&us| {
-                        if s.count == 0 {
-                            "-".to_string()
-                        } else {
-                            ms(us as f64)
-                        }
-                    }));
-                    row
-                })
-                .collect();
-            out.push('\n');
-            out.push_str(&columns(&header, &rows));
-        }
-
-        if !self.counts.is_empty() {
-            let rows: Vec<Vec<String>> = self
-                .counts
-                .iter()
-                .map(|(k, n)| vec![k.clone(), thousands(*n)])
-                .collect();
-            out.push('\n');
-            out.push_str(&columns(&strings(&["count", "n"]), &rows));
-        }
-
-        out.push('\n');
-        out.push_str(&verdict(self.ok, &self.failures));
         out
     }
-}
 
-fn strings(s: &[&str]) -> Vec<String> {
-    s.iter().map(|s| s.to_string()).collect()
-}
-
-fn verdict(ok: bool, failures: &[String]) -> String {
-    if ok {
-        return "OK\n".to_string();
+    /// The figures, the latencies and the counts, each as a grid (left out
+    /// when the scenario has none).
+    pub(crate) fn grids(&self) -> Vec<Grid> {
+        let mut grids = Vec::new();
+        if !self.figures.is_empty() {
+            let mut g = Grid::new(&["figure", "value", "unit"]);
+            g.left.push(2);
+            for f in &self.figures {
+                g.rows
+                    .push(vec![f.name.clone(), figure(f.value), f.unit.clone()]);
+            }
+            grids.push(g);
+        }
+        if !self.latencies.is_empty() {
+            let mut g = Grid::new(&["latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"]);
+            for l in &self.latencies {
+                // The same reduction as the JSON, so the two never disagree.
+                let s = LatencySummary::of(&l.histogram);
+                let mut row = vec![l.name.clone(), thousands(s.count)];
+                for us in [s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us] {
+                    row.push(if s.count == 0 {
+                        "-".to_string()
+                    } else {
+                        ms(us as f64)
+                    });
+                }
+                g.rows.push(row);
+            }
+            grids.push(g);
+        }
+        if !self.counts.is_empty() {
+            let mut g = Grid::new(&["count", "n"]);
+            for (k, n) in &self.counts {
+                g.rows.push(vec![k.clone(), thousands(*n)]);
+            }
+            grids.push(g);
+        }
+        grids
     }
-    let mut out = "FAILED\n".to_string();
-    for f in failures {
-        out.push_str(&format!("  - {f}\n"));
-    }
-    out
 }
 
 /// Which way a figure is better, judged from its unit: rates (`…/s`) are
@@ -155,6 +148,7 @@ pub fn compare_table(reports: &[(String, Summary)], baseline: &str) -> String {
     let mut header = vec![String::new()];
     header.extend(reports.iter().map(|(t, _)| t.clone()));
     header.extend(others.iter().map(|(t, _)| format!("vs {t}")));
+    let mut grid = Grid::new(&header);
 
     // Row names in the baseline's order (or the first report's), then any
     // figure only another target reported.
@@ -168,7 +162,6 @@ pub fn compare_table(reports: &[(String, Summary)], baseline: &str) -> String {
         }
     }
 
-    let mut rows = Vec::new();
     let value_row = |label: String,
                      better: Option<Better>,
                      get: &dyn Fn(&Summary) -> Option<f64>,
@@ -185,7 +178,7 @@ pub fn compare_table(reports: &[(String, Summary)], baseline: &str) -> String {
     };
     for (name, unit) in &figures {
         let get = |s: &Summary| s.figures.get(name).map(|f| f.value);
-        rows.push(value_row(
+        grid.rows.push(value_row(
             format!("{name} ({unit})"),
             Better::from_unit(unit),
             &get,
@@ -210,7 +203,7 @@ pub fn compare_table(reports: &[(String, Summary)], baseline: &str) -> String {
                     .filter(|l| l.count > 0)
                     .map(|l| pick(l) as f64)
             };
-            rows.push(value_row(
+            grid.rows.push(value_row(
                 format!("{name} {label} (ms)"),
                 Some(Better::Lower),
                 &get,
@@ -225,14 +218,14 @@ pub fn compare_table(reports: &[(String, Summary)], baseline: &str) -> String {
             .iter()
             .map(|(_, s)| if s.ok { "OK" } else { "FAILED" }.to_string()),
     );
-    rows.push(verdicts);
+    grid.rows.push(verdicts);
 
     let scenario = reports
         .first()
         .map(|(_, s)| s.scenario.as_str())
         .unwrap_or("-");
     let mut out = format!("scenario {scenario}\n\n");
-    out.push_str(&columns(&header, &rows));
+    out.push_str(&grid.to_text());
     if base.is_some() {
         out.push_str(&format!(
             "\nratios > 1 mean {baseline} is better (rates: {baseline} ÷ other; \
