@@ -251,14 +251,9 @@ fn draw_into(
     for (i, s) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         chart
-            .draw_series(LineSeries::new(
-                s.points.iter().copied(),
-                colour.stroke_width(2),
-            ))?
+            .draw_series(line(s, colour))?
             .label(s.name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-            });
+            .legend(legend_mark(colour));
     }
     if let Some((desc, s)) = right {
         chart
@@ -270,14 +265,9 @@ fn draw_into(
             .draw()?;
         let colour = COLOURS[series.len() % COLOURS.len()];
         chart
-            .draw_secondary_series(LineSeries::new(
-                s.points.iter().copied(),
-                colour.stroke_width(2),
-            ))?
+            .draw_secondary_series(line(s, colour))?
             .label(s.name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-            });
+            .legend(legend_mark(colour));
     }
     chart
         .configure_series_labels()
@@ -288,6 +278,14 @@ fn draw_into(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+fn line<DB: DrawingBackend>(s: &Series, colour: RGBColor) -> LineSeries<DB, (f64, f64)> {
+    LineSeries::new(s.points.iter().copied(), colour.stroke_width(2))
+}
+
+fn legend_mark(colour: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
 }
 
 #[cfg(test)]
