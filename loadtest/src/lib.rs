@@ -4,5 +4,6 @@
 //! scenarios directly.
 
 pub mod args;
+pub mod progress;
 pub mod render;
 pub mod report;
