@@ -7,3 +7,4 @@ pub mod args;
 pub mod progress;
 pub mod render;
 pub mod report;
+pub mod sampler;
