@@ -1,5 +1,5 @@
 //! How a [`Report`](crate::report::Report) is shown: a plain-text table
-//! ([`table`]), JSON and the [`Summary`](json::Summary) a comparison reads
+//! ([`table`]), JSON and the [`Summary`] a comparison reads
 //! back ([`json`]), and a self-contained HTML page with SVG plots
 //! ([`html`], [`plot`]). This module owns the number formats they share;
 //! it never measures anything and never touches a socket.
