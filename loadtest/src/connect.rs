@@ -103,7 +103,7 @@ pub async fn run(a: &ConnectArgs, show_progress: bool) -> anyhow::Result<Report>
     // Idle, then measure what the connections cost the target.
     tokio::time::sleep(a.hold).await;
     let rss_after = t.target_pid.and_then(sampler::rss_bytes);
-    report.timeline = timeline.finish();
+    report.timeline = timeline.finish().await;
     report.elapsed = all_up;
     let n_up = clients.len() + streams.len();
     report.figure(

@@ -206,7 +206,7 @@ pub async fn run(a: &ImArgs, show_progress: bool) -> anyhow::Result<Report> {
     let settled = tracker.drain(a.drain).await;
     progress.set_position(tracker.received.load(Ordering::Relaxed));
     progress.finish();
-    let samples = timeline.finish();
+    let samples = timeline.finish().await;
     let end_ns = tracker
         .last_arrival_ns
         .load(Ordering::Relaxed)

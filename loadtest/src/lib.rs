@@ -11,7 +11,7 @@ pub mod presence;
 pub mod presence_track;
 pub mod progress;
 pub mod remote;
-pub mod render_stub;
+pub mod render;
 pub mod report;
 pub mod sampler;
 pub mod soak;

@@ -86,7 +86,7 @@ pub async fn run(a: &PresenceArgs, show_progress: bool) -> anyhow::Result<Report
         progress.inc(1);
     }
     progress.finish();
-    report.timeline = timeline.finish();
+    report.timeline = timeline.finish().await;
     let received = pres.received.load(Ordering::Relaxed);
     report.elapsed = busy;
     report.figure(

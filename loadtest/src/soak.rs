@@ -119,7 +119,7 @@ pub async fn run(a: &SoakArgs, show_progress: bool) -> anyhow::Result<Report> {
         pres_lost += (per_user as u64).saturating_sub(pres.round_received.load(Ordering::Relaxed));
     }
     progress.finish();
-    report.timeline = timeline.finish();
+    report.timeline = timeline.finish().await;
     let elapsed = Duration::from_nanos(stamp::now_ns() - start_ns);
     report.elapsed = elapsed;
     let sent = msgs.sent.load(Ordering::Relaxed);

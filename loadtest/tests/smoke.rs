@@ -178,5 +178,54 @@ async fn soak_keeps_everything() {
     check(&r);
     assert!(r.counts["received"] > 1000, "{}", r.to_table());
     assert!(r.counts["presence_received"] >= 10 * 10, "{}", r.to_table());
+    // The daemon runs in this process: its RSS and CPU were sampled.
+    assert!(
+        r.timeline.iter().any(|s| s.rss_bytes.is_some()),
+        "{}",
+        r.to_table()
+    );
+    s.daemon.shutdown().await;
+}
+
+/// The binary end to end: flags, the JSON file, the HTML page, the exit
+/// status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_writes_json_and_html() {
+    let s = site(2, "").await;
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("im.json");
+    let html = out.path().join("report");
+    let t = &s.target;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"));
+    cmd.args(["im", "--label", "fedrouter", "--domain", DOMAIN])
+        .args(["--c2s", &t.c2s.to_string(), "--s2s", &t.s2s.to_string()])
+        .args(["--s2s-listen", "127.0.0.1:0"])
+        .args(["--dns-listen", &t.dns_listen.unwrap().to_string()])
+        .args(["--target-pid", &std::process::id().to_string()])
+        .args(["--users", "2", "--contacts", "4", "--domains", "2"])
+        .args(["--messages", "500", "--quiet"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--report")
+        .arg(&html);
+    let o = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("loadtest finished within 60 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("delivery"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let sum = loadtest::render::Summary::from_json(&v).unwrap();
+    assert!(sum.ok);
+    assert_eq!(sum.counts["received"], 500);
+    assert_eq!(sum.counts["lost"], 0);
+    assert_eq!(sum.latencies["delivery"].count, 500);
+    let page = std::fs::read_to_string(html.join("index.html")).unwrap();
+    assert!(page.contains("<svg"), "no plot in the page");
     s.daemon.shutdown().await;
 }
