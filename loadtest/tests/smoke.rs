@@ -229,3 +229,38 @@ async fn the_binary_writes_json_and_html() {
     assert!(page.contains("<svg"), "no plot in the page");
     s.daemon.shutdown().await;
 }
+
+/// Our domains authenticate with SASL EXTERNAL, with certificates from the
+/// CA `loadtest ca` writes and the daemon trusts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn im_in_over_sasl_external() {
+    let ca = tempfile::tempdir().unwrap();
+    loadtest::remote::Material::write_new(ca.path(), "lt.test").unwrap();
+    let extra = format!(
+        "[tls]\nca_file = \"{}\"\n",
+        ca.path().join("ca.pem").display()
+    );
+    let mut s = site(2, &extra).await;
+    s.target.auth = Auth::External;
+    s.target.ca_dir = Some(ca.path().to_path_buf());
+    let a = loadtest::args::ImArgs {
+        target: s.target.clone(),
+        output: output(),
+        users: 2,
+        contacts: 4,
+        domains: 2,
+        direction: loadtest::args::Direction::In,
+        messages: 500,
+        rate: 0,
+        window: 64,
+        duration: Duration::from_secs(60),
+        drain: Duration::from_secs(10),
+        body_bytes: 10,
+    };
+    let r = loadtest::im::run(&a, false).await.unwrap();
+    check(&r);
+    // With --auth external our streams require SASL and refuse dialback,
+    // so every stream that carried a message authenticated by EXTERNAL.
+    assert_eq!(r.counts["received"], 500);
+    s.daemon.shutdown().await;
+}
