@@ -167,8 +167,14 @@ pub async fn run(a: &ImArgs, show_progress: bool) -> anyhow::Result<Report> {
         pres: Arc::new(PresenceTracker::new(0, 1)),
     };
     let world = World::setup(t, users, domains, inn, trackers, show_progress).await?;
-    warm_all(t, &world, users, contacts, out, inn).await?;
-    let senders = build_senders(t, &world, users, contacts, out, inn);
+    let plan = Plan {
+        users,
+        contacts,
+        out,
+        inn,
+    };
+    warm_all(t, &world, plan).await?;
+    let senders = build_senders(t, &world, plan);
 
     // The measured phase.
     let progress = Progress::new("im", Some(a.messages), show_progress);
@@ -257,16 +263,27 @@ pub async fn run(a: &ImArgs, show_progress: bool) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Who chats: `users` local users and `contacts` remote contacts, in
+/// which directions.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub users: usize,
+    pub contacts: usize,
+    /// Local users send to remote contacts.
+    pub out: bool,
+    /// Remote contacts send to local users.
+    pub inn: bool,
+}
+
 /// Warms up every path (one message per domain each way) so stream setup
 /// stays out of the figures.
-pub async fn warm_all(
-    t: &crate::args::Target,
-    world: &World,
-    users: usize,
-    contacts: usize,
-    out: bool,
-    inn: bool,
-) -> anyhow::Result<()> {
+pub async fn warm_all(t: &crate::args::Target, world: &World, plan: Plan) -> anyhow::Result<()> {
+    let Plan {
+        users,
+        contacts,
+        out,
+        inn,
+    } = plan;
     let tracker = &world.trackers.msgs;
     let domains = world.domains;
     let (sessions, outbound) = (&world.sessions, &world.outbound);
@@ -290,14 +307,13 @@ pub async fn warm_all(
 
 /// Who talks to whom: each local user to its contacts (`j ≡ i mod users`),
 /// each domain's contacts to their users (`j mod users`).
-pub fn build_senders(
-    t: &crate::args::Target,
-    world: &World,
-    users: usize,
-    contacts: usize,
-    out: bool,
-    inn: bool,
-) -> Vec<Sender> {
+pub fn build_senders(t: &crate::args::Target, world: &World, plan: Plan) -> Vec<Sender> {
+    let Plan {
+        users,
+        contacts,
+        out,
+        inn,
+    } = plan;
     let domains = world.domains;
     let (sessions, outbound) = (&world.sessions, &world.outbound);
     let mut senders = Vec::new();

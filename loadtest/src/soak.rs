@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::args::SoakArgs;
-use crate::im::{build_senders, futures_join, run_sender, warm_all};
+use crate::im::{Plan, build_senders, futures_join, run_sender, warm_all};
 use crate::presence_track::{ID_PREFIX, PresenceTracker};
 use crate::progress::Progress;
 use crate::report::{Latency, Report};
@@ -48,8 +48,14 @@ pub async fn run(a: &SoakArgs, show_progress: bool) -> anyhow::Result<Report> {
             show_progress,
         )
         .await?;
-    warm_all(t, &world, users, contacts, true, true).await?;
-    let senders = build_senders(t, &world, users, contacts, true, true);
+    let plan = Plan {
+        users,
+        contacts,
+        out: true,
+        inn: true,
+    };
+    warm_all(t, &world, plan).await?;
+    let senders = build_senders(t, &world, plan);
 
     let timeline = sampler::spawn_timeline(
         t.target_pid,
