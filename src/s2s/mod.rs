@@ -172,16 +172,22 @@ impl S2sRouter {
             &env.from,
             &env.to,
         );
-        let local = env.from.domain().to_string();
-        let remote = env.to.domain().to_string();
-        let key = (local, remote);
+        let actor = self.actor(env.from.domain(), env.to.domain());
+        if let Err(e) = actor.tell(SendRemote(env)).try_send() {
+            tracing::warn!(error = %e, "remote domain actor unavailable");
+        }
+    }
+
+    /// The live actor for the (local, remote) pair, started if need be.
+    fn actor(&self, local: &str, remote: &str) -> ActorRef<OutboundDomain> {
+        let key = (local.to_string(), remote.to_string());
         // Clone the handle out: never hold a map guard while sending.
         let existing = self
             .actors
             .get(&key)
             .map(|r| r.clone())
             .filter(|r| r.is_alive());
-        let actor = match existing {
+        match existing {
             Some(a) => a,
             None => {
                 let a = OutboundDomain::spawn_with_mailbox(
@@ -191,10 +197,20 @@ impl S2sRouter {
                 self.actors.insert(key, a.clone());
                 a
             }
-        };
-        if let Err(e) = actor.tell(SendRemote(env)).try_send() {
-            tracing::warn!(error = %e, "remote domain actor unavailable");
         }
+    }
+
+    /// Benches and tests: marks the stream from `local` to `remote` as up,
+    /// writing into `io`, with no connection behind it. Everything sent to
+    /// `remote` from then on goes through the real send path and the real
+    /// writer into `io`.
+    #[doc(hidden)]
+    pub async fn attach_writer<W>(&self, local: &str, remote: &str, io: W)
+    where
+        W: tokio::io::AsyncWrite + std::marker::Send + Unpin + 'static,
+    {
+        let actor = self.actor(local, remote);
+        let _ = actor.ask(outbound::AttachWriter(Box::new(io))).await;
     }
 
     fn refuse(&self, env: &Envelope, cond: crate::error::StanzaCondition, text: &str) {

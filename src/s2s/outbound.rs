@@ -70,6 +70,20 @@ impl Message<PolicyClose> for OutboundDomain {
 /// The result of a connection attempt (sent by the attempt's task).
 struct Attempt(Result<Established, ConnectError>);
 
+/// Benches and tests: the stream is up over `0` (already negotiated, write
+/// side only), without DNS, TCP or TLS. Answered with `ask`, so the caller
+/// knows the actor is in the `Up` state.
+pub struct AttachWriter(pub Box<dyn tokio::io::AsyncWrite + std::marker::Send + Unpin>);
+
+impl Message<AttachWriter> for OutboundDomain {
+    type Reply = ();
+
+    async fn handle(&mut self, AttachWriter(io): AttachWriter, _: &mut Context<Self, ()>) {
+        self.disconnect(None).await;
+        self.up(io);
+    }
+}
+
 enum State {
     Idle,
     Connecting,
@@ -300,6 +314,15 @@ impl OutboundDomain {
         let (rd, wr) = tokio::io::split(est.transport);
         self.rd = Some(rd);
         self.framer = Some(est.framer);
+        self.up(wr);
+    }
+
+    /// The stream is negotiated: write through `wr` from now on, starting
+    /// with what waited.
+    fn up<W>(&mut self, wr: W)
+    where
+        W: tokio::io::AsyncWrite + std::marker::Send + Unpin + 'static,
+    {
         self.writer = Some(Writer::spawn(wr, WRITE_QUEUE, self.shared.metrics.clone()));
         self.state = State::Up;
         self.keep_alive = self
