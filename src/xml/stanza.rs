@@ -319,6 +319,13 @@ impl Frame {
         &self.parts[..self.n as usize]
     }
 
+    /// The slices, moved out: a writer keeps them without touching their
+    /// reference counts (a clone of a freshly built `Bytes` allocates).
+    pub fn into_parts(self) -> impl Iterator<Item = Bytes> {
+        let n = self.n as usize;
+        self.parts.into_iter().take(n)
+    }
+
     /// Total length in bytes.
     pub fn len(&self) -> usize {
         self.parts().iter().map(Bytes::len).sum()
