@@ -1110,14 +1110,13 @@ impl Shard {
             Err(_) => return,
         };
         // To every contact with a subscription from us.
-        for c in &subscribers {
-            if let Ok(to) = BareJid::parse(c) {
-                let mut env =
-                    Envelope::new(presence.clone(), Jid::Full(from.clone()), Jid::Bare(to));
-                env.at = tokio::time::Instant::now();
-                self.ctx.router.route_nowait(env);
-            }
-        }
+        let targets = subscribers
+            .iter()
+            .filter_map(|c| BareJid::parse(c).ok().map(Jid::Bare))
+            .collect();
+        self.ctx
+            .router
+            .broadcast_nowait(&presence, &Jid::Full(from.clone()), targets);
         // To all of our own available resources, this one included (RFC 6121 §4.2.2).
         self.echo_to_own_resources(&bare, &presence);
         if was_available {
@@ -1223,11 +1222,7 @@ impl Shard {
                 targets.push(d.clone());
             }
         }
-        for to in targets {
-            self.ctx
-                .router
-                .route_nowait(Envelope::new(presence.clone(), from.clone(), to));
-        }
+        self.ctx.router.broadcast_nowait(&presence, &from, targets);
         self.echo_to_own_resources(bare, &presence);
         // The leaving resource gets its own unavailable too, as a clean echo.
         if res.available {
