@@ -37,9 +37,12 @@ const DOMAINS: usize = 100;
 const CONTACTS: usize = 10_000;
 const LOCAL: &str = "example.org";
 
-/// Counts the stanzas written to it (by their start tags, which the
-/// writer hands whole since this sink never writes short), and wakes the
-/// bench when the expected total is reached.
+/// Counts the stanzas written to it, and wakes the bench when the expected
+/// total is reached. The writer hands each frame's slices whole (this sink
+/// never writes short), and of a frame's slices only the first starts with
+/// `<`: the others are spliced attributes or the rest of the stanza after
+/// its element name (which starts with a space, `>` or `/`). Cheaper than
+/// searching the bytes, which would cost more than the send path itself.
 struct Sink {
     stanzas: Arc<AtomicU64>,
     target: Arc<AtomicU64>,
@@ -47,11 +50,10 @@ struct Sink {
 }
 
 impl Sink {
-    fn count(&self, buf: &[u8]) {
-        let n = memchr::memmem::find_iter(buf, b"<presence").count()
-            + memchr::memmem::find_iter(buf, b"<message").count();
+    fn count(&self, bufs: &[IoSlice<'_>]) {
+        let n = bufs.iter().filter(|b| b.first() == Some(&b'<')).count() as u64;
         if n > 0 {
-            let total = self.stanzas.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
+            let total = self.stanzas.fetch_add(n, Ordering::AcqRel) + n;
             if total >= self.target.load(Ordering::Acquire) {
                 self.done.notify_one();
             }
@@ -65,7 +67,7 @@ impl AsyncWrite for Sink {
         _: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.count(buf);
+        self.count(&[IoSlice::new(buf)]);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -74,12 +76,8 @@ impl AsyncWrite for Sink {
         _: &mut TaskContext<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let mut n = 0;
-        for b in bufs {
-            self.count(b);
-            n += b.len();
-        }
-        Poll::Ready(Ok(n))
+        self.count(bufs);
+        Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()))
     }
 
     fn is_write_vectored(&self) -> bool {
