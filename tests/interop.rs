@@ -715,15 +715,27 @@ async fn run_mode(mode: Mode, tag: &str, net: u8) {
         })
     };
     let m = w.fed.scrape().await;
-    let errors: Vec<String> = [
-        flat(rp, Kind::Prosody),
-        flat(re, Kind::Ejabberd),
-        check_auth(&w, Kind::Prosody, &m),
-        check_auth(&w, Kind::Ejabberd, &m),
-    ]
-    .into_iter()
-    .filter_map(Result::err)
-    .collect();
+    let mut errors: Vec<String> = [flat(rp, Kind::Prosody), flat(re, Kind::Ejabberd)]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    // The peers' loggers write asynchronously: on a loaded machine their
+    // lines land a little after the stanzas did. Wait for them (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let auth = loop {
+        let r: Vec<String> = [
+            check_auth(&w, Kind::Prosody, &m),
+            check_auth(&w, Kind::Ejabberd, &m),
+        ]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+        if r.is_empty() || Instant::now() >= deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    errors.extend(auth);
     if !errors.is_empty() {
         panic!("{mode:?}:\n{}{}", errors.join("\n"), w.dump().await);
     }

@@ -218,15 +218,23 @@ async fn run(mode: Mode) {
     }
     // The federation used the intended authentication, in both directions
     // (ejabberd logs one line per direction).
-    let elog = p.ejabberd.log();
     let how = match mode {
         Mode::External => "EXTERNAL",
         Mode::Dialback => "dialback",
     };
-    for line in [
+    let lines = [
         format!("Accepted inbound s2s {how} authentication p.test -> e.test"),
         format!("Accepted outbound s2s {how} authentication e.test -> p.test"),
-    ] {
+    ];
+    // ejabberd's logger writes asynchronously: on a loaded machine the
+    // lines land a little after the stanzas did. Wait for them (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut elog = p.ejabberd.log();
+    while !lines.iter().all(|l| elog.contains(l.as_str())) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        elog = p.ejabberd.log();
+    }
+    for line in lines {
         assert!(
             elog.contains(&line),
             "{mode:?}: ejabberd never logged {line:?}{}",
