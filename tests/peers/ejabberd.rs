@@ -271,28 +271,29 @@ impl Ejabberd {
     }
 
     /// Creates `user@domain` with `password` (`ejabberdctl register`).
-    ///
-    /// Right after start the node may answer before its Mnesia tables exist
-    /// (`no_exists`); that one error is retried, a bounded number of times,
-    /// once the previous attempt has returned.
     pub fn register(&self, user: &str, password: &str) {
-        let args = ["register", user, self.opts.domain.as_str(), password];
+        self.ctl_after_start(&["register", user, self.opts.domain.as_str(), password]);
+    }
+
+    /// [`Ejabberd::ctl_run`], retrying the one error of a node whose Mnesia
+    /// tables do not exist yet (`no_exists`, right after start), a bounded
+    /// number of times, once the previous attempt has returned.
+    fn ctl_after_start(&self, args: &[&str]) {
         for _ in 0..20 {
-            match self.ctl_try(&args) {
+            match self.ctl_try(args) {
                 Ok(_) => return,
                 Err(e) if e.contains("no_exists") => continue,
                 Err(e) => panic!("{e}"),
             }
         }
-        self.ctl_run(&args);
+        self.ctl_run(args);
     }
 
     /// Creates many users of the domain at once: one XEP-0227 (PIEFXIS)
     /// file with every account, loaded by `ejabberdctl import_piefxis`,
     /// where `register` would start a hidden Erlang node per user (~0.5 s
     /// each). Passwords are given in the clear; ejabberd stores them as
-    /// SCRAM (`auth_password_format: scram`). Waits out the Mnesia start
-    /// like [`Ejabberd::register`].
+    /// SCRAM (`auth_password_format: scram`).
     pub fn register_many(&self, users: &[(String, String)]) {
         let esc = |s: &str| {
             s.replace('&', "&amp;")
@@ -316,15 +317,14 @@ impl Ejabberd {
         let file = write(self.dir.path(), "register-many.xml", &xml);
         chown_r(&file, "ejabberd");
         let path = file.display().to_string();
-        let args = ["import_piefxis", path.as_str()];
-        for _ in 0..20 {
-            match self.ctl_try(&args) {
-                Ok(_) => return,
-                Err(e) if e.contains("no_exists") => continue,
-                Err(e) => panic!("{e}"),
-            }
-        }
-        self.ctl_run(&args);
+        self.ctl_after_start(&["import_piefxis", path.as_str()]);
+    }
+
+    /// The Erlang VM's pid (`beam.smp`, a child of the `ejabberdctl`
+    /// script we spawn), while it runs: the process whose RSS and CPU are
+    /// ejabberd's.
+    pub fn vm_pid(&self) -> Option<u32> {
+        self.proc.as_ref()?.descendant_named("beam.smp")
     }
 
     pub fn c2s_addr(&self) -> SocketAddr {

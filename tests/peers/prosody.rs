@@ -252,6 +252,12 @@ VirtualHost "{domain}"
         );
     }
 
+    /// The server's pid (`setpriv` and `prosody` exec, so it is the Lua
+    /// interpreter itself), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(|p| p.pid())
+    }
+
     pub fn c2s_addr(&self) -> SocketAddr {
         sock(self.opts.ip, self.opts.c2s_port)
     }
