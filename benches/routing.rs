@@ -10,25 +10,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fedrouter::c2s::CloseSession;
 use fedrouter::events::Metrics;
 use fedrouter::jid::{BareJid, FullJid, Jid};
-use fedrouter::router::{Bind, Envelope, Router, SESSION_QUEUE};
+use fedrouter::router::{Envelope, Router};
 use fedrouter::storage::{MemStore, Store, StoreWriter};
 use fedrouter::xml::Stanza;
-use kameo::actor::Spawn;
-use kameo::message::{Context, Message};
 use tokio::sync::Notify;
 
+mod support;
+
 const USERS: usize = 100;
-
-#[derive(kameo::Actor)]
-struct NullSession;
-
-impl Message<CloseSession> for NullSession {
-    type Reply = ();
-    async fn handle(&mut self, _: CloseSession, _: &mut Context<Self, ()>) {}
-}
 
 struct Setup {
     router: Router,
@@ -57,19 +48,7 @@ async fn setup() -> Setup {
     let mut targets = Vec::new();
     for i in 0..USERS {
         let bare = BareJid::parse(&format!("user{i}@localhost")).unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::channel(SESSION_QUEUE);
-        let control = NullSession::spawn(NullSession).recipient::<CloseSession>();
-        let (jid, _) = router
-            .shard(&bare)
-            .ask(Bind {
-                user: bare.clone(),
-                requested: Some("r".into()),
-                id: i as u64,
-                out: tx,
-                control,
-            })
-            .await
-            .unwrap();
+        let (jid, mut rx) = support::bind(&router, &bare, "r", i as u64).await;
         let (received, notify) = (received.clone(), notify.clone());
         tokio::spawn(async move {
             while let Some(f) = rx.recv().await {
@@ -96,11 +75,7 @@ async fn setup() -> Setup {
 }
 
 fn routing(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     let s = rt.block_on(setup());
     let mut g = c.benchmark_group("routing");
     g.throughput(Throughput::Elements(1));

@@ -107,6 +107,9 @@ fn init_logging(config: &Config) {
 
 fn run(config: Config) -> Result<(), String> {
     init_logging(&config);
+    if let Some(n) = fedrouter::util::raise_fd_limit() {
+        tracing::debug!(limit = n, "open-file limit");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fedrouter")

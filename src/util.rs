@@ -32,6 +32,19 @@ pub fn format_timestamp(secs: i64, millis: u32) -> String {
     )
 }
 
+/// Raises this process's open-file limit to its hard limit: every socket
+/// is a descriptor, and the usual soft limit (1024) is far below what a
+/// federation edge or a load generator holds. Returns the new limit.
+pub fn raise_fd_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -36,9 +36,10 @@ async fn subscribe_both_ways(
         .unwrap();
 }
 
-#[tokio::test]
-async fn two_users_subscribe_see_each_other_come_and_go_and_exchange_1000_messages_in_order() {
-    let server = TestServer::start().await;
+/// Alice and bob, online, each subscribed to the other's presence.
+async fn online_and_subscribed_both_ways(
+    server: &TestServer,
+) -> (fedrouter::client::Client, fedrouter::client::Client) {
     server.add_user("alice", "wonderland");
     server.add_user("bob", "builder");
     let mut alice = server.client("alice", "wonderland").await;
@@ -46,6 +47,13 @@ async fn two_users_subscribe_see_each_other_come_and_go_and_exchange_1000_messag
     alice.send("<presence/>").await.unwrap();
     bob.send("<presence/>").await.unwrap();
     subscribe_both_ways(&mut alice, &mut bob).await;
+    (alice, bob)
+}
+
+#[tokio::test]
+async fn two_users_subscribe_see_each_other_come_and_go_and_exchange_1000_messages_in_order() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob) = online_and_subscribed_both_ways(&server).await;
 
     // Both rosters now say `both`.
     let r = alice
@@ -374,4 +382,48 @@ async fn a_message_to_a_bare_jid_goes_to_the_highest_priority_resource() {
         .unwrap();
     let m = expect(&mut low, "the full-JID message", |s| s.name() == "message").await;
     assert_eq!(body(&m).as_deref(), Some("to low"));
+}
+
+#[tokio::test]
+async fn a_contact_that_unsubscribes_no_longer_gets_presence_updates() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob) = online_and_subscribed_both_ways(&server).await;
+    // A broadcast that reaches bob (the shard now knows alice's audience).
+    alice
+        .send("<presence><status>first</status></presence>")
+        .await
+        .unwrap();
+    expect(&mut bob, "alice's first update", |s| {
+        is_presence_from(s, &format!("alice@{DOMAIN}/"), None) && text(s).contains("first")
+    })
+    .await;
+    // Bob stops listening; alice's next update must not reach him. A
+    // directed presence after it (the same path through alice's shard, so
+    // it cannot overtake) marks how far bob has to look.
+    bob.send(format!(
+        "<presence to='alice@{DOMAIN}' type='unsubscribe'/>"
+    ))
+    .await
+    .unwrap();
+    expect(&mut alice, "bob's unsubscribe", |s| {
+        is_presence_from(s, &format!("bob@{DOMAIN}"), Some("unsubscribe"))
+    })
+    .await;
+    alice
+        .send("<presence><status>second</status></presence>")
+        .await
+        .unwrap();
+    alice
+        .send(format!(
+            "<presence to='bob@{DOMAIN}'><status>marker</status></presence>"
+        ))
+        .await
+        .unwrap();
+    let mut leaked = false;
+    expect(&mut bob, "alice's marker presence", |s| {
+        leaked |= text(s).contains("second");
+        text(s).contains("marker")
+    })
+    .await;
+    assert!(!leaked, "bob got alice's presence after unsubscribing");
 }

@@ -149,6 +149,7 @@ impl Site {
             verifier,
             policy,
             timeout,
+            load: Default::default(),
         })
         .await
         .unwrap();

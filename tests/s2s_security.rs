@@ -482,6 +482,7 @@ async fn outbound_stream_to_k(site: &Site) -> (S2sListener, InboundPeer) {
         verifier: Some(verifier),
         policy: PeerPolicy::open_federation(),
         timeout: TIMEOUT,
+        load: Default::default(),
     })
     .await
     .unwrap();

@@ -1,11 +1,12 @@
-//! What a scenario run produced, and how it is shown: a human table, JSON,
-//! and an HTML page with SVG plots. The scenarios fill a [`Report`]; the
-//! rendering lives here.
+//! What a scenario run produced. The scenarios fill a [`Report`]; how it is
+//! shown (a human table, JSON, an HTML page with SVG plots, a comparison of
+//! targets) lives in [`crate::render`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 
 /// One scenario run against one target.
 #[derive(Debug, Clone)]
@@ -54,7 +55,7 @@ pub struct Latency {
 }
 
 /// A point of the timeline.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// Seconds since the measured phase began.
     pub t: f64,

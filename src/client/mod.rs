@@ -3,7 +3,7 @@
 //! and SCRAM code with the server, but speaks only the standard protocol,
 //! so it works against any XMPP server.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +54,9 @@ pub enum TlsTrust {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mechanism {
     Scram(ScramHash),
+    /// SCRAM-SHA-256 when offered, else SCRAM-SHA-1 (Prosody and ejabberd
+    /// offer only the latter).
+    BestScram,
     Plain,
 }
 
@@ -67,6 +70,9 @@ pub struct ClientConfig {
     pub trust: TlsTrust,
     pub mechanism: Mechanism,
     pub timeout: Duration,
+    /// Source address of the TCP connection (the kernel's choice when
+    /// `None`); a load generator spreads many sessions over several.
+    pub bind: Option<IpAddr>,
 }
 
 impl ClientConfig {
@@ -81,11 +87,14 @@ impl ClientConfig {
             trust: TlsTrust::Insecure,
             mechanism: Mechanism::Scram(ScramHash::Sha256),
             timeout: Duration::from_secs(10),
+            bind: None,
         }
     }
 }
 
-enum Io {
+/// The client's socket, plain or TLS: what [`Client::into_parts`] hands
+/// over.
+pub enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Only while the socket is moved into the TLS handshake.
@@ -156,7 +165,30 @@ pub struct Connection {
 
 impl Connection {
     pub async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<Connection, ClientError> {
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        Self::tcp_from(addr, None, timeout).await
+    }
+
+    /// Like [`tcp`](Self::tcp), from the source address `bind`.
+    pub async fn tcp_from(
+        addr: SocketAddr,
+        bind: Option<IpAddr>,
+        timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        let connect = async {
+            match bind {
+                None => TcpStream::connect(addr).await,
+                Some(ip) => {
+                    let sock = if ip.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    sock.bind(SocketAddr::new(ip, 0))?;
+                    sock.connect(addr).await
+                }
+            }
+        };
+        let tcp = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| ClientError::Timeout)??;
         let _ = tcp.set_nodelay(true);
@@ -296,7 +328,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(cfg: &ClientConfig) -> Result<Client, ClientError> {
-        let mut conn = Connection::tcp(cfg.addr, cfg.timeout).await?;
+        let mut conn = Connection::tcp_from(cfg.addr, cfg.bind, cfg.timeout).await?;
         conn.open_stream(&cfg.domain).await?;
         let mut features = conn.recv_element().await?;
         if features.child("starttls", NS_TLS).is_some() {
@@ -318,8 +350,16 @@ impl Client {
                     .collect()
             })
             .unwrap_or_default();
-        match cfg.mechanism {
-            Mechanism::Scram(h) => {
+        let scram = match cfg.mechanism {
+            Mechanism::Scram(h) => Some(h),
+            Mechanism::BestScram if mechs.iter().any(|m| m == "SCRAM-SHA-256") => {
+                Some(ScramHash::Sha256)
+            }
+            Mechanism::BestScram => Some(ScramHash::Sha1),
+            Mechanism::Plain => None,
+        };
+        match scram {
+            Some(h) => {
                 if !mechs.iter().any(|m| m == h.mechanism_name()) {
                     return Err(ClientError::Auth(format!(
                         "{} not offered: {mechs:?}",
@@ -363,7 +403,7 @@ impl Client {
                     .verify_server_final(&server_final)
                     .map_err(|e| ClientError::Auth(e.to_string()))?;
             }
-            Mechanism::Plain => {
+            None => {
                 let blob = format!("\0{}\0{}", cfg.username, cfg.password);
                 conn.send_raw(format!(
                     "<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{}</auth>",
@@ -450,6 +490,13 @@ impl Client {
 
     pub fn set_timeout(&mut self, t: Duration) {
         self.conn.timeout = t;
+    }
+
+    /// The socket and the framer (with whatever it already buffered), for
+    /// a caller that reads and writes on its own, e.g. split in two
+    /// halves.
+    pub fn into_parts(self) -> (Io, Framer) {
+        (self.conn.io, self.conn.framer)
     }
 }
 

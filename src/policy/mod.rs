@@ -264,10 +264,7 @@ impl Policy {
         if let Some(p) = self.partners.get(domain.as_ref()) {
             return Some(p.clone());
         }
-        let open = self.unlisted.as_ref()?;
-        if domain.is_empty() || self.local.contains(domain.as_ref()) {
-            return None;
-        }
+        let open = self.open_for(&domain)?;
         Some(Arc::new(Partner {
             domain: domain.into_owned(),
             additional_domains: Vec::new(),
@@ -281,6 +278,26 @@ impl Policy {
             description: None,
             listed: false,
         }))
+    }
+
+    /// Only the partner type of [`Policy::partner`]: what the send path
+    /// needs per stanza, without building an entry for unlisted domains.
+    pub fn partner_type(&self, remote_domain: &str) -> Option<PartnerType> {
+        let domain = normalise(remote_domain);
+        match self.partners.get(domain.as_ref()) {
+            Some(p) => Some(p.partner_type),
+            None => self.open_for(&domain).map(|open| open.partner_type),
+        }
+    }
+
+    /// The open-federation settings for a normalised domain that is not a
+    /// listed partner; `None` when it may not federate.
+    fn open_for(&self, domain: &str) -> Option<&OpenFederation> {
+        let open = self.unlisted.as_ref()?;
+        if domain.is_empty() || self.local.contains(domain) {
+            return None;
+        }
+        Some(open)
     }
 
     /// The configured partners, each once, sorted by primary domain.

@@ -77,16 +77,7 @@ impl Envelope {
     /// differs from what the sender wrote, and `to` added when it has none
     /// (broadcast presence), which server-to-server streams require.
     pub fn frame(&self) -> Frame {
-        let from = self.from.to_string();
-        let stamp_from = self.stanza.from().is_none_or(|f| *f != *from);
-        let add_to = self.stanza.to().is_none();
-        match (stamp_from, add_to) {
-            (false, false) => Frame::from(self.stanza.clone()),
-            (true, false) => self.stanza.splice(Some(&from), None),
-            (sf, true) => self
-                .stanza
-                .splice(sf.then_some(from.as_str()), Some(&self.to.to_string())),
-        }
+        frame(&self.stanza, &self.from.to_string(), &self.to)
     }
 
     /// The bytes to write with `to` replaced as well (fan-out, probes).
@@ -122,6 +113,18 @@ impl Envelope {
         let mut env = Envelope::new(stanza, self.to.clone(), self.from.clone());
         env.on_behalf = true;
         Some(env)
+    }
+}
+
+/// [`Envelope::frame`] with the sender already formatted, for writing one
+/// stanza to many targets (fan-out formats `from` once, not per contact).
+pub fn frame(stanza: &Stanza, from: &str, to: &Jid) -> Frame {
+    let stamp_from = stanza.from().is_none_or(|f| *f != *from);
+    let add_to = stanza.to().is_none();
+    match (stamp_from, add_to) {
+        (false, false) => Frame::from(stanza.clone()),
+        (true, false) => stanza.splice(Some(from), None),
+        (sf, true) => stanza.splice(sf.then_some(from), Some(&to.to_string())),
     }
 }
 
@@ -239,6 +242,39 @@ impl Router {
         if let Some(env) = self.remote_or_local(env) {
             let shard = self.shard(env.to.bare()).clone();
             Self::to_shard(shard, Deliver(env));
+        }
+    }
+
+    /// [`Router::route_nowait`] for one stanza to many targets (presence
+    /// broadcast): local targets are routed one by one; remote ones go to
+    /// federation together, which decides and hands over per domain.
+    pub fn broadcast_nowait(&self, stanza: &Stanza, from: &Jid, targets: Vec<Jid>) {
+        let at = Instant::now();
+        let envelope = |to: Jid| {
+            let mut env = Envelope::new(stanza.clone(), from.clone(), to);
+            env.at = at;
+            env
+        };
+        let s2s = match self.inner.s2s.get() {
+            Some(s2s) if self.is_local_domain(from.domain()) => s2s,
+            // Without federation, remote targets bounce one by one.
+            _ => {
+                for to in targets {
+                    self.route_nowait(envelope(to));
+                }
+                return;
+            }
+        };
+        let mut remote = Vec::new();
+        for to in targets {
+            if self.is_local_domain(to.domain()) {
+                self.route_nowait(envelope(to));
+            } else {
+                remote.push(to);
+            }
+        }
+        if !remote.is_empty() {
+            s2s.send_many(stanza.clone(), from.clone(), remote);
         }
     }
 

@@ -47,6 +47,11 @@ struct Resource {
 struct User {
     resources: Vec<Resource>,
     roster: Option<HashMap<String, RosterItem>>,
+    /// The roster's contacts with a subscription from the user (those who
+    /// get the user's presence), parsed: built at the first broadcast and
+    /// dropped whenever the roster changes, so a broadcast to 10,000
+    /// contacts does not parse 10,000 JIDs.
+    presence_subscribers: Option<Arc<[Jid]>>,
     /// Writes submitted and not yet committed: the cache must outlive them.
     pending_writes: usize,
     /// Offline messages are being fetched; live messages wait behind them.
@@ -417,6 +422,26 @@ impl Shard {
         u.roster = Some(items.into_iter().map(|i| (i.jid.clone(), i)).collect());
     }
 
+    /// Who gets the user's presence (see `User::presence_subscribers`).
+    fn presence_subscribers(&mut self, user: &BareJid) -> Arc<[Jid]> {
+        self.ensure_roster(user);
+        let Some(u) = self.users.get_mut(user) else {
+            return Arc::from([]);
+        };
+        if let Some(s) = &u.presence_subscribers {
+            return s.clone();
+        }
+        let s: Arc<[Jid]> = u
+            .roster
+            .iter()
+            .flat_map(|r| r.values())
+            .filter(|i| i.subscription.has_from())
+            .filter_map(|i| BareJid::parse(&i.jid).ok().map(Jid::Bare))
+            .collect();
+        u.presence_subscribers = Some(s.clone());
+        s
+    }
+
     fn item(&mut self, user: &BareJid, contact: &str) -> Option<RosterItem> {
         self.ensure_roster(user);
         self.users
@@ -461,6 +486,7 @@ impl Shard {
     ) {
         self.ensure_roster(user);
         let u = self.users.entry(user.clone()).or_default();
+        u.presence_subscribers = None;
         let op = if item.is_void() {
             if let Some(r) = u.roster.as_mut() {
                 r.remove(&item.jid);
@@ -1083,16 +1109,24 @@ impl Shard {
             r.priority = priority;
             r.presence = Some(stamped.clone());
         }
-        self.ensure_roster(&bare);
-        let (subscribers, subscribed_to, pending_in): (Vec<String>, Vec<String>, Vec<String>) = {
+        let presence = match Stanza::parse(stamped.clone()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        // To every contact with a subscription from us.
+        let targets = self.presence_subscribers(&bare).to_vec();
+        self.ctx
+            .router
+            .broadcast_nowait(&presence, &Jid::Full(from.clone()), targets);
+        // To all of our own available resources, this one included (RFC 6121 §4.2.2).
+        self.echo_to_own_resources(&bare, &presence);
+        if was_available {
+            return;
+        }
+        let (subscribed_to, pending_in): (Vec<String>, Vec<String>) = {
             let roster = self.users.get(&bare).and_then(|u| u.roster.as_ref());
             let items: Vec<&RosterItem> = roster.map(|r| r.values().collect()).unwrap_or_default();
             (
-                items
-                    .iter()
-                    .filter(|i| i.subscription.has_from())
-                    .map(|i| i.jid.clone())
-                    .collect(),
                 items
                     .iter()
                     .filter(|i| i.subscription.has_to())
@@ -1105,24 +1139,6 @@ impl Shard {
                     .collect(),
             )
         };
-        let presence = match Stanza::parse(stamped.clone()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
-        // To every contact with a subscription from us.
-        for c in &subscribers {
-            if let Ok(to) = BareJid::parse(c) {
-                let mut env =
-                    Envelope::new(presence.clone(), Jid::Full(from.clone()), Jid::Bare(to));
-                env.at = tokio::time::Instant::now();
-                self.ctx.router.route_nowait(env);
-            }
-        }
-        // To all of our own available resources, this one included (RFC 6121 §4.2.2).
-        self.echo_to_own_resources(&bare, &presence);
-        if was_available {
-            return;
-        }
         // Initial presence: probe contacts we are subscribed to, and bring
         // ourselves up to date with our other resources' presence.
         for c in &subscribed_to {
@@ -1201,33 +1217,14 @@ impl Shard {
         let Ok(presence) = Stanza::parse(flatten(&frame)) else {
             return;
         };
-        self.ensure_roster(bare);
-        let subscribers: Vec<String> = self
-            .users
-            .get(bare)
-            .and_then(|u| u.roster.as_ref())
-            .map(|r| {
-                r.values()
-                    .filter(|i| i.subscription.has_from())
-                    .map(|i| i.jid.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
         let from = Jid::Full(res.handle.jid.clone());
-        let mut targets: Vec<Jid> = subscribers
-            .iter()
-            .filter_map(|c| BareJid::parse(c).ok().map(Jid::Bare))
-            .collect();
+        let mut targets = self.presence_subscribers(bare).to_vec();
         for d in &res.directed {
             if !targets.contains(d) {
                 targets.push(d.clone());
             }
         }
-        for to in targets {
-            self.ctx
-                .router
-                .route_nowait(Envelope::new(presence.clone(), from.clone(), to));
-        }
+        self.ctx.router.broadcast_nowait(&presence, &from, targets);
         self.echo_to_own_resources(bare, &presence);
         // The leaving resource gets its own unavailable too, as a clean echo.
         if res.available {

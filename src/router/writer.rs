@@ -110,7 +110,7 @@ async fn run<W: AsyncWrite + Unpin>(
 }
 
 fn push(batch: &mut Vec<Bytes>, f: Frame) {
-    batch.extend(f.parts().iter().cloned());
+    batch.extend(f.into_parts());
 }
 
 async fn write_all<W: AsyncWrite + Unpin>(

@@ -20,10 +20,13 @@ use kameo::actor::{ActorRef, Spawn};
 use crate::config::Config;
 use crate::dns::Resolver;
 use crate::events::{Metrics, S2sMetrics};
+use crate::jid::Jid;
 use crate::pki::PeerVerifier;
+use crate::policy::PartnerType;
 use crate::router::{Envelope, Router};
 use crate::stream::s2s::PeerPolicy;
 use crate::tls::CertStore;
+use crate::xml::{Stanza, StanzaKind};
 
 pub use connect::{ConnectError, Established, connect_and_negotiate};
 pub use outbound::{OutboundDomain, Send as SendRemote};
@@ -112,6 +115,25 @@ impl S2sShared {
     }
 }
 
+/// The stanza as a partner of this type may see it, when that differs:
+/// the personal note (`<status/>`) of a presence goes only to Federated
+/// partners. `stripped` keeps the stripped form across calls for the same
+/// stanza (`Some(None)`: nothing to strip), so a broadcast parses once.
+fn for_partner_type(
+    stanza: &Stanza,
+    partner_type: PartnerType,
+    stripped: &mut Option<Option<Stanza>>,
+) -> Option<Stanza> {
+    if partner_type == PartnerType::Federated || stanza.kind() != StanzaKind::Presence {
+        return None;
+    }
+    stripped
+        .get_or_insert_with(|| {
+            crate::roster::presence::without_status(stanza).and_then(|b| Stanza::parse(b).ok())
+        })
+        .clone()
+}
+
 /// The outbound side's entry point: finds or starts the actor for the
 /// (local, remote) pair and hands it the stanza.
 #[derive(Clone)]
@@ -137,33 +159,17 @@ impl S2sRouter {
     /// bounces with `resource-constraint`).
     pub fn send(&self, mut env: Envelope) {
         let policy = self.shared.policy.get();
-        let metrics = &self.shared.metrics;
         // The sender's access policy (Lync's EnableFederationAccess and
         // EnableXmppAccess) comes first: a user without it reaches nobody.
-        if !env.on_behalf && !policy.access(env.from.bare()).allowed_remote() {
-            metrics.refused_access_out.increment(1);
-            self.refuse(
-                &env,
-                crate::error::StanzaCondition::Forbidden,
-                "federation is not enabled for this user",
-            );
+        if !env.on_behalf && !self.sender_allowed(&policy, &env.from) {
+            self.refuse_access(&env);
             return;
         }
-        let Some(partner) = policy.partner(env.to.domain()) else {
-            metrics.refused_unlisted_out.increment(1);
-            self.refuse(
-                &env,
-                crate::error::StanzaCondition::PolicyViolation,
-                "this domain is not an allowed federation partner",
-            );
+        let Some(partner_type) = policy.partner_type(env.to.domain()) else {
+            self.refuse_unlisted(&env);
             return;
         };
-        // The personal note (<status/>) goes only to Federated partners.
-        if partner.partner_type != crate::policy::PartnerType::Federated
-            && env.kind() == crate::xml::StanzaKind::Presence
-            && let Some(stripped) = crate::roster::presence::without_status(&env.stanza)
-            && let Ok(s) = crate::xml::Stanza::parse(stripped)
-        {
+        if let Some(s) = for_partner_type(&env.stanza, partner_type, &mut None) {
             env.stanza = s;
         }
         self.shared.audit.message(
@@ -172,16 +178,95 @@ impl S2sRouter {
             &env.from,
             &env.to,
         );
-        let local = env.from.domain().to_string();
-        let remote = env.to.domain().to_string();
-        let key = (local, remote);
+        let actor = self.actor(env.from.domain(), env.to.domain());
+        if let Err(e) = actor.tell(SendRemote(env)).try_send() {
+            tracing::warn!(error = %e, "remote domain actor unavailable");
+        }
+    }
+
+    /// [`S2sRouter::send`] for one stanza of a local user to many remote
+    /// contacts (presence broadcast), with the same rules, decided once per
+    /// broadcast (access) or once per domain (partner type, status note)
+    /// instead of once per contact; each domain's actor gets one message.
+    pub fn send_many(&self, stanza: Stanza, from: Jid, tos: Vec<Jid>) {
+        let policy = self.shared.policy.get();
+        if !self.sender_allowed(&policy, &from) {
+            for to in tos {
+                self.refuse_access(&Envelope::new(stanza.clone(), from.clone(), to));
+            }
+            return;
+        }
+        let at = tokio::time::Instant::now();
+        let mut by_domain: HashMap<String, Vec<Jid>> = HashMap::new();
+        for to in tos {
+            match by_domain.get_mut(to.domain()) {
+                Some(v) => v.push(to),
+                None => {
+                    by_domain.insert(to.domain().to_string(), vec![to]);
+                }
+            }
+        }
+        // Stripped at most once per broadcast, whatever the domain count.
+        let mut stripped = None;
+        for (domain, tos) in by_domain {
+            let Some(partner_type) = policy.partner_type(&domain) else {
+                for to in tos {
+                    self.refuse_unlisted(&Envelope::new(stanza.clone(), from.clone(), to));
+                }
+                continue;
+            };
+            let stanza = for_partner_type(&stanza, partner_type, &mut stripped)
+                .unwrap_or_else(|| stanza.clone());
+            for to in &tos {
+                self.shared
+                    .audit
+                    .message(crate::audit::Direction::Out, &stanza, &from, to);
+            }
+            let actor = self.actor(from.domain(), &domain);
+            let batch = outbound::SendMany {
+                stanza,
+                from: from.clone(),
+                tos,
+                at,
+            };
+            if let Err(e) = actor.tell(batch).try_send() {
+                tracing::warn!(error = %e, "remote domain actor unavailable");
+            }
+        }
+    }
+
+    fn sender_allowed(&self, policy: &crate::policy::Policy, from: &Jid) -> bool {
+        policy.access(from.bare()).allowed_remote()
+    }
+
+    fn refuse_access(&self, env: &Envelope) {
+        self.shared.metrics.refused_access_out.increment(1);
+        self.refuse(
+            env,
+            crate::error::StanzaCondition::Forbidden,
+            "federation is not enabled for this user",
+        );
+    }
+
+    fn refuse_unlisted(&self, env: &Envelope) {
+        self.shared.metrics.refused_unlisted_out.increment(1);
+        self.refuse(
+            env,
+            crate::error::StanzaCondition::PolicyViolation,
+            "this domain is not an allowed federation partner",
+        );
+    }
+
+    /// The live actor for the (local, remote) pair, started if need be.
+    fn actor(&self, local: &str, remote: &str) -> ActorRef<OutboundDomain> {
+        let key = (local.to_string(), remote.to_string());
         // Clone the handle out: never hold a map guard while sending.
         let existing = self
             .actors
             .get(&key)
             .map(|r| r.clone())
             .filter(|r| r.is_alive());
-        let actor = match existing {
+        match existing {
             Some(a) => a,
             None => {
                 let a = OutboundDomain::spawn_with_mailbox(
@@ -191,10 +276,20 @@ impl S2sRouter {
                 self.actors.insert(key, a.clone());
                 a
             }
-        };
-        if let Err(e) = actor.tell(SendRemote(env)).try_send() {
-            tracing::warn!(error = %e, "remote domain actor unavailable");
         }
+    }
+
+    /// Benches and tests: marks the stream from `local` to `remote` as up,
+    /// writing into `io`, with no connection behind it. Everything sent to
+    /// `remote` from then on goes through the real send path and the real
+    /// writer into `io`.
+    #[doc(hidden)]
+    pub async fn attach_writer<W>(&self, local: &str, remote: &str, io: W)
+    where
+        W: tokio::io::AsyncWrite + std::marker::Send + Unpin + 'static,
+    {
+        let actor = self.actor(local, remote);
+        let _ = actor.ask(outbound::AttachWriter(Box::new(io))).await;
     }
 
     fn refuse(&self, env: &Envelope, cond: crate::error::StanzaCondition, text: &str) {

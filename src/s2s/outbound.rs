@@ -24,11 +24,12 @@ use tokio::time::Instant;
 use super::{ConnectError, Established, S2sShared, connect_and_negotiate};
 use crate::error::StanzaCondition;
 use crate::events::DomainMetrics;
+use crate::jid::Jid;
 use crate::router::Envelope;
 use crate::router::writer::Writer;
 use crate::stream::s2s::OutMode;
 use crate::transport::Transport;
-use crate::xml::{Framer, FramerEvent, StanzaKind};
+use crate::xml::{Frame, Framer, FramerEvent, Stanza, StanzaKind};
 
 /// Stanzas waiting per domain while connecting; beyond it new ones bounce
 /// with `resource-constraint` (Prosody keeps 32 768; this is per pair).
@@ -42,6 +43,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// A stanza for the remote domain.
 pub struct Send(pub Envelope);
+
+/// One stanza for many contacts in the remote domain (presence broadcast):
+/// each copy gets its own `to`, the body bytes are shared.
+pub struct SendMany {
+    pub stanza: Stanza,
+    pub from: Jid,
+    pub tos: Vec<Jid>,
+    /// When the broadcast was sent, as `Envelope::at`.
+    pub at: Instant,
+}
 
 /// The domain may no longer federate (a reload): close with
 /// `<policy-violation/>`, bounce what waits, and stop.
@@ -69,6 +80,20 @@ impl Message<PolicyClose> for OutboundDomain {
 
 /// The result of a connection attempt (sent by the attempt's task).
 struct Attempt(Result<Established, ConnectError>);
+
+/// Benches and tests: the stream is up over `0` (already negotiated, write
+/// side only), without DNS, TCP or TLS. Answered with `ask`, so the caller
+/// knows the actor is in the `Up` state.
+pub struct AttachWriter(pub Box<dyn tokio::io::AsyncWrite + std::marker::Send + Unpin>);
+
+impl Message<AttachWriter> for OutboundDomain {
+    type Reply = ();
+
+    async fn handle(&mut self, AttachWriter(io): AttachWriter, _: &mut Context<Self, ()>) {
+        self.disconnect(None).await;
+        self.up(io);
+    }
+}
 
 enum State {
     Idle,
@@ -190,25 +215,60 @@ impl Message<Send> for OutboundDomain {
     async fn handle(&mut self, Send(env): Send, _: &mut Context<Self, ()>) {
         match self.state {
             State::Up => self.write(env),
-            _ => {
-                if self.queue.len() >= MAX_QUEUE {
-                    self.bounce(&env, StanzaCondition::ResourceConstraint);
-                    return;
-                }
-                self.queue.push_back(env);
-                self.metrics.set_queue(self.queue.len());
-                if matches!(self.state, State::Idle) {
-                    // A new stanza gets a fresh attempt soon, whatever the
-                    // backoff: at most MIN_ATTEMPT_GAP after the last one.
-                    let soon = self
-                        .last_attempt
-                        .map(|t| t + MIN_ATTEMPT_GAP)
-                        .unwrap_or_else(Instant::now);
-                    self.retry_at = Some(self.retry_at.map_or(soon, |r| r.min(soon)));
-                    if soon <= Instant::now() {
-                        self.connect();
-                    }
-                }
+            _ => self.enqueue(env),
+        }
+    }
+}
+
+impl Message<SendMany> for OutboundDomain {
+    type Reply = ();
+
+    async fn handle(&mut self, m: SendMany, _: &mut Context<Self, ()>) {
+        let envelope = |to: Jid| {
+            let mut env = Envelope::new(m.stanza.clone(), m.from.clone(), to);
+            env.at = m.at;
+            env
+        };
+        if !matches!(self.state, State::Up) {
+            for to in m.tos {
+                self.enqueue(envelope(to));
+            }
+            return;
+        }
+        // The sender's address is formatted once for the whole batch.
+        let from = m.from.to_string();
+        let kind = m.stanza.kind();
+        let mut written = false;
+        for to in m.tos {
+            let frame = crate::router::frame(&m.stanza, &from, &to);
+            written |= self.write_frame(frame, kind, || envelope(to));
+        }
+        if written {
+            self.wrote();
+        }
+    }
+}
+
+impl OutboundDomain {
+    /// Holds a stanza until the stream is up, starting an attempt if none
+    /// is under way; bounces it when the queue is full.
+    fn enqueue(&mut self, env: Envelope) {
+        if self.queue.len() >= MAX_QUEUE {
+            self.bounce(&env, StanzaCondition::ResourceConstraint);
+            return;
+        }
+        self.queue.push_back(env);
+        self.metrics.set_queue(self.queue.len());
+        if matches!(self.state, State::Idle) {
+            // A new stanza gets a fresh attempt soon, whatever the
+            // backoff: at most MIN_ATTEMPT_GAP after the last one.
+            let soon = self
+                .last_attempt
+                .map(|t| t + MIN_ATTEMPT_GAP)
+                .unwrap_or_else(Instant::now);
+            self.retry_at = Some(self.retry_at.map_or(soon, |r| r.min(soon)));
+            if soon <= Instant::now() {
+                self.connect();
             }
         }
     }
@@ -300,6 +360,15 @@ impl OutboundDomain {
         let (rd, wr) = tokio::io::split(est.transport);
         self.rd = Some(rd);
         self.framer = Some(est.framer);
+        self.up(wr);
+    }
+
+    /// The stream is negotiated: write through `wr` from now on, starting
+    /// with what waited.
+    fn up<W>(&mut self, wr: W)
+    where
+        W: tokio::io::AsyncWrite + std::marker::Send + Unpin + 'static,
+    {
         self.writer = Some(Writer::spawn(wr, WRITE_QUEUE, self.shared.metrics.clone()));
         self.state = State::Up;
         self.keep_alive = self
@@ -365,47 +434,69 @@ impl OutboundDomain {
     }
 
     fn write(&mut self, env: Envelope) {
-        let kind = env.kind();
         if self.writer.is_none() {
             // The stream went down while flushing: back to the queue.
             self.queue.push_back(env);
             self.metrics.set_queue(self.queue.len());
             return;
         }
-        let frame = env.frame();
-        if let Some(w) = &self.writer {
-            match w.queue.try_send(frame) {
-                Ok(()) => {
-                    self.shared.metrics.stanza_out(kind);
-                    self.last_write = Instant::now();
-                    self.last_activity = self.last_write;
-                }
-                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                    // The peer does not read: presence may go, nothing else.
-                    if kind == StanzaKind::Presence {
-                        self.shared.metrics.presence_dropped.increment(1);
-                    } else {
-                        self.bounce(&env, StanzaCondition::ResourceConstraint);
-                    }
-                }
-                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                    // The socket died under us: keep the stanza for the next
-                    // stream instead of losing or bouncing it.
-                    self.writer = None;
-                    self.rd = None;
-                    self.framer = None;
-                    if self.holds_slot {
-                        self.shared.release_connection();
-                        self.holds_slot = false;
-                    }
-                    self.state = State::Idle;
-                    self.metrics.set_state("idle");
-                    self.queue.push_back(env);
-                    self.metrics.set_queue(self.queue.len());
-                    self.connect();
+        let (frame, kind) = (env.frame(), env.kind());
+        if self.write_frame(frame, kind, || env) {
+            self.wrote();
+        }
+    }
+
+    /// The stream is in use: it is neither idle nor due a keepalive.
+    fn wrote(&mut self) {
+        self.last_write = Instant::now();
+        self.last_activity = self.last_write;
+    }
+
+    /// Hands one stanza's bytes to the writer; true if it took them.
+    /// `env` is only built when the stanza must be bounced or kept.
+    fn write_frame(
+        &mut self,
+        frame: Frame,
+        kind: StanzaKind,
+        env: impl FnOnce() -> Envelope,
+    ) -> bool {
+        let Some(w) = &self.writer else {
+            // The stream went down earlier in this batch: back to the queue.
+            self.queue.push_back(env());
+            self.metrics.set_queue(self.queue.len());
+            return false;
+        };
+        match w.queue.try_send(frame) {
+            Ok(()) => {
+                self.shared.metrics.stanza_out(kind);
+                return true;
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                // The peer does not read: presence may go, nothing else.
+                if kind == StanzaKind::Presence {
+                    self.shared.metrics.presence_dropped.increment(1);
+                } else {
+                    self.bounce(&env(), StanzaCondition::ResourceConstraint);
                 }
             }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                // The socket died under us: keep the stanza for the next
+                // stream instead of losing or bouncing it.
+                self.writer = None;
+                self.rd = None;
+                self.framer = None;
+                if self.holds_slot {
+                    self.shared.release_connection();
+                    self.holds_slot = false;
+                }
+                self.state = State::Idle;
+                self.metrics.set_state("idle");
+                self.queue.push_back(env());
+                self.metrics.set_queue(self.queue.len());
+                self.connect();
+            }
         }
+        false
     }
 
     fn send_bytes(&mut self, b: Bytes) {

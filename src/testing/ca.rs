@@ -43,6 +43,9 @@ pub struct LeafOptions {
     pub eku: Eku,
     /// Valid from two years ago until yesterday.
     pub expired: bool,
+    /// Valid for this many days from yesterday instead of a year
+    /// (ejabberd 23.01 fails on certificates valid for more than ~49).
+    pub valid_days: Option<i64>,
 }
 
 impl LeafOptions {
@@ -213,7 +216,7 @@ fn leaf_params(opts: &LeafOptions) -> CertificateParams {
     if opts.expired {
         set_validity(&mut params, -730, -1);
     } else {
-        set_validity(&mut params, -1, 365);
+        set_validity(&mut params, -1, opts.valid_days.unwrap_or(365));
     }
     params
 }

@@ -314,6 +314,12 @@ impl S2sPeer {
         self.method
     }
 
+    /// The socket and the framer (with whatever it already buffered), for
+    /// a caller that reads and writes on its own.
+    pub fn into_parts(self) -> (Transport, Framer) {
+        (self.wire.io, self.wire.framer)
+    }
+
     /// The `<stream:features/>` authentication was chosen from (after
     /// TLS when TLS was used; never the empty ones after SASL).
     pub fn features(&self) -> Option<&Stanza> {
@@ -502,6 +508,25 @@ pub struct ListenerConfig {
     pub policy: PeerPolicy,
     /// Receive timeout of the [`InboundPeer`]s.
     pub timeout: Duration,
+    /// What a load generator needs beyond the tests' fake; `Default` for
+    /// tests.
+    pub load: LoadOptions,
+}
+
+/// Options of an [`S2sListener`] playing many domains under load.
+#[derive(Clone, Default)]
+pub struct LoadOptions {
+    /// Listen here instead of on an ephemeral 127.0.0.1 port.
+    pub bind: Option<SocketAddr>,
+    /// Every domain ending in `.<suffix>` is local too.
+    pub domain_suffix: Option<String>,
+    /// Answer a `db:result` as valid without asking the sender's
+    /// authoritative server (a load generator trusts its target).
+    pub trust_dialback: bool,
+    /// Hand every authenticated stanza to this function, on the
+    /// connection's task, instead of queueing it for an [`InboundPeer`].
+    #[allow(clippy::type_complexity)]
+    pub sink: Option<Arc<dyn Fn(Stanza) + Send + Sync>>,
 }
 
 /// What happened on an authenticated inbound stream.
@@ -571,6 +596,11 @@ struct Shared {
 impl InboundContext for Shared {
     fn is_local(&self, domain: &str) -> bool {
         domain.eq_ignore_ascii_case(&self.cfg.domain)
+            || self.cfg.load.domain_suffix.as_deref().is_some_and(|sfx| {
+                domain.len() > sfx.len() + 1
+                    && domain.as_bytes()[domain.len() - sfx.len() - 1] == b'.'
+                    && domain[domain.len() - sfx.len()..].eq_ignore_ascii_case(sfx)
+            })
     }
 
     fn policy(&self, _remote: &str) -> Option<PeerPolicy> {
@@ -585,7 +615,11 @@ impl InboundContext for Shared {
 impl S2sListener {
     /// Listens on a loopback port.
     pub async fn start(cfg: ListenerConfig) -> std::io::Result<S2sListener> {
-        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let bind = cfg
+            .load
+            .bind
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let l = TcpListener::bind(bind).await?;
         let addr = l.local_addr()?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let verify_requests = Arc::new(AtomicUsize::new(0));
@@ -680,14 +714,22 @@ async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
                     originating,
                     receiving,
                     ..
-                } => pending.extend(neg.handle(
-                    InInput::DialbackFailed {
-                        originating,
-                        receiving,
-                        condition: StanzaCondition::RemoteServerNotFound,
-                    },
-                    &*shared,
-                )),
+                } => {
+                    let input = if shared.cfg.load.trust_dialback {
+                        InInput::DialbackChecked {
+                            originating,
+                            receiving,
+                            valid: true,
+                        }
+                    } else {
+                        InInput::DialbackFailed {
+                            originating,
+                            receiving,
+                            condition: StanzaCondition::RemoteServerNotFound,
+                        }
+                    };
+                    pending.extend(neg.handle(input, &*shared));
+                }
                 InAction::Authenticated {
                     remote,
                     local,
@@ -771,7 +813,9 @@ async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
                         pending.push_back(InAction::Fail(StreamError::new(cond)));
                         continue;
                     }
-                    if let Some(tx) = &events {
+                    if let Some(sink) = &shared.cfg.load.sink {
+                        sink(s);
+                    } else if let Some(tx) = &events {
                         let _ = tx.send(InEvent::Stanza(s)).await;
                     }
                     continue;
@@ -821,6 +865,7 @@ impl DialbackAuthority {
             verifier: None,
             policy: PeerPolicy::open_federation(),
             timeout: Duration::from_secs(10),
+            load: Default::default(),
         })
         .await
         .expect("bind a loopback port for the dialback authority");
@@ -853,6 +898,7 @@ mod tests {
             verifier: Some(verifier),
             policy: PeerPolicy::open_federation(),
             timeout: Duration::from_secs(10),
+            load: Default::default(),
         }
     }
 

@@ -234,7 +234,15 @@ impl Stanza {
         // (cut start, cut end, replacement); at most two edits.
         let mut edits: [(usize, usize, Bytes); 2] = [(0, 0, Bytes::new()), (0, 0, Bytes::new())];
         let mut n = 0;
-        let mut inserted = String::new();
+        // Sized up front: growing it push by push reallocated several
+        // times per stanza, once per copy of a fan-out.
+        let mut inserted = String::with_capacity(
+            [from, to]
+                .iter()
+                .flatten()
+                .map(|v| v.len() + 8)
+                .sum::<usize>(),
+        );
         for (attr, span, value) in [("from", self.head.from, from), ("to", self.head.to, to)] {
             let Some(value) = value else { continue };
             match span.get() {
@@ -317,6 +325,13 @@ impl Frame {
 
     pub fn parts(&self) -> &[Bytes] {
         &self.parts[..self.n as usize]
+    }
+
+    /// The slices, moved out: a writer keeps them without touching their
+    /// reference counts (a clone of a freshly built `Bytes` allocates).
+    pub fn into_parts(self) -> impl Iterator<Item = Bytes> {
+        let n = self.n as usize;
+        self.parts.into_iter().take(n)
     }
 
     /// Total length in bytes.
