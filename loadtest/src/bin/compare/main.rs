@@ -24,6 +24,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use loadtest::render::json::Summary;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
@@ -366,14 +367,13 @@ async fn drive(args: Args) -> Result<ExitCode, String> {
             ExitCode::FAILURE
         });
     }
-    let names: Vec<String> = args.servers.iter().map(|k| k.name().to_string()).collect();
-    let text = table::render(&header, &names, &runs);
+    let baseline = args.servers.first().map_or("fedrouter", |k| k.name());
+    let text = table::render(&header, baseline, &runs);
     let _ = std::fs::write(args.out.join("table.txt"), &text);
     println!("\n{text}");
     eprintln!(
-        "reports: {}/<server>-<scenario>.json, table: {}/table.txt",
-        args.out.display(),
-        args.out.display()
+        "reports: {out}/<server>-<scenario>.json and .txt; this table: {out}/table.txt",
+        out = args.out.display()
     );
     Ok(if all_ok {
         ExitCode::SUCCESS
@@ -441,7 +441,18 @@ async fn run_scenario(
     if let Some(pid) = server.pid() {
         cmd.arg("--target-pid").arg(pid.to_string());
     }
+    // The loadtest's own table goes to a file (the JSON carries the same),
+    // so that the comparison table is what the terminal ends with; its
+    // stderr (progress bar, errors) stays on the terminal.
+    let log = args.out.join(format!("{}-{scenario}.txt", kind.name()));
+    match std::fs::File::create(&log) {
+        Ok(f) => {
+            cmd.stdout(f);
+        }
+        Err(e) => eprintln!("== {}: {e}; loadtest output stays here", log.display()),
+    }
     eprintln!("== {} {scenario}: {:?}", kind.name(), cmd.as_std());
+    let started = Instant::now();
     let result = match cmd.spawn() {
         Err(e) => Err(format!("spawn {}: {e}", loadtest_bin.display())),
         Ok(mut child) => match tokio::time::timeout(args.scenario_timeout, child.wait()).await {
@@ -457,11 +468,21 @@ async fn run_scenario(
                     .map_err(|e| format!("{status}, no report {}: {e}", json.display()))
                     .and_then(|t| {
                         serde_json::from_str::<Value>(&t)
+                            .and_then(|v| Summary::from_json(&v))
                             .map_err(|e| format!("{}: {e}", json.display()))
                     })
             }
         },
     };
+    if let Ok(s) = &result {
+        eprintln!(
+            "== {} {scenario}: {} in {:.1?} (table: {})",
+            kind.name(),
+            if s.ok { "ok" } else { "NOT OK" },
+            started.elapsed(),
+            log.display()
+        );
+    }
     table::Run {
         server: kind.name().to_string(),
         scenario: scenario.to_string(),
