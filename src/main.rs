@@ -53,6 +53,11 @@ enum UserCommand {
         #[arg(long)]
         password: Option<String>,
     },
+    /// Add many users at once: lines `JID PASSWORD` on standard input (the
+    /// password is the rest of the line; blank lines and `#` comments are
+    /// skipped). Every line is checked before the first user is added; the
+    /// first failure (an existing user, say) stops the import.
+    Import,
 }
 
 fn main() -> ExitCode {
@@ -213,6 +218,9 @@ fn read_password(given: Option<String>) -> Result<String, String> {
 fn user(config: Config, cmd: UserCommand) -> Result<(), String> {
     let data_dir = config.server.data_dir.clone();
     let domains = config.server.domains.clone();
+    if let UserCommand::Import = cmd {
+        return import_users(&data_dir, &domains);
+    }
     let (words, password): (Vec<String>, Option<String>) = match &cmd {
         UserCommand::Add { jid, password } => {
             admin::user_jid(jid, &domains).map_err(|e| e.to_string())?;
@@ -236,6 +244,7 @@ fn user(config: Config, cmd: UserCommand) -> Result<(), String> {
         }
         UserCommand::Remove { jid } => (vec!["user-remove".into(), jid.clone()], None),
         UserCommand::List => (vec!["user-list".into()], None),
+        UserCommand::Import => unreachable!("handled above"),
     };
     let refs: Vec<&str> = words.iter().map(|s| s.as_str()).collect();
     // A running daemon owns the store: ask it.
@@ -249,15 +258,7 @@ fn user(config: Config, cmd: UserCommand) -> Result<(), String> {
         Err(e) => return Err(format!("control socket: {e}")),
     }
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-    let store = fedrouter::storage::RedbStore::open(&data_dir).map_err(|e| match e {
-        fedrouter::storage::StoreError::Locked => format!(
-            "the store in {} is held by another fedrouter process, but its control socket {} did not answer \
-             (is the daemon still starting?)",
-            data_dir.display(),
-            control::socket_path(&data_dir).display()
-        ),
-        e => e.to_string(),
-    })?;
+    let store = open_store(&data_dir)?;
     let out = match cmd {
         UserCommand::Add { jid, .. } => {
             let j = admin::user_jid(&jid, &domains).map_err(|e| e.to_string())?;
@@ -281,7 +282,65 @@ fn user(config: Config, cmd: UserCommand) -> Result<(), String> {
             .iter()
             .map(|u| format!("{u}\n"))
             .collect(),
+        UserCommand::Import => unreachable!("handled above"),
     };
     print!("{out}");
+    Ok(())
+}
+
+/// Opens the store of a stopped daemon (creating the data directory).
+fn open_store(data_dir: &std::path::Path) -> Result<fedrouter::storage::RedbStore, String> {
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    fedrouter::storage::RedbStore::open(data_dir).map_err(|e| match e {
+        fedrouter::storage::StoreError::Locked => format!(
+            "the store in {} is held by another fedrouter process, but its control socket {} did not answer \
+             (is the daemon still starting?)",
+            data_dir.display(),
+            control::socket_path(data_dir).display()
+        ),
+        e => e.to_string(),
+    })
+}
+
+/// `user import`: one process for many accounts, so provisioning thousands
+/// of users (the load generator's) takes seconds rather than a process
+/// start per user. Through the control socket when the daemon runs (it owns
+/// the store), else straight into the store, opened once.
+fn import_users(data_dir: &std::path::Path, domains: &[String]) -> Result<(), String> {
+    let mut users = Vec::new();
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.map_err(|e| format!("standard input: {e}"))?;
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let (jid, password) = line.trim_start().split_once(' ').unwrap_or((line, ""));
+        let j = admin::user_jid(jid, domains).map_err(|e| format!("line {}: {e}", n + 1))?;
+        if password.is_empty() {
+            return Err(format!("line {}: {jid}: no password", n + 1));
+        }
+        users.push((j, password.to_string()));
+    }
+    let mut store = None;
+    for (i, (jid, password)) in users.iter().enumerate() {
+        let stopped_at = |e: String| format!("{e} ({i} of {} users imported)", users.len());
+        let words = [
+            "user-add",
+            jid.as_str(),
+            &control::encode_password(password),
+        ];
+        if store.is_none() {
+            match control::request(data_dir, &words) {
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(msg))) => return Err(stopped_at(msg)),
+                Ok(None) => store = Some(open_store(data_dir)?),
+                Err(e) => return Err(stopped_at(format!("control socket: {e}"))),
+            }
+        }
+        if let Some(s) = &store {
+            admin::add_user(s, jid, password).map_err(|e| stopped_at(e.to_string()))?;
+        }
+    }
+    println!("imported {} users", users.len());
     Ok(())
 }

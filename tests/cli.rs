@@ -371,3 +371,48 @@ async fn partners_and_reload_work_against_the_running_daemon() {
         .expect("the local session survived the reload");
     assert_eq!(r.type_().as_deref(), Some("result"));
 }
+
+#[tokio::test]
+async fn user_import_adds_many_users_from_standard_input_whether_the_daemon_runs_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fedrouter.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\ndomains = [\"localhost\"]\ndata_dir = \"data\"\n[c2s]\nlisten = [\"127.0.0.1:0\"]\n[s2s]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"\"\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let import =
+        |input: &str| fedrouter(dir.path(), &["--config", c, "user", "import"], Some(input));
+
+    // Stopped: straight into the store. A bad line stops it before anything is added.
+    let (ok, _, err) = import("lt1@localhost pw one\nnot a jid@ x\n");
+    assert!(!ok && err.contains("line 2"), "a bad line is named: {err}");
+    let (ok, out, err) = import("# users\nlt1@localhost pw one\n\nlt2@localhost pw2\n");
+    assert!(ok, "import while stopped: {err}");
+    assert!(out.contains("imported 2 users"), "{out}");
+
+    // Running: through the control socket; an existing user stops it.
+    let daemon = run_daemon(dir.path(), Some(&cfg));
+    let (ok, out, err) = import("lt3@localhost pw3\nlt4@localhost pw4\n");
+    assert!(ok, "import while running: {err}");
+    assert!(out.contains("imported 2 users"), "{out}");
+    let (ok, _, err) = import("lt5@localhost pw5\nlt1@localhost again\n");
+    assert!(
+        !ok && err.contains("already exists") && err.contains("1 of 2"),
+        "{err}"
+    );
+
+    for (jid, pw) in [
+        ("lt1@localhost", "pw one"),
+        ("lt2@localhost", "pw2"),
+        ("lt3@localhost", "pw3"),
+        ("lt5@localhost", "pw5"),
+    ] {
+        sign_in(daemon.c2s, jid, pw)
+            .await
+            .unwrap_or_else(|e| panic!("{jid} signs in: {e}"));
+    }
+    let (ok, out, _) = fedrouter(dir.path(), &["--config", c, "user", "list"], None);
+    assert!(ok && out.lines().count() == 5, "{out}");
+}

@@ -250,6 +250,16 @@ async fn run(mode: Mode) {
             dump(&p)
         );
     }
+    if mode == Mode::Dialback {
+        // The bulk paths the load comparison provisions its users with.
+        let many: Vec<(String, String)> = (1..=3)
+            .map(|n| (format!("lt{n}"), format!("pw &'<{n}>")))
+            .collect();
+        p.prosody.register_many(&many);
+        p.ejabberd.register_many(&many);
+        peers::connect(p.prosody.c2s_addr(), "lt3@p.test", "pw &'<3>", None).await;
+        peers::connect(p.ejabberd.c2s_addr(), "lt3@e.test", "pw &'<3>", None).await;
+    }
     if mode == Mode::External {
         // restart() keeps data and ports, and the peers federate again.
         let t = Instant::now();

@@ -70,6 +70,9 @@ pub struct EjabberdOpts {
     /// YAML lines appended under `modules:` (indented two spaces), e.g.
     /// `"  mod_admin_extra: {}\n"` for `ejabberdctl get_offline_count`.
     pub extra_modules: String,
+    /// `shaper_rules: max_user_sessions` (ejabberd's default is 10); None:
+    /// `infinity`, for load tests with many resources per user.
+    pub max_user_sessions: Option<u32>,
 }
 
 impl EjabberdOpts {
@@ -93,6 +96,7 @@ impl EjabberdOpts {
             cert,
             extra_config: String::new(),
             extra_modules: String::new(),
+            max_user_sessions: Some(10),
         }
     }
 }
@@ -267,20 +271,60 @@ impl Ejabberd {
     }
 
     /// Creates `user@domain` with `password` (`ejabberdctl register`).
-    ///
-    /// Right after start the node may answer before its Mnesia tables exist
-    /// (`no_exists`); that one error is retried, a bounded number of times,
-    /// once the previous attempt has returned.
     pub fn register(&self, user: &str, password: &str) {
-        let args = ["register", user, self.opts.domain.as_str(), password];
+        self.ctl_after_start(&["register", user, self.opts.domain.as_str(), password]);
+    }
+
+    /// [`Ejabberd::ctl_run`], retrying the one error of a node whose Mnesia
+    /// tables do not exist yet (`no_exists`, right after start), a bounded
+    /// number of times, once the previous attempt has returned.
+    fn ctl_after_start(&self, args: &[&str]) {
         for _ in 0..20 {
-            match self.ctl_try(&args) {
+            match self.ctl_try(args) {
                 Ok(_) => return,
                 Err(e) if e.contains("no_exists") => continue,
                 Err(e) => panic!("{e}"),
             }
         }
-        self.ctl_run(&args);
+        self.ctl_run(args);
+    }
+
+    /// Creates many users of the domain at once: one XEP-0227 (PIEFXIS)
+    /// file with every account, loaded by `ejabberdctl import_piefxis`,
+    /// where `register` would start a hidden Erlang node per user (~0.5 s
+    /// each). Passwords are given in the clear; ejabberd stores them as
+    /// SCRAM (`auth_password_format: scram`).
+    pub fn register_many(&self, users: &[(String, String)]) {
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('\'', "&apos;")
+                .replace('"', "&quot;")
+        };
+        let mut xml = format!(
+            "<?xml version='1.0' encoding='UTF-8'?>\n\
+             <server-data xmlns='urn:xmpp:pie:0'>\n<host jid='{}'>\n",
+            esc(&self.opts.domain)
+        );
+        for (user, password) in users {
+            xml.push_str(&format!(
+                "<user name='{}' password='{}'/>\n",
+                esc(user),
+                esc(password)
+            ));
+        }
+        xml.push_str("</host>\n</server-data>\n");
+        let file = write(self.dir.path(), "register-many.xml", &xml);
+        chown_r(&file, "ejabberd");
+        let path = file.display().to_string();
+        self.ctl_after_start(&["import_piefxis", path.as_str()]);
+    }
+
+    /// The Erlang VM's pid (`beam.smp`, a child of the `ejabberdctl`
+    /// script we spawn), while it runs: the process whose RSS and CPU are
+    /// ejabberd's.
+    pub fn vm_pid(&self) -> Option<u32> {
+        self.proc.as_ref()?.descendant_named("beam.smp")
     }
 
     pub fn c2s_addr(&self) -> SocketAddr {
@@ -381,8 +425,14 @@ access_rules:
   s2s:
     allow: all
 s2s_access: s2s
+# No traffic shapers at all: the listeners name none (their default), and
+# the rules ejabberd's own example config would attach them by are pinned
+# to none, so nothing throttles c2s or s2s (load tests measure the server,
+# not its shaper).
 shaper_rules:
-  max_user_sessions: 10
+  max_user_sessions: {max_sessions}
+  c2s_shaper: none
+  s2s_shaper: none
 modules:
   mod_disco: {{}}
   mod_ping: {{}}
@@ -394,6 +444,9 @@ modules:
         c2s = opts.c2s_port,
         s2s = opts.s2s_port,
         ip = opts.ip,
+        max_sessions = opts
+            .max_user_sessions
+            .map_or("infinity".to_string(), |n| n.to_string()),
     );
     if !opts.secure_auth {
         y.push_str("  mod_s2s_dialback: {}\n");

@@ -18,12 +18,15 @@
 //!   everything else under `.test` is NXDOMAIN. `.log()` shows every query.
 //! - [`Prosody`] (`prosody.rs`): `ProsodyOpts::new(domain, ip, dns, cert)`
 //!   (free ports picked on `ip`; fields `trust_ca`, `secure_auth`, `c2s_port`,
-//!   `s2s_port`, `extra_config` can be changed), `Prosody::start(opts).await`
-//!   (returns once c2s and s2s accept), `.register(user, pw)`, `.c2s_addr()`,
+//!   `s2s_port`, `extra_config`, `extra_modules`, `log_level` can be
+//!   changed), `Prosody::start(opts).await` (returns once c2s and s2s
+//!   accept), `.register(user, pw)`, `.register_many(&[(user, pw)])` (one
+//!   `prosodyctl shell` for all), `.c2s_addr()`,
 //!   `.s2s_addr()`, `.log()`, `.stop()`, `.restart().await`; stopped on Drop.
 //! - [`Ejabberd`] (`ejabberd.rs`): the same shape with `EjabberdOpts` (plus
 //!   `hosts`: the names its libc resolver must find, normally
-//!   `dns.a_records()`).
+//!   `dns.a_records()`; `max_user_sessions`; `register_many` through one
+//!   XEP-0227 file and `ejabberdctl import_piefxis`). No traffic shapers.
 //! - Helpers here: [`free_port`], [`free_dns_addr`], [`connect`] (a
 //!   `fedrouter::client::Client` that picks the best SASL mechanism the
 //!   server offers), [`peer_dir`].
@@ -62,7 +65,7 @@
 //!   EXTERNAL failed, falling back to dialback`.
 //! - Costs: dnsmasq starts in ~10 ms, Prosody in ~0.3 s, ejabberd in ~1.2 s
 //!   (first start creates its Mnesia tables); `ejabberdctl register` ~0.5 s;
-//!   stop ~0.1–0.5 s each. tests/peer_harness.rs runs both modes in ~6–8 s.
+//!   `register_many` a few seconds for any number; stop ~0.1–0.5 s each. tests/peer_harness.rs runs both modes in ~6–8 s.
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;

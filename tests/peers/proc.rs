@@ -48,6 +48,15 @@ impl PeerProcess {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The first live descendant whose command name (`/proc/PID/comm`) is
+    /// `comm`: the process that does the work when the one spawned is a
+    /// wrapper (`beam.smp` under `ejabberdctl foreground`).
+    pub fn descendant_named(&self, comm: &str) -> Option<u32> {
+        descendants(self.pid()?).into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim_end() == comm)
+        })
+    }
+
     /// The process's stdout/stderr log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

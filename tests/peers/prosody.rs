@@ -54,6 +54,12 @@ pub struct ProsodyOpts {
     pub cert: CertPair,
     /// Lua appended to the global section (before the VirtualHost).
     pub extra_config: String,
+    /// Modules enabled on top of the harness's (roster, saslauth, tls,
+    /// dialback, disco, ping, admin_shell), e.g. `"offline"`.
+    pub extra_modules: Vec<String>,
+    /// Prosody's log level (`debug` for tests; `info` or `warn` under load,
+    /// where debug logging of every stanza is most of the cost).
+    pub log_level: String,
 }
 
 impl ProsodyOpts {
@@ -69,6 +75,8 @@ impl ProsodyOpts {
             secure_auth: true,
             cert,
             extra_config: String::new(),
+            extra_modules: Vec::new(),
+            log_level: "debug".into(),
         }
     }
 }
@@ -106,7 +114,7 @@ pidfile = "{dir}/prosody.pid"
 data_path = "{dir}/data"
 certificates = "{dir}/certs"
 daemonize = false
-log = {{ {{ levels = {{ min = "debug" }}, to = "file", filename = "{dir}/prosody.log" }} }}
+log = {{ {{ levels = {{ min = "{level}" }}, to = "file", filename = "{dir}/prosody.log" }} }}
 interfaces = {{ "{ip}" }}
 local_interfaces = {{ "{ip}" }}
 c2s_ports = {{ {c2s} }}
@@ -119,7 +127,7 @@ https_ports = {{ }}
 component_ports = {{ }}
 use_ipv6 = false
 network_settings = {{ nagle = false }}
-modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping" }}
+modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "admin_shell"{modules} }}
 authentication = "internal_hashed"
 storage = "internal"
 allow_registration = false
@@ -141,6 +149,12 @@ VirtualHost "{domain}"
             key = key.display(),
             extra = opts.extra_config,
             domain = opts.domain,
+            level = opts.log_level,
+            modules = opts
+                .extra_modules
+                .iter()
+                .map(|m| format!(", {m:?}"))
+                .collect::<String>(),
         );
         let config = write(&d, "prosody.cfg.lua", &text);
         chown_r(&d, "prosody");
@@ -197,6 +211,51 @@ VirtualHost "{domain}"
             cmd,
             Duration::from_secs(30),
         );
+    }
+
+    /// Creates many users of the domain at once: `user:create` commands
+    /// piped into one `prosodyctl shell` (mod_admin_shell's socket in the
+    /// data directory; the server must run), where `register` would start a
+    /// Lua process per user (~0.3 s each). Panics with the shell's output if
+    /// a user was not created.
+    pub fn register_many(&self, users: &[(String, String)]) {
+        let mut script = String::new();
+        for (user, password) in users {
+            script.push_str(&format!(
+                "user:create({:?}, {:?})\n",
+                format!("{user}@{}", self.opts.domain),
+                password
+            ));
+        }
+        let input = write(self.dir.path(), "register-many.lua", &script);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "exec setpriv --reuid=prosody --regid=prosody --init-groups \
+                 prosodyctl --config '{}' shell < '{}'",
+                self.config.display(),
+                input.display()
+            ))
+            .current_dir(self.dir.path());
+        let out = run_checked(
+            &format!("prosodyctl shell: {} users", users.len()),
+            cmd,
+            Duration::from_secs(30 + users.len() as u64 / 20),
+        );
+        let created = out.matches("User created").count();
+        assert_eq!(
+            created,
+            users.len(),
+            "prosodyctl shell created {created} of {} users:\n{}",
+            users.len(),
+            super::proc::tail(&out, 20)
+        );
+    }
+
+    /// The server's pid (`setpriv` and `prosody` exec, so it is the Lua
+    /// interpreter itself), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(|p| p.pid())
     }
 
     pub fn c2s_addr(&self) -> SocketAddr {
