@@ -57,7 +57,7 @@ async fn setup() -> Setup {
     let mut targets = Vec::new();
     for i in 0..USERS {
         let bare = BareJid::parse(&format!("user{i}@localhost")).unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::channel(SESSION_QUEUE);
+        let (tx, mut rx) = fedrouter::router::writer::queue(SESSION_QUEUE);
         let control = NullSession::spawn(NullSession).recipient::<CloseSession>();
         let (jid, _) = router
             .shard(&bare)
