@@ -3,10 +3,8 @@
 use fedrouter::c2s::CloseSession;
 use fedrouter::jid::{BareJid, FullJid};
 use fedrouter::router::{Bind, Router, SESSION_QUEUE};
-use fedrouter::xml::Frame;
 use kameo::actor::Spawn;
 use kameo::message::{Context, Message};
-use tokio::sync::mpsc;
 
 /// Stands in for a session's actor: shards may ask it to close.
 #[derive(kameo::Actor)]
@@ -24,8 +22,8 @@ pub async fn bind(
     user: &BareJid,
     resource: &str,
     id: u64,
-) -> (FullJid, mpsc::Receiver<Frame>) {
-    let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+) -> (FullJid, fedrouter::router::writer::QueueReceiver) {
+    let (tx, rx) = fedrouter::router::writer::queue(SESSION_QUEUE);
     let control = NullSession::spawn(NullSession).recipient::<CloseSession>();
     let (jid, _) = router
         .shard(user)

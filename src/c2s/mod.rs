@@ -19,11 +19,12 @@ use kameo::actor::{ActorRef, Spawn, WeakActorRef};
 use kameo::error::{ActorStopReason, Infallible};
 use kameo::mailbox::{MailboxReceiver, Signal};
 use kameo::message::{Context, Message};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::transport::ReadHalf;
 pub use crate::transport::Transport;
 
 use crate::error::{StanzaCondition, StreamCondition, StreamError, error_reply};
@@ -84,7 +85,12 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<C2sShared>) {
 /// slow consumer).
 pub struct CloseSession(pub StreamError);
 
-pub struct C2sSession {
+/// The actor is a box around its state: kameo's task keeps up to three
+/// copies of an actor value in its future (start result, running state,
+/// stopped actor), so a 700-byte struct would cost each idle session 2 KiB.
+pub struct C2sSession(Box<Session>);
+
+struct Session {
     id: u64,
     peer: SocketAddr,
     shared: Arc<C2sShared>,
@@ -92,7 +98,7 @@ pub struct C2sSession {
     /// The whole transport while negotiating.
     io: Option<Transport>,
     /// The read half once bound (the write half belongs to the writer task).
-    rd: Option<ReadHalf<Transport>>,
+    rd: Option<ReadHalf>,
     writer: Option<Writer>,
     framer: Framer,
     neg: C2sNegotiation,
@@ -117,7 +123,7 @@ impl Actor for C2sSession {
         let mut sid = [0u8; 8];
         let _ = aws_lc_rs::rand::fill(&mut sid);
         let policy = shared.policy.clone();
-        Ok(C2sSession {
+        Ok(C2sSession(Box::new(Session {
             id,
             peer,
             me,
@@ -132,7 +138,7 @@ impl Actor for C2sSession {
             deadline: Some(Instant::now() + shared.establishment_timeout),
             done: false,
             shared,
-        })
+        })))
     }
 
     async fn next(
@@ -140,23 +146,7 @@ impl Actor for C2sSession {
         _me: WeakActorRef<Self>,
         rx: &mut MailboxReceiver<Self>,
     ) -> Result<Option<Signal<Self>>, Infallible> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            let deadline = self.deadline;
-            tokio::select! {
-                biased;
-                sig = rx.recv() => return Ok(sig),
-                r = read_more(&mut self.io, &mut self.rd, &mut self.framer) => self.on_read(r).await,
-                _ = sleep_until(deadline) => {
-                    self.close(StreamError::with_text(
-                        StreamCondition::ConnectionTimeout,
-                        "stream negotiation took too long",
-                    )).await;
-                }
-            }
-        }
+        self.0.next(rx).await
     }
 
     async fn on_stop(
@@ -164,17 +154,7 @@ impl Actor for C2sSession {
         _me: WeakActorRef<Self>,
         _reason: ActorStopReason,
     ) -> Result<(), Infallible> {
-        if !self.done {
-            // Stopped from outside (shutdown): say so on the wire.
-            self.close(StreamError::new(StreamCondition::SystemShutdown))
-                .await;
-        }
-        self.shared.metrics.c2s_connections.decrement(1.0);
-        if let Some(jid) = self.jid.take() {
-            self.shared.metrics.c2s_sessions.decrement(1.0);
-            let shard = self.shared.router.shard(jid.bare()).clone();
-            let _ = shard.tell(Unbind { jid, id: self.id }).await;
-        }
+        self.0.on_stop().await;
         Ok(())
     }
 }
@@ -183,7 +163,47 @@ impl Message<CloseSession> for C2sSession {
     type Reply = ();
 
     async fn handle(&mut self, m: CloseSession, _: &mut Context<Self, ()>) {
-        self.close(m.0).await;
+        self.0.close(m.0).await;
+    }
+}
+
+impl Session {
+    async fn next(
+        &mut self,
+        rx: &mut MailboxReceiver<C2sSession>,
+    ) -> Result<Option<Signal<C2sSession>>, Infallible> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let deadline = self.deadline;
+            tokio::select! {
+                biased;
+                sig = rx.recv() => return Ok(sig),
+                // Boxed: the handling future is large (TLS handshake, bind)
+                // and would otherwise sit in every idle session's task.
+                r = read_more(&mut self.io, &mut self.rd, &mut self.framer) => Box::pin(self.on_read(r)).await,
+                _ = sleep_until(deadline) => {
+                    Box::pin(self.close(StreamError::with_text(
+                        StreamCondition::ConnectionTimeout,
+                        "stream negotiation took too long",
+                    ))).await;
+                }
+            }
+        }
+    }
+
+    async fn on_stop(&mut self) {
+        if !self.done {
+            // Stopped from outside (shutdown): say so on the wire.
+            Box::pin(self.close(StreamError::new(StreamCondition::SystemShutdown))).await;
+        }
+        self.shared.metrics.c2s_connections.decrement(1.0);
+        if let Some(jid) = self.jid.take() {
+            self.shared.metrics.c2s_sessions.decrement(1.0);
+            let shard = self.shared.router.shard(jid.bare()).clone();
+            let _ = shard.tell(Unbind { jid, id: self.id }).await;
+        }
     }
 }
 
@@ -194,22 +214,21 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Reads into the framer; holds no read buffer while the peer is quiet.
 async fn read_more(
     io: &mut Option<Transport>,
-    rd: &mut Option<ReadHalf<Transport>>,
+    rd: &mut Option<ReadHalf>,
     framer: &mut Framer,
 ) -> std::io::Result<usize> {
-    let mut buf = framer.read_buf();
-    if let Some(r) = rd {
-        r.read_buf(&mut buf).await
-    } else if let Some(t) = io {
-        t.read_buf(&mut buf).await
-    } else {
-        std::future::pending().await
-    }
+    std::future::poll_fn(|cx| match (rd.as_mut(), io.as_mut()) {
+        (Some(r), _) => r.poll_read_into(cx, framer),
+        (None, Some(t)) => t.poll_read_into(cx, framer),
+        (None, None) => std::task::Poll::Pending,
+    })
+    .await
 }
 
-impl C2sSession {
+impl Session {
     async fn on_read(&mut self, r: std::io::Result<usize>) {
         match r {
             Ok(0) | Err(_) => {
@@ -244,7 +263,6 @@ impl C2sSession {
                 Err(e) => self.close(e).await,
             }
         }
-        self.framer.shrink_if_idle();
     }
 
     async fn run(&mut self, actions: Vec<Action>) {
@@ -346,7 +364,7 @@ impl C2sSession {
             self.done = true;
             return Vec::new();
         };
-        let (rd, wr) = tokio::io::split(io);
+        let (rd, wr) = crate::transport::split(io);
         self.rd = Some(rd);
         let writer = Writer::spawn(wr, SESSION_QUEUE, self.shared.metrics.clone());
         let out = writer.queue.clone();

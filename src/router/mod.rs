@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use kameo::actor::{ActorRef, Recipient, Spawn};
 use kameo::error::SendError;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::c2s::CloseSession;
@@ -40,7 +39,7 @@ pub struct SessionHandle {
     pub jid: FullJid,
     /// The full JID as a string, cached for `from`/`to` splicing.
     pub jid_str: Arc<str>,
-    pub out: mpsc::Sender<Frame>,
+    pub out: writer::Queue,
     /// Control channel to the session (conflict, slow consumer, shutdown).
     pub control: Recipient<CloseSession>,
 }

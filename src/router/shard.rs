@@ -101,7 +101,7 @@ pub struct Bind {
     pub user: BareJid,
     pub requested: Option<String>,
     pub id: u64,
-    pub out: tokio::sync::mpsc::Sender<Frame>,
+    pub out: crate::router::writer::Queue,
     pub control: kameo::actor::Recipient<CloseSession>,
 }
 

@@ -2,13 +2,22 @@
 //! queue of [`Frame`]s. Everything queued when the task wakes is written
 //! with vectored writes (one syscall, or one TLS record run, per wakeup),
 //! so a burst of stanzas costs one write rather than one per stanza.
+//!
+//! The queue is our own rather than tokio's mpsc: that one allocates its
+//! first block of 32 slots (5.4 KiB of `Frame`s) when created and keeps it,
+//! which was the largest single cost of an idle session. Ours holds nothing
+//! while empty.
 
+use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::error::{SendError, TryRecvError, TrySendError};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::events::Metrics;
@@ -19,9 +28,177 @@ const BATCH_FRAMES: usize = 128;
 /// Most slices handed to one `write_vectored` call (IOV_MAX is 1024).
 const MAX_IOV: usize = 256;
 
+/// A bounded queue of frames: many senders (shards, the session), one
+/// receiver (the writer task). Same contract as tokio's bounded mpsc.
+pub fn queue(capacity: usize) -> (Queue, QueueReceiver) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            frames: VecDeque::new(),
+            rx_waker: None,
+            rx_closed: false,
+            sender_waiting: false,
+        }),
+        capacity: capacity.max(1),
+        senders: AtomicUsize::new(1),
+        space: Notify::new(),
+    });
+    (Queue(shared.clone()), QueueReceiver(shared))
+}
+
+struct Shared {
+    state: Mutex<State>,
+    capacity: usize,
+    senders: AtomicUsize,
+    /// Senders waiting in [`Queue::send`] for room.
+    space: Notify,
+}
+
+struct State {
+    frames: VecDeque<Frame>,
+    rx_waker: Option<Waker>,
+    rx_closed: bool,
+    /// A sender found the queue full and waits on `space`.
+    sender_waiting: bool,
+}
+
+impl Shared {
+    /// Held only for a push or a pop, never across an await; nothing is left
+    /// half-updated by a panic while it is held.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The sending side; cloned for every holder.
+pub struct Queue(Arc<Shared>);
+
+impl Queue {
+    // tokio's contract: a refused frame comes back by value, not boxed.
+    #[allow(clippy::result_large_err)]
+    pub fn try_send(&self, f: Frame) -> Result<(), TrySendError<Frame>> {
+        self.push(f, false)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn push(&self, f: Frame, will_wait: bool) -> Result<(), TrySendError<Frame>> {
+        let mut st = self.0.lock();
+        if st.rx_closed {
+            return Err(TrySendError::Closed(f));
+        }
+        if st.frames.len() >= self.0.capacity {
+            st.sender_waiting |= will_wait;
+            return Err(TrySendError::Full(f));
+        }
+        st.frames.push_back(f);
+        let waker = st.rx_waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Waits for room, then queues.
+    pub async fn send(&self, mut f: Frame) -> Result<(), SendError<Frame>> {
+        loop {
+            let space = self.0.space.notified();
+            tokio::pin!(space);
+            // Registered before the attempt, so room made after a failed
+            // attempt is not missed.
+            space.as_mut().enable();
+            match self.push(f, true) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Closed(back)) => return Err(SendError(back)),
+                Err(TrySendError::Full(back)) => f = back,
+            }
+            space.await;
+        }
+    }
+}
+
+impl Clone for Queue {
+    fn clone(&self) -> Queue {
+        self.0.senders.fetch_add(1, Ordering::Relaxed);
+        Queue(self.0.clone())
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let waker = self.0.lock().rx_waker.take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// The writer task's side.
+pub struct QueueReceiver(Arc<Shared>);
+
+impl QueueReceiver {
+    /// The next frame, or `None` once every sender is gone and the queue is
+    /// empty.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        let mut st = self.0.lock();
+        if let Some(f) = st.frames.pop_front() {
+            let room = std::mem::take(&mut st.sender_waiting);
+            drop(st);
+            if room {
+                self.0.space.notify_waiters();
+            }
+            return Poll::Ready(Some(f));
+        }
+        // Idle: give the ring back (it grows again with the next burst).
+        st.frames = VecDeque::new();
+        if self.0.senders.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(None);
+        }
+        match &mut st.rx_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    pub fn try_recv(&mut self) -> Result<Frame, TryRecvError> {
+        let (f, room) = {
+            let mut st = self.0.lock();
+            let f = st.frames.pop_front();
+            let room = f.is_some() && std::mem::take(&mut st.sender_waiting);
+            (f, room)
+        };
+        if room {
+            self.0.space.notify_waiters();
+        }
+        match f {
+            Some(f) => Ok(f),
+            None if self.0.senders.load(Ordering::Acquire) == 0 => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+}
+
+impl Drop for QueueReceiver {
+    fn drop(&mut self) {
+        let frames = {
+            let mut st = self.0.lock();
+            st.rx_closed = true;
+            std::mem::take(&mut st.frames)
+        };
+        drop(frames);
+        self.0.space.notify_waiters();
+    }
+}
+
 /// The session's side of its writer task.
 pub struct Writer {
-    pub queue: mpsc::Sender<Frame>,
+    pub queue: Queue,
     close: Option<oneshot::Sender<Bytes>>,
     task: Option<JoinHandle<()>>,
 }
@@ -31,7 +208,7 @@ impl Writer {
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(capacity);
+        let (tx, rx) = queue(capacity);
         let (close_tx, close_rx) = oneshot::channel();
         let task = tokio::spawn(run(io, rx, close_rx, metrics));
         Writer {
@@ -70,12 +247,13 @@ impl Drop for Writer {
 
 async fn run<W: AsyncWrite + Unpin>(
     mut io: W,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: QueueReceiver,
     mut close_rx: oneshot::Receiver<Bytes>,
     metrics: Arc<Metrics>,
 ) {
-    let mut batch: Vec<Bytes> = Vec::with_capacity(16);
     loop {
+        // Per wakeup, so an idle session keeps no batch allocated.
+        let mut batch: Vec<Bytes> = Vec::new();
         tokio::select! {
             biased;
             f = rx.recv() => match f {
@@ -146,4 +324,77 @@ async fn write_all<W: AsyncWrite + Unpin>(
     }
     batch.clear();
     io.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(s: &'static str) -> Frame {
+        Bytes::from_static(s.as_bytes()).into()
+    }
+
+    #[tokio::test]
+    async fn the_queue_delivers_in_order_and_ends_when_every_sender_is_gone() {
+        let (tx, mut rx) = queue(8);
+        let tx2 = tx.clone();
+        tx.try_send(frame("a")).expect("room");
+        tx2.send(frame("b")).await.expect("room");
+        drop(tx);
+        drop(tx2);
+        assert_eq!(rx.recv().await.map(|f| f.to_vec()), Some(b"a".to_vec()));
+        assert_eq!(rx.try_recv().map(|f| f.to_vec()), Ok(b"b".to_vec()));
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_try_send_and_makes_send_wait_for_room() {
+        let (tx, mut rx) = queue(2);
+        tx.try_send(frame("1")).expect("room");
+        tx.try_send(frame("2")).expect("room");
+        assert!(matches!(
+            tx.try_send(frame("3")),
+            Err(TrySendError::Full(_))
+        ));
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(frame("3")).await.is_ok() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(rx.recv().await.is_some());
+        assert!(waiting.await.expect("task"));
+        assert_eq!(rx.recv().await.map(|f| f.to_vec()), Some(b"2".to_vec()));
+        assert_eq!(rx.recv().await.map(|f| f.to_vec()), Some(b"3".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn senders_see_closed_once_the_writer_is_gone() {
+        let (tx, rx) = queue(2);
+        tx.try_send(frame("1")).expect("room");
+        tx.try_send(frame("2")).expect("room");
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(frame("3")).await.is_err() }
+        });
+        tokio::task::yield_now().await;
+        drop(rx);
+        assert!(waiting.await.expect("task"), "a waiting send fails");
+        assert!(matches!(
+            tx.try_send(frame("4")),
+            Err(TrySendError::Closed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_idle_queue_holds_no_ring() {
+        let (tx, mut rx) = queue(4096);
+        for _ in 0..100 {
+            tx.try_send(frame("x")).expect("room");
+        }
+        while rx.try_recv().is_ok() {}
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(10), rx.recv()).await;
+        assert!(idle.is_err(), "nothing to receive");
+        assert_eq!(rx.0.lock().frames.capacity(), 0);
+    }
 }

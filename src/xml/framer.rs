@@ -65,6 +65,11 @@ pub const MAX_DEPTH: usize = 64;
 /// Largest read `read_buf` offers in one go (a typical socket read).
 const READ_CHUNK: usize = 16 * 1024;
 
+/// First allocation [`Framer::fill_from`] makes after the buffer was
+/// released: most idle sessions wake for one small stanza, and the stanza's
+/// `Bytes` keep the whole allocation alive for as long as it is queued.
+const FILL_CHUNK_MIN: usize = 1024;
+
 /// Longest entity or character reference body we wait for (`&#x000010FFFF;`
 /// has leading zeros; anything longer than this is refused).
 const MAX_REF_LEN: usize = 40;
@@ -166,6 +171,9 @@ pub struct Framer {
     /// Reused for every tag so scanning allocates nothing once warm.
     attrs: Vec<RawAttr>,
     head: HeadSpans,
+    /// What [`Framer::fill_from`] allocates next when the buffer is full:
+    /// doubles while bytes keep coming, back to the minimum once idle.
+    fill_chunk: usize,
 }
 
 impl Framer {
@@ -187,6 +195,7 @@ impl Framer {
             wait_gt: None,
             attrs: Vec::new(),
             head: HeadSpans::new(Span::NONE, false),
+            fill_chunk: FILL_CHUNK_MIN,
         }
     }
 
@@ -224,6 +233,29 @@ impl Framer {
         self.buf.extend_from_slice(data);
     }
 
+    /// Copies the front of `data` (bytes a reader already holds, such as
+    /// decrypted TLS records) into the buffer; returns how many were taken.
+    /// Takes at most what [`Framer::read_buf`] would offer, and at least
+    /// one byte of non-empty `data`. Unlike `read_buf` it allocates only
+    /// once bytes are there, starting small and doubling while they keep
+    /// coming, so a reader that waits for data before calling it holds no
+    /// buffer while idle (see [`Framer::shrink_if_idle`]).
+    pub fn fill_from(&mut self, data: &[u8]) -> usize {
+        let limit = (self.max + 1).saturating_sub(self.buf.len()).max(1);
+        let n = data.len().min(limit);
+        if self.buf.capacity() - self.buf.len() < n {
+            self.buf.reserve(n.max(self.fill_chunk));
+            self.fill_chunk = (self.fill_chunk * 2).min(READ_CHUNK);
+        }
+        self.buf.extend_from_slice(&data[..n]);
+        n
+    }
+
+    /// Bytes of read buffer allocated (and still reachable from here).
+    pub fn allocated(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Bytes received but not yet handed out in an event. Must be 0 before a
     /// TLS handshake starts (STARTTLS command injection).
     pub fn buffered(&self) -> usize {
@@ -235,6 +267,7 @@ impl Framer {
     pub fn shrink_if_idle(&mut self) {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
+            self.fill_chunk = FILL_CHUNK_MIN;
         }
         if self.attrs.capacity() > 64 {
             self.attrs = Vec::new();
@@ -1839,6 +1872,90 @@ mod tests {
         let (e, peak) = read_until_error(&mut f, input.as_bytes());
         assert_eq!(e.condition, PolicyViolation);
         assert!(peak <= 8 * 1024 + 1, "buffered {peak}");
+    }
+
+    /// Feeds `input` through `fill_from` as a TLS reader would, `chunk`
+    /// bytes offered at a time, releasing the buffer whenever it would wait.
+    fn fill_events(f: &mut Framer, input: &[u8], chunk: usize) -> Vec<FramerEvent> {
+        let mut events = Vec::new();
+        let mut rest = input;
+        while !rest.is_empty() {
+            let offered = &rest[..chunk.min(rest.len())];
+            let n = f.fill_from(offered);
+            assert!(n > 0, "took nothing of {} bytes", offered.len());
+            rest = &rest[n..];
+            while let Some(e) = f.next().expect("valid") {
+                events.push(e);
+            }
+            f.shrink_if_idle();
+        }
+        events
+    }
+
+    #[test]
+    fn fill_from_gives_the_same_events_for_any_chunking() {
+        let input = SERVER_STREAM.as_bytes();
+        let whole = server_events([input]);
+        for chunk in [1, 7, 100, 4096, input.len()] {
+            let mut f = Framer::new(NS_SERVER, 64 * 1024);
+            assert_eq!(fill_events(&mut f, input, chunk), whole, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn an_idle_framer_holds_no_read_buffer() {
+        let mut f = Framer::new(NS_CLIENT, 8192);
+        f.fill_from(HDR.as_bytes());
+        assert!(matches!(f.next(), Ok(Some(FramerEvent::StreamOpen(_)))));
+        f.fill_from(b"<presence/>");
+        assert!(matches!(f.next(), Ok(Some(FramerEvent::Stanza(_)))));
+        f.shrink_if_idle();
+        assert_eq!(f.buf.capacity(), 0);
+        // A half-read stanza is kept, of course.
+        f.fill_from(b"<message><bo");
+        assert_eq!(f.next(), Ok(None));
+        f.shrink_if_idle();
+        assert_eq!(f.buffered(), 12);
+    }
+
+    #[test]
+    fn fill_from_starts_small_and_grows_while_bytes_keep_coming() {
+        let mut f = Framer::new(NS_CLIENT, 512 * 1024);
+        f.fill_from(HDR.as_bytes());
+        let _ = f.next();
+        f.shrink_if_idle();
+        f.fill_from(b"<presence/>");
+        assert!(
+            f.buf.capacity() < 2 * FILL_CHUNK_MIN,
+            "{}",
+            f.buf.capacity()
+        );
+        let _ = f.next();
+        // One big stanza arriving record by record: allocations double, so
+        // a 100 KiB stanza is not copied into a new buffer per record.
+        f.fill_from(b"<message><body>");
+        let mut grows = 0;
+        let mut cap = f.buf.capacity();
+        for _ in 0..100 {
+            f.fill_from(&[b'x'; 1024]);
+            if f.buf.capacity() != cap {
+                grows += 1;
+                cap = f.buf.capacity();
+            }
+        }
+        assert!(grows <= 12, "{grows} re-allocations");
+        assert!(cap >= 100 * 1024);
+    }
+
+    #[test]
+    fn fill_from_takes_no_more_than_the_limit_allows() {
+        let mut f = Framer::new(NS_CLIENT, 8 * 1024);
+        f.fill_from(HDR.as_bytes());
+        let _ = f.next();
+        let big = format!("<message><body>{}</body></message>", "x".repeat(64 * 1024));
+        let n = f.fill_from(big.as_bytes());
+        assert_eq!(n, 8 * 1024 + 1);
+        assert_eq!(f.next().map_err(|e| e.condition), Err(PolicyViolation));
     }
 
     #[test]
