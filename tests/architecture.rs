@@ -1,0 +1,304 @@
+//! The layout rules of `src/` (shared/STYLE.md, issue 11), checked on the
+//! source itself so they cannot quietly erode:
+//!
+//! - the top-level modules form no import cycle: a module's `crate::X`
+//!   references are its edges, and the graph must be acyclic;
+//! - no file is over 1,000 lines, not counting its `#[cfg(test)]` module.
+//!
+//! Run `cargo test --test architecture -- --nocapture` to print the module
+//! graph.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const MAX_LINES: usize = 1000;
+
+/// Cycles still being broken up (issue 11), each as its sorted member
+/// list. A ratchet: a cycle not listed here fails the test, and so does a
+/// listed one that is gone, so the list only shrinks. Empty when done.
+const KNOWN_CYCLES: &[&[&str]] = &[
+    &["c2s", "router", "s2s"],
+    &["config", "policy"],
+    &["error", "xml"],
+    &["pki", "testing"],
+    &["storage", "stream"],
+];
+
+/// Files still over [`MAX_LINES`], with the same ratchet.
+const KNOWN_LONG_FILES: &[&str] = &["router/shard.rs", "stream/s2s.rs", "xml/framer.rs"];
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .expect("read src/")
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The top-level module a file belongs to (`None` for the crate roots).
+fn top_module(file: &Path) -> Option<String> {
+    let rel = file.strip_prefix(src()).ok()?;
+    let first = rel.components().next()?.as_os_str().to_str()?;
+    let name = first.strip_suffix(".rs").unwrap_or(first);
+    (name != "lib" && name != "main").then(|| name.to_string())
+}
+
+/// The text of a file without comments (so a doc comment naming
+/// `crate::x` is not an edge). String literals are rare enough here to
+/// leave in.
+fn code_only(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.find("//") {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The top-level modules named by `crate::NAME` in `code`.
+fn crate_refs(code: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = code;
+    while let Some(i) = rest.find("crate::") {
+        let before = rest[..i].chars().next_back();
+        rest = &rest[i + "crate::".len()..];
+        if before.is_some_and(|c| is_ident(c) || c == '$') {
+            continue; // `$crate::` in macros, or part of a longer path
+        }
+        let name: String = rest.chars().take_while(|c| is_ident(*c)).collect();
+        if !name.is_empty() {
+            out.insert(name);
+        }
+    }
+    out
+}
+
+/// Line count of a file not counting its `#[cfg(test)] mod … { … }` blocks.
+fn lines_without_tests(text: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut count = 0;
+    let mut i = 0;
+    while i < lines.len() {
+        let is_test_mod = lines[i].trim() == "#[cfg(test)]"
+            && lines
+                .get(i + 1)
+                .is_some_and(|l| l.trim_start().starts_with("mod ") && l.trim_end().ends_with('{'));
+        if is_test_mod {
+            // Skip to the brace that closes the module.
+            let mut depth = 0i64;
+            i += 1;
+            while i < lines.len() {
+                depth += lines[i].matches('{').count() as i64;
+                depth -= lines[i].matches('}').count() as i64;
+                i += 1;
+                if depth <= 0 {
+                    break;
+                }
+            }
+            continue;
+        }
+        count += 1;
+        i += 1;
+    }
+    count
+}
+
+/// Files that are whole `#[cfg(test)] mod NAME;` modules of their parent.
+fn test_module_files(files: &[PathBuf]) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    for f in files {
+        let text = fs::read_to_string(f).expect("read source");
+        let dir = match f.file_stem().and_then(|s| s.to_str()) {
+            Some("mod" | "lib" | "main") => f.parent().map(Path::to_path_buf),
+            Some(stem) => f.parent().map(|p| p.join(stem)),
+            None => None,
+        };
+        let Some(dir) = dir else { continue };
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        for w in lines.windows(2) {
+            let name = w[1].strip_prefix("mod ").and_then(|r| r.strip_suffix(';'));
+            if let (true, Some(name)) = (w[0] == "#[cfg(test)]", name) {
+                out.insert(dir.join(format!("{name}.rs")));
+                out.insert(dir.join(name).join("mod.rs"));
+            }
+        }
+    }
+    out
+}
+
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+fn module_graph() -> Graph {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut graph = Graph::new();
+    let mut tops = BTreeSet::new();
+    for f in &files {
+        if let Some(m) = top_module(f) {
+            tops.insert(m);
+        }
+    }
+    for f in &files {
+        let Some(m) = top_module(f) else { continue };
+        let text = fs::read_to_string(f).expect("read source");
+        let deps = graph.entry(m.clone()).or_default();
+        for r in crate_refs(&code_only(&text)) {
+            if r != m && tops.contains(&r) {
+                deps.insert(r);
+            }
+        }
+    }
+    graph
+}
+
+/// Strongly connected components with more than one module (Tarjan).
+fn cycles(graph: &Graph) -> Vec<Vec<String>> {
+    struct State<'a> {
+        graph: &'a Graph,
+        index: BTreeMap<&'a str, usize>,
+        low: BTreeMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        on_stack: BTreeSet<&'a str>,
+        next: usize,
+        out: Vec<Vec<String>>,
+    }
+    fn visit<'a>(s: &mut State<'a>, v: &'a str) {
+        s.index.insert(v, s.next);
+        s.low.insert(v, s.next);
+        s.next += 1;
+        s.stack.push(v);
+        s.on_stack.insert(v);
+        for w in s.graph.get(v).into_iter().flatten() {
+            let w = w.as_str();
+            if !s.index.contains_key(w) {
+                visit(s, w);
+                let lw = s.low[w];
+                let lv = s.low.get_mut(v).expect("visited");
+                *lv = (*lv).min(lw);
+            } else if s.on_stack.contains(w) {
+                let iw = s.index[w];
+                let lv = s.low.get_mut(v).expect("visited");
+                *lv = (*lv).min(iw);
+            }
+        }
+        if s.low[v] == s.index[v] {
+            let mut scc = Vec::new();
+            while let Some(w) = s.stack.pop() {
+                s.on_stack.remove(w);
+                scc.push(w.to_string());
+                if w == v {
+                    break;
+                }
+            }
+            if scc.len() > 1 {
+                scc.sort();
+                s.out.push(scc);
+            }
+        }
+    }
+    let mut s = State {
+        graph,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on_stack: BTreeSet::new(),
+        next: 0,
+        out: Vec::new(),
+    };
+    for v in graph.keys() {
+        if !s.index.contains_key(v.as_str()) {
+            visit(&mut s, v);
+        }
+    }
+    s.out
+}
+
+#[test]
+fn top_level_modules_have_no_import_cycle() {
+    let graph = module_graph();
+    for (m, deps) in &graph {
+        let deps: Vec<_> = deps.iter().map(String::as_str).collect();
+        println!("{m} -> {}", deps.join(" "));
+    }
+    let found: BTreeSet<Vec<String>> = cycles(&graph).into_iter().collect();
+    let known: BTreeSet<Vec<String>> = KNOWN_CYCLES
+        .iter()
+        .map(|c| c.iter().map(|m| m.to_string()).collect())
+        .collect();
+    let new: Vec<_> = found.difference(&known).collect();
+    let gone: Vec<_> = known.difference(&found).collect();
+    assert!(
+        new.is_empty(),
+        "modules that import each other in a cycle: {new:?}"
+    );
+    assert!(
+        gone.is_empty(),
+        "cycles broken: take them out of KNOWN_CYCLES: {gone:?}"
+    );
+}
+
+#[test]
+fn no_source_file_is_over_a_thousand_lines_outside_its_tests() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let test_modules = test_module_files(&files);
+    let over: BTreeSet<_> = files
+        .iter()
+        .filter(|f| !test_modules.contains(*f))
+        .map(|f| {
+            let n = lines_without_tests(&fs::read_to_string(f).expect("read source"));
+            (f.strip_prefix(src()).unwrap_or(f).display().to_string(), n)
+        })
+        .filter(|(_, n)| *n > MAX_LINES)
+        .collect();
+    let known: BTreeSet<&str> = KNOWN_LONG_FILES.iter().copied().collect();
+    let new: Vec<_> = over
+        .iter()
+        .filter(|(f, _)| !known.contains(f.as_str()))
+        .collect();
+    let gone: Vec<_> = known
+        .iter()
+        .filter(|k| !over.iter().any(|(f, _)| f == *k))
+        .collect();
+    assert!(new.is_empty(), "files over {MAX_LINES} lines: {new:?}");
+    assert!(
+        gone.is_empty(),
+        "split: take them out of KNOWN_LONG_FILES: {gone:?}"
+    );
+}
+
+#[test]
+fn the_cycle_finder_finds_a_cycle_and_the_line_counter_skips_tests() {
+    let mut g = Graph::new();
+    g.entry("a".into()).or_default().insert("b".into());
+    g.entry("b".into()).or_default().insert("c".into());
+    g.entry("c".into()).or_default().insert("a".into());
+    g.entry("d".into()).or_default().insert("a".into());
+    assert_eq!(cycles(&g), vec![vec!["a", "b", "c"]]);
+    g.get_mut("c").map(|d| d.remove("a"));
+    assert!(cycles(&g).is_empty());
+
+    let text = "fn a() {}\n#[cfg(test)]\nmod tests {\n    fn b() {\n    }\n}\nfn c() {}\n";
+    assert_eq!(lines_without_tests(text), 2);
+    assert_eq!(
+        crate_refs("use crate::x::Y; $crate::z; crate::w::f(); notcrate::v"),
+        ["w", "x"].into_iter().map(String::from).collect()
+    );
+}
