@@ -6,11 +6,13 @@
 //! `Stanza::splice` → `Frame`; `Element` is for the stanzas the server
 //! itself must understand.
 
+pub mod build;
 pub mod element;
 pub mod escape;
 pub mod framer;
 pub mod stanza;
 
+pub use build::StanzaBuilder;
 pub use element::{Element, ElementError, Node};
 pub use framer::{Framer, FramerEvent, NS_CLIENT, NS_SERVER, NS_STREAMS, StreamHeader};
 pub use stanza::{Frame, Stanza, StanzaKind};
