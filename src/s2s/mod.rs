@@ -250,9 +250,11 @@ impl S2sRouter {
 
     fn refuse_unlisted(&self, env: &Envelope) {
         self.shared.metrics.refused_unlisted_out.increment(1);
+        // lync-xmpp-federation.md §11: to the sender, a domain that may not
+        // federate looks like one that cannot be reached.
         self.refuse(
             env,
-            crate::error::StanzaCondition::PolicyViolation,
+            crate::error::StanzaCondition::RemoteServerNotFound,
             "this domain is not an allowed federation partner",
         );
     }
