@@ -444,6 +444,15 @@ async fn a_partners_connection_limit_counts_its_links_in_and_out_over_all_its_do
 
     // A closed link gives its slot back: now lim.test is reachable.
     first.close().await.unwrap();
+    let freed = Instant::now() + TIMEOUT;
+    while !site.server.daemon.reloader.partners().contains("1 link(s)") {
+        assert!(
+            Instant::now() < freed,
+            "the closed link's slot was not given back: {}",
+            site.server.daemon.reloader.partners()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     user.send(chat("y@lim.test", "l2", "to lim again"))
         .await
         .unwrap();
