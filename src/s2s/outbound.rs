@@ -146,6 +146,13 @@ pub struct OutboundDomain {
     /// The last byte read, whitespace included: the silence limit
     /// ([`silence_limit`]) runs from here.
     last_read: Instant,
+    /// Whether the peer has sent anything since the stream came up. A
+    /// receiving server need not write on a stream it did not open
+    /// (Prosody writes only after its own read timeout, which our
+    /// keepalives never let expire), so the silence limit starts to apply
+    /// once the peer has shown it keeps the link alive; before that, a dead
+    /// link is found by our keepalive writes failing.
+    heard: bool,
     holds_slot: bool,
     /// The partner slot (`connection_limit`) this link holds, by key.
     partner_slot: Option<String>,
@@ -183,6 +190,7 @@ impl Actor for OutboundDomain {
             last_activity: now,
             last_write: now,
             last_read: now,
+            heard: false,
             holds_slot: false,
             partner_slot: None,
             route: None,
@@ -342,10 +350,10 @@ impl OutboundDomain {
         }
     }
 
-    /// Whether the stream has a read side (a writer attached by a bench
-    /// has none, and must not be closed for a silence it cannot hear).
+    /// Whether the silence limit applies: the stream has a read side (a
+    /// writer attached by a bench has none) and the peer has written on it.
     fn hears_peer(&self) -> bool {
-        self.rd.is_some()
+        self.rd.is_some() && self.heard
     }
 
     async fn on_timer(&mut self) {
@@ -453,6 +461,7 @@ impl OutboundDomain {
         self.last_activity = now;
         self.last_write = now;
         self.last_read = now;
+        self.heard = false;
         let queued: Vec<Envelope> = self.queue.drain(..).collect();
         self.metrics.set_queue(0);
         for env in queued {
@@ -595,6 +604,7 @@ impl OutboundDomain {
             Ok(n) => {
                 self.shared.metrics.bytes_in.increment(n as u64);
                 self.last_read = Instant::now();
+                self.heard = true;
             }
         }
         loop {
