@@ -240,8 +240,13 @@ impl InboundS2s {
             Timer::KeepAlive => {
                 // Whitespace keepalive (RFC 6120 §4.6.1), bounded so a peer
                 // that does not read cannot hold the actor.
-                let _ = tokio::time::timeout(LINGER, self.write(b" ")).await;
-                self.last_write = Instant::now();
+                if tokio::time::timeout(LINGER, self.write(b" "))
+                    .await
+                    .is_err()
+                {
+                    // Not even one byte fits: the peer does not read.
+                    self.done = true;
+                }
                 return;
             }
             Timer::Establishment => "stream negotiation took too long".to_string(),
@@ -505,6 +510,7 @@ impl InboundS2s {
                 return;
             }
             self.shared.metrics.bytes_out.increment(b.len() as u64);
+            self.last_write = Instant::now();
         }
     }
 
