@@ -240,21 +240,22 @@ impl S2sMetrics {
         }
     }
 
-    /// The label for a remote domain: itself if it is a configured partner.
-    pub fn label(config: &crate::config::Config, remote: &str) -> String {
-        if config.partner(remote).is_some() {
-            remote.to_string()
-        } else {
-            "other".to_string()
+    /// The label for a remote domain: itself if it is a listed partner in
+    /// the policy in force (so a partner added by `fedrouter reload` gets
+    /// its own series), `other` otherwise.
+    pub fn label(policy: &crate::policy::Policy, remote: &str) -> String {
+        match policy.partner(remote) {
+            Some(p) if p.listed => remote.to_ascii_lowercase(),
+            _ => "other".to_string(),
         }
     }
 
-    pub fn domain(&self, config: &crate::config::Config, remote: &str) -> DomainMetrics {
-        DomainMetrics::new(Self::label(config, remote), "out")
+    pub fn domain(&self, policy: &crate::policy::Policy, remote: &str) -> DomainMetrics {
+        DomainMetrics::new(Self::label(policy, remote), "out")
     }
 
-    pub fn inbound(&self, config: &crate::config::Config, remote: &str) -> DomainMetrics {
-        DomainMetrics::new(Self::label(config, remote), "in")
+    pub fn inbound(&self, policy: &crate::policy::Policy, remote: &str) -> DomainMetrics {
+        DomainMetrics::new(Self::label(policy, remote), "in")
     }
 }
 
@@ -281,12 +282,22 @@ impl DomainMetrics {
         }
     }
 
-    /// Re-labels an inbound connection once the peer's domain is known.
-    pub fn relabel(&mut self, config: &crate::config::Config, remote: &str) {
+    /// Re-labels a connection: an inbound one once the peer's domain is
+    /// known, any after a reload listed or unlisted its partner. The
+    /// state and queue gauges move to the new label.
+    pub fn relabel(&mut self, policy: &crate::policy::Policy, remote: &str) {
+        let label = S2sMetrics::label(policy, remote);
+        if label == self.label {
+            return;
+        }
         let state = self.state.as_ref().map(|(s, _)| *s);
+        let queued = self.queued;
         self.set_state_opt(None);
-        self.label = S2sMetrics::label(config, remote);
+        self.set_queue(0);
+        self.label = label;
         self.queue = gauge!("fedrouter_s2s_queue", "domain" => self.label.clone());
+        self.bounces.clear();
+        self.set_queue(queued);
         self.set_state_opt(state);
     }
 

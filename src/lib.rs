@@ -218,7 +218,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         server_tls,
         secret,
         connections: Default::default(),
-        per_domain: Default::default(),
+        per_partner: Default::default(),
         inbound: Default::default(),
         next_inbound: Default::default(),
         policy: policy.clone(),

@@ -901,9 +901,10 @@ async fn unlisted_domains_are_denied_by_default_both_ways() {
     let b = bounce_within(&mut user, "message", "u1", TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("a message to an unlisted domain: {e}"));
+    // lync-xmpp-federation.md §11: a remote-server-not-found-style error.
     assert_eq!(
         stanza_error(&b).as_deref(),
-        Some("policy-violation"),
+        Some("remote-server-not-found"),
         "{}",
         text(&b)
     );

@@ -43,6 +43,9 @@ pub enum ConnectError {
     Closed,
     #[error("connection limit reached")]
     Limit,
+    /// The partner's own `connection_limit` (its links in and out together).
+    #[error("the partner's connection limit is reached")]
+    PartnerLimit,
 }
 
 impl ConnectError {
@@ -53,7 +56,7 @@ impl ConnectError {
             ConnectError::Dns(_) | ConnectError::Unreachable(_) => {
                 StanzaCondition::RemoteServerNotFound
             }
-            ConnectError::Limit => StanzaCondition::ResourceConstraint,
+            ConnectError::Limit | ConnectError::PartnerLimit => StanzaCondition::ResourceConstraint,
             _ => StanzaCondition::RemoteServerTimeout,
         }
     }
@@ -68,6 +71,7 @@ impl ConnectError {
             ConnectError::Timeout(_) => "timeout",
             ConnectError::Closed => "closed",
             ConnectError::Limit => "limit",
+            ConnectError::PartnerLimit => "partner_limit",
         }
     }
 }
@@ -82,13 +86,10 @@ pub struct Established {
     pub peer_addr: SocketAddr,
 }
 
-/// Where to connect: the partner's static route, else DNS.
+/// Where to connect: the partner's static route, else DNS. The route is
+/// read from the policy in force, so it follows `fedrouter reload`.
 async fn targets(shared: &S2sShared, remote: &str) -> Result<Vec<Target>, ConnectError> {
-    if let Some(proxy) = shared
-        .config
-        .partner(remote)
-        .and_then(|p| p.proxy_fqdn.clone())
-    {
+    if let Some(proxy) = shared.partner(remote).and_then(|p| p.proxy_fqdn.clone()) {
         let host = proxy
             .host
             .trim_start_matches('[')

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use super::{S2sShared, connect_and_negotiate};
+use super::{S2sShared, connect_and_negotiate, silence_limit};
 use crate::error::{StreamCondition, StreamError};
 use crate::events::DomainMetrics;
 use crate::jid::Jid;
@@ -87,8 +87,18 @@ pub struct InboundS2s {
     metrics: DomainMetrics,
     header_sent: bool,
     deadline: Option<Instant>,
+    /// The last byte read, whitespace included.
     last_activity: Instant,
-    /// Remote domains holding a `partner_connection_limit` slot.
+    /// The last byte written, for whitespace keepalives.
+    last_write: Instant,
+    /// Whether keepalives run both ways (sent every `keep_alive_interval`,
+    /// the link closed after [`silence_limit`] of silence): once
+    /// authenticated, unless a partner of the stream has
+    /// `enable_keep_alive = false`.
+    keep_alive: bool,
+    /// Partner slots held (`connection_limit`), by
+    /// [`S2sShared::partner_key`]: one per partner, however many of its
+    /// domains authenticated here.
     domains: Vec<String>,
     holds_slot: bool,
     done: bool,
@@ -104,7 +114,7 @@ impl Actor for InboundS2s {
     ) -> Result<Self, Infallible> {
         let mut sid = [0u8; 8];
         let _ = aws_lc_rs::rand::fill(&mut sid);
-        let mut metrics = shared.s2s_metrics.inbound(&shared.config, "");
+        let mut metrics = shared.s2s_metrics.inbound(&shared.policy.get(), "");
         metrics.set_state("negotiating");
         let holds_slot = shared.acquire_connection();
         let now = Instant::now();
@@ -124,6 +134,8 @@ impl Actor for InboundS2s {
             header_sent: false,
             deadline: Some(now + shared.config.gateway.stream_establishment_timeout),
             last_activity: now,
+            last_write: now,
+            keep_alive: false,
             domains: Vec::new(),
             holds_slot,
             done: false,
@@ -153,17 +165,12 @@ impl Actor for InboundS2s {
             if self.done {
                 return Ok(None);
             }
-            let timer = self.deadline.unwrap_or(
-                self.last_activity + self.shared.config.gateway.stream_inactivity_timeout,
-            );
+            let (timer, on_timer) = self.next_timer();
             tokio::select! {
                 biased;
                 sig = rx.recv() => return Ok(sig),
                 r = read_more(&mut self.io, &mut self.framer) => self.on_read(r).await,
-                _ = tokio::time::sleep_until(timer) => {
-                    let text = if self.deadline.is_some() { "stream negotiation took too long" } else { "the stream was idle too long" };
-                    self.close(StreamError::with_text(StreamCondition::ConnectionTimeout, text)).await;
-                }
+                _ = tokio::time::sleep_until(timer) => self.on_timer(on_timer).await,
             }
         }
     }
@@ -178,14 +185,82 @@ impl Actor for InboundS2s {
             self.close(StreamError::new(StreamCondition::SystemShutdown))
                 .await;
         }
-        for d in self.domains.drain(..) {
-            self.shared.release_domain(&d);
+        for key in self.domains.drain(..) {
+            self.shared.release_partner(&key);
         }
         if self.holds_slot {
             self.shared.release_connection();
             self.holds_slot = false;
         }
         Ok(())
+    }
+}
+
+/// What the actor's timer is for.
+#[derive(Clone, Copy)]
+enum Timer {
+    /// `stream_establishment_timeout`
+    Establishment,
+    /// `stream_inactivity_timeout`
+    Inactivity,
+    /// Time for a whitespace keepalive.
+    KeepAlive,
+    /// The peer said nothing for [`silence_limit`].
+    Silence,
+}
+
+impl InboundS2s {
+    fn next_timer(&self) -> (Instant, Timer) {
+        let g = &self.shared.config.gateway;
+        if let Some(d) = self.deadline {
+            return (d, Timer::Establishment);
+        }
+        let mut next = (
+            self.last_activity + g.stream_inactivity_timeout,
+            Timer::Inactivity,
+        );
+        if self.keep_alive {
+            for t in [
+                (self.last_write + g.keep_alive_interval, Timer::KeepAlive),
+                (
+                    self.last_activity + silence_limit(g.keep_alive_interval),
+                    Timer::Silence,
+                ),
+            ] {
+                if t.0 < next.0 {
+                    next = t;
+                }
+            }
+        }
+        next
+    }
+
+    async fn on_timer(&mut self, t: Timer) {
+        let text = match t {
+            Timer::KeepAlive => {
+                // Whitespace keepalive (RFC 6120 §4.6.1), bounded so a peer
+                // that does not read cannot hold the actor.
+                if tokio::time::timeout(LINGER, self.write(b" "))
+                    .await
+                    .is_err()
+                {
+                    // Not even one byte fits: the peer does not read.
+                    self.done = true;
+                }
+                return;
+            }
+            Timer::Establishment => "stream negotiation took too long".to_string(),
+            Timer::Inactivity => "the stream was idle too long".to_string(),
+            Timer::Silence => format!(
+                "nothing received for {} ms",
+                silence_limit(self.shared.config.gateway.keep_alive_interval).as_millis()
+            ),
+        };
+        self.close(StreamError::with_text(
+            StreamCondition::ConnectionTimeout,
+            text,
+        ))
+        .await;
     }
 }
 
@@ -212,6 +287,13 @@ impl Message<PolicyRecheck> for InboundS2s {
             .authenticated()
             .iter()
             .any(|(remote, _)| self.shared.partner(remote).is_none());
+        if !denied {
+            // Still allowed: the metric label follows the policy in force.
+            let policy = self.shared.policy.get();
+            if let Some((remote, _)) = self.neg.authenticated().first() {
+                self.metrics.relabel(&policy, remote);
+            }
+        }
         if denied {
             self.shared.metrics.refused_unlisted_in.increment(1);
             self.close(StreamError::with_text(
@@ -358,10 +440,10 @@ impl InboundS2s {
         // error where the peer expects a restarted stream header.
         for a in &actions {
             if let InAction::Authenticated { remote, method, .. } = a {
-                if self.domains.contains(remote) {
+                if self.domains.contains(&self.shared.partner_key(remote)) {
                     continue;
                 }
-                if !self.shared.acquire_domain(remote) {
+                let Some(key) = self.shared.acquire_partner(remote) else {
                     self.metrics.auth(Some(*method), false);
                     self.close(StreamError::with_text(
                         StreamCondition::PolicyViolation,
@@ -369,8 +451,8 @@ impl InboundS2s {
                     ))
                     .await;
                     return;
-                }
-                self.domains.push(remote.clone());
+                };
+                self.domains.push(key);
             }
         }
         let mut queue: std::collections::VecDeque<InAction> = actions.into();
@@ -399,7 +481,12 @@ impl InboundS2s {
                     method,
                 } => {
                     // The domain's slot was taken before the batch ran.
-                    self.metrics.relabel(&self.shared.config, &remote);
+                    let partner = self.shared.partner(&remote);
+                    let first = self.deadline.is_some();
+                    self.keep_alive =
+                        partner.as_ref().is_none_or(|p| p.keep_alive) && (first || self.keep_alive);
+                    self.last_write = Instant::now();
+                    self.metrics.relabel(&self.shared.policy.get(), &remote);
                     self.metrics.set_state("up");
                     self.metrics.auth(Some(method), true);
                     self.deadline = None;
@@ -423,6 +510,7 @@ impl InboundS2s {
                 return;
             }
             self.shared.metrics.bytes_out.increment(b.len() as u64);
+            self.last_write = Instant::now();
         }
     }
 

@@ -49,9 +49,9 @@ pub struct S2sShared {
     pub secret: Arc<[u8]>,
     /// Open s2s connections, both directions (`connection_limit`).
     pub connections: AtomicUsize,
-    /// Inbound connections authenticated per remote domain
-    /// (`partner_connection_limit`).
-    pub per_domain: DashMap<String, usize>,
+    /// Open links per partner, inbound and outbound together, keyed by
+    /// [`S2sShared::partner_key`] (the partner's `connection_limit`).
+    pub per_partner: DashMap<String, usize>,
     pub policy: crate::policy::PolicyHandle,
     pub audit: crate::audit::AuditLog,
     /// Live inbound connections, closed at shutdown.
@@ -92,27 +92,55 @@ impl S2sShared {
             });
     }
 
-    /// Counts an inbound connection authenticated for `remote`; false when
-    /// the domain is at `partner_connection_limit`.
-    pub fn acquire_domain(&self, remote: &str) -> bool {
-        let limit = self
-            .partner(remote)
-            .map(|p| p.connection_limit as usize)
-            .unwrap_or(self.config.gateway.partner_connection_limit as usize);
-        let mut e = self.per_domain.entry(remote.to_string()).or_insert(0);
-        if *e >= limit {
-            return false;
+    /// What a link to `remote` counts under for the partner connection
+    /// limit: the primary domain of the `[[partner]]` listing it, so every
+    /// domain of one entry shares one count; an unlisted domain (open
+    /// federation) counts alone.
+    pub fn partner_key(&self, remote: &str) -> String {
+        match self.partner(remote) {
+            Some(p) => p.domain.clone(),
+            None => remote.to_ascii_lowercase(),
         }
-        *e += 1;
-        true
     }
 
-    pub fn release_domain(&self, remote: &str) {
-        if let Some(mut e) = self.per_domain.get_mut(remote) {
+    /// Takes a slot of the partner of `remote` for one link, inbound or
+    /// outbound; `None` when the partner is at its `connection_limit`
+    /// (`gateway.partner_connection_limit` unless the entry says
+    /// otherwise). `Some(key)` is what [`S2sShared::release_partner`] takes,
+    /// so a reload moving a domain to another entry cannot unbalance counts.
+    pub fn acquire_partner(&self, remote: &str) -> Option<String> {
+        let partner = self.partner(remote);
+        let limit = partner
+            .as_ref()
+            .map(|p| p.connection_limit as usize)
+            .unwrap_or(self.config.gateway.partner_connection_limit as usize);
+        let key = match partner {
+            Some(p) => p.domain.clone(),
+            None => remote.to_ascii_lowercase(),
+        };
+        let mut e = self.per_partner.entry(key.clone()).or_insert(0);
+        if *e >= limit {
+            return None;
+        }
+        *e += 1;
+        Some(key)
+    }
+
+    pub fn release_partner(&self, key: &str) {
+        if let Some(mut e) = self.per_partner.get_mut(key) {
             *e = e.saturating_sub(1);
         }
-        self.per_domain.remove_if(remote, |_, n| *n == 0);
+        self.per_partner.remove_if(key, |_, n| *n == 0);
     }
+}
+
+/// How long a peer may send nothing at all (not even whitespace) before
+/// its link is closed with `<connection-timeout/>`: the
+/// `gateway.keep_alive_interval` (Lync KeepAliveInterval, "the longest a
+/// partner may go without sending a keep-alive") plus half of it as grace,
+/// for a peer whose keepalive timer runs a little behind ours.
+pub fn silence_limit(keep_alive_interval: std::time::Duration) -> std::time::Duration {
+    keep_alive_interval + keep_alive_interval / 2
 }
 
 /// The stanza as a partner of this type may see it, when that differs:
@@ -250,9 +278,11 @@ impl S2sRouter {
 
     fn refuse_unlisted(&self, env: &Envelope) {
         self.shared.metrics.refused_unlisted_out.increment(1);
+        // lync-xmpp-federation.md §11: to the sender, a domain that may not
+        // federate looks like one that cannot be reached.
         self.refuse(
             env,
-            crate::error::StanzaCondition::PolicyViolation,
+            crate::error::StanzaCondition::RemoteServerNotFound,
             "this domain is not an allowed federation partner",
         );
     }
@@ -299,18 +329,21 @@ impl S2sRouter {
     }
 
     /// After a policy change: closes, with `<policy-violation/>`, every
-    /// stream of a domain that may no longer federate. Local sessions are
-    /// not touched.
+    /// stream of a domain that may no longer federate, and has every other
+    /// stream re-read its partner entry (metric label, `proxy_fqdn`).
+    /// Local sessions are not touched.
     pub fn enforce(&self) {
         let policy = self.shared.policy.get();
-        let denied: Vec<_> = self
+        let (denied, kept): (Vec<_>, Vec<_>) = self
             .actors
             .iter()
-            .filter(|e| policy.partner(&e.key().1).is_none())
-            .map(|e| e.value().clone())
-            .collect();
-        for a in denied {
+            .map(|e| (policy.partner(&e.key().1).is_none(), e.value().clone()))
+            .partition(|(denied, _)| *denied);
+        for (_, a) in denied {
             let _ = a.tell(outbound::PolicyClose).try_send();
+        }
+        for (_, a) in kept {
+            let _ = a.tell(outbound::PolicyRecheck).try_send();
         }
         let inbound: Vec<_> = self
             .shared
@@ -330,8 +363,11 @@ impl S2sRouter {
             .iter()
             .filter(|e| e.key().1 == remote && e.value().is_alive())
             .count();
-        let inbound = self.shared.per_domain.get(remote).map(|n| *n).unwrap_or(0);
-        format!("{outbound} outbound stream actor(s), {inbound} authenticated inbound stream(s)")
+        let key = self.shared.partner_key(remote);
+        let links = self.shared.per_partner.get(&key).map(|n| *n).unwrap_or(0);
+        format!(
+            "{outbound} outbound stream actor(s), {links} link(s) in and out counted against connection_limit"
+        )
     }
 
     /// Live state per remote domain, for metrics and admin.

@@ -21,7 +21,8 @@ use kameo::message::{Context, Message};
 use tokio::io::{AsyncReadExt, ReadHalf};
 use tokio::time::Instant;
 
-use super::{ConnectError, Established, S2sShared, connect_and_negotiate};
+use super::{ConnectError, Established, S2sShared, connect_and_negotiate, silence_limit};
+use crate::config::ProxyTarget;
 use crate::error::StanzaCondition;
 use crate::events::DomainMetrics;
 use crate::jid::Jid;
@@ -78,6 +79,29 @@ impl Message<PolicyClose> for OutboundDomain {
     }
 }
 
+/// The policy changed but the domain may still federate (a reload):
+/// follow the partner entry in force. The metric label moves if the domain
+/// became (or stopped being) a listed partner, and a stream that went to a
+/// `proxy_fqdn` that is no longer the route is closed, so the next stanza
+/// connects to the new one.
+pub struct PolicyRecheck;
+
+impl Message<PolicyRecheck> for OutboundDomain {
+    type Reply = ();
+
+    async fn handle(&mut self, _: PolicyRecheck, _: &mut Context<Self, ()>) {
+        let policy = self.shared.policy.get();
+        self.metrics.relabel(&policy, &self.remote);
+        let route = policy
+            .partner(&self.remote)
+            .and_then(|p| p.proxy_fqdn.clone());
+        if matches!(self.state, State::Up) && route != self.route {
+            tracing::info!(local = %self.local, remote = %self.remote, "closing: the partner's proxy_fqdn changed");
+            self.disconnect(Some("</stream:stream>")).await;
+        }
+    }
+}
+
 /// The result of a connection attempt (sent by the attempt's task).
 struct Attempt(Result<Established, ConnectError>);
 
@@ -115,9 +139,25 @@ pub struct OutboundDomain {
     rd: Option<ReadHalf<Transport>>,
     framer: Option<Framer>,
     writer: Option<Writer>,
+    /// The last stanza read or written: `stream_inactivity_timeout` runs
+    /// from here. Whitespace keepalives either way do not count.
     last_activity: Instant,
     last_write: Instant,
+    /// The last byte read, whitespace included: the silence limit
+    /// ([`silence_limit`]) runs from here.
+    last_read: Instant,
+    /// Whether the peer has sent anything since the stream came up. A
+    /// receiving server need not write on a stream it did not open
+    /// (Prosody writes only after its own read timeout, which our
+    /// keepalives never let expire), so the silence limit starts to apply
+    /// once the peer has shown it keeps the link alive; before that, a dead
+    /// link is found by our keepalive writes failing.
+    heard: bool,
     holds_slot: bool,
+    /// The partner slot (`connection_limit`) this link holds, by key.
+    partner_slot: Option<String>,
+    /// The `proxy_fqdn` in force when the current stream was opened.
+    route: Option<ProxyTarget>,
     /// The partner's `enable_keep_alive`, read when the stream comes up.
     keep_alive: bool,
     stop: bool,
@@ -131,7 +171,7 @@ impl Actor for OutboundDomain {
         (local, remote, shared): Self::Args,
         me: ActorRef<Self>,
     ) -> Result<Self, Infallible> {
-        let metrics = shared.s2s_metrics.domain(&shared.config, &remote);
+        let metrics = shared.s2s_metrics.domain(&shared.policy.get(), &remote);
         let now = Instant::now();
         Ok(OutboundDomain {
             local,
@@ -149,7 +189,11 @@ impl Actor for OutboundDomain {
             writer: None,
             last_activity: now,
             last_write: now,
+            last_read: now,
+            heard: false,
             holds_slot: false,
+            partner_slot: None,
+            route: None,
             keep_alive: true,
             stop: false,
         })
@@ -297,9 +341,19 @@ impl OutboundDomain {
                     return Some(idle);
                 }
                 let keepalive = self.last_write + g.keep_alive_interval;
-                Some(idle.min(keepalive))
+                if !self.hears_peer() {
+                    return Some(idle.min(keepalive));
+                }
+                let silent = self.last_read + silence_limit(g.keep_alive_interval);
+                Some(idle.min(keepalive).min(silent))
             }
         }
+    }
+
+    /// Whether the silence limit applies: the stream has a read side (a
+    /// writer attached by a bench has none) and the peer has written on it.
+    fn hears_peer(&self) -> bool {
+        self.rd.is_some() && self.heard
     }
 
     async fn on_timer(&mut self) {
@@ -312,7 +366,24 @@ impl OutboundDomain {
             }
             State::Up => {
                 let g = &self.shared.config.gateway;
-                if now >= self.last_activity + g.stream_inactivity_timeout {
+                let limit = silence_limit(g.keep_alive_interval);
+                if self.keep_alive && self.hears_peer() && now >= self.last_read + limit {
+                    // RFC 6120 §4.9.3.4: the peer is presumed gone.
+                    let err = crate::error::StreamError::with_text(
+                        crate::error::StreamCondition::ConnectionTimeout,
+                        format!("nothing received for {} ms", limit.as_millis()),
+                    );
+                    self.shared.metrics.stream_error(
+                        err.condition,
+                        &self.remote,
+                        err.text.as_deref(),
+                    );
+                    let tail = format!("{}</stream:stream>", err.to_xml());
+                    self.disconnect(Some(&tail)).await;
+                    if self.queue.is_empty() {
+                        self.stop = true;
+                    }
+                } else if now >= self.last_activity + g.stream_inactivity_timeout {
                     tracing::info!(local = %self.local, remote = %self.remote, "closing idle s2s stream");
                     self.disconnect(Some("</stream:stream>")).await;
                     if self.queue.is_empty() {
@@ -337,6 +408,15 @@ impl OutboundDomain {
             return;
         }
         self.holds_slot = true;
+        let Some(key) = self.shared.acquire_partner(&self.remote) else {
+            self.failed(ConnectError::PartnerLimit);
+            return;
+        };
+        self.partner_slot = Some(key);
+        self.route = self
+            .shared
+            .partner(&self.remote)
+            .and_then(|p| p.proxy_fqdn.clone());
         self.state = State::Connecting;
         self.retry_at = None;
         self.last_attempt = Some(Instant::now());
@@ -380,6 +460,8 @@ impl OutboundDomain {
         let now = Instant::now();
         self.last_activity = now;
         self.last_write = now;
+        self.last_read = now;
+        self.heard = false;
         let queued: Vec<Envelope> = self.queue.drain(..).collect();
         self.metrics.set_queue(0);
         for env in queued {
@@ -388,10 +470,7 @@ impl OutboundDomain {
     }
 
     fn failed(&mut self, e: ConnectError) {
-        if self.holds_slot {
-            self.shared.release_connection();
-            self.holds_slot = false;
-        }
+        self.release_slots();
         self.state = State::Idle;
         self.failures += 1;
         self.metrics.set_state("failed");
@@ -420,6 +499,17 @@ impl OutboundDomain {
             self.bounce_with(&env, cond, Some(&reason));
         }
         self.retry_at = Some(now + backoff(self.failures));
+    }
+
+    /// Gives back the gateway and partner connection slots, if held.
+    fn release_slots(&mut self) {
+        if self.holds_slot {
+            self.shared.release_connection();
+            self.holds_slot = false;
+        }
+        if let Some(key) = self.partner_slot.take() {
+            self.shared.release_partner(&key);
+        }
     }
 
     fn bounce(&mut self, env: &Envelope, cond: StanzaCondition) {
@@ -485,10 +575,7 @@ impl OutboundDomain {
                 self.writer = None;
                 self.rd = None;
                 self.framer = None;
-                if self.holds_slot {
-                    self.shared.release_connection();
-                    self.holds_slot = false;
-                }
+                self.release_slots();
                 self.state = State::Idle;
                 self.metrics.set_state("idle");
                 self.queue.push_back(env());
@@ -516,7 +603,8 @@ impl OutboundDomain {
             }
             Ok(n) => {
                 self.shared.metrics.bytes_in.increment(n as u64);
-                self.last_activity = Instant::now();
+                self.last_read = Instant::now();
+                self.heard = true;
             }
         }
         loop {
@@ -530,6 +618,7 @@ impl OutboundDomain {
                     return;
                 }
                 Ok(Some(FramerEvent::Stanza(s))) => {
+                    self.last_activity = Instant::now();
                     if s.name() == "stream:error" {
                         tracing::warn!(remote = %self.remote, error = %String::from_utf8_lossy(s.bytes()), "the peer sent a stream error");
                         self.disconnect(None).await;
@@ -565,10 +654,7 @@ impl OutboundDomain {
             self.metrics.set_state("idle");
             self.retry_at = Some(Instant::now());
         }
-        if self.holds_slot {
-            self.shared.release_connection();
-            self.holds_slot = false;
-        }
+        self.release_slots();
     }
 }
 

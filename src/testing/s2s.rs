@@ -546,6 +546,8 @@ pub struct InboundPeer {
     pub method: AuthMethod,
     rx: mpsc::Receiver<InEvent>,
     timeout: Duration,
+    /// Bytes for the connection's task to write to the daemon.
+    out: mpsc::Sender<Vec<u8>>,
 }
 
 impl InboundPeer {
@@ -556,6 +558,15 @@ impl InboundPeer {
             .await
             .map_err(|_| PeerError::Timeout)?
             .ok_or(PeerError::Closed)
+    }
+
+    /// Writes raw bytes back to the daemon on its own outbound stream
+    /// (whitespace keepalives, a stream error, anything a test scripts).
+    pub async fn send(&self, bytes: impl Into<Vec<u8>>) -> Result<(), PeerError> {
+        self.out
+            .send(bytes.into())
+            .await
+            .map_err(|_| PeerError::Closed)
     }
 
     /// The next stanza, skipping keepalives; the end of the stream is an
@@ -682,6 +693,7 @@ async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
     let mut events: Option<mpsc::Sender<InEvent>> = None;
     let mut pending: VecDeque<InAction> = VecDeque::new();
     let mut buf = vec![0u8; 16 * 1024];
+    let mut out: Option<mpsc::Receiver<Vec<u8>>> = None;
     loop {
         while let Some(a) = pending.pop_front() {
             match a {
@@ -737,12 +749,15 @@ async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
                 } => {
                     if events.is_none() {
                         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+                        let (out_tx, out_rx) = mpsc::channel(EVENT_QUEUE);
+                        out = Some(out_rx);
                         let peer = InboundPeer {
                             remote,
                             local,
                             method,
                             rx,
                             timeout: shared.cfg.timeout,
+                            out: out_tx,
                         };
                         // Nobody accepting (a pure authority): the events
                         // are dropped with the receiver.
@@ -769,7 +784,7 @@ async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
         let ev = match framer.next() {
             Ok(Some(ev)) => ev,
             Ok(None) => {
-                let n = match io.read(&mut buf).await {
+                let n = match read_or_write(&mut io, &mut buf, &mut out).await {
                     Ok(0) | Err(_) => {
                         if let Some(tx) = &events {
                             let _ = tx.send(InEvent::Closed(None)).await;
@@ -825,6 +840,27 @@ async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
                 }
                 pending.extend(neg.handle(InInput::Element(&s), &*shared));
             }
+        }
+    }
+}
+
+/// Reads into `buf`, writing whatever the [`InboundPeer`] asks for
+/// meanwhile.
+async fn read_or_write(
+    io: &mut Transport,
+    buf: &mut [u8],
+    out: &mut Option<mpsc::Receiver<Vec<u8>>>,
+) -> std::io::Result<usize> {
+    loop {
+        let Some(rx) = out.as_mut() else {
+            return io.read(buf).await;
+        };
+        tokio::select! {
+            r = io.read(buf) => return r,
+            b = rx.recv() => match b {
+                Some(b) => write(io, &b).await?,
+                None => *out = None,
+            },
         }
     }
 }
