@@ -7,7 +7,6 @@
 pub mod admin;
 pub mod audit;
 pub mod c2s;
-pub mod client;
 pub mod config;
 pub mod control;
 pub mod dns;
@@ -22,7 +21,6 @@ pub mod router;
 pub mod s2s;
 pub mod storage;
 pub mod stream;
-pub mod testing;
 pub mod tls;
 pub mod transport;
 pub mod util;
