@@ -7,7 +7,6 @@
 pub mod admin;
 pub mod audit;
 pub mod c2s;
-pub mod client;
 pub mod config;
 pub mod control;
 pub mod dns;
@@ -22,7 +21,6 @@ pub mod router;
 pub mod s2s;
 pub mod storage;
 pub mod stream;
-pub mod testing;
 pub mod tls;
 pub mod transport;
 pub mod util;
@@ -126,6 +124,16 @@ pub struct Daemon {
 /// Starts everything the configuration asks for and returns once every
 /// listener is bound.
 pub async fn start(config: Config) -> Result<Daemon, StartError> {
+    start_with_connector(config, Arc::new(s2s::Network)).await
+}
+
+/// [`start`], with outbound federation links obtained from `connector`
+/// instead of DNS, TCP and TLS (see [`s2s::Connector`]). Everything else,
+/// the outbound actors' queues, retries and writers included, is the same.
+pub async fn start_with_connector(
+    config: Config,
+    connector: Arc<dyn s2s::Connector>,
+) -> Result<Daemon, StartError> {
     tls::install_default_provider();
     let config = Arc::new(config);
     let data_dir = config.server.data_dir.clone();
@@ -221,6 +229,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         per_partner: Default::default(),
         inbound: Default::default(),
         next_inbound: Default::default(),
+        connector,
         policy: policy.clone(),
         audit: match &config.log.audit_file {
             Some(p) => audit::AuditLog::open(p, config.gateway.enable_logging_all_message_bodies)

@@ -21,7 +21,6 @@ const KNOWN_CYCLES: &[&[&str]] = &[
     &["c2s", "router", "s2s"],
     &["config", "policy"],
     &["error", "xml"],
-    &["pki", "testing"],
     &["storage", "stream"],
 ];
 

@@ -4,12 +4,12 @@
 mod common;
 
 use common::*;
-use fedrouter::client::{ClientError, Mechanism};
 use fedrouter::error::StreamCondition;
+use testkit::client::{ClientError, Mechanism};
 
 async fn subscribe_both_ways(
-    alice: &mut fedrouter::client::Client,
-    bob: &mut fedrouter::client::Client,
+    alice: &mut testkit::client::Client,
+    bob: &mut testkit::client::Client,
 ) {
     let (a, b) = (format!("alice@{DOMAIN}"), format!("bob@{DOMAIN}"));
     alice
@@ -39,7 +39,7 @@ async fn subscribe_both_ways(
 /// Alice and bob, online, each subscribed to the other's presence.
 async fn online_and_subscribed_both_ways(
     server: &TestServer,
-) -> (fedrouter::client::Client, fedrouter::client::Client) {
+) -> (testkit::client::Client, testkit::client::Client) {
     server.add_user("alice", "wonderland");
     server.add_user("bob", "builder");
     let mut alice = server.client("alice", "wonderland").await;
@@ -316,7 +316,7 @@ async fn plain_over_tls_works_and_a_wrong_password_is_refused() {
     server.add_user("alice", "correct horse");
     let mut cfg = server.config("alice", "correct horse");
     cfg.mechanism = Mechanism::Plain;
-    fedrouter::client::Client::connect(&cfg)
+    testkit::client::Client::connect(&cfg)
         .await
         .expect("PLAIN over TLS");
     let mut bad = server.config("alice", "wrong");
@@ -325,7 +325,7 @@ async fn plain_over_tls_works_and_a_wrong_password_is_refused() {
         Mechanism::Scram(fedrouter::stream::scram::ScramHash::Sha256),
     ] {
         bad.mechanism = m;
-        match fedrouter::client::Client::connect(&bad).await {
+        match testkit::client::Client::connect(&bad).await {
             Err(ClientError::Auth(reason)) => {
                 assert!(reason.contains("not-authorized"), "{reason}")
             }
@@ -341,7 +341,7 @@ async fn scram_sha1_is_offered_and_works() {
     server.add_user("alice", "pencil");
     let mut cfg = server.config("alice", "pencil");
     cfg.mechanism = Mechanism::Scram(fedrouter::stream::scram::ScramHash::Sha1);
-    fedrouter::client::Client::connect(&cfg)
+    testkit::client::Client::connect(&cfg)
         .await
         .expect("SCRAM-SHA-1");
 }

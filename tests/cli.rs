@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::TIMEOUT;
-use fedrouter::client::{Client, ClientConfig, ClientError};
+use testkit::client::{Client, ClientConfig, ClientError};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fedrouter");
 

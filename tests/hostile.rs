@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use fedrouter::client::Connection;
 use fedrouter::error::StreamCondition;
+use testkit::client::Connection;
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' \
                       xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";

@@ -41,10 +41,10 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::{FEDERATION_ALLOWED, TestServer, add_contact, body, text};
-use fedrouter::client::Client;
 use fedrouter::xml::Stanza;
 use peers::proc::tail;
 use peers::{CertPair, Dns, Ejabberd, EjabberdOpts, PeerCerts, Prosody, ProsodyOpts, Record};
+use testkit::client::Client;
 
 /// Messages each way per peer.
 const MESSAGES: usize = 1000;
@@ -1205,7 +1205,7 @@ async fn reload_scenario(w: &World) -> Result<(), String> {
     alice.set_timeout(Duration::from_secs(2));
     match alice.recv_until(|s| s.name() == "message").await {
         Ok(s) => return Err(format!("a message got through after the cut: {}", text(&s))),
-        Err(fedrouter::client::ClientError::Timeout) => {}
+        Err(testkit::client::ClientError::Timeout) => {}
         Err(e) => return Err(format!("alice's session dropped: {e}")),
     }
     alice.set_timeout(Duration::from_secs(20));

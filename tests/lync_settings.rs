@@ -6,7 +6,7 @@
 //! static route (`proxy_fqdn`) and the per-partner metric labels following
 //! `fedrouter reload`, and the answer to a stanza for an unlisted domain.
 //!
-//! Remote domains are played by `fedrouter::testing::s2s` with CA-signed
+//! Remote domains are played by `testkit::s2s` with CA-signed
 //! certificates (SASL EXTERNAL); every wait is on an event, bounded by a
 //! timeout, and intervals are a second or two so the file stays fast.
 
@@ -17,18 +17,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use fedrouter::client::Client;
 use fedrouter::error::StreamCondition;
 use fedrouter::pki::PeerVerifier;
 use fedrouter::stream::s2s::{AuthMethod, PeerPolicy};
-use fedrouter::testing::ca::TestCa;
-use fedrouter::testing::dns::TestDns;
-use fedrouter::testing::s2s::{
+use fedrouter::xml::Stanza;
+use rustls::RootCertStore;
+use testkit::ca::TestCa;
+use testkit::client::Client;
+use testkit::dns::TestDns;
+use testkit::s2s::{
     InEvent, InboundPeer, ListenerConfig, PeerConfig, S2sListener, S2sPeer, random_secret,
     server_tls,
 };
-use fedrouter::xml::Stanza;
-use rustls::RootCertStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -171,7 +171,7 @@ async fn bounce(c: &mut Client, id: &str, limit: Duration) -> Stanza {
         loop {
             match c.recv().await {
                 Ok(s) if s.id().as_deref() == Some(id) => return s,
-                Ok(_) | Err(fedrouter::client::ClientError::Timeout) => {}
+                Ok(_) | Err(testkit::client::ClientError::Timeout) => {}
                 Err(e) => panic!("waiting for the bounce of {id}: {e}"),
             }
         }

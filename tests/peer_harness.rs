@@ -10,10 +10,10 @@ mod peers;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use fedrouter::client::{Client, ClientError};
 use fedrouter::xml::Stanza;
 use peers::proc::tail;
 use peers::{Dns, Ejabberd, EjabberdOpts, PeerCerts, Prosody, ProsodyOpts, Record};
+use testkit::client::{Client, ClientError};
 
 const P_DOMAIN: &str = "p.test";
 const E_DOMAIN: &str = "e.test";

@@ -5,7 +5,7 @@
 //! domains, the per-partner negotiation settings, access policies, and the
 //! audit log.
 //!
-//! Remote domains are played by `fedrouter::testing::s2s`: an [`S2sPeer`]
+//! Remote domains are played by `testkit::s2s`: an [`S2sPeer`]
 //! for the stream a remote server opens to the daemon, an [`S2sListener`]
 //! (registered in the test DNS) for the daemon's own outbound stream to it.
 //! Both authenticate by SASL EXTERNAL with certificates from a test CA the
@@ -20,19 +20,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::*;
-use fedrouter::client::Client;
 use fedrouter::error::StreamCondition;
 use fedrouter::pki::PeerVerifier;
 use fedrouter::stream::s2s::{AuthMethod, FailReason, Negotiate, PeerPolicy};
-use fedrouter::testing::ca::{TestCa, self_signed};
-use fedrouter::testing::dns::TestDns;
-use fedrouter::testing::s2s::{
-    Attempt, DialbackAuthority, InboundPeer, ListenerConfig, PeerConfig, PeerError, Refused,
-    S2sListener, S2sPeer, random_secret, server_tls,
-};
 use fedrouter::xml::element::Element;
 use fedrouter::xml::{Framer, FramerEvent, NS_CLIENT, NS_SERVER, NS_STREAMS, Stanza};
 use rustls::RootCertStore;
+use testkit::ca::{TestCa, self_signed};
+use testkit::client::Client;
+use testkit::dns::TestDns;
+use testkit::s2s::{
+    Attempt, DialbackAuthority, InboundPeer, ListenerConfig, PeerConfig, PeerError, Refused,
+    S2sListener, S2sPeer, random_secret, server_tls,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -378,7 +378,7 @@ async fn bounce_within(
                 Ok(s) if is_error_reply(&s, name, id) => return Ok(s),
                 Ok(s) => skipped.push(text(&s)),
                 // The client's own receive timeout: `limit` bounds the wait.
-                Err(fedrouter::client::ClientError::Timeout) => {}
+                Err(testkit::client::ClientError::Timeout) => {}
                 Err(e) => return Err(format!("{e}")),
             }
         }

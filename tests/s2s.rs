@@ -8,9 +8,9 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::*;
-use fedrouter::client::Client;
-use fedrouter::testing::ca::{TestCa, self_signed};
-use fedrouter::testing::dns::TestDns;
+use testkit::ca::{TestCa, self_signed};
+use testkit::client::Client;
+use testkit::dns::TestDns;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Mode {

@@ -2,7 +2,7 @@
 //! loopback: spoofed senders, wrong addressees, bad dialback keys,
 //! certificates for the wrong domain, connection limits, idle streams, and
 //! the daemon's own keepalives. The remote side is played by
-//! `fedrouter::testing::s2s` over real STARTTLS, with a test CA the daemon
+//! `testkit::s2s` over real STARTTLS, with a test CA the daemon
 //! trusts and a test DNS server it asks.
 
 mod common;
@@ -12,17 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use fedrouter::client::Client;
 use fedrouter::error::{StreamCondition, StreamError};
 use fedrouter::pki::PeerVerifier;
 use fedrouter::stream::s2s::{AuthMethod, FailReason, Negotiate, PeerPolicy};
-use fedrouter::testing::ca::{TestCa, self_signed};
-use fedrouter::testing::dns::TestDns;
-use fedrouter::testing::s2s::{
+use rustls::RootCertStore;
+use testkit::ca::{TestCa, self_signed};
+use testkit::client::Client;
+use testkit::dns::TestDns;
+use testkit::s2s::{
     Attempt, DialbackAuthority, InEvent, InboundPeer, ListenerConfig, PeerConfig, PeerError,
     Refused, S2sListener, S2sPeer, random_secret, server_tls,
 };
-use rustls::RootCertStore;
 use tokio::time::Instant;
 
 /// The daemon's domain.

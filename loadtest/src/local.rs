@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedrouter::client::{Client, ClientConfig, Mechanism};
 use fedrouter::xml::Stanza;
+use testkit::client::{Client, ClientConfig, Mechanism};
 use tokio::sync::Semaphore;
 
 use crate::args::Target;
@@ -63,7 +63,7 @@ pub async fn sign_in(
                 if available {
                     c.send("<presence/>").await?;
                 }
-                Ok::<_, fedrouter::client::ClientError>(c)
+                Ok::<_, testkit::client::ClientError>(c)
             }
             .await
             .map_err(|e| format!("{}: {e}", cfg.username));

@@ -10,15 +10,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fedrouter::stream::s2s::{Negotiate, PeerPolicy};
-use fedrouter::testing::ca::{LeafOptions, TestCa};
-use fedrouter::testing::dns::TestDns;
-use fedrouter::testing::s2s::{
-    ListenerConfig, LoadOptions, PeerConfig, S2sListener, S2sPeer, random_secret, server_tls,
-};
 use fedrouter::xml::Stanza;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
+use testkit::ca::{LeafOptions, TestCa};
+use testkit::dns::TestDns;
+use testkit::s2s::{
+    ListenerConfig, LoadOptions, PeerConfig, S2sListener, S2sPeer, random_secret, server_tls,
+};
 
 use crate::args::{Auth, Target};
 use crate::conn::{self, IoStats, Stream};

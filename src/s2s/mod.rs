@@ -8,6 +8,7 @@
 
 mod connect;
 pub mod inbound;
+mod link;
 pub mod outbound;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use crate::tls::CertStore;
 use crate::xml::{Stanza, StanzaKind};
 
 pub use connect::{ConnectError, Established, connect_and_negotiate};
+pub use link::{Connecting, Connector, Link, LinkIo, Network};
 pub use outbound::{OutboundDomain, Send as SendRemote};
 
 /// Everything the s2s actors share.
@@ -57,6 +59,9 @@ pub struct S2sShared {
     /// Live inbound connections, closed at shutdown.
     pub inbound: DashMap<u64, ActorRef<inbound::InboundS2s>>,
     pub next_inbound: std::sync::atomic::AtomicU64,
+    /// Where outbound domain actors get their links ([`Network`] in the
+    /// daemon).
+    pub connector: Arc<dyn Connector>,
 }
 
 impl S2sShared {
@@ -307,19 +312,6 @@ impl S2sRouter {
                 a
             }
         }
-    }
-
-    /// Benches and tests: marks the stream from `local` to `remote` as up,
-    /// writing into `io`, with no connection behind it. Everything sent to
-    /// `remote` from then on goes through the real send path and the real
-    /// writer into `io`.
-    #[doc(hidden)]
-    pub async fn attach_writer<W>(&self, local: &str, remote: &str, io: W)
-    where
-        W: tokio::io::AsyncWrite + std::marker::Send + Unpin + 'static,
-    {
-        let actor = self.actor(local, remote);
-        let _ = actor.ask(outbound::AttachWriter(Box::new(io))).await;
     }
 
     fn refuse(&self, env: &Envelope, cond: crate::error::StanzaCondition, text: &str) {

@@ -21,15 +21,13 @@ use kameo::message::{Context, Message};
 use tokio::io::{AsyncReadExt, ReadHalf};
 use tokio::time::Instant;
 
-use super::{ConnectError, Established, S2sShared, connect_and_negotiate, silence_limit};
+use super::{ConnectError, Link, LinkIo, S2sShared, silence_limit};
 use crate::config::ProxyTarget;
 use crate::error::StanzaCondition;
 use crate::events::DomainMetrics;
 use crate::jid::Jid;
 use crate::router::Envelope;
 use crate::router::writer::Writer;
-use crate::stream::s2s::OutMode;
-use crate::transport::Transport;
 use crate::xml::{Frame, Framer, FramerEvent, Stanza, StanzaKind};
 
 /// Stanzas waiting per domain while connecting; beyond it new ones bounce
@@ -103,21 +101,7 @@ impl Message<PolicyRecheck> for OutboundDomain {
 }
 
 /// The result of a connection attempt (sent by the attempt's task).
-struct Attempt(Result<Established, ConnectError>);
-
-/// Benches and tests: the stream is up over `0` (already negotiated, write
-/// side only), without DNS, TCP or TLS. Answered with `ask`, so the caller
-/// knows the actor is in the `Up` state.
-pub struct AttachWriter(pub Box<dyn tokio::io::AsyncWrite + std::marker::Send + Unpin>);
-
-impl Message<AttachWriter> for OutboundDomain {
-    type Reply = ();
-
-    async fn handle(&mut self, AttachWriter(io): AttachWriter, _: &mut Context<Self, ()>) {
-        self.disconnect(None).await;
-        self.up(io);
-    }
-}
+struct Attempt(Result<Link, ConnectError>);
 
 enum State {
     Idle,
@@ -136,7 +120,7 @@ pub struct OutboundDomain {
     failures: u32,
     last_attempt: Option<Instant>,
     retry_at: Option<Instant>,
-    rd: Option<ReadHalf<Transport>>,
+    rd: Option<ReadHalf<Box<dyn LinkIo>>>,
     framer: Option<Framer>,
     writer: Option<Writer>,
     /// The last stanza read or written: `stream_inactivity_timeout` runs
@@ -241,7 +225,7 @@ async fn sleep_until(t: Option<Instant>) {
 }
 
 async fn read_more(
-    rd: &mut Option<ReadHalf<Transport>>,
+    rd: &mut Option<ReadHalf<Box<dyn LinkIo>>>,
     framer: &mut Option<Framer>,
 ) -> std::io::Result<usize> {
     match (rd.as_mut(), framer.as_mut()) {
@@ -421,23 +405,23 @@ impl OutboundDomain {
         self.retry_at = None;
         self.last_attempt = Some(Instant::now());
         self.metrics.set_state("connecting");
-        let (shared, local, remote, me) = (
+        let attempt = self.shared.connector.connect(
             self.shared.clone(),
             self.local.clone(),
             self.remote.clone(),
-            self.me.clone(),
         );
+        let me = self.me.clone();
         tokio::spawn(async move {
-            let r = connect_and_negotiate(shared, local, remote, OutMode::Authenticate).await;
+            let r = attempt.await;
             let _ = me.tell(Attempt(r)).await;
         });
     }
 
-    fn established(&mut self, est: Established) {
+    fn established(&mut self, est: Link) {
         let method = est.method;
         tracing::info!(local = %self.local, remote = %self.remote, peer = %est.peer_addr, ?method, "s2s stream up");
         self.metrics.auth(method, true);
-        let (rd, wr) = tokio::io::split(est.transport);
+        let (rd, wr) = tokio::io::split(est.io);
         self.rd = Some(rd);
         self.framer = Some(est.framer);
         self.up(wr);

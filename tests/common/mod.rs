@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fedrouter::client::{Client, ClientConfig, ClientError, Connection};
 use fedrouter::config::Config;
 use fedrouter::xml::Stanza;
 use fedrouter::{Daemon, admin};
+use testkit::client::{Client, ClientConfig, ClientError, Connection};
 
 pub const DOMAIN: &str = "localhost";
 pub const TIMEOUT: Duration = Duration::from_secs(10);

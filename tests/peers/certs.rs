@@ -1,5 +1,5 @@
 //! A minimal private test CA (rcgen) for the peer servers. Meant to be
-//! replaced by `fedrouter::testing::ca::TestCa` once that lands.
+//! replaced by `testkit::ca::TestCa` once that lands.
 //!
 //! Leaves carry SANs `DNS:<domain>` and `DNS:*.<domain>`, and both the
 //! serverAuth and clientAuth EKUs (an s2s initiator presents its server

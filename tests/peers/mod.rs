@@ -28,7 +28,7 @@
 //!   `dns.a_records()`; `max_user_sessions`; `register_many` through one
 //!   XEP-0227 file and `ejabberdctl import_piefxis`). No traffic shapers.
 //! - Helpers here: [`free_port`], [`free_dns_addr`], [`connect`] (a
-//!   `fedrouter::client::Client` that picks the best SASL mechanism the
+//!   `testkit::client::Client` that picks the best SASL mechanism the
 //!   server offers), [`peer_dir`].
 //!
 //! Set `PEERS_KEEP=1` to keep the temporary directories (configs, logs) of
@@ -42,7 +42,7 @@
 //!   refuses STARTTLS; and an `xmppAddr` SAN in an s2s initiator's
 //!   certificate crashes ejabberd's `ejabberd_s2s_in`
 //!   (`xmpp_stream_pkix:get_cert_domains/1`, badarg in `'++'`). Whoever
-//!   replaces this CA with `fedrouter::testing::ca::TestCa` must keep both.
+//!   replaces this CA with `testkit::ca::TestCa` must keep both.
 //! - Prosody (`prosody.rs`): unbound `forward` + `local-zone`, runs as
 //!   `prosody`, absolute config path, `s2s_secure_auth`; it only delivers
 //!   subscription requests and roster pushes to resources that fetched the
@@ -78,8 +78,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fedrouter::client::{Client, ClientConfig, ClientError, Mechanism, TlsTrust};
 use fedrouter::stream::scram::ScramHash;
+use testkit::client::{Client, ClientConfig, ClientError, Mechanism, TlsTrust};
 
 pub use certs::{CertPair, PeerCerts};
 pub use dns::{Dns, Record};
@@ -163,7 +163,7 @@ pub(crate) fn must_be_root() {
     );
 }
 
-/// Signs in to a peer's c2s with `fedrouter::client::Client`, trusting
+/// Signs in to a peer's c2s with `testkit::client::Client`, trusting
 /// `ca_der` (or anything, if None), with the best mechanism the server
 /// offers: SCRAM-SHA-256, then SCRAM-SHA-1 (what Prosody 0.12 and ejabberd
 /// 23.01 offer with hashed password storage), then PLAIN.

@@ -492,10 +492,10 @@ async fn run_scenario(
 
 /// `--check`: `lt1` signs in, sends to `c1@r1.<suffix>`, and the server
 /// finds the load generator's s2s listener through the DNS at
-/// `--dns-listen` (played here by `fedrouter::testing::dns::TestDns`) and
+/// `--dns-listen` (played here by `testkit::dns::TestDns`) and
 /// opens a stream to it.
 async fn check(server: &Server, kind: Kind, env: &Env, args: &Args) -> Result<String, String> {
-    use fedrouter::testing::dns::TestDns;
+    use testkit::dns::TestDns;
     let dns = TestDns::start(env.dns)
         .await
         .map_err(|e| format!("test DNS on {}: {e}", env.dns))?;

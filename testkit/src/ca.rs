@@ -99,7 +99,7 @@ impl Leaf {
         let ck = CertifiedKey::from_der(
             vec![self.cert_der()],
             self.key_der(),
-            &crate::tls::provider(),
+            &fedrouter::tls::provider(),
         )
         .expect("generated key matches generated certificate");
         Arc::new(ck)

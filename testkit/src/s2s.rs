@@ -11,7 +11,7 @@
 //!   a daemon verifying a dialback key for our fake domain gets a real
 //!   answer computed from the secret we chose.
 //!
-//! Register listeners in [`TestDns`](crate::testing::dns::TestDns) as the
+//! Register listeners in [`TestDns`](crate::dns::TestDns) as the
 //! fake domain's `_xmpp-server._tcp` SRV target. Nothing here checks what
 //! the daemon does beyond what the machines check; asserting is the test's
 //! business.
@@ -31,17 +31,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::error::{StanzaCondition, StreamError};
-use crate::pki::PeerVerifier;
-use crate::stream::c2s::NS_SASL;
-use crate::stream::dialback::NS_DIALBACK;
-use crate::stream::s2s::{
+use fedrouter::error::{StanzaCondition, StreamError};
+use fedrouter::pki::PeerVerifier;
+use fedrouter::stream::c2s::NS_SASL;
+use fedrouter::stream::dialback::NS_DIALBACK;
+use fedrouter::stream::s2s::{
     AuthMethod, FailReason, InAction, InInput, InboundContext, InboundNegotiation, OutAction,
     OutInput, OutMode, OutboundNegotiation, PeerPolicy, S2sFailure,
 };
-use crate::transport::Transport;
-use crate::xml::element::Element;
-use crate::xml::{Framer, FramerEvent, NS_SERVER, NS_STREAMS, Stanza, StanzaKind};
+use fedrouter::transport::Transport;
+use fedrouter::xml::element::Element;
+use fedrouter::xml::{Framer, FramerEvent, NS_SERVER, NS_STREAMS, Stanza, StanzaKind};
 
 /// Stanza size limit of the fakes: large, they are not what is under test.
 const MAX_STANZA: usize = 16 * 1024 * 1024;
@@ -145,7 +145,7 @@ pub fn server_tls(
     cert: Arc<CertifiedKey>,
     client_roots: Option<RootCertStore>,
 ) -> Arc<rustls::ServerConfig> {
-    let provider = crate::tls::provider();
+    let provider = fedrouter::tls::provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("TLS versions");
@@ -227,7 +227,7 @@ async fn read_event(io: &mut Transport, framer: &mut Framer) -> Result<FramerEve
 }
 
 fn parse_stream_error(s: &Stanza) -> StreamError {
-    use crate::error::StreamCondition;
+    use fedrouter::error::StreamCondition;
     const NS_XMPP_STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
     let Ok(el) = Element::parse(s.bytes(), NS_SERVER, &[("stream", NS_STREAMS)]) else {
         return StreamError::new(StreamCondition::UndefinedCondition);
@@ -921,7 +921,7 @@ impl DialbackAuthority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::ca::TestCa;
+    use crate::ca::TestCa;
 
     fn listener_config(ca: &TestCa, domain: &str) -> ListenerConfig {
         let mut roots = RootCertStore::empty();
@@ -940,7 +940,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_with_a_trusted_certificate_authenticates_to_a_listener_by_sasl_external() {
-        crate::tls::install_default_provider();
+        fedrouter::tls::install_default_provider();
         let ca = TestCa::new("fake s2s CA");
         let mut l = S2sListener::start(listener_config(&ca, "b.test"))
             .await
@@ -967,7 +967,7 @@ mod tests {
             .await
             .unwrap();
         let e = p.expect_stream_error().await.unwrap();
-        assert_eq!(e.condition, crate::error::StreamCondition::InvalidFrom);
+        assert_eq!(e.condition, fedrouter::error::StreamCondition::InvalidFrom);
         assert!(matches!(
             inbound.recv().await,
             Err(PeerError::Closed | PeerError::Stream(_))
@@ -976,7 +976,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_listener_cannot_check_dialback_keys_and_says_so_with_a_dialback_error() {
-        crate::tls::install_default_provider();
+        fedrouter::tls::install_default_provider();
         let ca = TestCa::new("fake s2s CA");
         let l = S2sListener::start(listener_config(&ca, "b.test"))
             .await

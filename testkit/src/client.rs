@@ -13,12 +13,12 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::error::{StreamCondition, StreamError};
-use crate::jid::FullJid;
-use crate::stream::scram::{ScramClient, ScramHash};
-use crate::xml::element::Element;
-use crate::xml::escape::{escape_attr, escape_text};
-use crate::xml::{Framer, FramerEvent, NS_CLIENT, NS_STREAMS, Stanza, StreamHeader};
+use fedrouter::error::{StreamCondition, StreamError};
+use fedrouter::jid::FullJid;
+use fedrouter::stream::scram::{ScramClient, ScramHash};
+use fedrouter::xml::element::Element;
+use fedrouter::xml::escape::{escape_attr, escape_text};
+use fedrouter::xml::{Framer, FramerEvent, NS_CLIENT, NS_STREAMS, Stanza, StreamHeader};
 
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
@@ -304,7 +304,7 @@ fn parse_stream_error(s: &Stanza) -> StreamError {
     let mut text = None;
     if let Ok(el) = el {
         for c in el.children.iter().filter_map(|n| match n {
-            crate::xml::element::Node::Element(e) => Some(e),
+            fedrouter::xml::element::Node::Element(e) => Some(e),
             _ => None,
         }) {
             if c.name == "text" {
@@ -504,21 +504,21 @@ fn first_child_name(e: &Element) -> String {
     e.children
         .iter()
         .find_map(|n| match n {
-            crate::xml::element::Node::Element(c) => Some(c.name.clone()),
+            fedrouter::xml::element::Node::Element(c) => Some(c.name.clone()),
             _ => None,
         })
         .unwrap_or_else(|| e.name.clone())
 }
 
 fn tls_config(trust: &TlsTrust) -> Result<Arc<rustls::ClientConfig>, ClientError> {
-    let provider = crate::tls::provider();
+    let provider = fedrouter::tls::provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?;
     let cfg = match trust {
         TlsTrust::Insecure => builder
             .dangerous()
-            .with_custom_certificate_verifier(crate::pki::accept_any_server_cert())
+            .with_custom_certificate_verifier(fedrouter::pki::accept_any_server_cert())
             .with_no_client_auth(),
         TlsTrust::Roots(roots) => {
             let mut store = rustls::RootCertStore::empty();

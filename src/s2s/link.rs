@@ -1,0 +1,74 @@
+//! How an outbound domain actor gets its stream: a [`Connector`] turns a
+//! (local, remote) pair into a negotiated, authenticated [`Link`]. The
+//! daemon's connector is [`Network`]: the partner's static route or DNS,
+//! TCP with Happy Eyeballs, TLS and the sans-IO negotiation
+//! (`connect.rs`). An embedder may supply another through
+//! [`crate::start_with_connector`] (a tunnel, a transport established
+//! elsewhere, or an in-memory link for benchmarks); the actor treats every
+//! link alike: it reads the peer's stream from it and writes stanzas into
+//! it through its batched writer.
+//!
+//! This module owns the seam only. Queues, retries, backoff, limits and
+//! policy stay in the actor, so whatever connector is used, they behave
+//! the same.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{ConnectError, S2sShared, connect_and_negotiate};
+use crate::stream::s2s::{AuthMethod, OutMode};
+use crate::xml::Framer;
+
+/// What a link's stream must be: a byte stream both ways that can move
+/// between tasks (the actor reads it, its writer task writes it).
+pub trait LinkIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> LinkIo for T {}
+
+/// An outbound stream that is negotiated and authenticated: what is read
+/// from it next is the peer's stanzas (or its close), what is written to it
+/// goes to the peer as stanzas.
+pub struct Link {
+    /// Boxed so that one actor type serves every connector; the cost is one
+    /// indirect call per batched write, not per stanza.
+    pub io: Box<dyn LinkIo>,
+    /// The stream's framer, holding anything the peer sent after the
+    /// negotiation in the same read.
+    pub framer: Framer,
+    /// How we were authenticated, for the metrics (`None`: by no method the
+    /// negotiation knows, as with a link that was never negotiated).
+    pub method: Option<AuthMethod>,
+    pub peer_addr: SocketAddr,
+}
+
+/// A connection attempt under way.
+pub type Connecting = Pin<Box<dyn Future<Output = Result<Link, ConnectError>> + Send>>;
+
+/// Obtains outbound links; called once per attempt, from the outbound
+/// domain actor, whose own task awaits the returned future.
+pub trait Connector: Send + Sync + 'static {
+    fn connect(&self, shared: Arc<S2sShared>, local: String, remote: String) -> Connecting;
+}
+
+/// The daemon's connector: DNS (or the partner's `proxy_fqdn`), TCP, TLS
+/// and stream negotiation, within `stream_establishment_timeout`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Network;
+
+impl Connector for Network {
+    fn connect(&self, shared: Arc<S2sShared>, local: String, remote: String) -> Connecting {
+        Box::pin(async move {
+            let est = connect_and_negotiate(shared, local, remote, OutMode::Authenticate).await?;
+            Ok(Link {
+                io: Box::new(est.transport),
+                framer: est.framer,
+                method: est.method,
+                peer_addr: est.peer_addr,
+            })
+        })
+    }
+}
