@@ -18,11 +18,8 @@ use crate::jid::FullJid;
 use crate::stream::scram::{ScramClient, ScramHash};
 use crate::xml::element::Element;
 use crate::xml::escape::{escape_attr, escape_text};
-use crate::xml::{Framer, FramerEvent, NS_CLIENT, NS_STREAMS, Stanza, StreamHeader};
-
-const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
-const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
-const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+use crate::xml::ns::{NS_BIND, NS_CLIENT, NS_SASL, NS_STREAMS, NS_TLS};
+use crate::xml::{Framer, FramerEvent, Stanza, StreamHeader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

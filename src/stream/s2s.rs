@@ -20,16 +20,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::jid::{BareJid, Jid};
-use crate::stream::c2s::{NS_SASL, NS_TLS};
-use crate::stream::dialback::{
-    self, DbElement, DbKind, DbType, MAX_KEY_LEN, NS_DIALBACK, NS_DIALBACK_FEATURE,
-};
+use crate::stream::dialback::{self, DbElement, DbKind, DbType, MAX_KEY_LEN};
 use crate::xml::element::Element;
 use crate::xml::escape::escape_attr;
-use crate::xml::{NS_SERVER, NS_STREAMS, Stanza, StanzaKind, StreamHeader};
-
-/// Namespace of the conditions inside `<stream:error/>`.
-const NS_XMPP_STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+use crate::xml::ns::{
+    NS_DIALBACK, NS_DIALBACK_FEATURE, NS_SASL, NS_SERVER, NS_STREAMS, NS_TLS, NS_XMPP_STREAMS,
+};
+use crate::xml::{Stanza, StanzaKind, StreamHeader};
 
 /// SASL attempts a peer may fail on one inbound stream before it is closed.
 const MAX_SASL_FAILURES: u32 = 3;

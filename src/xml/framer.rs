@@ -50,12 +50,8 @@ use memchr::{memchr, memmem};
 
 use crate::error::{StreamCondition, StreamError};
 use crate::xml::escape::unescape;
+use crate::xml::ns::{NS_STREAMS, NS_XML};
 use crate::xml::stanza::{HeadSpans, Span, Stanza};
-
-pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
-pub const NS_CLIENT: &str = "jabber:client";
-pub const NS_SERVER: &str = "jabber:server";
-pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// Deepest element nesting allowed inside one stanza, the stanza itself
 /// counting as 1. Real XMPP payloads stay far below; the limit keeps the
@@ -1333,6 +1329,7 @@ fn parse_xml_declaration(content: &[u8]) -> Result<(), StreamError> {
 mod tests {
     use super::*;
     use crate::error::StreamCondition::*;
+    use crate::xml::ns::{NS_CLIENT, NS_SERVER};
 
     const SERVER_STREAM: &str = concat!(
         "<?xml version='1.0' encoding='UTF-8'?>\n",

@@ -9,8 +9,9 @@
 pub mod element;
 pub mod escape;
 pub mod framer;
+pub mod ns;
 pub mod stanza;
 
 pub use element::{Element, ElementError, Node};
-pub use framer::{Framer, FramerEvent, NS_CLIENT, NS_SERVER, NS_STREAMS, StreamHeader};
+pub use framer::{Framer, FramerEvent, StreamHeader};
 pub use stanza::{Frame, Stanza, StanzaKind};

@@ -13,7 +13,8 @@ use bytes::Bytes;
 
 use crate::error::{StreamCondition, StreamError};
 use crate::xml::escape::{escape_attr, unescape};
-use crate::xml::framer::{self, NS_CLIENT, NS_SERVER};
+use crate::xml::framer;
+use crate::xml::ns::{NS_CLIENT, NS_SERVER};
 
 /// A half-open byte range inside a stanza; `start == ABSENT` means the
 /// attribute was not present. u32 keeps `Stanza` small; the framer caps the
