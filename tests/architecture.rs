@@ -20,7 +20,6 @@ const MAX_LINES: usize = 1000;
 const KNOWN_CYCLES: &[&[&str]] = &[
     &["c2s", "router", "s2s"],
     &["config", "policy"],
-    &["error", "xml"],
     &["pki", "testing"],
     &["storage", "stream"],
 ];
