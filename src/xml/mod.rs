@@ -9,6 +9,7 @@
 pub mod element;
 pub mod escape;
 pub mod framer;
+mod lex;
 pub mod ns;
 pub mod stanza;
 
