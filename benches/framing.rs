@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::BufMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fedrouter::xml::{Framer, FramerEvent, NS_SERVER};
+use fedrouter::xml::ns::NS_SERVER;
+use fedrouter::xml::{Framer, FramerEvent};
 use quick_xml::Reader;
 use quick_xml::events::Event;
 

@@ -15,7 +15,8 @@ use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use metrics::{Counter, counter};
 
 use crate::xml::element::Element;
-use crate::xml::{NS_CLIENT, NS_SERVER, Stanza, StanzaKind};
+use crate::xml::ns::{NS_CLIENT, NS_SERVER};
+use crate::xml::{Stanza, StanzaKind};
 
 const QUEUE: usize = 65_536;
 

@@ -2,10 +2,16 @@
 //! (RFC 6120 §4.9), which end a stream, and stanza errors (RFC 6120 §8.3),
 //! which answer one stanza. Each knows its wire form, so the code that
 //! detects a problem never has to spell XML.
+//!
+//! This module sits below `xml` (the framer reports [`StreamError`]s), so
+//! it must not import `crate::xml`: it escapes with the same quick-xml
+//! functions that `xml::escape` wraps.
 
 use std::fmt;
 
 use bytes::Bytes;
+// The functions behind `xml::escape::{escape_attr, escape_text}`.
+use quick_xml::escape::{escape as escape_attr, partial_escape as escape_text};
 
 /// RFC 6120 §4.9.3 stream error conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,7 +140,7 @@ impl StreamError {
         s.push_str(" xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>");
         if let Some(t) = &self.text {
             s.push_str("<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>");
-            s.push_str(&crate::xml::escape::escape_text(t));
+            s.push_str(&escape_text(t));
             s.push_str("</text>");
         }
         s.push_str("</stream:error>");
@@ -252,7 +258,6 @@ pub fn error_reply(
     condition: StanzaCondition,
     text: Option<&str>,
 ) -> Bytes {
-    use crate::xml::escape::{escape_attr, escape_text};
     let mut s = String::with_capacity(256);
     s.push('<');
     s.push_str(name);

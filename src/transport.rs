@@ -224,7 +224,8 @@ impl AsyncWrite for Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::{FramerEvent, NS_CLIENT};
+    use crate::xml::FramerEvent;
+    use crate::xml::ns::NS_CLIENT;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 

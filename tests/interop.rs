@@ -342,7 +342,7 @@ async fn roster_has_both(c: &mut Client, contact: &str) -> Result<(), String> {
         )
         .await
         .map_err(|e| format!("{}: roster get: {e}", c.jid))?;
-    let el = fedrouter::xml::element::Element::parse(r.bytes(), fedrouter::xml::NS_CLIENT, &[])
+    let el = fedrouter::xml::element::Element::parse(r.bytes(), fedrouter::xml::ns::NS_CLIENT, &[])
         .map_err(|e| format!("{}: roster result: {e:?}", c.jid))?;
     let item = el
         .child("query", "jabber:iq:roster")

@@ -24,7 +24,10 @@ use fedrouter::error::StreamCondition;
 use fedrouter::pki::PeerVerifier;
 use fedrouter::stream::s2s::{AuthMethod, FailReason, Negotiate, PeerPolicy};
 use fedrouter::xml::element::Element;
-use fedrouter::xml::{Framer, FramerEvent, NS_CLIENT, NS_SERVER, NS_STREAMS, Stanza};
+use fedrouter::xml::ns::{
+    NS_CLIENT, NS_ROSTER, NS_SERVER, NS_STANZAS, NS_STREAMS, NS_XMPP_STREAMS,
+};
+use fedrouter::xml::{Framer, FramerEvent, Stanza};
 use rustls::RootCertStore;
 use testkit::ca::{TestCa, self_signed};
 use testkit::client::Client;
@@ -42,10 +45,6 @@ const HOME: &str = "home.test";
 const FED: &str = "fed.test";
 const PV: &str = "pv.test";
 const PU: &str = "pu.test";
-
-const NS_ROSTER: &str = "jabber:iq:roster";
-const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
-const NS_XMPP_STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 
 /// How long one step of the partner-type table waits for what it expects.
 const STEP: Duration = Duration::from_secs(5);

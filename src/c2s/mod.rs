@@ -38,12 +38,8 @@ use crate::stream::c2s::{
 };
 use crate::xml::element::Element;
 use crate::xml::escape::escape_attr;
-use crate::xml::{Framer, FramerEvent, NS_CLIENT, NS_STREAMS, Stanza, StanzaKind};
-
-const NS_PING: &str = "urn:xmpp:ping";
-const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
-const NS_ROSTER: &str = "jabber:iq:roster";
-const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+use crate::xml::ns::{NS_CLIENT, NS_DISCO_INFO, NS_PING, NS_ROSTER, NS_SESSION, NS_STREAMS};
+use crate::xml::{Framer, FramerEvent, Stanza, StanzaKind};
 
 /// How long a closing stream may take to flush to a peer that does not read.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

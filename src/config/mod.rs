@@ -15,6 +15,7 @@
 //! complete example.
 
 mod error;
+mod policy;
 mod raw;
 mod spans;
 mod validate;
@@ -36,6 +37,7 @@ use spans::DocIndex;
 use validate::Invalid;
 
 use crate::jid::BareJid;
+pub use crate::policy::ProxyTarget;
 use crate::policy::{Negotiate, PartnerType};
 
 /// The environment variable naming the config file when `--config` is not given.
@@ -223,29 +225,6 @@ impl AccessPolicyConfig {
     /// Whether this is the policy for everyone no other policy names.
     pub fn is_global(&self) -> bool {
         self.name.eq_ignore_ascii_case(crate::policy::GLOBAL)
-    }
-}
-
-/// Where to connect for a partner: a host name or IP address, and a port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ProxyTarget {
-    /// A lower-case host name without trailing dot, or an IP address; an
-    /// IPv6 address is stored without brackets (`2001:db8::1`), so
-    /// `(host.as_str(), port)` can be handed to a resolver or connect as is.
-    pub host: String,
-    /// Never 0.
-    pub port: u16,
-}
-
-/// `host:port`, with an IPv6 address in brackets (`[2001:db8::1]:5269`),
-/// which is also how `proxy_fqdn` is written.
-impl fmt::Display for ProxyTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! This module owns the partner model ([`Partner`], [`PartnerType`], the
 //! negotiation [`matrix`]), the rule for domains that are not partners, and
 //! the per-user external access policies ([`Access`]). [`Policy`] is built
-//! once from a validated [`Config`] (at start and on reload) and answers
+//! once from a validated configuration (at start and on reload) and answers
 //! lookups with a hash-map probe; it does no I/O, keeps no clock and does
 //! not log — [`Policy::warnings`] hands the warnings to whoever loaded it.
 //! Enforcing the answers (refusing streams and stanzas) belongs to the s2s
@@ -12,11 +12,10 @@
 
 mod matrix;
 
-#[cfg(test)]
-mod tests;
-
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -26,7 +25,6 @@ pub use matrix::{
     negotiate_name,
 };
 
-use crate::config::{Config, ProxyTarget, Unlisted};
 use crate::jid::BareJid;
 pub use crate::stream::s2s::Negotiate;
 use crate::stream::s2s::PeerPolicy;
@@ -65,6 +63,29 @@ pub const OPEN_FEDERATION_TLS: Negotiate = Negotiate::Required;
 pub const OPEN_FEDERATION_SASL: Negotiate = Negotiate::Optional;
 pub const OPEN_FEDERATION_DIALBACK: bool = true;
 pub const OPEN_FEDERATION_KEEP_ALIVE: bool = true;
+
+/// Where to connect for a partner: a host name or IP address, and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProxyTarget {
+    /// A lower-case host name without trailing dot, or an IP address; an
+    /// IPv6 address is stored without brackets (`2001:db8::1`), so
+    /// `(host.as_str(), port)` can be handed to a resolver or connect as is.
+    pub host: String,
+    /// Never 0.
+    pub port: u16,
+}
+
+/// `host:port`, with an IPv6 address in brackets (`[2001:db8::1]:5269`),
+/// which is also how `proxy_fqdn` is written.
+impl fmt::Display for ProxyTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
 
 /// A remote domain this router federates with, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,12 +153,25 @@ pub const GLOBAL: &str = "global";
 
 /// What an unlisted domain gets when they are allowed.
 #[derive(Clone, Debug)]
-struct OpenFederation {
-    partner_type: PartnerType,
-    connection_limit: u32,
+pub struct OpenFederation {
+    pub partner_type: PartnerType,
+    /// Simultaneous connections to each such domain.
+    pub connection_limit: u32,
 }
 
-/// Federation policy, built from a validated [`Config`]. Cheap to query;
+/// One external access policy and whom it applies to.
+#[derive(Clone, Debug)]
+pub struct AccessRule {
+    pub access: Access,
+    /// The policy for everyone no other rule names (its scope is empty).
+    pub global: bool,
+    /// Local domains, lower-case.
+    pub domains: Vec<String>,
+    /// Normalised bare JIDs in local domains.
+    pub users: Vec<BareJid>,
+}
+
+/// Federation policy, built from a validated configuration. Cheap to query;
 /// rebuild it on reload.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -153,32 +187,26 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Indexes a configuration. It trusts validation (unique domains, a
-    /// valid matrix row per partner); a hand-built `Config` that breaks
-    /// those rules gets the first entry for a domain, and an invalid row
-    /// shows up in [`Policy::warnings`].
-    pub fn from_config(c: &Config) -> Policy {
-        let file = c
-            .source
-            .as_ref()
+    /// Indexes the policy's parts, in configuration order (the warnings
+    /// name entries by their index). It trusts validation (unique domains,
+    /// a valid matrix row per partner); parts that break those rules get
+    /// the first entry for a domain, and an invalid row shows up in
+    /// [`Policy::warnings`]. `source` is the file the parts came from, for
+    /// the warnings. (`Policy::from_config` in `config` builds the parts.)
+    pub fn new(
+        source: Option<&Path>,
+        listed: Vec<Partner>,
+        local_domains: &[String],
+        unlisted: Option<OpenFederation>,
+        access_rules: Vec<AccessRule>,
+    ) -> Policy {
+        let file = source
             .map(|p| format!("{}: ", p.display()))
             .unwrap_or_default();
         let mut warnings = Vec::new();
         let mut partners = HashMap::new();
-        for (i, p) in c.partners.iter().enumerate() {
-            let partner = Arc::new(Partner {
-                domain: p.domain.clone(),
-                additional_domains: p.additional_domains.clone(),
-                partner_type: p.partner_type,
-                tls: p.tls_negotiation,
-                sasl: p.sasl_negotiation,
-                dialback: p.support_dialback_negotiation,
-                keep_alive: p.enable_keep_alive,
-                connection_limit: p.connection_limit,
-                proxy_fqdn: p.proxy_fqdn.clone(),
-                description: p.description.clone(),
-                listed: true,
-            });
+        for (i, p) in listed.into_iter().enumerate() {
+            let partner = Arc::new(p);
             let (what, text) = match check(partner.tls, partner.sasl, partner.dialback) {
                 Verdict::Ok => ("", ""),
                 Verdict::Warning(text) => ("", text),
@@ -198,13 +226,6 @@ impl Policy {
                     .or_insert_with(|| partner.clone());
             }
         }
-        let unlisted = match c.s2s.unlisted_domains {
-            Unlisted::Deny => None,
-            Unlisted::Allow => Some(OpenFederation {
-                partner_type: c.s2s.unlisted_partner_type,
-                connection_limit: c.gateway.partner_connection_limit,
-            }),
-        };
 
         let mut global = Access {
             name: GLOBAL.to_owned(),
@@ -213,13 +234,9 @@ impl Policy {
         };
         let mut by_user = HashMap::new();
         let mut by_domain = HashMap::new();
-        for (i, a) in c.access_policies.iter().enumerate() {
-            let access = Access {
-                name: a.name.clone(),
-                federation: a.enable_federation_access,
-                xmpp: a.enable_xmpp_access,
-            };
-            if a.is_global() {
+        for (i, a) in access_rules.into_iter().enumerate() {
+            let access = a.access;
+            if a.global {
                 global = access;
                 continue;
             }
@@ -227,20 +244,20 @@ impl Policy {
                 warnings.push(format!(
                     "{file}access_policy[{i}]: access policy {}: applies to nobody \
                      (it names no domains and no users)",
-                    a.name
+                    access.name
                 ));
             }
-            for d in &a.domains {
-                by_domain.entry(d.clone()).or_insert_with(|| access.clone());
+            for d in a.domains {
+                by_domain.entry(d).or_insert_with(|| access.clone());
             }
-            for u in &a.users {
-                by_user.entry(u.clone()).or_insert_with(|| access.clone());
+            for u in a.users {
+                by_user.entry(u).or_insert_with(|| access.clone());
             }
         }
 
         Policy {
             partners,
-            local: c.server.domains.iter().cloned().collect(),
+            local: local_domains.iter().cloned().collect(),
             unlisted,
             by_user,
             by_domain,

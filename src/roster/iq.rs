@@ -28,8 +28,6 @@ use crate::error::StanzaCondition;
 use crate::jid::{BareJid, Jid};
 use crate::xml::escape::{escape_attr, escape_text};
 
-/// The roster namespace.
-pub const NS_ROSTER: &str = "jabber:iq:roster";
 /// Longest accepted `name` attribute, in bytes (§2.3.3: not-acceptable).
 pub const MAX_NAME_BYTES: usize = 1023;
 /// Longest accepted `<group/>` text, in bytes (§2.3.3: not-acceptable).

@@ -141,8 +141,8 @@ mod tests {
 /// when there is no status, so the original bytes can be sent as they are.
 /// Runs once per broadcast, never per recipient.
 pub fn without_status(stanza: &crate::xml::Stanza) -> Option<bytes::Bytes> {
-    use crate::xml::NS_CLIENT;
     use crate::xml::element::{Element, Node};
+    use crate::xml::ns::NS_CLIENT;
     if !stanza.bytes().windows(7).any(|w| w == b"<status") {
         return None;
     }

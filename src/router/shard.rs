@@ -29,9 +29,8 @@ use crate::roster::presence::{parse_priority, probe_xml, subscription_xml, unava
 use crate::roster::subscription::{self, SubKind};
 use crate::storage::WriteOp;
 use crate::xml::element::Element;
-use crate::xml::{Frame, NS_CLIENT, Stanza, StanzaKind};
-
-const NS_ROSTER: &str = "jabber:iq:roster";
+use crate::xml::ns::{NS_CLIENT, NS_ROSTER};
+use crate::xml::{Frame, Stanza, StanzaKind};
 
 struct Resource {
     handle: SessionHandle,

@@ -18,7 +18,8 @@ use crate::stream::s2s::{
     AuthMethod, OutAction, OutInput, OutMode, OutboundNegotiation, S2sFailure,
 };
 use crate::transport::Transport;
-use crate::xml::{Framer, FramerEvent, NS_SERVER};
+use crate::xml::ns::NS_SERVER;
+use crate::xml::{Framer, FramerEvent};
 
 /// TCP connect budget per target.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

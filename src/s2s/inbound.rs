@@ -27,7 +27,8 @@ use crate::stream::s2s::{
     InAction, InInput, InboundContext, InboundNegotiation, OutMode, PeerPolicy,
 };
 use crate::transport::Transport;
-use crate::xml::{Framer, FramerEvent, NS_SERVER, NS_STREAMS, Stanza, StanzaKind};
+use crate::xml::ns::{NS_SERVER, NS_STREAMS};
+use crate::xml::{Framer, FramerEvent, Stanza, StanzaKind};
 
 const LINGER: Duration = Duration::from_secs(2);
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::{OFFLINE_LIMIT, OpResults, Store, StoreError, WriteOp};
 use crate::jid::BareJid;
 use crate::roster::RosterItem;
-use crate::stream::scram::Credentials;
+use crate::storage::Credentials;
 
 #[derive(Default)]
 struct Inner {

@@ -15,12 +15,13 @@ use bytes::Bytes;
 
 use crate::jid::BareJid;
 use crate::roster::RosterItem;
-use crate::stream::scram::Credentials;
 
+mod credentials;
 mod mem;
 mod redb_store;
 mod writer;
 
+pub use credentials::{Credentials, ScramKeys};
 pub use mem::MemStore;
 pub use redb_store::{FILE_NAME as REDB_FILE_NAME, RedbStore};
 pub use writer::{MAX_BATCH_OPS, StoreWriter};

@@ -24,7 +24,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::{OFFLINE_LIMIT, OpResults, Store, StoreError, WriteOp};
 use crate::jid::BareJid;
 use crate::roster::RosterItem;
-use crate::stream::scram::Credentials;
+use crate::storage::Credentials;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");

@@ -345,14 +345,14 @@ mod tests {
         fn create_account(
             &self,
             u: &BareJid,
-            c: &crate::stream::scram::Credentials,
+            c: &crate::storage::Credentials,
         ) -> Result<(), StoreError> {
             self.inner.create_account(u, c)
         }
         fn set_credentials(
             &self,
             u: &BareJid,
-            c: &crate::stream::scram::Credentials,
+            c: &crate::storage::Credentials,
         ) -> Result<(), StoreError> {
             self.inner.set_credentials(u, c)
         }
@@ -362,7 +362,7 @@ mod tests {
         fn credentials(
             &self,
             u: &BareJid,
-        ) -> Result<Option<crate::stream::scram::Credentials>, StoreError> {
+        ) -> Result<Option<crate::storage::Credentials>, StoreError> {
             self.inner.credentials(u)
         }
         fn list_accounts(&self) -> Result<Vec<BareJid>, StoreError> {

@@ -13,12 +13,8 @@ use crate::storage::Store;
 use crate::stream::scram::{Credentials, ScramHash, ScramServer, ScramServerFinal};
 use crate::xml::element::Element;
 use crate::xml::escape::{escape_attr, escape_text};
-use crate::xml::{NS_CLIENT, NS_STREAMS, Stanza, StanzaKind, StreamHeader};
-
-pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
-pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
-pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
-pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+use crate::xml::ns::{NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_STREAMS, NS_TLS};
+use crate::xml::{Stanza, StanzaKind, StreamHeader};
 
 /// Failed SASL attempts allowed on one stream before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;

@@ -12,10 +12,7 @@ use aws_lc_rs::{constant_time, digest, hmac};
 use crate::error::StanzaCondition;
 use crate::xml::element::Element;
 use crate::xml::escape::{escape_attr, escape_text};
-
-pub const NS_DIALBACK: &str = "jabber:server:dialback";
-pub const NS_DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
-const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+use crate::xml::ns::{NS_DIALBACK, NS_STANZAS};
 
 /// Longest key we relay or compare. XEP-0185 keys are 64 hex digits and
 /// Openfire's SHA-1 keys 40; the bound keeps a hostile peer from making us
@@ -173,7 +170,7 @@ pub fn error(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::{NS_SERVER, NS_STREAMS};
+    use crate::xml::ns::{NS_SERVER, NS_STREAMS};
 
     fn parse(xml: &str) -> DbElement {
         let el = Element::parse(

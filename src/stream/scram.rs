@@ -1,7 +1,8 @@
 //! SCRAM (RFC 5802, RFC 7677) without I/O, for both ends: the server side
 //! used by c2s SASL, the client side used by fedrouter's own test and load
-//! client, and the derived [`Credentials`] the store keeps instead of the
-//! password.
+//! client, and the derivation and checking of the [`Credentials`] the store
+//! keeps instead of the password (the types themselves are storage's, in
+//! `storage::credentials`, so the store does not depend on this module).
 //!
 //! Only SCRAM-SHA-1 and SCRAM-SHA-256 without channel binding are spoken:
 //! the gs2 header must be `n,,` or `y,,` (we never advertise `-PLUS`, so a
@@ -18,7 +19,6 @@ use std::sync::OnceLock;
 use aws_lc_rs::{constant_time, digest, hmac, pbkdf2, rand};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::{Deserialize, Serialize};
 
 /// RFC 7677 §4: the iteration count SHOULD be at least 4096.
 pub const DEFAULT_ITERATIONS: u32 = 4096;
@@ -26,6 +26,8 @@ pub const DEFAULT_ITERATIONS: u32 = 4096;
 /// The most iterations a [`ScramClient`] will compute for a server. A
 /// hostile server could otherwise pin a client's CPU with `i=4294967295`.
 pub const MAX_CLIENT_ITERATIONS: u32 = 1_000_000;
+
+pub use crate::storage::{Credentials, ScramKeys};
 
 const SALT_LEN: usize = 16;
 /// Random bytes in a nonce (base64-encoded on the wire, so never a comma).
@@ -145,28 +147,6 @@ impl ScramError {
     }
 }
 
-/// What the store keeps per hash: never the password.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScramKeys {
-    pub salt: Vec<u8>,
-    pub iterations: u32,
-    pub stored_key: Vec<u8>,
-    pub server_key: Vec<u8>,
-}
-
-// The keys are not the password, but ServerKey lets whoever holds it
-// impersonate this server to clients, so they stay out of logs.
-impl fmt::Debug for ScramKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ScramKeys")
-            .field("salt", &hex::encode(&self.salt))
-            .field("iterations", &self.iterations)
-            .field("stored_key", &"<redacted>")
-            .field("server_key", &"<redacted>")
-            .finish()
-    }
-}
-
 impl ScramKeys {
     /// Derives the keys for an already SASLprep'd password with a given salt.
     /// Public so tests can reproduce the RFC examples.
@@ -187,13 +167,6 @@ impl ScramKeys {
             server_key: hash.hmac(&salted, b"Server Key"),
         })
     }
-}
-
-/// Both hashes' keys for one account.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Credentials {
-    pub sha1: ScramKeys,
-    pub sha256: ScramKeys,
 }
 
 impl Credentials {

@@ -10,7 +10,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::xml::escape::{escape_attr, escape_text};
-use crate::xml::stanza::{HeadSpans, Span, Stanza};
+use crate::xml::lex::Span;
+use crate::xml::stanza::{HeadSpans, Stanza};
 
 /// Writes one element: `new(name)`, then attributes, then children, then
 /// [`StanzaBuilder::build`].

@@ -294,7 +294,7 @@ fn close(stack: &mut [Element], root: &mut Option<Element>, el: Element) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::framer::{NS_CLIENT, NS_SERVER, NS_STREAMS};
+    use crate::xml::ns::{NS_CLIENT, NS_SERVER, NS_STREAMS};
 
     const ROSTER: &str = "jabber:iq:roster";
 

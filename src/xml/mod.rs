@@ -10,9 +10,11 @@ pub mod build;
 pub mod element;
 pub mod escape;
 pub mod framer;
+mod lex;
+pub mod ns;
 pub mod stanza;
 
 pub use build::StanzaBuilder;
 pub use element::{Element, ElementError, Node};
-pub use framer::{Framer, FramerEvent, NS_CLIENT, NS_SERVER, NS_STREAMS, StreamHeader};
+pub use framer::{Framer, FramerEvent, StreamHeader};
 pub use stanza::{Frame, Stanza, StanzaKind};

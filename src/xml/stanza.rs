@@ -13,37 +13,8 @@ use bytes::Bytes;
 
 use crate::error::{StreamCondition, StreamError};
 use crate::xml::escape::{escape_attr, unescape};
-use crate::xml::framer::{self, NS_CLIENT, NS_SERVER};
-
-/// A half-open byte range inside a stanza; `start == ABSENT` means the
-/// attribute was not present. u32 keeps `Stanza` small; the framer caps the
-/// stanza size well below 4 GiB.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct Span {
-    pub(crate) start: u32,
-    pub(crate) end: u32,
-}
-
-const ABSENT: u32 = u32::MAX;
-
-impl Span {
-    pub(crate) const NONE: Span = Span {
-        start: ABSENT,
-        end: ABSENT,
-    };
-
-    pub(crate) fn new(start: usize, end: usize) -> Span {
-        // The framer's size limit keeps positions far below u32::MAX.
-        Span {
-            start: start as u32,
-            end: end as u32,
-        }
-    }
-
-    fn get(self) -> Option<std::ops::Range<usize>> {
-        (self.start != ABSENT).then_some(self.start as usize..self.end as usize)
-    }
-}
+use crate::xml::lex::{self, Span};
+use crate::xml::ns::{NS_CLIENT, NS_SERVER};
 
 /// Where the routing-relevant parts of the first tag are. Attribute spans
 /// cover the raw value between the quotes.
@@ -114,7 +85,7 @@ impl Stanza {
     /// validated, so do not use this on network input.
     pub fn parse(bytes: Bytes) -> Result<Stanza, StreamError> {
         let mut attrs = Vec::new();
-        let tag = match framer::scan_start_tag(&bytes, 0, &mut attrs)? {
+        let tag = match lex::scan_start_tag(&bytes, 0, &mut attrs)? {
             Some(t) => t,
             None => {
                 return Err(StreamError::with_text(

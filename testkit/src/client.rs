@@ -18,11 +18,8 @@ use fedrouter::jid::FullJid;
 use fedrouter::stream::scram::{ScramClient, ScramHash};
 use fedrouter::xml::element::Element;
 use fedrouter::xml::escape::{escape_attr, escape_text};
-use fedrouter::xml::{Framer, FramerEvent, NS_CLIENT, NS_STREAMS, Stanza, StreamHeader};
-
-const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
-const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
-const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+use fedrouter::xml::ns::{NS_BIND, NS_CLIENT, NS_SASL, NS_STREAMS, NS_TLS};
+use fedrouter::xml::{Framer, FramerEvent, Stanza, StreamHeader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use fedrouter::s2s::{Connecting, Connector, Link, S2sShared};
-use fedrouter::xml::{Framer, NS_SERVER};
+use fedrouter::xml::Framer;
+use fedrouter::xml::ns::NS_SERVER;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Makes one sink per link: called with the (local, remote) domain pair

@@ -33,15 +33,14 @@ use tokio::task::JoinHandle;
 
 use fedrouter::error::{StanzaCondition, StreamError};
 use fedrouter::pki::PeerVerifier;
-use fedrouter::stream::c2s::NS_SASL;
-use fedrouter::stream::dialback::NS_DIALBACK;
 use fedrouter::stream::s2s::{
     AuthMethod, FailReason, InAction, InInput, InboundContext, InboundNegotiation, OutAction,
     OutInput, OutMode, OutboundNegotiation, PeerPolicy, S2sFailure,
 };
 use fedrouter::transport::Transport;
 use fedrouter::xml::element::Element;
-use fedrouter::xml::{Framer, FramerEvent, NS_SERVER, NS_STREAMS, Stanza, StanzaKind};
+use fedrouter::xml::ns::{NS_DIALBACK, NS_SASL, NS_SERVER, NS_STREAMS, NS_XMPP_STREAMS};
+use fedrouter::xml::{Framer, FramerEvent, Stanza, StanzaKind};
 
 /// Stanza size limit of the fakes: large, they are not what is under test.
 const MAX_STANZA: usize = 16 * 1024 * 1024;
@@ -228,7 +227,6 @@ async fn read_event(io: &mut Transport, framer: &mut Framer) -> Result<FramerEve
 
 fn parse_stream_error(s: &Stanza) -> StreamError {
     use fedrouter::error::StreamCondition;
-    const NS_XMPP_STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
     let Ok(el) = Element::parse(s.bytes(), NS_SERVER, &[("stream", NS_STREAMS)]) else {
         return StreamError::new(StreamCondition::UndefinedCondition);
     };

@@ -149,9 +149,9 @@ pub fn text(s: &Stanza) -> String {
 
 /// The text of the first `<body>` in a stanza.
 pub fn body(s: &Stanza) -> Option<String> {
-    let el =
-        fedrouter::xml::element::Element::parse(s.bytes(), fedrouter::xml::NS_CLIENT, &[]).ok()?;
-    el.child("body", fedrouter::xml::NS_CLIENT)
+    let el = fedrouter::xml::element::Element::parse(s.bytes(), fedrouter::xml::ns::NS_CLIENT, &[])
+        .ok()?;
+    el.child("body", fedrouter::xml::ns::NS_CLIENT)
         .map(|b| b.text())
 }
 
