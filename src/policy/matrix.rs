@@ -11,7 +11,7 @@
 //! TLS support") — and §11 takes the Control Panel's side: SASL is never
 //! sent without TLS, so asking for it without TLS is a mistake.
 
-use crate::stream::s2s::Negotiate;
+use super::Negotiate;
 
 /// Lync's judgement of one combination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

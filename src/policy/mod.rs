@@ -11,6 +11,7 @@
 //! and routing code, not here.
 
 mod matrix;
+mod negotiate;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -24,10 +25,9 @@ pub use matrix::{
     MatrixRow, NO_MODE, SASL_NEEDS_TLS, SASL_OR_DIALBACK, Verdict, check, describe, matrix,
     negotiate_name,
 };
+pub use negotiate::{Negotiate, PeerPolicy};
 
 use crate::jid::BareJid;
-pub use crate::stream::s2s::Negotiate;
-use crate::stream::s2s::PeerPolicy;
 
 /// How far a partner's users are trusted (Lync `PartnerType`, §7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]

@@ -3,8 +3,8 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::jid::BareJid;
+use crate::policy::PeerPolicy;
 use crate::policy::*;
-use crate::stream::s2s::PeerPolicy;
 
 fn config(text: &str) -> Config {
     Config::from_toml_str(text, None).unwrap_or_else(|e| panic!("{e}"))

@@ -35,35 +35,9 @@ mod tests;
 pub use inbound::{InAction, InInput, InboundContext, InboundNegotiation};
 pub use outbound::{OutAction, OutInput, OutboundNegotiation};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Negotiate {
-    Required,
-    Optional,
-    NotSupported,
-}
-
-/// Negotiation settings for one remote domain (the Lync partner model; the
-/// default for open federation is tls Required, sasl Optional, dialback
-/// true).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerPolicy {
-    pub tls: Negotiate,
-    pub sasl: Negotiate,
-    pub dialback: bool,
-}
-
-impl PeerPolicy {
-    /// What unlisted domains get when open federation is on: TLS always,
-    /// SASL EXTERNAL when the certificate verifies, dialback otherwise
-    /// (what ejabberd and Prosody do by default).
-    pub fn open_federation() -> PeerPolicy {
-        PeerPolicy {
-            tls: Negotiate::Required,
-            sasl: Negotiate::Optional,
-            dialback: true,
-        }
-    }
-}
+// The partner model's negotiation settings are policy's; re-exported
+// here because every negotiation input carries them.
+pub use crate::policy::{Negotiate, PeerPolicy};
 
 /// How a stream (or a domain pair on it) was authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
