@@ -31,21 +31,13 @@ use crate::xml::{Frame, Stanza, StanzaKind};
 /// JID, which bounce for a missing user), the roster (for subscriptions
 /// and probes, and for admitting a sender whose partner type depends on
 /// it). Presence availability needs neither: it only goes to sessions.
-fn need(
-    kind: StanzaKind,
-    presence_type: Option<&str>,
-    to_resource: bool,
-    remote: Option<PartnerType>,
-) -> Need {
+fn need(kind: Kind, to_resource: bool, remote: Option<PartnerType>) -> Need {
     let own = match kind {
-        StanzaKind::Message => Need::EXISTS,
-        StanzaKind::Iq if to_resource => Need::EXISTS,
-        StanzaKind::Iq | StanzaKind::Other => Need::NONE,
-        StanzaKind::Presence => match presence_type {
-            Some("probe") => Need::ROSTER,
-            Some(t) if SubKind::from_type(t).is_some() => Need::BOTH,
-            _ => Need::NONE,
-        },
+        Kind::Message | Kind::MessageError => Need::EXISTS,
+        Kind::IqRequest | Kind::IqResponse if to_resource => Need::EXISTS,
+        Kind::Probe => Need::ROSTER,
+        Kind::Subscription(_) => Need::BOTH,
+        _ => Need::NONE,
     };
     match remote {
         Some(p) if admit::consults_roster(Direction::Inbound, Some(p)) => own.or(Need::ROSTER),
@@ -55,12 +47,11 @@ fn need(
 
 /// [`need`] for an envelope.
 pub(super) fn need_of(env: &Envelope) -> Need {
-    let kind = env.kind();
-    let ty = match kind {
-        StanzaKind::Presence => env.stanza.type_(),
-        _ => None,
-    };
-    need(kind, ty.as_deref(), env.to.resource().is_some(), env.remote)
+    need(
+        Kind::of_stanza(&env.stanza),
+        env.to.resource().is_some(),
+        env.remote,
+    )
 }
 
 /// What becomes of a stanza that finds its user's queue full (a flood
@@ -381,46 +372,45 @@ mod tests {
 
     #[test]
     fn messages_need_to_know_the_account_exists_and_nothing_else() {
-        for to_resource in [false, true] {
-            assert_eq!(
-                need(StanzaKind::Message, None, to_resource, None),
-                Need::EXISTS
-            );
+        for kind in [Kind::Message, Kind::MessageError] {
+            for to_resource in [false, true] {
+                assert_eq!(need(kind, to_resource, None), Need::EXISTS, "{kind:?}");
+            }
         }
     }
 
     #[test]
     fn an_iq_to_a_full_jid_needs_the_account_and_one_to_the_bare_jid_nothing() {
-        assert_eq!(need(StanzaKind::Iq, None, true, None), Need::EXISTS);
-        assert_eq!(need(StanzaKind::Iq, None, false, None), Need::NONE);
+        for kind in [Kind::IqRequest, Kind::IqResponse] {
+            assert_eq!(need(kind, true, None), Need::EXISTS, "{kind:?}");
+            assert_eq!(need(kind, false, None), Need::NONE, "{kind:?}");
+        }
     }
 
     #[test]
     fn availability_presence_needs_nothing_from_storage() {
-        for ty in [None, Some("unavailable"), Some("error"), Some("bogus")] {
+        for kind in [Kind::Presence, Kind::PresenceError, Kind::Other] {
             for to_resource in [false, true] {
-                assert_eq!(
-                    need(StanzaKind::Presence, ty, to_resource, None),
-                    Need::NONE,
-                    "{ty:?}"
-                );
+                assert_eq!(need(kind, to_resource, None), Need::NONE, "{kind:?}");
             }
         }
     }
 
     #[test]
     fn subscriptions_need_the_account_and_the_roster_and_probes_the_roster() {
-        for ty in ["subscribe", "subscribed", "unsubscribe", "unsubscribed"] {
+        for kind in [
+            SubKind::Subscribe,
+            SubKind::Subscribed,
+            SubKind::Unsubscribe,
+            SubKind::Unsubscribed,
+        ] {
             assert_eq!(
-                need(StanzaKind::Presence, Some(ty), false, None),
+                need(Kind::Subscription(kind), false, None),
                 Need::BOTH,
-                "{ty}"
+                "{kind:?}"
             );
         }
-        assert_eq!(
-            need(StanzaKind::Presence, Some("probe"), false, None),
-            Need::ROSTER
-        );
+        assert_eq!(need(Kind::Probe, false, None), Need::ROSTER);
     }
 
     #[test]
@@ -431,19 +421,35 @@ mod tests {
             (PublicUnverified, Need::BOTH),
         ] {
             assert_eq!(
-                need(StanzaKind::Message, None, false, Some(partner)),
+                need(Kind::Message, false, Some(partner)),
                 want,
                 "{partner:?}"
             );
         }
         assert_eq!(
-            need(StanzaKind::Presence, None, false, Some(PublicUnverified)),
+            need(Kind::Presence, false, Some(PublicUnverified)),
             Need::ROSTER
         );
-        assert_eq!(
-            need(StanzaKind::Presence, None, false, Some(Federated)),
-            Need::NONE
-        );
+        assert_eq!(need(Kind::Presence, false, Some(Federated)), Need::NONE);
+    }
+
+    #[test]
+    fn an_envelope_needs_what_its_stanza_and_address_say() {
+        let env = |xml: &'static str, to: &str| {
+            Envelope::new(
+                Stanza::parse(Bytes::from_static(xml.as_bytes())).unwrap(),
+                Jid::parse("romeo@example.net/garden").unwrap(),
+                Jid::parse(to).unwrap(),
+            )
+        };
+        let probe = env("<presence type='probe'/>", "juliet@example.com");
+        assert_eq!(need_of(&probe), Need::ROSTER);
+        let iq = env("<iq type='get' id='1'/>", "juliet@example.com/balcony");
+        assert_eq!(need_of(&iq), Need::EXISTS);
+        let mut remote = env("<presence/>", "juliet@example.com");
+        assert_eq!(need_of(&remote), Need::NONE);
+        remote.remote = Some(PublicUnverified);
+        assert_eq!(need_of(&remote), Need::ROSTER);
     }
 
     #[test]
