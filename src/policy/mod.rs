@@ -7,9 +7,11 @@
 //! once from a validated configuration (at start and on reload) and answers
 //! lookups with a hash-map probe; it does no I/O, keeps no clock and does
 //! not log — [`Policy::warnings`] hands the warnings to whoever loaded it.
-//! Enforcing the answers (refusing streams and stanzas) belongs to the s2s
-//! and routing code, not here.
+//! Which stanzas may cross between a local and a remote user is the pure
+//! table in [`admit`]; enforcing the answers (refusing streams, bouncing
+//! and routing stanzas) belongs to the s2s and routing code, not here.
 
+pub mod admit;
 mod matrix;
 mod negotiate;
 

@@ -1,11 +1,10 @@
-//! Roster IQ semantics (RFC 6121 §2): validating a roster set into the
-//! change to apply, and writing roster results and pushes.
+//! Roster IQ semantics (RFC 6121 §2): reading a roster IQ from a client
+//! ([`parse_request`]), validating a roster set into the change to apply,
+//! and writing roster results and pushes.
 //!
-//! Owns: the rules and the XML we write. Does not parse the request (the
-//! lead's element tree does and hands us a [`RosterSetRequest`]), does not
-//! check that a set came from the user's own session (§2.1.5, the c2s
-//! session does), does not count `<item/>` children (§2.3.3 rule 1, the
-//! caller returns `bad-request`), and does not store or push.
+//! Owns: the rules and the XML we read and write. Does not check that a
+//! set came from the user's own session (§2.1.5, the c2s session does),
+//! and does not store or push.
 //!
 //! Roster versioning (XEP-0237 / §2.6) is not implemented: no `ver`
 //! attribute is written, which §2.6.3 allows a server to do.
@@ -26,7 +25,9 @@
 use super::RosterItem;
 use crate::error::StanzaCondition;
 use crate::jid::{BareJid, Jid};
+use crate::xml::element::Element;
 use crate::xml::escape::{escape_attr, escape_text};
+use crate::xml::ns::{NS_CLIENT, NS_ROSTER};
 
 /// Longest accepted `name` attribute, in bytes (§2.3.3: not-acceptable).
 pub const MAX_NAME_BYTES: usize = 1023;
@@ -98,6 +99,48 @@ impl RosterChange {
             }
         }
         v
+    }
+}
+
+/// A roster IQ from a client, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RosterIq {
+    /// A roster get (§2.1.3).
+    Get,
+    /// A roster set with its one item (§2.3, §2.5).
+    Set(RosterSetRequest),
+}
+
+/// Reads an IQ (its raw bytes, in the client namespace) addressed to the
+/// user's roster. The error is the condition to answer with:
+/// `bad-request` when it does not parse, is neither `get` nor `set`, or a
+/// set does not carry exactly one `<item/>` (§2.3.3 rule 1);
+/// `service-unavailable` when it has no roster query (the only IQ a
+/// session hands its user's shard).
+pub fn parse_request(iq: &[u8]) -> Result<RosterIq, StanzaCondition> {
+    let el = Element::parse(iq, NS_CLIENT, &[]).map_err(|_| StanzaCondition::BadRequest)?;
+    let query = el
+        .child("query", NS_ROSTER)
+        .ok_or(StanzaCondition::ServiceUnavailable)?;
+    match el.attr("type") {
+        Some("get") => Ok(RosterIq::Get),
+        Some("set") => {
+            let mut items = query.children_named("item", NS_ROSTER);
+            let (Some(it), None) = (items.next(), items.next()) else {
+                return Err(StanzaCondition::BadRequest);
+            };
+            Ok(RosterIq::Set(RosterSetRequest {
+                jid: it.attr("jid").unwrap_or_default().to_string(),
+                name: it.attr("name").map(str::to_string),
+                groups: it
+                    .children_named("group", NS_ROSTER)
+                    .map(|g| g.text())
+                    .collect(),
+                remove: it.attr("subscription") == Some("remove"),
+                subscription_attr: it.attr("subscription").map(str::to_string),
+            }))
+        }
+        _ => Err(StanzaCondition::BadRequest),
     }
 }
 
@@ -232,6 +275,16 @@ pub fn roster_result_xml(id: &str, to: &str, items: &[RosterItem]) -> String {
     out
 }
 
+/// The empty result of a roster set (§2.3.2).
+pub fn set_result_xml(id: &str, to: &str) -> String {
+    let mut out = String::with_capacity(48 + id.len() + to.len());
+    out.push_str("<iq type='result'");
+    attr(&mut out, "id", id);
+    attr(&mut out, "to", to);
+    out.push_str("/>");
+    out
+}
+
 /// A roster push of `item` to one interested resource `to` (§2.1.6). No
 /// `from`: it comes from the user's own account, which §2.1.6 lets the
 /// server express by omitting it.
@@ -276,6 +329,106 @@ mod tests {
         it.listed = true;
         it.subscription = sub;
         it
+    }
+
+    fn parse(xml: &str) -> Result<RosterIq, StanzaCondition> {
+        parse_request(xml.as_bytes())
+    }
+
+    #[test]
+    fn a_roster_get_is_read() {
+        assert_eq!(
+            parse("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>"),
+            Ok(RosterIq::Get)
+        );
+    }
+
+    #[test]
+    fn a_roster_set_is_read_with_its_item_name_and_groups() {
+        let got = parse(
+            "<iq type='set' id='r2'><query xmlns='jabber:iq:roster'>\
+             <item jid='romeo@example.net' name='Romeo &amp; co'>\
+             <group>Friends</group><group>Lovers</group></item></query></iq>",
+        );
+        assert_eq!(
+            got,
+            Ok(RosterIq::Set(RosterSetRequest {
+                jid: "romeo@example.net".into(),
+                name: Some("Romeo & co".into()),
+                groups: vec!["Friends".into(), "Lovers".into()],
+                remove: false,
+                subscription_attr: None,
+            }))
+        );
+    }
+
+    #[test]
+    fn a_roster_removal_is_read_and_other_subscription_values_are_kept_for_logging() {
+        let Ok(RosterIq::Set(req)) = parse(
+            "<iq type='set' id='r3'><query xmlns='jabber:iq:roster'>\
+             <item jid='romeo@example.net' subscription='remove'/></query></iq>",
+        ) else {
+            panic!("expected a set");
+        };
+        assert!(req.remove);
+        let Ok(RosterIq::Set(req)) = parse(
+            "<iq type='set' id='r4'><query xmlns='jabber:iq:roster'>\
+             <item jid='romeo@example.net' subscription='both'/></query></iq>",
+        ) else {
+            panic!("expected a set");
+        };
+        assert!(!req.remove);
+        assert_eq!(req.subscription_attr.as_deref(), Some("both"));
+    }
+
+    #[test]
+    fn s2_3_3_a_roster_set_without_exactly_one_item_is_a_bad_request() {
+        for query in [
+            "<query xmlns='jabber:iq:roster'/>",
+            "<query xmlns='jabber:iq:roster'><item jid='a@x'/><item jid='b@x'/></query>",
+        ] {
+            assert_eq!(
+                parse(&format!("<iq type='set' id='r'>{query}</iq>")),
+                Err(StanzaCondition::BadRequest),
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_iq_without_a_roster_query_is_service_unavailable() {
+        for xml in [
+            "<iq type='get' id='v'><query xmlns='jabber:iq:version'/></iq>",
+            "<iq type='set' id='v'><query xmlns='jabber:iq:version'><item jid='a@x'/></query></iq>",
+            "<iq type='get' id='v'/>",
+        ] {
+            assert_eq!(
+                parse(xml),
+                Err(StanzaCondition::ServiceUnavailable),
+                "{xml}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_roster_iq_of_another_type_or_unparsable_is_a_bad_request() {
+        assert_eq!(
+            parse("<iq type='result' id='r'><query xmlns='jabber:iq:roster'/></iq>"),
+            Err(StanzaCondition::BadRequest)
+        );
+        assert_eq!(
+            parse("<iq id='r'><query xmlns='jabber:iq:roster'/></iq>"),
+            Err(StanzaCondition::BadRequest)
+        );
+        assert_eq!(parse("<iq type='get'"), Err(StanzaCondition::BadRequest));
+    }
+
+    #[test]
+    fn a_set_result_is_empty_and_escaped() {
+        assert_eq!(
+            set_result_xml("a'1", "juliet@example.com/balcony"),
+            "<iq type='result' id='a&apos;1' to='juliet@example.com/balcony'/>"
+        );
     }
 
     #[test]

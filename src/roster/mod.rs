@@ -4,6 +4,7 @@
 
 pub mod delivery;
 pub mod iq;
+pub mod offline;
 pub mod presence;
 pub mod subscription;
 

@@ -23,11 +23,13 @@ use crate::dns::Resolver;
 use crate::events::{Metrics, S2sMetrics};
 use crate::jid::Jid;
 use crate::pki::PeerVerifier;
-use crate::policy::PartnerType;
+use crate::policy::admit::{
+    self, Admission, Case, Direction, Kind, Reason, Refusal, Reply, RosterState, UserAccess,
+};
 use crate::router::{Envelope, Router};
 use crate::stream::s2s::PeerPolicy;
 use crate::tls::CertStore;
-use crate::xml::{Stanza, StanzaKind};
+use crate::xml::Stanza;
 
 pub use connect::{ConnectError, Established, connect_and_negotiate};
 pub use link::{Connecting, Connector, Link, LinkIo, Network};
@@ -148,18 +150,11 @@ pub fn silence_limit(keep_alive_interval: std::time::Duration) -> std::time::Dur
     keep_alive_interval + keep_alive_interval / 2
 }
 
-/// The stanza as a partner of this type may see it, when that differs:
-/// the personal note (`<status/>`) of a presence goes only to Federated
-/// partners. `stripped` keeps the stripped form across calls for the same
-/// stanza (`Some(None)`: nothing to strip), so a broadcast parses once.
-fn for_partner_type(
-    stanza: &Stanza,
-    partner_type: PartnerType,
-    stripped: &mut Option<Option<Stanza>>,
-) -> Option<Stanza> {
-    if partner_type == PartnerType::Federated || stanza.kind() != StanzaKind::Presence {
-        return None;
-    }
+/// The presence without its personal note (`<status/>`), for partners
+/// that may not see it (see [`admit`]); `None` when it has none.
+/// `stripped` keeps the answer across calls for the same stanza, so a
+/// broadcast to many domains parses it once.
+fn without_status(stanza: &Stanza, stripped: &mut Option<Option<Stanza>>) -> Option<Stanza> {
     stripped
         .get_or_insert_with(|| {
             crate::roster::presence::without_status(stanza).and_then(|b| Stanza::parse(b).ok())
@@ -192,18 +187,26 @@ impl S2sRouter {
     /// bounces with `resource-constraint`).
     pub fn send(&self, mut env: Envelope) {
         let policy = self.shared.policy.get();
-        // The sender's access policy (Lync's EnableFederationAccess and
-        // EnableXmppAccess) comes first: a user without it reaches nobody.
-        if !env.on_behalf && !self.sender_allowed(&policy, &env.from) {
-            self.refuse_access(&env);
-            return;
-        }
-        let Some(partner_type) = policy.partner_type(env.to.domain()) else {
-            self.refuse_unlisted(&env);
-            return;
+        let direction = if env.on_behalf {
+            Direction::OutboundOnBehalf
+        } else {
+            Direction::Outbound
         };
-        if let Some(s) = for_partner_type(&env.stanza, partner_type, &mut None) {
-            env.stanza = s;
+        let verdict = admit::admit(Case {
+            direction,
+            partner: policy.partner_type(env.to.domain()),
+            access: UserAccess::of(policy.access(env.from.bare())),
+            roster: RosterState::NotAdded,
+            kind: Kind::of_stanza(&env.stanza),
+        });
+        match verdict {
+            Admission::Deliver | Admission::AutoApprove => {}
+            Admission::StripStatus => {
+                if let Some(s) = without_status(&env.stanza, &mut None) {
+                    env.stanza = s;
+                }
+            }
+            Admission::Refuse(r) => return self.refuse(&env, r),
         }
         self.shared.audit.message(
             crate::audit::Direction::Out,
@@ -219,16 +222,12 @@ impl S2sRouter {
 
     /// [`S2sRouter::send`] for one stanza of a local user to many remote
     /// contacts (presence broadcast), with the same rules, decided once per
-    /// broadcast (access) or once per domain (partner type, status note)
-    /// instead of once per contact; each domain's actor gets one message.
+    /// domain (access, partner type, status note) instead of once per
+    /// contact; each domain's actor gets one message.
     pub fn send_many(&self, stanza: Stanza, from: Jid, tos: Vec<Jid>) {
         let policy = self.shared.policy.get();
-        if !self.sender_allowed(&policy, &from) {
-            for to in tos {
-                self.refuse_access(&Envelope::new(stanza.clone(), from.clone(), to));
-            }
-            return;
-        }
+        let access = UserAccess::of(policy.access(from.bare()));
+        let kind = Kind::of_stanza(&stanza);
         let at = tokio::time::Instant::now();
         let mut by_domain: HashMap<String, Vec<Jid>> = HashMap::new();
         for to in tos {
@@ -242,14 +241,25 @@ impl S2sRouter {
         // Stripped at most once per broadcast, whatever the domain count.
         let mut stripped = None;
         for (domain, tos) in by_domain {
-            let Some(partner_type) = policy.partner_type(&domain) else {
-                for to in tos {
-                    self.refuse_unlisted(&Envelope::new(stanza.clone(), from.clone(), to));
+            let verdict = admit::admit(Case {
+                direction: Direction::Outbound,
+                partner: policy.partner_type(&domain),
+                access,
+                roster: RosterState::NotAdded,
+                kind,
+            });
+            let stanza = match verdict {
+                Admission::Deliver | Admission::AutoApprove => stanza.clone(),
+                Admission::StripStatus => {
+                    without_status(&stanza, &mut stripped).unwrap_or_else(|| stanza.clone())
                 }
-                continue;
+                Admission::Refuse(r) => {
+                    for to in tos {
+                        self.refuse(&Envelope::new(stanza.clone(), from.clone(), to), r);
+                    }
+                    continue;
+                }
             };
-            let stanza = for_partner_type(&stanza, partner_type, &mut stripped)
-                .unwrap_or_else(|| stanza.clone());
             for to in &tos {
                 self.shared
                     .audit
@@ -268,28 +278,20 @@ impl S2sRouter {
         }
     }
 
-    fn sender_allowed(&self, policy: &crate::policy::Policy, from: &Jid) -> bool {
-        policy.access(from.bare()).allowed_remote()
-    }
-
-    fn refuse_access(&self, env: &Envelope) {
-        self.shared.metrics.refused_access_out.increment(1);
-        self.refuse(
-            env,
-            crate::error::StanzaCondition::Forbidden,
-            "federation is not enabled for this user",
-        );
-    }
-
-    fn refuse_unlisted(&self, env: &Envelope) {
-        self.shared.metrics.refused_unlisted_out.increment(1);
-        // lync-xmpp-federation.md §11: to the sender, a domain that may not
-        // federate looks like one that cannot be reached.
-        self.refuse(
-            env,
-            crate::error::StanzaCondition::RemoteServerNotFound,
-            "this domain is not an allowed federation partner",
-        );
+    /// Counts a refusal and bounces what the table says to.
+    fn refuse(&self, env: &Envelope, r: Refusal) {
+        let m = &self.shared.metrics;
+        match r.reason {
+            Reason::AccessPolicy => m.refused_access_out.increment(1),
+            Reason::UnlistedDomain => m.refused_unlisted_out.increment(1),
+            // Inbound reasons; never given for outbound stanzas.
+            Reason::UnverifiedMessage | Reason::UnverifiedSubscribe | Reason::UnverifiedOther => {}
+        }
+        if let Reply::Error(cond, text) = r.reply
+            && let Some(b) = env.bounce(cond, text)
+        {
+            self.shared.router.route_nowait(b);
+        }
     }
 
     /// The live actor for the (local, remote) pair, started if need be.
@@ -311,12 +313,6 @@ impl S2sRouter {
                 self.actors.insert(key, a.clone());
                 a
             }
-        }
-    }
-
-    fn refuse(&self, env: &Envelope, cond: crate::error::StanzaCondition, text: &str) {
-        if let Some(b) = env.bounce(cond, Some(text)) {
-            self.shared.router.route_nowait(b);
         }
     }
 

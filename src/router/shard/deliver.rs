@@ -1,0 +1,571 @@
+//! Stanzas for a local user of the shard: admission of remote senders (the
+//! partner-type table of [`crate::policy::admit`]), then the RFC 6121
+//! §8.5 delivery rules of [`crate::roster::delivery`] applied to the
+//! user's sessions, offline storage (XEP-0160), and what a stanza needs
+//! from storage before any of that can run.
+//!
+//! The pure helpers at the top decide; the `Shard` methods below do the
+//! writing, bouncing and storing.
+
+use bytes::Bytes;
+
+use super::{Need, OfflineBatch, Resource, Shard, offer};
+use crate::error::StanzaCondition;
+use crate::jid::Jid;
+use crate::policy::PartnerType;
+use crate::policy::admit::{
+    self, Admission, Case, Direction, Kind, Reason, Refusal, Reply, RosterState, UserAccess,
+};
+use crate::roster::delivery::{self, Delivery, MessageType, ResourceView};
+use crate::roster::offline::with_delay;
+use crate::roster::presence::subscription_xml;
+use crate::roster::subscription::SubKind;
+use crate::router::Envelope;
+use crate::storage::WriteOp;
+use crate::xml::{Frame, Stanza, StanzaKind};
+
+// ---- the rules ---------------------------------------------------------------
+
+/// What a stanza for a local user needs from storage before it can be
+/// handled: whether the account exists (for messages and IQs to a full
+/// JID, which bounce for a missing user), the roster (for subscriptions
+/// and probes, and for admitting a sender whose partner type depends on
+/// it). Presence availability needs neither: it only goes to sessions.
+fn need(kind: Kind, to_resource: bool, remote: Option<PartnerType>) -> Need {
+    let own = match kind {
+        Kind::Message | Kind::MessageError => Need::EXISTS,
+        Kind::IqRequest | Kind::IqResponse if to_resource => Need::EXISTS,
+        Kind::Probe => Need::ROSTER,
+        Kind::Subscription(_) => Need::BOTH,
+        _ => Need::NONE,
+    };
+    match remote {
+        Some(p) if admit::consults_roster(Direction::Inbound, Some(p)) => own.or(Need::ROSTER),
+        _ => own,
+    }
+}
+
+/// [`need`] for an envelope.
+pub(super) fn need_of(env: &Envelope) -> Need {
+    need(
+        Kind::of_stanza(&env.stanza),
+        env.to.resource().is_some(),
+        env.remote,
+    )
+}
+
+/// What becomes of a stanza that finds its user's queue full (a flood
+/// while a storage read is out): what expects an answer is refused with
+/// `resource-constraint`, the rest dropped. Never silently lost: a message
+/// either waits or bounces.
+pub(super) fn on_overflow(kind: Kind) -> Delivery {
+    match kind {
+        Kind::Message | Kind::IqRequest => Delivery::Bounce(StanzaCondition::ResourceConstraint),
+        _ => Delivery::Drop,
+    }
+}
+
+/// The sessions as the delivery rules see them, in binding order.
+fn views(resources: &[Resource]) -> Vec<ResourceView<'_>> {
+    resources
+        .iter()
+        .map(|r| ResourceView {
+            resource: r.handle.jid.resource(),
+            priority: r.priority,
+            available: r.available,
+        })
+        .collect()
+}
+
+/// Where a message goes (RFC 6121 §8.5.2, §8.5.3): to its resource, or
+/// by priority when sent to the bare JID or to a resource that is gone.
+fn message_action(
+    exists: bool,
+    resources: &[ResourceView],
+    to: Option<&str>,
+    ty: MessageType,
+) -> Delivery {
+    match to {
+        Some(r) => delivery::message_to_full(exists, resources, r, ty),
+        None => delivery::message_to_bare(exists, resources, ty),
+    }
+}
+
+/// Where an IQ goes. One to the bare JID is for the server to answer on
+/// the user's behalf (§8.5.2.1.3); none is handled there, so a request
+/// gets `service-unavailable`.
+fn iq_action(
+    exists: bool,
+    resources: &[ResourceView],
+    to: Option<&str>,
+    is_request: bool,
+) -> Delivery {
+    match to {
+        Some(r) => delivery::iq_to_full(exists, resources, r, is_request),
+        None if is_request => Delivery::Bounce(StanzaCondition::ServiceUnavailable),
+        None => Delivery::Drop,
+    }
+}
+
+/// Where availability presence (no type, `unavailable`, `error`) goes.
+fn presence_action(resources: &[ResourceView], to: Option<&str>) -> Delivery {
+    match to {
+        Some(r) => delivery::presence_to_full(resources, r),
+        None => delivery::presence_to_bare(resources),
+    }
+}
+
+/// Presence for a user, by what the shard does with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InboundPresence {
+    /// To the user's sessions.
+    Availability,
+    Probe,
+    Subscription(SubKind),
+    /// A type RFC 6121 does not define.
+    Ignored,
+}
+
+impl InboundPresence {
+    fn of(ty: Option<&str>) -> InboundPresence {
+        match ty {
+            None | Some("unavailable") | Some("error") => InboundPresence::Availability,
+            Some("probe") => InboundPresence::Probe,
+            Some(t) => SubKind::from_type(t).map_or(InboundPresence::Ignored, |k| {
+                InboundPresence::Subscription(k)
+            }),
+        }
+    }
+}
+
+// ---- the shard's side ----------------------------------------------------------
+
+impl Shard {
+    pub(super) fn deliver(&mut self, env: Envelope) {
+        self.ctx
+            .metrics
+            .route_seconds
+            .record(env.at.elapsed().as_secs_f64());
+        if let Some(partner) = env.remote {
+            match self.admit_inbound(&env, partner) {
+                Admission::Deliver | Admission::StripStatus => {}
+                Admission::AutoApprove => return self.auto_approve(env),
+                Admission::Refuse(r) => return self.refuse_inbound(&env, r),
+            }
+        }
+        match env.kind() {
+            StanzaKind::Message => self.deliver_message(env),
+            StanzaKind::Presence => self.deliver_presence(env),
+            StanzaKind::Iq => self.deliver_iq(env),
+            StanzaKind::Other => {}
+        }
+    }
+
+    /// The partner-type and access rules for a stanza from a remote user.
+    fn admit_inbound(&self, env: &Envelope, partner: PartnerType) -> Admission {
+        let user = env.to.bare();
+        let roster = if admit::consults_roster(Direction::Inbound, Some(partner)) {
+            RosterState::of(self.roster_item(user, env.from.bare().as_str()))
+        } else {
+            RosterState::NotAdded
+        };
+        admit::admit(Case {
+            direction: Direction::Inbound,
+            partner: Some(partner),
+            access: UserAccess::of(self.ctx.policy.get().access(user)),
+            roster,
+            kind: Kind::of_stanza(&env.stanza),
+        })
+    }
+
+    fn refuse_inbound(&mut self, env: &Envelope, r: Refusal) {
+        let m = &self.ctx.metrics;
+        match r.reason {
+            Reason::AccessPolicy => &m.refused_access_in,
+            Reason::UnlistedDomain => &m.refused_unlisted_in,
+            Reason::UnverifiedMessage => &m.refused_unverified_message,
+            Reason::UnverifiedSubscribe => &m.refused_unverified_subscribe,
+            Reason::UnverifiedOther => &m.refused_unverified_other,
+        }
+        .increment(1);
+        match r.reply {
+            Reply::Nothing => {}
+            Reply::Error(cond, text) => self.bounce_with(env, cond, text),
+            Reply::Unsubscribed => {
+                let user = env.to.bare();
+                let contact = env.from.bare();
+                let reply =
+                    subscription_xml(SubKind::Unsubscribed, user.as_str(), contact.as_str());
+                if let Ok(s) = Stanza::parse(Bytes::from(reply)) {
+                    let mut e =
+                        Envelope::new(s, Jid::Bare(user.clone()), Jid::Bare(contact.clone()));
+                    e.on_behalf = true;
+                    self.ctx.router.route_nowait(e);
+                }
+            }
+        }
+    }
+
+    /// A stanza that found its user's queue full.
+    pub(super) fn overflow(&mut self, env: Envelope) {
+        match on_overflow(Kind::of_stanza(&env.stanza)) {
+            Delivery::Bounce(cond) => self.bounce(&env, cond),
+            _ if env.kind() == StanzaKind::Presence => {
+                self.ctx.metrics.presence_dropped.increment(1);
+            }
+            _ => tracing::debug!(to = %env.to, "user queue full: stanza dropped"),
+        }
+    }
+
+    /// Writes `frame` to the user's resources at `idx`; false when none
+    /// took it.
+    fn offer_each(&self, env: &Envelope, idx: &[usize], frame: &Frame, kind: StanzaKind) -> bool {
+        let Some(u) = self.users.get(env.to.bare()) else {
+            return false;
+        };
+        let mut any = false;
+        for r in idx.iter().filter_map(|&i| u.resources.get(i)) {
+            any |= offer(r, frame.clone(), kind, &self.ctx.metrics);
+        }
+        any
+    }
+
+    fn deliver_message(&mut self, env: Envelope) {
+        let ty = MessageType::from_attr(env.stanza.type_().as_deref());
+        let action = match self.users.get_mut(env.to.bare()) {
+            Some(u) if u.flushing => return u.held.push(env),
+            Some(u) => message_action(u.exists(), &views(&u.resources), env.to.resource(), ty),
+            None => message_action(false, &[], env.to.resource(), ty),
+        };
+        match action {
+            Delivery::ToResources(idx) => {
+                // A session that could not take it is closing: keep the
+                // message for the next one.
+                if !self.offer_each(&env, &idx, &env.frame(), StanzaKind::Message) {
+                    self.store_offline(&env);
+                }
+            }
+            Delivery::Offline => self.store_offline(&env),
+            Delivery::Bounce(cond) => self.bounce(&env, cond),
+            Delivery::Drop => {}
+        }
+    }
+
+    fn store_offline(&mut self, env: &Envelope) {
+        let user = env.to.bare();
+        let stamped = with_delay(&env.frame(), user.domain());
+        self.ctx.metrics.offline_stored.increment(1);
+        self.ctx.writer.submit(
+            vec![WriteOp::PushOffline {
+                user: user.clone(),
+                stanza: stamped,
+            }],
+            None,
+        );
+    }
+
+    fn deliver_iq(&mut self, env: Envelope) {
+        let is_request = matches!(env.stanza.type_().as_deref(), Some("get") | Some("set"));
+        let to = env.to.resource();
+        let action = match self.users.get(env.to.bare()) {
+            Some(u) => iq_action(u.exists(), &views(&u.resources), to, is_request),
+            None => iq_action(false, &[], to, is_request),
+        };
+        match action {
+            Delivery::ToResources(idx) => {
+                if !self.offer_each(&env, &idx, &env.frame(), StanzaKind::Iq) && is_request {
+                    self.bounce(&env, StanzaCondition::ServiceUnavailable);
+                }
+            }
+            Delivery::Bounce(cond) => self.bounce(&env, cond),
+            Delivery::Offline | Delivery::Drop => {}
+        }
+    }
+
+    fn deliver_presence(&mut self, env: Envelope) {
+        let what = InboundPresence::of(env.stanza.type_().as_deref());
+        match what {
+            InboundPresence::Subscription(kind) => self.inbound_subscription(env, kind),
+            InboundPresence::Probe => self.answer_probe(env),
+            InboundPresence::Availability => {
+                let action = match self.users.get(env.to.bare()) {
+                    Some(u) => presence_action(&views(&u.resources), env.to.resource()),
+                    None => Delivery::Drop,
+                };
+                if let Delivery::ToResources(idx) = action {
+                    self.offer_each(&env, &idx, &env.frame(), StanzaKind::Presence);
+                }
+            }
+            InboundPresence::Ignored => {}
+        }
+    }
+
+    /// Offline messages fetched for the resource that came online; then
+    /// the live messages that waited behind them.
+    pub(super) fn offline_batch(&mut self, m: OfflineBatch) {
+        let held = match self.users.get_mut(&m.user) {
+            Some(u) => {
+                u.flushing = false;
+                std::mem::take(&mut u.held)
+            }
+            None => Vec::new(),
+        };
+        match m.result {
+            Ok(msgs) => {
+                let n = msgs.len() as u64;
+                let mut delivered = 0;
+                for bytes in msgs {
+                    if self.write_to(
+                        &m.user,
+                        Some(m.resource.resource()),
+                        bytes.clone().into(),
+                        StanzaKind::Message,
+                    ) {
+                        delivered += 1;
+                    } else if let Ok(s) = Stanza::parse(bytes) {
+                        // The resource went away meanwhile: keep the message.
+                        self.ctx.writer.submit(
+                            vec![WriteOp::PushOffline {
+                                user: m.user.clone(),
+                                stanza: s.bytes().clone(),
+                            }],
+                            None,
+                        );
+                    }
+                }
+                self.ctx.metrics.offline_delivered.increment(delivered);
+                tracing::debug!(user = %m.user, n, "offline messages delivered");
+            }
+            Err(e) => {
+                tracing::error!(user = %m.user, error = %e, "reading offline messages failed")
+            }
+        }
+        // Already admitted and counted: straight to delivery.
+        for env in held {
+            self.deliver_message(env);
+        }
+        self.gc(&m.user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MessageType::{Chat, Error, Groupchat, Headline, Normal};
+    use PartnerType::{Federated, PublicUnverified, PublicVerified};
+
+    fn r(resource: &str, priority: i8, available: bool) -> ResourceView<'_> {
+        ResourceView {
+            resource,
+            priority,
+            available,
+        }
+    }
+
+    fn to(v: &[usize]) -> Delivery {
+        Delivery::ToResources(v.to_vec())
+    }
+
+    const UNAVAILABLE: Delivery = Delivery::Bounce(StanzaCondition::ServiceUnavailable);
+
+    // ---- what waits for storage ----
+
+    #[test]
+    fn messages_need_to_know_the_account_exists_and_nothing_else() {
+        for kind in [Kind::Message, Kind::MessageError] {
+            for to_resource in [false, true] {
+                assert_eq!(need(kind, to_resource, None), Need::EXISTS, "{kind:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_iq_to_a_full_jid_needs_the_account_and_one_to_the_bare_jid_nothing() {
+        for kind in [Kind::IqRequest, Kind::IqResponse] {
+            assert_eq!(need(kind, true, None), Need::EXISTS, "{kind:?}");
+            assert_eq!(need(kind, false, None), Need::NONE, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn availability_presence_needs_nothing_from_storage() {
+        for kind in [Kind::Presence, Kind::PresenceError, Kind::Other] {
+            for to_resource in [false, true] {
+                assert_eq!(need(kind, to_resource, None), Need::NONE, "{kind:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn subscriptions_need_the_account_and_the_roster_and_probes_the_roster() {
+        for kind in [
+            SubKind::Subscribe,
+            SubKind::Subscribed,
+            SubKind::Unsubscribe,
+            SubKind::Unsubscribed,
+        ] {
+            assert_eq!(
+                need(Kind::Subscription(kind), false, None),
+                Need::BOTH,
+                "{kind:?}"
+            );
+        }
+        assert_eq!(need(Kind::Probe, false, None), Need::ROSTER);
+    }
+
+    #[test]
+    fn only_public_unverified_senders_make_admission_read_the_roster() {
+        for (partner, want) in [
+            (Federated, Need::EXISTS),
+            (PublicVerified, Need::EXISTS),
+            (PublicUnverified, Need::BOTH),
+        ] {
+            assert_eq!(
+                need(Kind::Message, false, Some(partner)),
+                want,
+                "{partner:?}"
+            );
+        }
+        assert_eq!(
+            need(Kind::Presence, false, Some(PublicUnverified)),
+            Need::ROSTER
+        );
+        assert_eq!(need(Kind::Presence, false, Some(Federated)), Need::NONE);
+    }
+
+    #[test]
+    fn an_envelope_needs_what_its_stanza_and_address_say() {
+        let env = |xml: &'static str, to: &str| {
+            Envelope::new(
+                Stanza::parse(Bytes::from_static(xml.as_bytes())).unwrap(),
+                Jid::parse("romeo@example.net/garden").unwrap(),
+                Jid::parse(to).unwrap(),
+            )
+        };
+        let probe = env("<presence type='probe'/>", "juliet@example.com");
+        assert_eq!(need_of(&probe), Need::ROSTER);
+        let iq = env("<iq type='get' id='1'/>", "juliet@example.com/balcony");
+        assert_eq!(need_of(&iq), Need::EXISTS);
+        let mut remote = env("<presence/>", "juliet@example.com");
+        assert_eq!(need_of(&remote), Need::NONE);
+        remote.remote = Some(PublicUnverified);
+        assert_eq!(need_of(&remote), Need::ROSTER);
+    }
+
+    #[test]
+    fn a_full_queue_bounces_what_expects_an_answer_and_drops_the_rest() {
+        let busy = Delivery::Bounce(StanzaCondition::ResourceConstraint);
+        assert_eq!(on_overflow(Kind::Message), busy);
+        assert_eq!(on_overflow(Kind::IqRequest), busy);
+        for kind in [
+            Kind::MessageError,
+            Kind::Presence,
+            Kind::Probe,
+            Kind::Subscription(SubKind::Subscribe),
+            Kind::PresenceError,
+            Kind::IqResponse,
+            Kind::Other,
+        ] {
+            assert_eq!(on_overflow(kind), Delivery::Drop, "{kind:?}");
+        }
+    }
+
+    // ---- which sessions get it ----
+
+    #[test]
+    fn a_message_to_the_bare_jid_goes_to_every_session_sharing_the_highest_priority() {
+        let res = [
+            r("phone", 1, true),
+            r("desk", 5, true),
+            r("laptop", 5, true),
+            r("idle", 9, false),
+        ];
+        for ty in [Normal, Chat] {
+            assert_eq!(message_action(true, &res, None, ty), to(&[1, 2]), "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn a_message_to_a_full_jid_goes_to_that_session_whatever_its_priority() {
+        let res = [r("desk", 5, true), r("phone", -1, true), r("new", 0, false)];
+        for ty in [Normal, Chat, Groupchat, Headline, Error] {
+            assert_eq!(
+                message_action(true, &res, Some("phone"), ty),
+                to(&[1]),
+                "{ty:?}"
+            );
+            assert_eq!(
+                message_action(true, &res, Some("new"), ty),
+                to(&[2]),
+                "{ty:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_chat_to_a_gone_resource_falls_back_to_the_bare_jid_rules() {
+        let res = [r("desk", 2, true), r("phone", 7, true)];
+        assert_eq!(message_action(true, &res, Some("gone"), Chat), to(&[1]));
+        assert_eq!(
+            message_action(true, &res, Some("gone"), Normal),
+            UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn a_message_for_a_user_with_no_available_non_negative_session_goes_offline() {
+        let res = [r("hidden", -1, true), r("connected", 3, false)];
+        assert_eq!(message_action(true, &res, None, Chat), Delivery::Offline);
+        assert_eq!(message_action(true, &[], None, Normal), Delivery::Offline);
+    }
+
+    #[test]
+    fn a_message_for_a_missing_user_bounces_unless_it_is_an_error() {
+        assert_eq!(message_action(false, &[], None, Chat), UNAVAILABLE);
+        assert_eq!(message_action(false, &[], Some("x"), Normal), UNAVAILABLE);
+        assert_eq!(message_action(false, &[], None, Error), Delivery::Drop);
+    }
+
+    #[test]
+    fn an_iq_to_the_bare_jid_is_refused_for_requests_and_dropped_for_responses() {
+        let res = [r("desk", 5, true)];
+        assert_eq!(iq_action(true, &res, None, true), UNAVAILABLE);
+        assert_eq!(iq_action(true, &res, None, false), Delivery::Drop);
+    }
+
+    #[test]
+    fn an_iq_to_a_full_jid_goes_to_that_session_even_if_only_connected() {
+        let res = [r("desk", 5, true), r("new", 0, false)];
+        assert_eq!(iq_action(true, &res, Some("new"), true), to(&[1]));
+        assert_eq!(iq_action(true, &res, Some("gone"), true), UNAVAILABLE);
+        assert_eq!(iq_action(true, &res, Some("gone"), false), Delivery::Drop);
+        assert_eq!(iq_action(false, &[], Some("desk"), true), UNAVAILABLE);
+    }
+
+    #[test]
+    fn presence_to_the_bare_jid_reaches_every_available_session_whatever_its_priority() {
+        let res = [r("neg", -5, true), r("new", 0, false), r("desk", 1, true)];
+        assert_eq!(presence_action(&res, None), to(&[0, 2]));
+        assert_eq!(presence_action(&res, Some("new")), to(&[1]));
+        assert_eq!(presence_action(&res, Some("gone")), Delivery::Drop);
+        assert_eq!(presence_action(&[r("new", 0, false)], None), Delivery::Drop);
+    }
+
+    #[test]
+    fn inbound_presence_is_sorted_by_type() {
+        use InboundPresence::*;
+        for (ty, want) in [
+            (None, Availability),
+            (Some("unavailable"), Availability),
+            (Some("error"), Availability),
+            (Some("probe"), Probe),
+            (Some("subscribe"), Subscription(SubKind::Subscribe)),
+            (Some("subscribed"), Subscription(SubKind::Subscribed)),
+            (Some("unsubscribe"), Subscription(SubKind::Unsubscribe)),
+            (Some("unsubscribed"), Subscription(SubKind::Unsubscribed)),
+            (Some("bogus"), Ignored),
+        ] {
+            assert_eq!(InboundPresence::of(ty), want, "{ty:?}");
+        }
+    }
+}

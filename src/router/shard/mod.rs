@@ -1,0 +1,1140 @@
+//! A router shard: owns, for the bare JIDs hashed to it, the bound
+//! resources, their presence, and the cached roster, and runs RFC 6121
+//! (delivery rules, subscriptions, presence broadcast and probes) over them.
+//!
+//! - this file: the actor, its messages, the per-user state, and the
+//!   storage plumbing (reads, writes, the waiting queue);
+//! - [`deliver`]: stanzas for a local user (admission of remote senders
+//!   through [`crate::policy::admit`], the §8.5 delivery rules, offline
+//!   storage);
+//! - [`presence`]: presence from a local session (broadcast, directed,
+//!   unavailable) and presence owed to contacts (probes, answers);
+//! - [`subscription`]: subscription stanzas both ways, automatic approval,
+//!   and roster IQs.
+//!
+//! It never blocks on storage. Reads (does the account exist, the roster)
+//! run on the blocking pool and come back as a [`Loaded`] message; what
+//! arrives for a user while a read it needs is out waits in that user's
+//! queue, and everything behind it waits too, so a user's stanzas are
+//! handled in arrival order. Writes go to the group-commit writer, and
+//! what must wait for the commit (roster pushes, IQ results, forwarding a
+//! subscription) comes back as a [`Committed`] message with its effects.
+//! The cache is updated at once, so later stanzas see the new state; writes
+//! are committed in submission order, so storage converges on the cache,
+//! and a user's cache is kept until its writes are committed, so a later
+//! read never sees storage behind it.
+
+mod deliver;
+mod presence;
+mod subscription;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kameo::Actor;
+use kameo::actor::{ActorRef, WeakActorRef};
+use kameo::error::{ActorStopReason, Infallible, PanicError};
+use kameo::message::{Context, Message};
+
+use super::{Envelope, SessionHandle, ShardContext};
+use crate::c2s::CloseSession;
+use crate::error::{StanzaCondition, StreamCondition, StreamError};
+use crate::events::Metrics;
+use crate::jid::{BareJid, FullJid, Jid};
+use crate::roster::RosterItem;
+use crate::roster::iq;
+use crate::storage::{Store, WriteOp};
+use crate::xml::{Frame, Stanza, StanzaKind};
+
+/// Most stanzas one user's queue holds while a storage read is out; more
+/// are refused (see [`deliver::on_overflow`]). A read takes milliseconds,
+/// so only a flood reaches this.
+const MAX_WAITING: usize = super::SESSION_QUEUE;
+
+struct Resource {
+    handle: SessionHandle,
+    priority: i8,
+    available: bool,
+    /// The last broadcast presence, `from` stamped, for probe answers.
+    presence: Option<Bytes>,
+    /// Targets of directed available presence, told when we go offline.
+    directed: Vec<Jid>,
+}
+
+#[derive(Default)]
+struct User {
+    resources: Vec<Resource>,
+    /// Whether the account exists, once read (a bound resource answers
+    /// without a read).
+    exists: Option<bool>,
+    /// Every item, unlisted ones too, once read.
+    roster: Option<HashMap<String, RosterItem>>,
+    /// The roster's contacts with a subscription from the user (those who
+    /// get the user's presence), parsed: built at the first broadcast and
+    /// dropped whenever the roster changes, so a broadcast to 10,000
+    /// contacts does not parse 10,000 JIDs.
+    presence_subscribers: Option<Arc<[Jid]>>,
+    /// Writes submitted and not yet committed: the cache must outlive them.
+    pending_writes: usize,
+    /// A storage read is out on the blocking pool.
+    loading: bool,
+    /// What arrived while a read it needed was out, in arrival order.
+    /// Whenever it is not empty, a read is out (`loading`).
+    waiting: VecDeque<Waiting>,
+    /// Offline messages are being fetched; live messages wait behind them.
+    flushing: bool,
+    held: Vec<Envelope>,
+}
+
+impl User {
+    fn has(&self, need: Need) -> bool {
+        self.missing(need).is_none()
+    }
+
+    /// What of `need` is not in the cache.
+    fn missing(&self, need: Need) -> Need {
+        Need {
+            exists: need.exists && self.resources.is_empty() && self.exists.is_none(),
+            roster: need.roster && self.roster.is_none(),
+        }
+    }
+
+    /// Only meaningful once [`User::has`] the existence.
+    fn exists(&self) -> bool {
+        !self.resources.is_empty() || self.exists == Some(true)
+    }
+}
+
+/// What handling a stanza needs from storage, beyond the sessions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Need {
+    /// Whether the account exists (asked only when no session is bound).
+    exists: bool,
+    roster: bool,
+}
+
+impl Need {
+    const NONE: Need = Need {
+        exists: false,
+        roster: false,
+    };
+    const EXISTS: Need = Need {
+        exists: true,
+        roster: false,
+    };
+    const ROSTER: Need = Need {
+        exists: false,
+        roster: true,
+    };
+    const BOTH: Need = Need {
+        exists: true,
+        roster: true,
+    };
+
+    fn is_none(self) -> bool {
+        !self.exists && !self.roster
+    }
+
+    fn or(self, other: Need) -> Need {
+        Need {
+            exists: self.exists || other.exists,
+            roster: self.roster || other.roster,
+        }
+    }
+}
+
+/// A message for a user, held in the user's queue.
+enum Waiting {
+    Deliver(Envelope),
+    FromSession(FromSession),
+    Unbind(Unbind),
+}
+
+impl Waiting {
+    fn need(&self) -> Need {
+        match self {
+            Waiting::Deliver(env) => deliver::need_of(env),
+            Waiting::FromSession(_) => Need::ROSTER,
+            Waiting::Unbind(_) => Need::NONE,
+        }
+    }
+}
+
+pub struct Shard {
+    idx: usize,
+    ctx: Arc<ShardContext>,
+    me: ActorRef<Shard>,
+    users: HashMap<BareJid, User>,
+    push_seq: u64,
+}
+
+impl Actor for Shard {
+    type Args = (usize, Arc<ShardContext>);
+    type Error = Infallible;
+
+    async fn on_start((idx, ctx): Self::Args, me: ActorRef<Self>) -> Result<Self, Infallible> {
+        Ok(Shard {
+            idx,
+            ctx,
+            me,
+            users: HashMap::new(),
+            push_seq: 0,
+        })
+    }
+
+    async fn on_panic(
+        &mut self,
+        _me: WeakActorRef<Self>,
+        err: PanicError,
+    ) -> Result<std::ops::ControlFlow<ActorStopReason>, Infallible> {
+        // A bug in one stanza's handling must not take every user of the
+        // shard offline: log it and keep serving.
+        tracing::error!(shard = self.idx, error = %err, "shard handler failed");
+        Ok(std::ops::ControlFlow::Continue(()))
+    }
+}
+
+// ---- messages --------------------------------------------------------------
+
+/// Bind a resource for an authenticated user (RFC 6120 §7). Answered with
+/// `ask`: once per session, never per stanza.
+pub struct Bind {
+    pub user: BareJid,
+    pub requested: Option<String>,
+    pub id: u64,
+    pub out: crate::router::writer::Queue,
+    pub control: kameo::actor::Recipient<CloseSession>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("invalid resource: {0}")]
+    BadResource(crate::jid::JidError),
+}
+
+/// The session is gone.
+pub struct Unbind {
+    pub jid: FullJid,
+    pub id: u64,
+}
+
+/// A stanza from a local session that its own user's shard processes:
+/// presence (broadcast, directed, subscriptions) and roster IQs.
+pub struct FromSession {
+    pub from: FullJid,
+    pub stanza: Stanza,
+}
+
+/// A stanza for a local user of this shard.
+pub struct Deliver(pub Envelope);
+
+/// Re-probe the remote contacts of online users
+/// (`subscription_refresh_interval`), so a presence lost on the way — or
+/// a subscription the partner dropped — is noticed.
+pub struct RefreshProbes;
+
+/// Close every session of this shard (daemon shutdown).
+pub struct Shutdown;
+
+/// Effects that waited for a storage commit.
+struct Committed {
+    user: BareJid,
+    result: Result<(), String>,
+    effects: Vec<Effect>,
+    on_fail: Vec<Effect>,
+}
+
+struct OfflineBatch {
+    user: BareJid,
+    resource: FullJid,
+    result: Result<Vec<Bytes>, String>,
+}
+
+/// A storage read for a user, done (`None`: not asked for).
+struct Loaded {
+    user: BareJid,
+    exists: Option<bool>,
+    roster: Option<Result<Vec<RosterItem>, String>>,
+}
+
+enum Effect {
+    /// Bytes to one resource of a user of this shard (`None`: all).
+    ToUser {
+        user: BareJid,
+        resource: Option<Arc<str>>,
+        bytes: Bytes,
+    },
+    /// A roster push of `item` (or its removal) to every resource.
+    Push {
+        user: BareJid,
+        item: PushItem,
+    },
+    Route(Envelope),
+    /// Send the user's current presence (or unavailable) to a contact.
+    PresenceTo {
+        user: BareJid,
+        contact: BareJid,
+        unavailable: bool,
+    },
+}
+
+enum PushItem {
+    Set(RosterItem),
+    Remove(String),
+}
+
+impl Message<Bind> for Shard {
+    type Reply = Result<(FullJid, Arc<str>), BindError>;
+
+    async fn handle(&mut self, m: Bind, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        let resource = match m.requested.as_deref().filter(|r| !r.trim().is_empty()) {
+            Some(r) => r.to_string(),
+            None => random_resource(),
+        };
+        let jid = m
+            .user
+            .with_resource(&resource)
+            .map_err(BindError::BadResource)?;
+        let jid_str: Arc<str> = Arc::from(jid.to_string());
+        let user = self.users.entry(m.user.clone()).or_default();
+        // Authenticated, so the account exists.
+        user.exists = Some(true);
+        // RFC 6120 §7.7.2.2: a second session asking for a resource in use
+        // replaces the old one, which is told why.
+        if let Some(pos) = user.resources.iter().position(|r| r.handle.jid == jid) {
+            let old = user.resources.remove(pos);
+            let _ = old
+                .handle
+                .control
+                .tell(CloseSession(StreamError::with_text(
+                    StreamCondition::Conflict,
+                    "replaced by a new session for the same resource",
+                )))
+                .try_send();
+            if old.available {
+                let unavailable = presence::unavailable_from(&jid_str);
+                self.broadcast_unavailable(&m.user, &old, unavailable);
+            }
+        }
+        let user = self.users.entry(m.user.clone()).or_default();
+        user.resources.push(Resource {
+            handle: SessionHandle {
+                id: m.id,
+                jid: jid.clone(),
+                jid_str: jid_str.clone(),
+                out: m.out,
+                control: m.control,
+            },
+            priority: 0,
+            available: false,
+            presence: None,
+            directed: Vec::new(),
+        });
+        // Everything the session does needs the roster: start reading it
+        // now, while the client is still busy with its own setup.
+        if user.roster.is_none() && !user.loading {
+            self.start_load(&m.user, Need::ROSTER);
+        }
+        Ok((jid, jid_str))
+    }
+}
+
+impl Message<Unbind> for Shard {
+    type Reply = ();
+
+    async fn handle(&mut self, m: Unbind, _: &mut Context<Self, ()>) {
+        let bare = m.jid.bare();
+        if self.ready(bare, Need::NONE) {
+            self.unbind(m);
+        } else {
+            let bare = bare.clone();
+            self.wait(bare, Waiting::Unbind(m), Need::NONE);
+        }
+    }
+}
+
+impl Message<FromSession> for Shard {
+    type Reply = ();
+
+    async fn handle(&mut self, m: FromSession, _: &mut Context<Self, ()>) {
+        let bare = m.from.bare();
+        if self.ready(bare, Need::ROSTER) {
+            self.session_stanza(m);
+        } else {
+            let bare = bare.clone();
+            self.wait(bare, Waiting::FromSession(m), Need::ROSTER);
+        }
+    }
+}
+
+impl Message<Deliver> for Shard {
+    type Reply = ();
+
+    async fn handle(&mut self, Deliver(env): Deliver, _: &mut Context<Self, ()>) {
+        let need = deliver::need_of(&env);
+        if self.ready(env.to.bare(), need) {
+            self.deliver(env);
+        } else {
+            let user = env.to.bare().clone();
+            self.wait(user, Waiting::Deliver(env), need);
+        }
+    }
+}
+
+impl Message<RefreshProbes> for Shard {
+    type Reply = ();
+
+    async fn handle(&mut self, _: RefreshProbes, _: &mut Context<Self, ()>) {
+        self.refresh_probes();
+    }
+}
+
+impl Message<Shutdown> for Shard {
+    type Reply = ();
+
+    async fn handle(&mut self, _: Shutdown, _: &mut Context<Self, ()>) {
+        for u in self.users.values() {
+            for r in &u.resources {
+                let _ = r
+                    .handle
+                    .control
+                    .tell(CloseSession(StreamError::new(
+                        StreamCondition::SystemShutdown,
+                    )))
+                    .try_send();
+            }
+        }
+    }
+}
+
+impl Message<Loaded> for Shard {
+    type Reply = ();
+
+    async fn handle(&mut self, m: Loaded, _: &mut Context<Self, ()>) {
+        // The entry outlives its read (see `gc`).
+        let Some(u) = self.users.get_mut(&m.user) else {
+            return;
+        };
+        u.loading = false;
+        if let Some(exists) = m.exists {
+            u.exists.get_or_insert(exists);
+        }
+        if let Some(items) = m.roster
+            && u.roster.is_none()
+        {
+            let items = items.unwrap_or_else(|e| {
+                tracing::error!(user = %m.user, error = %e, "loading roster failed");
+                Vec::new()
+            });
+            u.roster = Some(items.into_iter().map(|i| (i.jid.clone(), i)).collect());
+            u.presence_subscribers = None;
+        }
+        self.replay(&m.user);
+    }
+}
+
+impl Message<Committed> for Shard {
+    type Reply = ();
+
+    async fn handle(&mut self, m: Committed, _: &mut Context<Self, ()>) {
+        if let Some(u) = self.users.get_mut(&m.user) {
+            u.pending_writes = u.pending_writes.saturating_sub(1);
+        }
+        let effects = match m.result {
+            Ok(()) => m.effects,
+            Err(e) => {
+                tracing::error!(user = %m.user, error = %e, "roster write failed");
+                m.on_fail
+            }
+        };
+        for e in effects {
+            self.run(e);
+        }
+        self.gc(&m.user);
+    }
+}
+
+impl Message<OfflineBatch> for Shard {
+    type Reply = ();
+
+    async fn handle(&mut self, m: OfflineBatch, _: &mut Context<Self, ()>) {
+        self.offline_batch(m);
+    }
+}
+
+fn random_resource() -> String {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    format!("fr-{}", hex::encode(b))
+}
+
+/// Queues `frame` on one session. False when nothing was queued: a full
+/// queue drops presence and closes a session that does not read fast
+/// enough for anything else (its message then goes offline).
+fn offer(r: &Resource, frame: Frame, kind: StanzaKind, metrics: &Metrics) -> bool {
+    match r.handle.out.try_send(frame) {
+        Ok(()) => {
+            metrics.stanza_out(kind);
+            true
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+            if kind == StanzaKind::Presence {
+                metrics.presence_dropped.increment(1);
+            } else {
+                metrics.slow_consumer_closed.increment(1);
+                let _ = r
+                    .handle
+                    .control
+                    .tell(CloseSession(StreamError::with_text(
+                        StreamCondition::ResourceConstraint,
+                        "the client does not read fast enough",
+                    )))
+                    .try_send();
+            }
+            false
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// The storage reads of a [`Loaded`], on the blocking pool.
+fn read_user(store: &dyn Store, user: &BareJid, need: Need) -> Loaded {
+    Loaded {
+        user: user.clone(),
+        exists: need
+            .exists
+            .then(|| matches!(store.credentials(user), Ok(Some(_)))),
+        roster: need
+            .roster
+            .then(|| store.roster(user).map_err(|e| e.to_string())),
+    }
+}
+
+// ---- storage and the waiting queue ------------------------------------------
+
+impl Shard {
+    /// Whether a message for `user` needing `need` can be handled now: the
+    /// cache has what it needs and nothing older is waiting.
+    fn ready(&self, user: &BareJid, need: Need) -> bool {
+        match self.users.get(user) {
+            Some(u) => u.waiting.is_empty() && u.has(need),
+            None => need.is_none(),
+        }
+    }
+
+    /// Queues `w` for `user` behind what already waits, and starts the
+    /// read it needs if none is out.
+    fn wait(&mut self, user: BareJid, w: Waiting, need: Need) {
+        let u = self.users.entry(user.clone()).or_default();
+        if u.waiting.len() >= MAX_WAITING
+            && let Waiting::Deliver(env) = w
+        {
+            return self.overflow(env);
+        }
+        u.waiting.push_back(w);
+        if !u.loading {
+            let missing = u.missing(need);
+            self.start_load(&user, missing);
+        }
+    }
+
+    /// Reads what `need` asks for on the blocking pool; the answer comes
+    /// back as [`Loaded`].
+    fn start_load(&mut self, user: &BareJid, need: Need) {
+        let Some(u) = self.users.get_mut(user) else {
+            return;
+        };
+        u.loading = true;
+        let store = self.ctx.store.clone();
+        let me = self.me.clone();
+        let user = user.clone();
+        tokio::spawn(async move {
+            let reader = user.clone();
+            let loaded = tokio::task::spawn_blocking(move || read_user(&*store, &reader, need))
+                .await
+                .unwrap_or_else(|e| {
+                    // A panicking store: answer as for a failed read, so
+                    // the user's queue moves on.
+                    tracing::error!(%user, error = %e, "storage read failed");
+                    Loaded {
+                        user,
+                        exists: need.exists.then_some(false),
+                        roster: need.roster.then(|| Err(e.to_string())),
+                    }
+                });
+            let _ = me.tell(loaded).await;
+        });
+    }
+
+    /// Handles what waited for `user`, in order, until the queue is empty
+    /// or its head needs another read.
+    fn replay(&mut self, user: &BareJid) {
+        loop {
+            let Some(u) = self.users.get_mut(user) else {
+                return;
+            };
+            let Some(need) = u.waiting.front().map(Waiting::need) else {
+                break;
+            };
+            if !u.has(need) {
+                let missing = u.missing(need);
+                return self.start_load(user, missing);
+            }
+            match u.waiting.pop_front() {
+                Some(Waiting::Deliver(env)) => self.deliver(env),
+                Some(Waiting::FromSession(m)) => self.session_stanza(m),
+                Some(Waiting::Unbind(m)) => self.unbind(m),
+                None => break,
+            }
+        }
+        // A bound user whose read was only for existence still wants the
+        // roster (see `Bind`).
+        if let Some(u) = self.users.get(user)
+            && !u.resources.is_empty()
+            && u.roster.is_none()
+            && !u.loading
+        {
+            return self.start_load(user, Need::ROSTER);
+        }
+        self.gc(user);
+    }
+
+    /// Forgets a user with no sessions and nothing in flight.
+    fn gc(&mut self, user: &BareJid) {
+        if let Some(u) = self.users.get(user)
+            && u.resources.is_empty()
+            && u.pending_writes == 0
+            && !u.flushing
+            && u.held.is_empty()
+            && !u.loading
+            && u.waiting.is_empty()
+        {
+            self.users.remove(user);
+        }
+    }
+
+    /// The user's cached item for `contact`. The roster is loaded for
+    /// everything that asks (see [`Need`]).
+    fn roster_item(&self, user: &BareJid, contact: &str) -> Option<&RosterItem> {
+        self.users
+            .get(user)
+            .and_then(|u| u.roster.as_ref())
+            .and_then(|r| r.get(contact))
+    }
+
+    fn item(&self, user: &BareJid, contact: &str) -> Option<RosterItem> {
+        self.roster_item(user, contact).cloned()
+    }
+
+    fn user_exists(&self, user: &BareJid) -> bool {
+        self.users.get(user).is_some_and(User::exists)
+    }
+
+    /// Stores `item` and runs `effects` after the commit, or runs them now
+    /// when nothing changed.
+    fn commit_or_run(&mut self, user: &BareJid, item: Option<RosterItem>, effects: Vec<Effect>) {
+        match item {
+            Some(item) => self.store_item(user, item, effects, Vec::new()),
+            None => {
+                for e in effects {
+                    self.run(e);
+                }
+            }
+        }
+    }
+
+    /// Updates the cached item, submits the write, and runs `effects` once
+    /// it is committed (`on_fail` if it is not).
+    fn store_item(
+        &mut self,
+        user: &BareJid,
+        item: RosterItem,
+        effects: Vec<Effect>,
+        on_fail: Vec<Effect>,
+    ) {
+        let u = self.users.entry(user.clone()).or_default();
+        u.presence_subscribers = None;
+        let op = if item.is_void() {
+            if let Some(r) = u.roster.as_mut() {
+                r.remove(&item.jid);
+            }
+            WriteOp::RemoveRosterItem {
+                user: user.clone(),
+                contact: item.jid.clone(),
+            }
+        } else {
+            if let Some(r) = u.roster.as_mut() {
+                r.insert(item.jid.clone(), item.clone());
+            }
+            WriteOp::PutRosterItem {
+                user: user.clone(),
+                item,
+            }
+        };
+        u.pending_writes += 1;
+        let me = self.me.clone();
+        let user = user.clone();
+        self.ctx.writer.submit(
+            vec![op],
+            Some(Box::new(move |result| {
+                let _ = me
+                    .tell(Committed {
+                        user,
+                        result: result.map_err(|e| e.to_string()),
+                        effects,
+                        on_fail,
+                    })
+                    .blocking_send();
+            })),
+        );
+    }
+
+    fn run(&mut self, e: Effect) {
+        match e {
+            Effect::ToUser {
+                user,
+                resource,
+                bytes,
+            } => {
+                self.write_to(&user, resource.as_deref(), bytes.into(), StanzaKind::Other);
+            }
+            Effect::Push { user, item } => self.push(&user, &item),
+            Effect::Route(env) => self.ctx.router.route_nowait(env),
+            Effect::PresenceTo {
+                user,
+                contact,
+                unavailable,
+            } => self.presence_to_contact(&user, &contact, unavailable),
+        }
+    }
+
+    fn push(&mut self, user: &BareJid, item: &PushItem) {
+        let Some(u) = self.users.get(user) else {
+            return;
+        };
+        for r in &u.resources {
+            self.push_seq += 1;
+            let id = format!("push{}", self.push_seq);
+            let to = &r.handle.jid_str;
+            let xml = match item {
+                PushItem::Set(i) => iq::roster_push_xml(to, i, &id),
+                PushItem::Remove(c) => iq::roster_push_remove_xml(to, c, &id),
+            };
+            offer(
+                r,
+                Bytes::from(xml).into(),
+                StanzaKind::Iq,
+                &self.ctx.metrics,
+            );
+        }
+    }
+
+    /// Queues bytes on one resource's writer (`None`: every resource).
+    /// False when nothing was queued.
+    fn write_to(
+        &mut self,
+        user: &BareJid,
+        resource: Option<&str>,
+        frame: Frame,
+        kind: StanzaKind,
+    ) -> bool {
+        let Some(u) = self.users.get(user) else {
+            return false;
+        };
+        let mut any = false;
+        for r in &u.resources {
+            if resource.is_some_and(|want| want != r.handle.jid.resource()) {
+                continue;
+            }
+            any |= offer(r, frame.clone(), kind, &self.ctx.metrics);
+        }
+        any
+    }
+
+    fn route_xml(&mut self, xml: String, from: Jid, to: Jid) {
+        if let Ok(s) = Stanza::parse(Bytes::from(xml)) {
+            self.ctx.router.route_nowait(Envelope::new(s, from, to));
+        }
+    }
+
+    fn bounce(&mut self, env: &Envelope, cond: StanzaCondition) {
+        self.bounce_with(env, cond, None);
+    }
+
+    fn bounce_with(&mut self, env: &Envelope, cond: StanzaCondition, text: Option<&str>) {
+        if let Some(b) = env.bounce(cond, text) {
+            self.ctx.metrics.stanzas_bounced.increment(1);
+            self.ctx.router.route_nowait(b);
+        }
+    }
+
+    fn unbind(&mut self, m: Unbind) {
+        let bare = m.jid.bare().clone();
+        let Some(user) = self.users.get_mut(&bare) else {
+            return;
+        };
+        let Some(pos) = user
+            .resources
+            .iter()
+            .position(|r| r.handle.id == m.id && r.handle.jid == m.jid)
+        else {
+            return;
+        };
+        let res = user.resources.remove(pos);
+        if res.available {
+            let unavailable = presence::unavailable_from(&res.handle.jid_str);
+            self.broadcast_unavailable(&bare, &res, unavailable);
+        }
+        self.gc(&bare);
+    }
+
+    fn session_stanza(&mut self, m: FromSession) {
+        match m.stanza.kind() {
+            StanzaKind::Presence => self.outbound_presence(m.from, m.stanza),
+            StanzaKind::Iq => self.roster_iq(m.from, m.stanza),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The shard actor with a store whose reads for one user wait until
+    //! the test lets them through: what waits, in which order it comes
+    //! out, and that nobody else waits with it.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    use kameo::actor::Spawn;
+
+    use super::*;
+    use crate::router::Router;
+    use crate::router::writer::QueueReceiver;
+    use crate::storage::tests::creds;
+    use crate::storage::{MemStore, OpResults, StoreError, StoreWriter};
+    use crate::stream::scram::Credentials;
+
+    /// A [`MemStore`] whose reads for `gated` block until [`Gated::open`].
+    struct Gated {
+        inner: MemStore,
+        gated: BareJid,
+        open: Mutex<bool>,
+        cv: Condvar,
+        reads: AtomicUsize,
+    }
+
+    impl Gated {
+        fn pass(&self, user: &BareJid) {
+            if *user != self.gated {
+                return;
+            }
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.cv.wait(open).unwrap();
+            }
+        }
+
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.cv.notify_all();
+        }
+    }
+
+    impl Store for Gated {
+        fn create_account(&self, u: &BareJid, c: &Credentials) -> Result<(), StoreError> {
+            self.inner.create_account(u, c)
+        }
+        fn set_credentials(&self, u: &BareJid, c: &Credentials) -> Result<(), StoreError> {
+            self.inner.set_credentials(u, c)
+        }
+        fn remove_account(&self, u: &BareJid) -> Result<(), StoreError> {
+            self.inner.remove_account(u)
+        }
+        fn credentials(&self, u: &BareJid) -> Result<Option<Credentials>, StoreError> {
+            self.pass(u);
+            self.inner.credentials(u)
+        }
+        fn list_accounts(&self) -> Result<Vec<BareJid>, StoreError> {
+            self.inner.list_accounts()
+        }
+        fn roster(&self, u: &BareJid) -> Result<Vec<RosterItem>, StoreError> {
+            self.pass(u);
+            self.inner.roster(u)
+        }
+        fn roster_item(&self, u: &BareJid, c: &str) -> Result<Option<RosterItem>, StoreError> {
+            self.inner.roster_item(u, c)
+        }
+        fn offline_count(&self, u: &BareJid) -> Result<u64, StoreError> {
+            self.inner.offline_count(u)
+        }
+        fn apply(&self, ops: &[WriteOp]) -> Result<OpResults, StoreError> {
+            self.inner.apply(ops)
+        }
+        fn take_offline(&self, u: &BareJid) -> Result<Vec<Bytes>, StoreError> {
+            self.inner.take_offline(u)
+        }
+    }
+
+    #[derive(kameo::Actor)]
+    struct NullSession;
+
+    impl Message<CloseSession> for NullSession {
+        type Reply = ();
+        async fn handle(&mut self, _: CloseSession, _: &mut Context<Self, ()>) {}
+    }
+
+    struct Site {
+        router: Router,
+        store: Arc<Gated>,
+    }
+
+    fn bare(s: &str) -> BareJid {
+        BareJid::parse(s).unwrap()
+    }
+
+    /// One shard, so every user shares it; `gated`'s reads wait.
+    fn site(gated: &str) -> Site {
+        let store = Arc::new(Gated {
+            inner: MemStore::new(),
+            gated: bare(gated),
+            open: Mutex::new(false),
+            cv: Condvar::new(),
+            reads: AtomicUsize::new(0),
+        });
+        for u in [
+            "juliet@example.com",
+            "romeo@example.com",
+            "nurse@example.com",
+        ] {
+            store.create_account(&bare(u), &creds()).unwrap();
+        }
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let writer = StoreWriter::spawn(dyn_store.clone());
+        let config = crate::config::Config::default_embedded();
+        let policy = crate::policy::PolicyHandle::new(crate::policy::Policy::from_config(&config));
+        let router = Router::start(
+            1,
+            vec!["example.com".into()],
+            dyn_store,
+            writer,
+            Metrics::get(),
+            policy,
+        );
+        Site { router, store }
+    }
+
+    impl Site {
+        async fn bind(&self, user: &str, resource: &str) -> (FullJid, QueueReceiver) {
+            let user = bare(user);
+            let (out, rx) = crate::router::writer::queue(crate::router::SESSION_QUEUE);
+            let control = NullSession::spawn(NullSession).recipient::<CloseSession>();
+            let (jid, _) = self
+                .router
+                .shard(&user)
+                .ask(Bind {
+                    user,
+                    requested: Some(resource.into()),
+                    id: 1,
+                    out,
+                    control,
+                })
+                .await
+                .expect("bind");
+            (jid, rx)
+        }
+
+        async fn session_sends(&self, from: &FullJid, xml: &'static str) {
+            let stanza = Stanza::parse(Bytes::from_static(xml.as_bytes())).unwrap();
+            let shard = self.router.shard(from.bare()).clone();
+            shard
+                .tell(FromSession {
+                    from: from.clone(),
+                    stanza,
+                })
+                .await
+                .unwrap();
+        }
+
+        async fn message(&self, from: &str, to: &str, id: &str) {
+            let xml = format!("<message type='chat' id='{id}'><body>{id}</body></message>");
+            let stanza = Stanza::parse(Bytes::from(xml)).unwrap();
+            let env = Envelope::new(stanza, Jid::parse(from).unwrap(), Jid::parse(to).unwrap());
+            self.router.route(env).await;
+        }
+
+        async fn offline(&self, user: &str, n: u64) {
+            let user = bare(user);
+            for _ in 0..200 {
+                if self.store.offline_count(&user).unwrap() == n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!(
+                "{user} has {} offline messages, not {n}",
+                self.store.offline_count(&user).unwrap()
+            );
+        }
+    }
+
+    async fn next(rx: &mut QueueReceiver) -> String {
+        let f = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a stanza within 5 s")
+            .expect("queue open");
+        String::from_utf8(f.to_vec()).unwrap()
+    }
+
+    async fn nothing(rx: &mut QueueReceiver) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(f) = rx.try_recv() {
+            panic!(
+                "expected nothing, got {}",
+                String::from_utf8_lossy(&f.to_vec())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn what_arrives_while_the_roster_loads_waits_and_comes_out_in_arrival_order() {
+        let site = site("juliet@example.com");
+        let (juliet, mut rx) = site.bind("juliet@example.com", "balcony").await;
+        site.session_sends(
+            &juliet,
+            "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>",
+        )
+        .await;
+        // A message needs no roster, but must not overtake the roster get.
+        site.message(
+            "romeo@example.com/garden",
+            "juliet@example.com/balcony",
+            "m1",
+        )
+        .await;
+        site.message(
+            "romeo@example.com/garden",
+            "juliet@example.com/balcony",
+            "m2",
+        )
+        .await;
+        nothing(&mut rx).await;
+        site.store.open();
+        let first = next(&mut rx).await;
+        assert!(
+            first.starts_with("<iq type='result' id='r1'"),
+            "the roster result first: {first}"
+        );
+        for id in ["m1", "m2"] {
+            let m = next(&mut rx).await;
+            assert!(m.contains(&format!("id='{id}'")), "{id} next: {m}");
+        }
+        assert_eq!(
+            site.store.reads.load(Ordering::SeqCst),
+            1,
+            "one roster read"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_read_for_one_user_holds_up_nobody_else() {
+        let site = site("juliet@example.com");
+        let (_, mut nurse) = site.bind("nurse@example.com", "desk").await;
+        let (juliet, mut jrx) = site.bind("juliet@example.com", "balcony").await;
+        site.session_sends(
+            &juliet,
+            "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>",
+        )
+        .await;
+        // Juliet's roster read is blocked on the shard both users share.
+        site.message("romeo@example.com/garden", "nurse@example.com/desk", "n1")
+            .await;
+        let m = next(&mut nurse).await;
+        assert!(m.contains("id='n1'"), "{m}");
+        nothing(&mut jrx).await;
+        site.store.open();
+        let r = next(&mut jrx).await;
+        assert!(r.starts_with("<iq type='result' id='r1'"), "{r}");
+    }
+
+    #[tokio::test]
+    async fn a_message_for_a_user_that_does_not_exist_bounces_once_the_read_says_so() {
+        let site = site("nobody@example.com");
+        let (_, mut romeo) = site.bind("romeo@example.com", "garden").await;
+        site.message("romeo@example.com/garden", "nobody@example.com", "x1")
+            .await;
+        nothing(&mut romeo).await;
+        site.store.open();
+        let b = next(&mut romeo).await;
+        assert!(
+            b.contains("type='error'")
+                && b.contains("id='x1'")
+                && b.contains("service-unavailable"),
+            "{b}"
+        );
+    }
+
+    #[tokio::test]
+    async fn messages_for_an_offline_user_share_one_read_and_go_offline_in_order() {
+        let site = site("juliet@example.com");
+        for id in ["o1", "o2", "o3"] {
+            site.message("romeo@example.com/garden", "juliet@example.com", id)
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            site.store
+                .offline_count(&bare("juliet@example.com"))
+                .unwrap(),
+            0
+        );
+        site.store.open();
+        site.offline("juliet@example.com", 3).await;
+        assert_eq!(
+            site.store.reads.load(Ordering::SeqCst),
+            1,
+            "one existence read"
+        );
+        let stored = site
+            .store
+            .take_offline(&bare("juliet@example.com"))
+            .unwrap();
+        let ids: Vec<bool> = ["o1", "o2", "o3"]
+            .iter()
+            .zip(&stored)
+            .map(|(id, b)| {
+                std::str::from_utf8(b)
+                    .unwrap()
+                    .contains(&format!("id='{id}'"))
+            })
+            .collect();
+        assert_eq!(ids, [true, true, true]);
+    }
+
+    #[tokio::test]
+    async fn a_flood_for_a_user_whose_read_is_out_is_bounced_past_the_queue_limit() {
+        let site = site("juliet@example.com");
+        let (_, mut romeo) = site.bind("romeo@example.com", "garden").await;
+        for i in 0..=MAX_WAITING {
+            site.message(
+                "romeo@example.com/garden",
+                "juliet@example.com",
+                &format!("f{i}"),
+            )
+            .await;
+        }
+        let b = next(&mut romeo).await;
+        assert!(
+            b.contains(&format!("id='f{MAX_WAITING}'")) && b.contains("resource-constraint"),
+            "{b}"
+        );
+        site.store.open();
+        // The queued ones go offline, up to the offline quota.
+        let stored = crate::storage::OFFLINE_LIMIT.min(MAX_WAITING as u64);
+        site.offline("juliet@example.com", stored).await;
+        nothing(&mut romeo).await;
+    }
+}
