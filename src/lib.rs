@@ -241,7 +241,7 @@ pub async fn start_with_connector(
         },
     });
     let s2s_router = s2s::S2sRouter::new(s2s_shared.clone());
-    router.set_s2s(s2s_router.clone());
+    router.set_s2s(Arc::new(s2s_router.clone()));
     let reloader = Reloader {
         source: config.source.clone(),
         policy: policy.clone(),
@@ -334,9 +334,7 @@ impl Daemon {
         for t in &self.tasks {
             t.abort();
         }
-        if let Some(s2s) = self.router.s2s() {
-            s2s.shutdown().await;
-        }
+        self.reloader.s2s.shutdown().await;
         self.router.shutdown().await;
         self.writer.shutdown();
         let _ = std::fs::remove_file(&self.control_path);

@@ -1,7 +1,7 @@
 //! What the benches share: binding a session without a socket.
 
-use fedrouter::c2s::CloseSession;
 use fedrouter::jid::{BareJid, FullJid};
+use fedrouter::router::CloseSession;
 use fedrouter::router::{Bind, Router, SESSION_QUEUE};
 use kameo::actor::Spawn;
 use kameo::message::{Context, Message};

@@ -31,7 +31,7 @@ use crate::error::{StanzaCondition, StreamCondition, StreamError, error_reply};
 use crate::events::Metrics;
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::router::writer::Writer;
-use crate::router::{Bind, Envelope, FromSession, Router, SESSION_QUEUE, Unbind};
+use crate::router::{Bind, CloseSession, Envelope, FromSession, Router, SESSION_QUEUE, Unbind};
 use crate::storage::Store;
 use crate::stream::c2s::{
     Action, BindFailure, C2sNegotiation, C2sPolicy, Input, bind_error, bind_result,
@@ -76,10 +76,6 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<C2sShared>) {
         }
     }
 }
-
-/// Close the session with this stream error (sent by shards: conflict,
-/// slow consumer).
-pub struct CloseSession(pub StreamError);
 
 /// The actor is a box around its state: kameo's task keeps up to three
 /// copies of an actor value in its future (start result, running state,

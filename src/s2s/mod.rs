@@ -26,7 +26,7 @@ use crate::pki::PeerVerifier;
 use crate::policy::admit::{
     self, Admission, Case, Direction, Kind, Reason, Refusal, Reply, RosterState, UserAccess,
 };
-use crate::router::{Envelope, Router};
+use crate::router::{Envelope, Remote, Router};
 use crate::stream::s2s::PeerPolicy;
 use crate::tls::CertStore;
 use crate::xml::Stanza;
@@ -168,6 +168,16 @@ fn without_status(stanza: &Stanza, stripped: &mut Option<Option<Stanza>>) -> Opt
 pub struct S2sRouter {
     shared: Arc<S2sShared>,
     actors: Arc<DashMap<(String, String), ActorRef<OutboundDomain>>>,
+}
+
+impl Remote for S2sRouter {
+    fn send(&self, env: Envelope) {
+        S2sRouter::send(self, env)
+    }
+
+    fn send_many(&self, stanza: Stanza, from: Jid, tos: Vec<Jid>) {
+        S2sRouter::send_many(self, stanza, from, tos)
+    }
 }
 
 impl S2sRouter {

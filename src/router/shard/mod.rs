@@ -37,8 +37,7 @@ use kameo::actor::{ActorRef, WeakActorRef};
 use kameo::error::{ActorStopReason, Infallible, PanicError};
 use kameo::message::{Context, Message};
 
-use super::{Envelope, SessionHandle, ShardContext};
-use crate::c2s::CloseSession;
+use super::{CloseSession, Envelope, SessionHandle, ShardContext};
 use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::events::Metrics;
 use crate::jid::{BareJid, FullJid, Jid};

@@ -1,0 +1,19 @@
+//! [`Remote`]: how routing reaches federation. The router hands stanzas
+//! for remote domains to whatever implements it (the s2s side's
+//! `S2sRouter`), so routing does not depend on the federation code that
+//! depends on it.
+
+use crate::jid::Jid;
+use crate::router::Envelope;
+use crate::xml::Stanza;
+
+/// The outbound side of federation, as routing sees it. Neither call may
+/// wait: shards call them from inside their handlers.
+pub trait Remote: Send + Sync + 'static {
+    /// Queues one stanza for a remote domain (or bounces it).
+    fn send(&self, env: Envelope);
+
+    /// One stanza of a local user to many remote contacts (presence
+    /// broadcast), decided once per domain rather than once per contact.
+    fn send_many(&self, stanza: Stanza, from: Jid, tos: Vec<Jid>);
+}
