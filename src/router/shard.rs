@@ -101,7 +101,7 @@ pub struct Bind {
     pub user: BareJid,
     pub requested: Option<String>,
     pub id: u64,
-    pub out: crate::router::writer::Queue,
+    pub out: crate::transport::writer::Queue,
     pub control: kameo::actor::Recipient<CloseSession>,
 }
 

@@ -27,9 +27,9 @@ use crate::error::StanzaCondition;
 use crate::events::DomainMetrics;
 use crate::jid::Jid;
 use crate::router::Envelope;
-use crate::router::writer::Writer;
 use crate::stream::s2s::OutMode;
 use crate::transport::Transport;
+use crate::transport::writer::Writer;
 use crate::xml::{Frame, Framer, FramerEvent, Stanza, StanzaKind};
 
 /// Stanzas waiting per domain while connecting; beyond it new ones bounce
