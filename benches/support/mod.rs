@@ -22,8 +22,8 @@ pub async fn bind(
     user: &BareJid,
     resource: &str,
     id: u64,
-) -> (FullJid, fedrouter::router::writer::QueueReceiver) {
-    let (tx, rx) = fedrouter::router::writer::queue(SESSION_QUEUE);
+) -> (FullJid, fedrouter::transport::writer::QueueReceiver) {
+    let (tx, rx) = fedrouter::transport::writer::queue(SESSION_QUEUE);
     let control = NullSession::spawn(NullSession).recipient::<CloseSession>();
     let (jid, _) = router
         .shard(user)

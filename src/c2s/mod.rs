@@ -19,18 +19,16 @@ use kameo::actor::{ActorRef, Spawn, WeakActorRef};
 use kameo::error::{ActorStopReason, Infallible};
 use kameo::mailbox::{MailboxReceiver, Signal};
 use kameo::message::{Context, Message};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::transport::ReadHalf;
 pub use crate::transport::Transport;
+use crate::transport::{Connection, Linger, StartTlsError};
 
 use crate::error::{StanzaCondition, StreamCondition, StreamError, error_reply};
 use crate::events::Metrics;
 use crate::jid::{BareJid, FullJid, Jid};
-use crate::router::writer::Writer;
 use crate::router::{Bind, CloseSession, Envelope, FromSession, Router, SESSION_QUEUE, Unbind};
 use crate::storage::Store;
 use crate::stream::c2s::{
@@ -39,13 +37,18 @@ use crate::stream::c2s::{
 use crate::xml::element::Element;
 use crate::xml::escape::escape_attr;
 use crate::xml::ns::{NS_CLIENT, NS_DISCO_INFO, NS_PING, NS_ROSTER, NS_SESSION, NS_STREAMS};
-use crate::xml::{Framer, FramerEvent, Stanza, StanzaKind};
+use crate::xml::{FramerEvent, Stanza, StanzaKind};
 
-/// How long a closing stream may take to flush to a peer that does not read.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long, and how much, a closed stream keeps draining its peer.
-const LINGER: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 4 * 1024 * 1024;
+/// A closing stream may take `write` (5 s) to flush to a peer that does
+/// not read, then keeps draining its peer for 2 s or 4 MiB.
+const LINGER: Linger = Linger {
+    write: Duration::from_secs(5),
+    drain: Duration::from_secs(2),
+    drain_bytes: 4 * 1024 * 1024,
+    total: Duration::MAX,
+};
+/// The peer went away: what is queued gets a moment, no more.
+const GONE: Linger = Linger::no_drain(Duration::from_millis(100));
 
 /// What every c2s session shares.
 pub struct C2sShared {
@@ -62,19 +65,10 @@ pub struct C2sShared {
 
 /// Accepts connections on `listener` until the task is dropped.
 pub async fn accept_loop(listener: TcpListener, shared: Arc<C2sShared>) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                C2sSession::spawn((tcp, peer, shared.clone()));
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "c2s accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    crate::transport::accept_loop(listener, "c2s", |tcp, peer| {
+        C2sSession::spawn((tcp, peer, shared.clone()));
+    })
+    .await
 }
 
 /// The actor is a box around its state: kameo's task keeps up to three
@@ -87,12 +81,9 @@ struct Session {
     peer: SocketAddr,
     shared: Arc<C2sShared>,
     me: ActorRef<C2sSession>,
-    /// The whole transport while negotiating.
-    io: Option<Transport>,
-    /// The read half once bound (the write half belongs to the writer task).
-    rd: Option<ReadHalf>,
-    writer: Option<Writer>,
-    framer: Framer,
+    /// Whole while negotiating; split once bound (the shards then write
+    /// through its writer task).
+    conn: Connection,
     neg: C2sNegotiation,
     header_sent: bool,
     jid: Option<FullJid>,
@@ -119,10 +110,12 @@ impl Actor for C2sSession {
             id,
             peer,
             me,
-            io: Some(Transport::Plain(tcp)),
-            rd: None,
-            writer: None,
-            framer: Framer::new(NS_CLIENT, shared.max_stanza_pre_auth),
+            conn: Connection::new(
+                Transport::Plain(tcp),
+                NS_CLIENT,
+                shared.max_stanza_pre_auth,
+                shared.metrics.clone(),
+            ),
             neg: C2sNegotiation::new(policy, hex::encode(sid)),
             header_sent: false,
             jid: None,
@@ -174,7 +167,7 @@ impl Session {
                 sig = rx.recv() => return Ok(sig),
                 // Boxed: the handling future is large (TLS handshake, bind)
                 // and would otherwise sit in every idle session's task.
-                r = read_more(&mut self.io, &mut self.rd, &mut self.framer) => Box::pin(self.on_read(r)).await,
+                r = self.conn.read() => Box::pin(self.on_read(r)).await,
                 _ = sleep_until(deadline) => {
                     Box::pin(self.close(StreamError::with_text(
                         StreamCondition::ConnectionTimeout,
@@ -206,35 +199,19 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Reads into the framer; holds no read buffer while the peer is quiet.
-async fn read_more(
-    io: &mut Option<Transport>,
-    rd: &mut Option<ReadHalf>,
-    framer: &mut Framer,
-) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| match (rd.as_mut(), io.as_mut()) {
-        (Some(r), _) => r.poll_read_into(cx, framer),
-        (None, Some(t)) => t.poll_read_into(cx, framer),
-        (None, None) => std::task::Poll::Pending,
-    })
-    .await
-}
-
 impl Session {
     async fn on_read(&mut self, r: std::io::Result<usize>) {
         match r {
             Ok(0) | Err(_) => {
                 // The peer went away without closing the stream.
                 self.done = true;
-                if let Some(mut w) = self.writer.take() {
-                    w.close(Bytes::new(), Duration::from_millis(100)).await;
-                }
+                self.conn.close(Bytes::new(), GONE).await;
                 return;
             }
-            Ok(n) => self.shared.metrics.bytes_in.increment(n as u64),
+            Ok(_) => {}
         }
         while !self.done {
-            match self.framer.next() {
+            match self.conn.framer().next() {
                 Ok(None) => break,
                 Ok(Some(FramerEvent::StreamOpen(h))) => {
                     let actions = self.neg.handle(Input::StreamOpen(&h), &*self.shared.store);
@@ -271,7 +248,7 @@ impl Session {
                     self.send(Bytes::from(s)).await;
                 }
                 Action::StartTls => queue.extend(self.start_tls().await),
-                Action::RestartStream => self.framer.reset(),
+                Action::RestartStream => self.conn.framer().reset(),
                 Action::Authenticated(user) => {
                     self.shared.metrics.auth_success.increment(1);
                     tracing::debug!(%user, peer = %self.peer, "authenticated");
@@ -281,7 +258,9 @@ impl Session {
                 }
                 Action::Established(jid) => {
                     self.deadline = None;
-                    self.framer.set_max_stanza_size(self.shared.max_stanza);
+                    self.conn
+                        .framer()
+                        .set_max_stanza_size(self.shared.max_stanza);
                     self.shared.metrics.c2s_sessions.increment(1.0);
                     tracing::info!(%jid, peer = %self.peer, "session established");
                 }
@@ -293,57 +272,46 @@ impl Session {
 
     /// Writes bytes: directly while negotiating, through the writer once bound.
     async fn send(&mut self, b: Bytes) {
-        if let Some(w) = &self.writer {
-            if w.queue.send(b.into()).await.is_err() {
-                self.done = true;
-            }
-            return;
-        }
-        if let Some(io) = self.io.as_mut() {
-            let n = b.len() as u64;
-            if io.write_all(&b).await.is_err() || io.flush().await.is_err() {
-                self.done = true;
-                return;
-            }
-            self.shared.metrics.bytes_out.increment(n);
+        if self.conn.send(b).await.is_err() {
+            self.done = true;
         }
     }
 
     /// Runs the handshake; returns the machine's follow-up actions.
     async fn start_tls(&mut self) -> Vec<Action> {
-        // Anything the client sent after <starttls/> would be processed as if
-        // it came over TLS: the command-injection hole (CVE-2011-0411 class).
-        if self.framer.buffered() > 0 {
-            self.close(StreamError::with_text(
-                StreamCondition::PolicyViolation,
-                "data received after <starttls/> before the TLS handshake",
-            ))
-            .await;
-            return Vec::new();
-        }
-        let (Some(Transport::Plain(tcp)), Some(acceptor)) =
-            (self.io.take(), self.shared.tls.clone())
-        else {
-            self.done = true;
-            return Vec::new();
-        };
+        let acceptor = self.shared.tls.clone();
         let budget = self
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(self.shared.establishment_timeout);
-        match tokio::time::timeout(budget, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => {
-                self.io = Some(Transport::Tls(Box::new(tls)));
-                self.framer = Framer::new(NS_CLIENT, self.shared.max_stanza_pre_auth);
+        let handshake = |tcp| async move {
+            // No acceptor: STARTTLS was never offered; just end.
+            let acceptor = acceptor.ok_or(None)?;
+            match tokio::time::timeout(budget, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => Ok(Transport::Tls(Box::new(tls))),
+                Ok(Err(e)) => Err(Some(e)),
+                Err(_) => Err(None),
+            }
+        };
+        match self.conn.start_tls(handshake).await {
+            Ok(()) => {
                 self.header_sent = false;
                 self.neg.handle(Input::TlsEstablished, &*self.shared.store)
             }
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
-                self.done = true;
+            Err(StartTlsError::Injected) => {
+                // Anything the client sent after <starttls/> would be
+                // processed as if it came over TLS.
+                self.close(StreamError::with_text(
+                    StreamCondition::PolicyViolation,
+                    "data received after <starttls/> before the TLS handshake",
+                ))
+                .await;
                 Vec::new()
             }
-            Err(_) => {
+            Err(e) => {
+                if let StartTlsError::Handshake(Some(e)) = e {
+                    tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                }
                 self.done = true;
                 Vec::new()
             }
@@ -352,15 +320,10 @@ impl Session {
 
     /// Binds through the user's shard; returns the machine's follow-up actions.
     async fn bind(&mut self, requested: Option<String>, iq_id: String) -> Vec<Action> {
-        let Some(io) = self.io.take() else {
+        let Some(out) = self.conn.split(SESSION_QUEUE) else {
             self.done = true;
             return Vec::new();
         };
-        let (rd, wr) = crate::transport::split(io);
-        self.rd = Some(rd);
-        let writer = Writer::spawn(wr, SESSION_QUEUE, self.shared.metrics.clone());
-        let out = writer.queue.clone();
-        self.writer = Some(writer);
         let user = self.neg_user();
         let Some(user) = user else {
             self.done = true;
@@ -438,36 +401,7 @@ impl Session {
 
     async fn finish(&mut self, tail: Bytes) {
         self.done = true;
-        if let Some(mut w) = self.writer.take() {
-            w.close(tail, CLOSE_TIMEOUT).await;
-        } else if let Some(io) = self.io.as_mut() {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                let _ = io.write_all(&tail).await;
-                let _ = io.shutdown().await;
-            })
-            .await;
-        }
-        // Lingering close: read and discard what the peer still sends, so
-        // closing with unread data does not reset the connection and
-        // destroy the stream error before the peer has read it.
-        let _ = tokio::time::timeout(LINGER, async {
-            let mut sink = vec![0u8; 16 * 1024];
-            let mut left = LINGER_BYTES;
-            while left > 0 {
-                let n = match (self.rd.as_mut(), self.io.as_mut()) {
-                    (Some(r), _) => r.read(&mut sink).await,
-                    (None, Some(io)) => io.read(&mut sink).await,
-                    _ => return,
-                };
-                match n {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => left = left.saturating_sub(n),
-                }
-            }
-        })
-        .await;
-        self.io = None;
-        self.rd = None;
+        self.conn.close(tail, LINGER).await;
     }
 
     // ---- the live session ----

@@ -7,7 +7,6 @@
 mod envelope;
 mod remote;
 mod shard;
-pub mod writer;
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -47,7 +46,7 @@ pub struct SessionHandle {
     pub jid: FullJid,
     /// The full JID as a string, cached for `from`/`to` splicing.
     pub jid_str: Arc<str>,
-    pub out: writer::Queue,
+    pub out: crate::transport::writer::Queue,
     /// Control channel to the session (conflict, slow consumer, shutdown).
     pub control: Recipient<CloseSession>,
 }

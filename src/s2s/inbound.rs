@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use kameo::Actor;
 use kameo::actor::{ActorRef, Spawn, WeakActorRef};
 use kameo::error::{ActorStopReason, Infallible};
 use kameo::mailbox::{MailboxReceiver, Signal};
 use kameo::message::{Context, Message};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
@@ -26,25 +26,27 @@ use crate::router::Envelope;
 use crate::stream::s2s::{
     InAction, InInput, InboundContext, InboundNegotiation, OutMode, PeerPolicy,
 };
-use crate::transport::Transport;
+use crate::transport::{Connection, Linger, StartTlsError, Transport};
 use crate::xml::ns::{NS_SERVER, NS_STREAMS};
-use crate::xml::{Framer, FramerEvent, Stanza, StanzaKind};
+use crate::xml::{FramerEvent, Stanza, StanzaKind};
 
+/// How long a keepalive may take to write, and the whole of a close:
+/// writing the tail, then draining the peer until it closes.
 const LINGER: Duration = Duration::from_secs(2);
+const CLOSE: Linger = Linger {
+    write: LINGER,
+    drain: LINGER,
+    drain_bytes: usize::MAX,
+    total: LINGER,
+};
 
+/// Accepts on an s2s listener; with `direct_tls` (XEP-0368) each
+/// connection starts with the TLS handshake.
 pub async fn accept_loop(listener: TcpListener, shared: Arc<S2sShared>, direct_tls: bool) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                InboundS2s::spawn((tcp, peer, shared.clone(), direct_tls));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "s2s accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    crate::transport::accept_loop(listener, "s2s", |tcp, peer| {
+        InboundS2s::spawn((tcp, peer, shared.clone(), direct_tls));
+    })
+    .await
 }
 
 struct Ctx<'a>(&'a S2sShared);
@@ -81,9 +83,8 @@ pub struct InboundS2s {
     peer: SocketAddr,
     shared: Arc<S2sShared>,
     me: ActorRef<InboundS2s>,
-    io: Option<Transport>,
+    conn: Connection,
     direct_tls: bool,
-    framer: Framer,
     neg: InboundNegotiation,
     metrics: DomainMetrics,
     header_sent: bool,
@@ -127,9 +128,13 @@ impl Actor for InboundS2s {
             id,
             peer,
             me,
-            io: Some(Transport::Plain(tcp)),
+            conn: Connection::new(
+                Transport::Plain(tcp),
+                NS_SERVER,
+                shared.config.gateway.max_stanza_size_pre_auth,
+                shared.metrics.clone(),
+            ),
             direct_tls,
-            framer: Framer::new(NS_SERVER, shared.config.gateway.max_stanza_size_pre_auth),
             neg: InboundNegotiation::new(hex::encode(sid), true),
             metrics,
             header_sent: false,
@@ -170,7 +175,7 @@ impl Actor for InboundS2s {
             tokio::select! {
                 biased;
                 sig = rx.recv() => return Ok(sig),
-                r = read_more(&mut self.io, &mut self.framer) => self.on_read(r).await,
+                r = self.conn.read() => self.on_read(r).await,
                 _ = tokio::time::sleep_until(timer) => self.on_timer(on_timer).await,
             }
         }
@@ -241,7 +246,7 @@ impl InboundS2s {
             Timer::KeepAlive => {
                 // Whitespace keepalive (RFC 6120 §4.6.1), bounded so a peer
                 // that does not read cannot hold the actor.
-                if tokio::time::timeout(LINGER, self.write(b" "))
+                if tokio::time::timeout(LINGER, self.write(Bytes::from_static(b" ")))
                     .await
                     .is_err()
                 {
@@ -262,16 +267,6 @@ impl InboundS2s {
             text,
         ))
         .await;
-    }
-}
-
-async fn read_more(io: &mut Option<Transport>, framer: &mut Framer) -> std::io::Result<usize> {
-    match io.as_mut() {
-        Some(t) => {
-            let mut buf = framer.read_buf();
-            t.read_buf(&mut buf).await
-        }
-        None => std::future::pending().await,
     }
 }
 
@@ -334,13 +329,10 @@ impl InboundS2s {
                 self.done = true;
                 return;
             }
-            Ok(n) => {
-                self.shared.metrics.bytes_in.increment(n as u64);
-                self.last_activity = Instant::now();
-            }
+            Ok(_) => self.last_activity = Instant::now(),
         }
         while !self.done {
-            match self.framer.next() {
+            match self.conn.framer().next() {
                 Ok(None) => break,
                 Ok(Some(FramerEvent::StreamOpen(h))) => {
                     let actions = self.neg.handle(InInput::StreamOpen(&h), &Ctx(&self.shared));
@@ -356,12 +348,12 @@ impl InboundS2s {
                     }
                 }
                 Ok(Some(FramerEvent::StreamClose)) => {
-                    self.finish(b"</stream:stream>".to_vec()).await;
+                    self.finish(Bytes::from_static(b"</stream:stream>")).await;
                 }
                 Err(e) => self.close(e).await,
             }
         }
-        self.framer.shrink_if_idle();
+        self.conn.framer().shrink_if_idle();
     }
 
     async fn route(&mut self, s: Stanza) {
@@ -466,10 +458,10 @@ impl InboundS2s {
                     if s.starts_with("<?xml") || s.starts_with("<stream:stream") {
                         self.header_sent = true;
                     }
-                    self.write(s.as_bytes()).await;
+                    self.write(Bytes::from(s)).await;
                 }
                 InAction::StartTls => queue.extend(self.start_tls_now().await),
-                InAction::RestartStream => self.framer.reset(),
+                InAction::RestartStream => self.conn.framer().reset(),
                 InAction::VerifyDialback {
                     originating,
                     receiving,
@@ -491,65 +483,64 @@ impl InboundS2s {
                     self.metrics.set_state("up");
                     self.metrics.auth(Some(method), true);
                     self.deadline = None;
-                    self.framer
+                    self.conn
+                        .framer()
                         .set_max_stanza_size(self.shared.config.gateway.max_stanza_size);
                     tracing::info!(%remote, %local, ?method, peer = %self.peer, "inbound s2s authenticated");
                 }
                 InAction::Fail(e) => self.close(e).await,
                 InAction::PeerStreamError(e) => {
                     tracing::info!(peer = %self.peer, error = %e, "the peer closed its stream with an error");
-                    self.finish(b"</stream:stream>".to_vec()).await;
+                    self.finish(Bytes::from_static(b"</stream:stream>")).await;
                 }
             }
         }
     }
 
-    async fn write(&mut self, b: &[u8]) {
-        if let Some(io) = self.io.as_mut() {
-            if io.write_all(b).await.is_err() || io.flush().await.is_err() {
-                self.done = true;
-                return;
-            }
-            self.shared.metrics.bytes_out.increment(b.len() as u64);
-            self.last_write = Instant::now();
+    async fn write(&mut self, b: Bytes) {
+        if !self.conn.can_read() {
+            // Closed: nothing to write to.
+            return;
         }
+        if self.conn.send(b).await.is_err() {
+            self.done = true;
+            return;
+        }
+        self.last_write = Instant::now();
     }
 
     /// Server-side TLS handshake; returns the machine's follow-up actions.
     async fn start_tls_now(&mut self) -> Vec<InAction> {
-        if self.framer.buffered() > 0 {
-            self.close(StreamError::with_text(
-                StreamCondition::PolicyViolation,
-                "data received after <starttls/> before the TLS handshake",
-            ))
-            .await;
-            return Vec::new();
-        }
-        let Some(Transport::Plain(tcp)) = self.io.take() else {
-            self.done = true;
-            return Vec::new();
-        };
         let acceptor = tokio_rustls::TlsAcceptor::from(self.shared.server_tls.clone());
         let budget = self
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(self.shared.config.gateway.stream_establishment_timeout);
-        match tokio::time::timeout(budget, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => {
-                let io = Transport::Tls(Box::new(tls));
-                let peer = io
+        let handshake = |tcp| async move {
+            match tokio::time::timeout(budget, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => Ok(Transport::Tls(Box::new(tls))),
+                _ => Err(()),
+            }
+        };
+        match self.conn.start_tls(handshake).await {
+            Ok(()) => {
+                let peer = self
+                    .conn
                     .peer_certificates()
                     .map(|c| self.shared.verifier.identity(c));
-                self.io = Some(io);
-                self.framer = Framer::new(
-                    NS_SERVER,
-                    self.shared.config.gateway.max_stanza_size_pre_auth,
-                );
                 self.header_sent = false;
                 self.neg
                     .handle(InInput::TlsEstablished { peer }, &Ctx(&self.shared))
             }
-            _ => {
+            Err(StartTlsError::Injected) => {
+                self.close(StreamError::with_text(
+                    StreamCondition::PolicyViolation,
+                    "data received after <starttls/> before the TLS handshake",
+                ))
+                .await;
+                Vec::new()
+            }
+            Err(_) => {
                 self.done = true;
                 Vec::new()
             }
@@ -610,24 +601,11 @@ impl InboundS2s {
         }
         tail.push_str(&e.to_xml());
         tail.push_str("</stream:stream>");
-        self.finish(tail.into_bytes()).await;
+        self.finish(Bytes::from(tail)).await;
     }
 
-    async fn finish(&mut self, tail: Vec<u8>) {
+    async fn finish(&mut self, tail: Bytes) {
         self.done = true;
-        if let Some(io) = self.io.as_mut() {
-            let _ = tokio::time::timeout(LINGER, async {
-                let _ = io.write_all(&tail).await;
-                let _ = io.shutdown().await;
-                let mut sink = vec![0u8; 8192];
-                while let Ok(n) = io.read(&mut sink).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            })
-            .await;
-        }
-        self.io = None;
+        self.conn.close(tail, CLOSE).await;
     }
 }

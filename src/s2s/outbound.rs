@@ -27,7 +27,7 @@ use crate::error::StanzaCondition;
 use crate::events::DomainMetrics;
 use crate::jid::Jid;
 use crate::router::Envelope;
-use crate::router::writer::Writer;
+use crate::transport::writer::Writer;
 use crate::xml::{Frame, Framer, FramerEvent, Stanza, StanzaKind};
 
 /// Stanzas waiting per domain while connecting; beyond it new ones bounce

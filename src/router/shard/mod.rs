@@ -202,7 +202,7 @@ pub struct Bind {
     pub user: BareJid,
     pub requested: Option<String>,
     pub id: u64,
-    pub out: crate::router::writer::Queue,
+    pub out: crate::transport::writer::Queue,
     pub control: kameo::actor::Recipient<CloseSession>,
 }
 
@@ -811,10 +811,10 @@ mod tests {
 
     use super::*;
     use crate::router::Router;
-    use crate::router::writer::QueueReceiver;
     use crate::storage::tests::creds;
     use crate::storage::{MemStore, OpResults, StoreError, StoreWriter};
     use crate::stream::scram::Credentials;
+    use crate::transport::writer::QueueReceiver;
 
     /// A [`MemStore`] whose reads for `gated` block until [`Gated::open`].
     struct Gated {
@@ -929,7 +929,7 @@ mod tests {
     impl Site {
         async fn bind(&self, user: &str, resource: &str) -> (FullJid, QueueReceiver) {
             let user = bare(user);
-            let (out, rx) = crate::router::writer::queue(crate::router::SESSION_QUEUE);
+            let (out, rx) = crate::transport::writer::queue(crate::router::SESSION_QUEUE);
             let control = NullSession::spawn(NullSession).recipient::<CloseSession>();
             let (jid, _) = self
                 .router

@@ -1,4 +1,4 @@
-//! The write side of a session: one task per socket draining a bounded
+//! The write side of a session or link: one task per socket draining a bounded
 //! queue of [`Frame`]s. Everything queued when the task wakes is written
 //! with vectored writes (one syscall, or one TLS record run, per wakeup),
 //! so a burst of stanzas costs one write rather than one per stanza.

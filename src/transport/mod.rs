@@ -1,10 +1,26 @@
-//! A connection before and after STARTTLS, as one stream type: plain TCP,
-//! TLS as the server (c2s, inbound s2s) or TLS as the client (outbound s2s).
+//! Everything between a socket and the sans-IO machines, shared by every
+//! driver (c2s sessions, inbound and outbound s2s, outbound connect):
 //!
-//! It also owns reading into a [`Framer`] without a read buffer held across
-//! the wait ([`Transport::poll_read_into`]), and the split of one transport
-//! between a session's reader and its writer task ([`split`]), which keeps
-//! that ability on the read half.
+//! - [`Transport`]: a connection before and after STARTTLS, as one stream
+//!   type: plain TCP, TLS as the server (c2s, inbound s2s) or TLS as the
+//!   client (outbound s2s); reading into a [`Framer`] without a read buffer
+//!   held across the wait ([`Transport::poll_read_into`]), and the split of
+//!   one transport between a reader and a writer task ([`split`]), which
+//!   keeps that ability on the read half;
+//! - [`Connection`] (`connection.rs`): one connection's read, send,
+//!   STARTTLS (with the injection check) and close (with linger);
+//! - [`accept_loop`] (`accept.rs`): listener → one spawn per connection;
+//! - [`writer`]: the batching writer task and its queue.
+//!
+//! It knows bytes, frames and TLS, not XMPP meaning: what to send, when to
+//! close and with which error is the drivers' (and their machines') call.
+
+mod accept;
+mod connection;
+pub mod writer;
+
+pub use accept::accept_loop;
+pub use connection::{Connection, Linger, StartTlsError};
 
 use std::io;
 use std::pin::Pin;

@@ -1,0 +1,479 @@
+//! One connection's I/O, the same for every driver (after mini-redis's
+//! `Connection`): reading into its [`Framer`], sending, STARTTLS with the
+//! injection check, and closing with a lingering drain.
+//!
+//! A connection starts whole (one task reads and writes, as negotiation
+//! does) and may be [`Connection::split`] once: the read half stays here,
+//! writes go through a [`Writer`] task that others (shards) feed too.
+//!
+//! It owns the socket, the framer and the byte counters (`bytes_in`; the
+//! writes it makes itself count in `bytes_out`, as the writer's do). It
+//! must not decide anything XMPP: which error to close with, whether a
+//! STARTTLS injection is a stream error or a failed attempt, and every
+//! timeout are the driver's.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::writer::{Queue, Writer};
+use super::{ReadHalf, Transport};
+use crate::events::Metrics;
+use crate::xml::Framer;
+
+pub struct Connection {
+    io: Io,
+    framer: Framer,
+    /// The framer's content namespace, for the fresh framer after TLS.
+    ns: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+enum Io {
+    /// Negotiating: reads and writes on the whole transport.
+    Whole(Transport),
+    /// Running: reads here, writes through the writer task. No read half
+    /// for a write-only link (benches, tests).
+    Split {
+        rd: Option<ReadHalf>,
+        writer: Writer,
+    },
+    Closed,
+}
+
+/// How a close waits for the peer: writing the tail is bounded by `write`
+/// (a peer that does not read), then what the peer still sends is read and
+/// discarded for at most `drain` and `drain_bytes`, so closing with unread
+/// data does not reset the connection and destroy the stream error before
+/// the peer has read it. `total` bounds the whole.
+#[derive(Clone, Copy, Debug)]
+pub struct Linger {
+    pub write: Duration,
+    pub drain: Duration,
+    pub drain_bytes: usize,
+    pub total: Duration,
+}
+
+impl Linger {
+    /// Write the tail within `write`, then drop the connection at once.
+    pub const fn no_drain(write: Duration) -> Linger {
+        Linger {
+            write,
+            drain: Duration::ZERO,
+            drain_bytes: 0,
+            total: Duration::MAX,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartTlsError<E> {
+    /// Bytes the peer sent after the STARTTLS command and before the
+    /// handshake would be read as if they came over TLS: the
+    /// command-injection hole (CVE-2011-0411 class). The connection is
+    /// left as it was.
+    #[error("data received after the STARTTLS command before the TLS handshake")]
+    Injected,
+    /// Already TLS, split or closed; the connection is closed.
+    #[error("the connection is not plain TCP")]
+    NotPlain,
+    /// The handshake failed; the connection is closed.
+    #[error("TLS handshake: {0}")]
+    Handshake(E),
+}
+
+impl Connection {
+    pub fn new(
+        transport: Transport,
+        ns: &'static str,
+        max_stanza: usize,
+        metrics: Arc<Metrics>,
+    ) -> Connection {
+        Connection {
+            io: Io::Whole(transport),
+            framer: Framer::new(ns, max_stanza),
+            ns,
+            metrics,
+        }
+    }
+
+    /// A link with no read side, already running: everything sent goes
+    /// through a writer task into `io`.
+    pub fn write_only<W>(
+        io: W,
+        capacity: usize,
+        ns: &'static str,
+        max_stanza: usize,
+        metrics: Arc<Metrics>,
+    ) -> Connection
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let writer = Writer::spawn(io, capacity, metrics.clone());
+        Connection {
+            io: Io::Split { rd: None, writer },
+            framer: Framer::new(ns, max_stanza),
+            ns,
+            metrics,
+        }
+    }
+
+    pub fn framer(&mut self) -> &mut Framer {
+        &mut self.framer
+    }
+
+    /// Whether bytes can still arrive (not closed, not write-only).
+    pub fn can_read(&self) -> bool {
+        matches!(self.io, Io::Whole(_) | Io::Split { rd: Some(_), .. })
+    }
+
+    /// The writer task's queue, once split.
+    pub fn queue(&self) -> Option<&Queue> {
+        match &self.io {
+            Io::Split { writer, .. } => Some(&writer.queue),
+            _ => None,
+        }
+    }
+
+    /// The certificate chain the peer presented, while whole and TLS.
+    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        match &self.io {
+            Io::Whole(t) => t.peer_certificates(),
+            _ => None,
+        }
+    }
+
+    /// Waits for bytes and appends them to the framer; `Ok(0)` is EOF.
+    /// Holds no read buffer while waiting ([`Transport::poll_read_into`]).
+    /// Never ready when there is nothing to read from, so it can sit in a
+    /// `select!` beside a mailbox and timers. Cancel-safe: bytes are only
+    /// taken from the socket in the poll that returns them.
+    pub async fn read(&mut self) -> io::Result<usize> {
+        let n = std::future::poll_fn(|cx| self.poll_read(cx)).await?;
+        self.metrics.bytes_in.increment(n as u64);
+        Ok(n)
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Whole(t) => t.poll_read_into(cx, &mut self.framer),
+            Io::Split { rd: Some(r), .. } => r.poll_read_into(cx, &mut self.framer),
+            _ => Poll::Pending,
+        }
+    }
+
+    /// Writes `b`: at once while whole (flushed, waiting as long as the
+    /// peer takes), through the writer's queue once split (waiting for
+    /// room). An error means the connection is unusable.
+    pub async fn send(&mut self, b: Bytes) -> io::Result<()> {
+        match &mut self.io {
+            Io::Whole(t) => {
+                t.write_all(&b).await?;
+                t.flush().await?;
+                self.metrics.bytes_out.increment(b.len() as u64);
+                Ok(())
+            }
+            Io::Split { writer, .. } => writer
+                .queue
+                .send(b.into())
+                .await
+                .map_err(|_| io::ErrorKind::BrokenPipe.into()),
+            Io::Closed => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// Hands writing to a writer task with a queue of `capacity` frames
+    /// and returns a sender for it; `None` if not whole.
+    pub fn split(&mut self, capacity: usize) -> Option<Queue> {
+        let Io::Whole(t) = std::mem::replace(&mut self.io, Io::Closed) else {
+            return None;
+        };
+        let (rd, wr) = super::split(t);
+        let writer = Writer::spawn(wr, capacity, self.metrics.clone());
+        let queue = writer.queue.clone();
+        self.io = Io::Split {
+            rd: Some(rd),
+            writer,
+        };
+        Some(queue)
+    }
+
+    /// Upgrades plain TCP to TLS with `handshake` (server or client side,
+    /// with whatever budget the driver gives it), after checking that the
+    /// peer sent nothing past the command. The stream restarts on a fresh
+    /// framer with the same namespace and size limit.
+    pub async fn start_tls<F, Fut, E>(&mut self, handshake: F) -> Result<(), StartTlsError<E>>
+    where
+        F: FnOnce(TcpStream) -> Fut,
+        Fut: Future<Output = Result<Transport, E>>,
+    {
+        if self.framer.buffered() > 0 {
+            return Err(StartTlsError::Injected);
+        }
+        let Io::Whole(Transport::Plain(tcp)) = std::mem::replace(&mut self.io, Io::Closed) else {
+            return Err(StartTlsError::NotPlain);
+        };
+        let tls = handshake(tcp).await.map_err(StartTlsError::Handshake)?;
+        self.io = Io::Whole(tls);
+        self.framer = Framer::new(self.ns, self.framer.max_stanza_size());
+        Ok(())
+    }
+
+    /// Writes what is queued, then `tail` (a stream error and
+    /// `</stream:stream>`, or nothing), shuts the socket down, lingers as
+    /// `linger` says, and drops the connection. Closing a closed
+    /// connection does nothing.
+    pub async fn close(&mut self, tail: Bytes, linger: Linger) {
+        let io = std::mem::replace(&mut self.io, Io::Closed);
+        let _ = tokio::time::timeout(linger.total, async move {
+            match io {
+                Io::Whole(mut t) => {
+                    let _ = tokio::time::timeout(linger.write, async {
+                        let _ = t.write_all(&tail).await;
+                        let _ = t.shutdown().await;
+                    })
+                    .await;
+                    drain(&mut t, linger).await;
+                }
+                Io::Split { rd, mut writer } => {
+                    writer.close(tail, linger.write).await;
+                    if let Some(mut rd) = rd {
+                        drain(&mut rd, linger).await;
+                    }
+                }
+                Io::Closed => {}
+            }
+        })
+        .await;
+    }
+}
+
+/// Reads and discards until EOF, an error, or `linger`'s drain bounds.
+async fn drain<R: AsyncRead + Unpin>(r: &mut R, linger: Linger) {
+    if linger.drain.is_zero() || linger.drain_bytes == 0 {
+        return;
+    }
+    let _ = tokio::time::timeout(linger.drain, async {
+        // Only for the moment of closing; a session holds none.
+        let mut sink = vec![0u8; 16 * 1024];
+        let mut left = linger.drain_bytes;
+        while left > 0 {
+            match r.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::FramerEvent;
+    use crate::xml::ns::NS_CLIENT;
+    use tokio::net::TcpListener;
+    use tokio::time::Instant;
+
+    const HDR: &str = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='a.example' version='1.0'>";
+    const LINGER: Linger = Linger {
+        write: Duration::from_secs(5),
+        drain: Duration::from_secs(2),
+        drain_bytes: 1 << 20,
+        total: Duration::MAX,
+    };
+
+    async fn pair() -> (TcpStream, Connection) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = l.accept().await.expect("accept");
+        let conn = Connection::new(Transport::Plain(server), NS_CLIENT, 8192, Metrics::get());
+        (client, conn)
+    }
+
+    /// Reads until the framer has `want` events.
+    async fn events(conn: &mut Connection, want: usize) -> Vec<FramerEvent> {
+        let mut out = Vec::new();
+        while out.len() < want {
+            let n = conn.read().await.expect("read");
+            assert!(n > 0, "EOF after {} events", out.len());
+            while let Some(e) = conn.framer().next().expect("valid") {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    async fn read_to_end(client: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        String::from_utf8(got).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn bytes_sent_after_the_starttls_command_refuse_the_handshake() {
+        let (mut client, mut conn) = pair().await;
+        let starttls = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+        client
+            .write_all(format!("{HDR}{starttls}<message/>").as_bytes())
+            .await
+            .expect("write");
+        // Read until the <starttls/> is framed and the injected bytes sit
+        // behind it in the framer.
+        let mut seen = 0;
+        while seen < 2 || conn.framer().buffered() == 0 {
+            assert!(conn.read().await.expect("read") > 0, "EOF");
+            while seen < 2 {
+                match conn.framer().next().expect("valid") {
+                    Some(_) => seen += 1,
+                    None => break,
+                }
+            }
+        }
+        let mut called = false;
+        let r = conn
+            .start_tls(|_tcp| {
+                called = true;
+                async { Err::<Transport, io::Error>(io::ErrorKind::Other.into()) }
+            })
+            .await;
+        assert!(matches!(r, Err(StartTlsError::Injected)), "{r:?}");
+        assert!(!called, "no handshake is attempted");
+        assert!(conn.can_read(), "the driver decides how to close");
+    }
+
+    #[tokio::test]
+    async fn a_clean_starttls_hands_the_socket_to_the_handshake_and_restarts_the_framer() {
+        let (_client, mut conn) = pair().await;
+        conn.framer().set_max_stanza_size(1234);
+        let r = conn
+            .start_tls(|tcp| async move { Ok::<_, io::Error>(Transport::Plain(tcp)) })
+            .await;
+        assert!(r.is_ok(), "{r:?}");
+        assert!(conn.can_read());
+        assert_eq!(conn.framer().max_stanza_size(), 1234);
+        // Once split, it is no longer plain TCP to upgrade.
+        assert!(conn.split(4).is_some());
+        let r = conn
+            .start_tls(|tcp| async move { Ok::<_, io::Error>(Transport::Plain(tcp)) })
+            .await;
+        assert!(matches!(r, Err(StartTlsError::NotPlain)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn close_writes_the_error_then_the_stream_end_and_shuts_the_socket() {
+        let (mut client, mut conn) = pair().await;
+        conn.send(Bytes::from_static(b"<hello/>"))
+            .await
+            .expect("send");
+        let tail = "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>";
+        let closing = tokio::spawn(async move {
+            conn.close(Bytes::from_static(tail.as_bytes()), LINGER)
+                .await;
+            conn
+        });
+        assert_eq!(read_to_end(&mut client).await, format!("<hello/>{tail}"));
+        drop(client);
+        let conn = closing.await.expect("close");
+        assert!(!conn.can_read());
+        assert!(conn.queue().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_split_connection_closes_after_what_its_writer_has_queued() {
+        let (mut client, mut conn) = pair().await;
+        client.write_all(HDR.as_bytes()).await.expect("write");
+        let ev = events(&mut conn, 1).await;
+        assert!(matches!(ev[0], FramerEvent::StreamOpen(_)));
+        let q = conn.split(8).expect("whole");
+        q.try_send(Bytes::from_static(b"<a/>").into())
+            .expect("room");
+        conn.send(Bytes::from_static(b"<b/>")).await.expect("send");
+        let closing = tokio::spawn(async move {
+            conn.close(Bytes::from_static(b"</stream:stream>"), LINGER)
+                .await;
+        });
+        assert_eq!(read_to_end(&mut client).await, "<a/><b/></stream:stream>");
+        drop(client);
+        closing.await.expect("close");
+        assert!(q.try_send(Bytes::from_static(b"<c/>").into()).is_err());
+    }
+
+    /// Real time (tokio's paused clock is not enabled here): short bounds,
+    /// and a wide margin above them for a loaded machine.
+    const SHORT: Linger = Linger {
+        write: Duration::from_secs(5),
+        drain: Duration::from_millis(300),
+        drain_bytes: 1 << 20,
+        total: Duration::MAX,
+    };
+    const MARGIN: Duration = Duration::from_secs(3);
+
+    #[tokio::test]
+    async fn the_linger_is_bounded_when_the_peer_never_closes() {
+        let (mut client, mut conn) = pair().await;
+        let started = Instant::now();
+        conn.close(Bytes::from_static(b"</stream:stream>"), SHORT)
+            .await;
+        let took = started.elapsed();
+        assert!(
+            took >= SHORT.drain && took < SHORT.drain + MARGIN,
+            "{took:?}"
+        );
+        // The peer still got the stream end and then EOF.
+        assert_eq!(read_to_end(&mut client).await, "</stream:stream>");
+    }
+
+    #[tokio::test]
+    async fn the_total_bound_cuts_the_linger_short() {
+        let (_client, mut conn) = pair().await;
+        let started = Instant::now();
+        let linger = Linger {
+            drain: Duration::from_secs(600),
+            total: Duration::from_millis(300),
+            ..SHORT
+        };
+        conn.close(Bytes::new(), linger).await;
+        let took = started.elapsed();
+        assert!(
+            took >= linger.total && took < linger.total + MARGIN,
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_linger_ends_as_soon_as_the_peer_closes() {
+        let (mut client, mut conn) = pair().await;
+        let closing = tokio::spawn(async move {
+            let started = Instant::now();
+            conn.close(Bytes::from_static(b"</stream:stream>"), LINGER)
+                .await;
+            started.elapsed()
+        });
+        assert_eq!(read_to_end(&mut client).await, "</stream:stream>");
+        client.write_all(b"late bytes").await.expect("write");
+        drop(client);
+        let took = closing.await.expect("close");
+        assert!(took < LINGER.drain, "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_write_only_link_sends_through_its_writer_and_reads_nothing() {
+        let (tx, mut rx) = tokio::io::duplex(64);
+        let mut conn = Connection::write_only(tx, 8, NS_CLIENT, 8192, Metrics::get());
+        assert!(!conn.can_read());
+        conn.send(Bytes::from_static(b"<x/>")).await.expect("send");
+        conn.close(Bytes::from_static(b"</stream:stream>"), LINGER)
+            .await;
+        let mut got = Vec::new();
+        rx.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, b"<x/></stream:stream>");
+    }
+}
