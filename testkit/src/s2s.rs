@@ -39,7 +39,7 @@ use fedrouter::stream::s2s::{
 };
 use fedrouter::transport::Transport;
 use fedrouter::xml::element::Element;
-use fedrouter::xml::ns::{NS_DIALBACK, NS_SASL, NS_SERVER, NS_STREAMS, NS_XMPP_STREAMS};
+use fedrouter::xml::ns::{NS_DIALBACK, NS_SASL, NS_SERVER, NS_STREAMS};
 use fedrouter::xml::{Framer, FramerEvent, Stanza, StanzaKind};
 
 /// Stanza size limit of the fakes: large, they are not what is under test.
@@ -227,22 +227,9 @@ async fn read_event(io: &mut Transport, framer: &mut Framer) -> Result<FramerEve
 
 fn parse_stream_error(s: &Stanza) -> StreamError {
     use fedrouter::error::StreamCondition;
-    let Ok(el) = Element::parse(s.bytes(), NS_SERVER, &[("stream", NS_STREAMS)]) else {
-        return StreamError::new(StreamCondition::UndefinedCondition);
-    };
-    let condition = el
-        .elements()
-        .filter(|c| c.ns == NS_XMPP_STREAMS)
-        .find_map(|c| {
-            StreamCondition::ALL
-                .iter()
-                .copied()
-                .find(|k| k.as_str() == c.name)
-        })
-        .unwrap_or(StreamCondition::UndefinedCondition);
-    StreamError {
-        condition,
-        text: el.child("text", NS_XMPP_STREAMS).map(Element::text),
+    match Element::parse(s.bytes(), NS_SERVER, &[("stream", NS_STREAMS)]) {
+        Ok(el) => fedrouter::stream::s2s::parse_stream_error(&el),
+        Err(_) => StreamError::new(StreamCondition::UndefinedCondition),
     }
 }
 

@@ -83,7 +83,7 @@ fn parse_element(s: &Stanza, prefixes: &[(String, String)]) -> Result<Element, S
 }
 
 /// `<stream:error>` as received: the first known condition, and the text.
-fn parse_stream_error(el: &Element) -> StreamError {
+pub fn parse_stream_error(el: &Element) -> StreamError {
     let condition = el
         .elements()
         .filter(|c| c.ns == NS_XMPP_STREAMS)
