@@ -18,7 +18,6 @@ use kameo::actor::{ActorRef, WeakActorRef};
 use kameo::error::{ActorStopReason, Infallible};
 use kameo::mailbox::{MailboxReceiver, Signal};
 use kameo::message::{Context, Message};
-use tokio::io::{AsyncReadExt, ReadHalf};
 use tokio::time::Instant;
 
 use super::{ConnectError, Established, S2sShared, connect_and_negotiate, silence_limit};
@@ -28,9 +27,8 @@ use crate::events::DomainMetrics;
 use crate::jid::Jid;
 use crate::router::Envelope;
 use crate::stream::s2s::OutMode;
-use crate::transport::Transport;
-use crate::transport::writer::Writer;
-use crate::xml::{Frame, Framer, FramerEvent, Stanza, StanzaKind};
+use crate::transport::{Connection, Linger};
+use crate::xml::{Frame, FramerEvent, NS_SERVER, Stanza, StanzaKind};
 
 /// Stanzas waiting per domain while connecting; beyond it new ones bounce
 /// with `resource-constraint` (Prosody keeps 32 768; this is per pair).
@@ -41,6 +39,8 @@ const WRITE_QUEUE: usize = 4096;
 /// failure, however long the backoff has grown.
 const MIN_ATTEMPT_GAP: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A closing stream may take this long to flush; nothing is drained.
+const CLOSE: Linger = Linger::no_drain(Duration::from_secs(5));
 
 /// A stanza for the remote domain.
 pub struct Send(pub Envelope);
@@ -115,7 +115,14 @@ impl Message<AttachWriter> for OutboundDomain {
 
     async fn handle(&mut self, AttachWriter(io): AttachWriter, _: &mut Context<Self, ()>) {
         self.disconnect(None).await;
-        self.up(io);
+        let conn = Connection::write_only(
+            io,
+            WRITE_QUEUE,
+            NS_SERVER,
+            self.shared.config.gateway.max_stanza_size,
+            self.shared.metrics.clone(),
+        );
+        self.up(conn);
     }
 }
 
@@ -136,9 +143,8 @@ pub struct OutboundDomain {
     failures: u32,
     last_attempt: Option<Instant>,
     retry_at: Option<Instant>,
-    rd: Option<ReadHalf<Transport>>,
-    framer: Option<Framer>,
-    writer: Option<Writer>,
+    /// The stream while up: split, written through its writer task.
+    link: Option<Connection>,
     /// The last stanza read or written: `stream_inactivity_timeout` runs
     /// from here. Whitespace keepalives either way do not count.
     last_activity: Instant,
@@ -184,9 +190,7 @@ impl Actor for OutboundDomain {
             failures: 0,
             last_attempt: None,
             retry_at: None,
-            rd: None,
-            framer: None,
-            writer: None,
+            link: None,
             last_activity: now,
             last_write: now,
             last_read: now,
@@ -212,7 +216,7 @@ impl Actor for OutboundDomain {
             tokio::select! {
                 biased;
                 sig = rx.recv() => return Ok(sig),
-                r = read_more(&mut self.rd, &mut self.framer) => self.on_read(r).await,
+                r = read_more(&mut self.link) => self.on_read(r).await,
                 _ = sleep_until(timer) => self.on_timer().await,
             }
         }
@@ -240,16 +244,10 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-async fn read_more(
-    rd: &mut Option<ReadHalf<Transport>>,
-    framer: &mut Option<Framer>,
-) -> std::io::Result<usize> {
-    match (rd.as_mut(), framer.as_mut()) {
-        (Some(r), Some(f)) => {
-            let mut buf = f.read_buf();
-            r.read_buf(&mut buf).await
-        }
-        _ => std::future::pending().await,
+async fn read_more(link: &mut Option<Connection>) -> std::io::Result<usize> {
+    match link.as_mut() {
+        Some(c) => c.read().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -353,7 +351,7 @@ impl OutboundDomain {
     /// Whether the silence limit applies: the stream has a read side (a
     /// writer attached by a bench has none) and the peer has written on it.
     fn hears_peer(&self) -> bool {
-        self.rd.is_some() && self.heard
+        self.link.as_ref().is_some_and(|c| c.can_read()) && self.heard
     }
 
     async fn on_timer(&mut self) {
@@ -437,19 +435,15 @@ impl OutboundDomain {
         let method = est.method;
         tracing::info!(local = %self.local, remote = %self.remote, peer = %est.peer_addr, ?method, "s2s stream up");
         self.metrics.auth(method, true);
-        let (rd, wr) = tokio::io::split(est.transport);
-        self.rd = Some(rd);
-        self.framer = Some(est.framer);
-        self.up(wr);
+        let mut conn = est.conn;
+        conn.split(WRITE_QUEUE);
+        self.up(conn);
     }
 
-    /// The stream is negotiated: write through `wr` from now on, starting
-    /// with what waited.
-    fn up<W>(&mut self, wr: W)
-    where
-        W: tokio::io::AsyncWrite + std::marker::Send + Unpin + 'static,
-    {
-        self.writer = Some(Writer::spawn(wr, WRITE_QUEUE, self.shared.metrics.clone()));
+    /// The stream is negotiated: write through `conn`'s writer from now
+    /// on, starting with what waited.
+    fn up(&mut self, conn: Connection) {
+        self.link = Some(conn);
         self.state = State::Up;
         self.keep_alive = self
             .shared
@@ -524,7 +518,7 @@ impl OutboundDomain {
     }
 
     fn write(&mut self, env: Envelope) {
-        if self.writer.is_none() {
+        if self.link.is_none() {
             // The stream went down while flushing: back to the queue.
             self.queue.push_back(env);
             self.metrics.set_queue(self.queue.len());
@@ -550,13 +544,13 @@ impl OutboundDomain {
         kind: StanzaKind,
         env: impl FnOnce() -> Envelope,
     ) -> bool {
-        let Some(w) = &self.writer else {
+        let Some(q) = self.link.as_ref().and_then(|c| c.queue()) else {
             // The stream went down earlier in this batch: back to the queue.
             self.queue.push_back(env());
             self.metrics.set_queue(self.queue.len());
             return false;
         };
-        match w.queue.try_send(frame) {
+        match q.try_send(frame) {
             Ok(()) => {
                 self.shared.metrics.stanza_out(kind);
                 return true;
@@ -572,9 +566,7 @@ impl OutboundDomain {
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
                 // The socket died under us: keep the stanza for the next
                 // stream instead of losing or bouncing it.
-                self.writer = None;
-                self.rd = None;
-                self.framer = None;
+                self.link = None;
                 self.release_slots();
                 self.state = State::Idle;
                 self.metrics.set_state("idle");
@@ -587,8 +579,8 @@ impl OutboundDomain {
     }
 
     fn send_bytes(&mut self, b: Bytes) {
-        if let Some(w) = &self.writer
-            && w.queue.try_send(b.into()).is_ok()
+        if let Some(q) = self.link.as_ref().and_then(|c| c.queue())
+            && q.try_send(b.into()).is_ok()
         {
             self.last_write = Instant::now();
         }
@@ -601,14 +593,13 @@ impl OutboundDomain {
                 self.disconnect(None).await;
                 return;
             }
-            Ok(n) => {
-                self.shared.metrics.bytes_in.increment(n as u64);
+            Ok(_) => {
                 self.last_read = Instant::now();
                 self.heard = true;
             }
         }
         loop {
-            let Some(f) = self.framer.as_mut() else {
+            let Some(f) = self.link.as_mut().map(|c| c.framer()) else {
                 return;
             };
             match f.next() {
@@ -643,12 +634,10 @@ impl OutboundDomain {
     /// Closes the stream (writing `tail` first if given) and goes idle; a
     /// non-empty queue is retried by the timer.
     async fn disconnect(&mut self, tail: Option<&str>) {
-        if let Some(mut w) = self.writer.take() {
+        if let Some(mut c) = self.link.take() {
             let tail = Bytes::from(tail.unwrap_or_default().to_string());
-            w.close(tail, Duration::from_secs(5)).await;
+            c.close(tail, CLOSE).await;
         }
-        self.rd = None;
-        self.framer = None;
         if matches!(self.state, State::Up) {
             self.state = State::Idle;
             self.metrics.set_state("idle");

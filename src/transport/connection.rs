@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use super::writer::{Queue, Writer};
 use super::{ReadHalf, Transport};
+use crate::error::{StreamCondition, StreamError};
 use crate::events::Metrics;
 use crate::xml::Framer;
 
@@ -86,6 +87,15 @@ pub enum StartTlsError<E> {
     /// The handshake failed; the connection is closed.
     #[error("TLS handshake: {0}")]
     Handshake(E),
+}
+
+/// The stream error c2s and inbound s2s answer [`StartTlsError::Injected`]
+/// with (a receiving entity's choice; an initiating one just gives up).
+pub fn injection_error() -> StreamError {
+    StreamError::with_text(
+        StreamCondition::PolicyViolation,
+        "data received after <starttls/> before the TLS handshake",
+    )
 }
 
 impl Connection {

@@ -20,7 +20,7 @@ mod connection;
 pub mod writer;
 
 pub use accept::accept_loop;
-pub use connection::{Connection, Linger, StartTlsError};
+pub use connection::{Connection, Linger, StartTlsError, injection_error};
 
 use std::io;
 use std::pin::Pin;
