@@ -299,13 +299,7 @@ impl Session {
                 self.neg.handle(Input::TlsEstablished, &*self.shared.store)
             }
             Err(StartTlsError::Injected) => {
-                // Anything the client sent after <starttls/> would be
-                // processed as if it came over TLS.
-                self.close(StreamError::with_text(
-                    StreamCondition::PolicyViolation,
-                    "data received after <starttls/> before the TLS handshake",
-                ))
-                .await;
+                self.close(crate::transport::injection_error()).await;
                 Vec::new()
             }
             Err(e) => {

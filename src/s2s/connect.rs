@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::S2sShared;
@@ -17,9 +18,9 @@ use crate::error::StanzaCondition;
 use crate::stream::s2s::{
     AuthMethod, OutAction, OutInput, OutMode, OutboundNegotiation, S2sFailure,
 };
-use crate::transport::Transport;
+use crate::transport::{Connection, Linger, StartTlsError, Transport};
+use crate::xml::FramerEvent;
 use crate::xml::ns::NS_SERVER;
-use crate::xml::{Framer, FramerEvent};
 
 /// TCP connect budget per target.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,10 +78,10 @@ impl ConnectError {
     }
 }
 
-/// A negotiated outbound stream.
+/// A negotiated outbound stream (in verify mode, already closed).
 pub struct Established {
-    pub transport: Transport,
-    pub framer: Framer,
+    /// Whole, its framer positioned after the negotiation.
+    pub conn: Connection,
     pub method: Option<AuthMethod>,
     /// Verify mode: the authoritative server's answer.
     pub verified: Option<bool>,
@@ -150,9 +151,15 @@ pub async fn connect_and_negotiate(
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let budget = shared.config.gateway.stream_establishment_timeout;
+        let conn = Connection::new(
+            Transport::Plain(tcp),
+            NS_SERVER,
+            shared.config.gateway.max_stanza_size,
+            shared.metrics.clone(),
+        );
         let fut = negotiate(
             shared.clone(),
-            Transport::Plain(tcp),
+            conn,
             t.direct_tls,
             &local,
             &remote,
@@ -167,15 +174,33 @@ pub async fn connect_and_negotiate(
     Err(last)
 }
 
+/// The client side of STARTTLS or Direct TLS on `conn`, presenting
+/// `local`'s certificate and checking `remote`'s.
+async fn start_tls(
+    shared: &S2sShared,
+    local: &str,
+    remote: &str,
+    conn: &mut Connection,
+) -> Result<(), ConnectError> {
+    match conn
+        .start_tls(|tcp| tls_client(shared, local, remote, tcp))
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(StartTlsError::Injected) => {
+            Err(ConnectError::Negotiation("data after <proceed/>".into()))
+        }
+        Err(StartTlsError::NotPlain) => Err(ConnectError::Tls("already TLS".into())),
+        Err(StartTlsError::Handshake(e)) => Err(e),
+    }
+}
+
 async fn tls_client(
     shared: &S2sShared,
     local: &str,
     remote: &str,
-    io: Transport,
+    tcp: TcpStream,
 ) -> Result<Transport, ConnectError> {
-    let Transport::Plain(tcp) = io else {
-        return Err(ConnectError::Tls("already TLS".into()));
-    };
     let cfg = shared
         .client_tls
         .get(local)
@@ -197,15 +222,19 @@ async fn tls_client(
 
 fn peer_identity(
     shared: &S2sShared,
-    io: &Transport,
+    conn: &Connection,
 ) -> Option<Arc<dyn crate::stream::s2s::PeerIdentity>> {
-    io.peer_certificates()
+    conn.peer_certificates()
         .map(|chain| shared.verifier.identity(chain))
 }
 
+/// Writes the peer an end to the stream (the negotiation's own writes
+/// are bounded by the caller's `stream_establishment_timeout`).
+const END: Linger = Linger::no_drain(Duration::MAX);
+
 async fn negotiate(
     shared: Arc<S2sShared>,
-    mut io: Transport,
+    mut conn: Connection,
     direct_tls: bool,
     local: &str,
     remote: &str,
@@ -227,83 +256,69 @@ async fn negotiate(
     );
     let mut pending: std::collections::VecDeque<OutAction> = Default::default();
     if direct_tls {
-        io = tls_client(&shared, local, remote, io).await?;
-        let peer = peer_identity(&shared, &io);
+        start_tls(&shared, local, remote, &mut conn).await?;
+        let peer = peer_identity(&shared, &conn);
         pending.extend(neg.handle(OutInput::TlsEstablished { peer }));
     }
     pending.extend(neg.start());
-    let mut framer = Framer::new(NS_SERVER, shared.config.gateway.max_stanza_size);
     loop {
         while let Some(a) = pending.pop_front() {
             match a {
                 OutAction::Send(s) => {
-                    io.write_all(s.as_bytes())
+                    conn.send(Bytes::from(s))
                         .await
                         .map_err(|_| ConnectError::Closed)?;
-                    io.flush().await.map_err(|_| ConnectError::Closed)?;
                 }
                 OutAction::StartTls => {
-                    if framer.buffered() > 0 {
-                        return Err(ConnectError::Negotiation("data after <proceed/>".into()));
-                    }
-                    io = tls_client(&shared, local, remote, io).await?;
-                    framer = Framer::new(NS_SERVER, shared.config.gateway.max_stanza_size);
-                    let peer = peer_identity(&shared, &io);
+                    start_tls(&shared, local, remote, &mut conn).await?;
+                    let peer = peer_identity(&shared, &conn);
                     pending.extend(neg.handle(OutInput::TlsEstablished { peer }));
                 }
-                OutAction::RestartStream => framer.reset(),
+                OutAction::RestartStream => conn.framer().reset(),
                 OutAction::Ready(method) => {
                     shared
                         .s2s_metrics
                         .negotiation_seconds
                         .record(started.elapsed().as_secs_f64());
                     return Ok(Established {
-                        transport: io,
-                        framer,
+                        conn,
                         method: Some(method),
                         verified: None,
                         peer_addr,
                     });
                 }
                 OutAction::Verified(valid) => {
-                    let _ = io.write_all(b"</stream:stream>").await;
-                    let _ = io.shutdown().await;
+                    conn.close(Bytes::from_static(b"</stream:stream>"), END)
+                        .await;
                     return Ok(Established {
-                        transport: io,
-                        framer,
+                        conn,
                         method: None,
                         verified: Some(valid),
                         peer_addr,
                     });
                 }
-                OutAction::Fail(f) => return Err(fail(&mut io, f).await),
+                OutAction::Fail(f) => return Err(fail(&mut conn, f).await),
             }
         }
         // Need more input.
         let ev = loop {
-            match framer.next() {
+            match conn.framer().next() {
                 Ok(Some(ev)) => break ev,
                 Ok(None) => {}
                 Err(e) => {
-                    let _ = io
-                        .write_all(format!("{}</stream:stream>", e.to_xml()).as_bytes())
+                    let _ = conn
+                        .send(Bytes::from(format!("{}</stream:stream>", e.to_xml())))
                         .await;
                     return Err(ConnectError::Negotiation(format!(
                         "the peer sent bad XML: {e}"
                     )));
                 }
             }
-            let n = {
-                let mut buf = framer.read_buf();
-                io.read_buf(&mut buf)
-                    .await
-                    .map_err(|_| ConnectError::Closed)?
-            };
+            let n = conn.read().await.map_err(|_| ConnectError::Closed)?;
             if n == 0 {
                 pending.extend(neg.handle(OutInput::StreamClosed));
                 break FramerEvent::StreamClose;
             }
-            shared.metrics.bytes_in.increment(n as u64);
         };
         match ev {
             FramerEvent::StreamOpen(h) => pending.extend(neg.handle(OutInput::StreamOpen(&h))),
@@ -317,12 +332,10 @@ async fn negotiate(
     }
 }
 
-async fn fail(io: &mut Transport, f: S2sFailure) -> ConnectError {
+async fn fail(conn: &mut Connection, f: S2sFailure) -> ConnectError {
     if let Some(e) = &f.send {
-        let _ = io
-            .write_all(format!("{}</stream:stream>", e.to_xml()).as_bytes())
-            .await;
-        let _ = io.shutdown().await;
+        let tail = format!("{}</stream:stream>", e.to_xml());
+        conn.close(Bytes::from(tail), END).await;
     }
     use crate::stream::s2s::FailReason;
     match f.reason {

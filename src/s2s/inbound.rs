@@ -533,11 +533,7 @@ impl InboundS2s {
                     .handle(InInput::TlsEstablished { peer }, &Ctx(&self.shared))
             }
             Err(StartTlsError::Injected) => {
-                self.close(StreamError::with_text(
-                    StreamCondition::PolicyViolation,
-                    "data received after <starttls/> before the TLS handshake",
-                ))
-                .await;
+                self.close(crate::transport::injection_error()).await;
                 Vec::new()
             }
             Err(_) => {

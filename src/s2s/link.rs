@@ -17,28 +17,18 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
 use super::{ConnectError, S2sShared, connect_and_negotiate};
 use crate::stream::s2s::{AuthMethod, OutMode};
-use crate::xml::Framer;
-
-/// What a link's stream must be: a byte stream both ways that can move
-/// between tasks (the actor reads it, its writer task writes it).
-pub trait LinkIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> LinkIo for T {}
+use crate::transport::Connection;
 
 /// An outbound stream that is negotiated and authenticated: what is read
 /// from it next is the peer's stanzas (or its close), what is written to it
 /// goes to the peer as stanzas.
 pub struct Link {
-    /// Boxed so that one actor type serves every connector; the cost is one
-    /// indirect call per batched write, not per stanza.
-    pub io: Box<dyn LinkIo>,
-    /// The stream's framer, holding anything the peer sent after the
-    /// negotiation in the same read.
-    pub framer: Framer,
+    /// Whole (not yet split), its framer holding anything the peer sent
+    /// after the negotiation in the same read. A connector that is not TCP
+    /// wraps its stream in [`crate::transport::Transport::Stream`].
+    pub conn: Connection,
     /// How we were authenticated, for the metrics (`None`: by no method the
     /// negotiation knows, as with a link that was never negotiated).
     pub method: Option<AuthMethod>,
@@ -64,8 +54,7 @@ impl Connector for Network {
         Box::pin(async move {
             let est = connect_and_negotiate(shared, local, remote, OutMode::Authenticate).await?;
             Ok(Link {
-                io: Box::new(est.transport),
-                framer: est.framer,
+                conn: est.conn,
                 method: est.method,
                 peer_addr: est.peer_addr,
             })

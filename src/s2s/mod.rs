@@ -32,7 +32,7 @@ use crate::tls::CertStore;
 use crate::xml::Stanza;
 
 pub use connect::{ConnectError, Established, connect_and_negotiate};
-pub use link::{Connecting, Connector, Link, LinkIo, Network};
+pub use link::{Connecting, Connector, Link, Network};
 pub use outbound::{OutboundDomain, Send as SendRemote};
 
 /// Everything the s2s actors share.

@@ -18,17 +18,16 @@ use kameo::actor::{ActorRef, WeakActorRef};
 use kameo::error::{ActorStopReason, Infallible};
 use kameo::mailbox::{MailboxReceiver, Signal};
 use kameo::message::{Context, Message};
-use tokio::io::{AsyncReadExt, ReadHalf};
 use tokio::time::Instant;
 
-use super::{ConnectError, Link, LinkIo, S2sShared, silence_limit};
+use super::{ConnectError, Link, S2sShared, silence_limit};
 use crate::config::ProxyTarget;
 use crate::error::StanzaCondition;
 use crate::events::DomainMetrics;
 use crate::jid::Jid;
 use crate::router::Envelope;
-use crate::transport::writer::Writer;
-use crate::xml::{Frame, Framer, FramerEvent, Stanza, StanzaKind};
+use crate::transport::{Connection, Linger};
+use crate::xml::{Frame, FramerEvent, Stanza, StanzaKind};
 
 /// Stanzas waiting per domain while connecting; beyond it new ones bounce
 /// with `resource-constraint` (Prosody keeps 32 768; this is per pair).
@@ -39,6 +38,8 @@ const WRITE_QUEUE: usize = 4096;
 /// failure, however long the backoff has grown.
 const MIN_ATTEMPT_GAP: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A closing stream may take this long to flush; nothing is drained.
+const CLOSE: Linger = Linger::no_drain(Duration::from_secs(5));
 
 /// A stanza for the remote domain.
 pub struct Send(pub Envelope);
@@ -120,9 +121,8 @@ pub struct OutboundDomain {
     failures: u32,
     last_attempt: Option<Instant>,
     retry_at: Option<Instant>,
-    rd: Option<ReadHalf<Box<dyn LinkIo>>>,
-    framer: Option<Framer>,
-    writer: Option<Writer>,
+    /// The stream while up: split, written through its writer task.
+    link: Option<Connection>,
     /// The last stanza read or written: `stream_inactivity_timeout` runs
     /// from here. Whitespace keepalives either way do not count.
     last_activity: Instant,
@@ -168,9 +168,7 @@ impl Actor for OutboundDomain {
             failures: 0,
             last_attempt: None,
             retry_at: None,
-            rd: None,
-            framer: None,
-            writer: None,
+            link: None,
             last_activity: now,
             last_write: now,
             last_read: now,
@@ -196,7 +194,7 @@ impl Actor for OutboundDomain {
             tokio::select! {
                 biased;
                 sig = rx.recv() => return Ok(sig),
-                r = read_more(&mut self.rd, &mut self.framer) => self.on_read(r).await,
+                r = read_more(&mut self.link) => self.on_read(r).await,
                 _ = sleep_until(timer) => self.on_timer().await,
             }
         }
@@ -224,16 +222,10 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-async fn read_more(
-    rd: &mut Option<ReadHalf<Box<dyn LinkIo>>>,
-    framer: &mut Option<Framer>,
-) -> std::io::Result<usize> {
-    match (rd.as_mut(), framer.as_mut()) {
-        (Some(r), Some(f)) => {
-            let mut buf = f.read_buf();
-            r.read_buf(&mut buf).await
-        }
-        _ => std::future::pending().await,
+async fn read_more(link: &mut Option<Connection>) -> std::io::Result<usize> {
+    match link.as_mut() {
+        Some(c) => c.read().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -337,7 +329,7 @@ impl OutboundDomain {
     /// Whether the silence limit applies: the stream has a read side (a
     /// writer attached by a bench has none) and the peer has written on it.
     fn hears_peer(&self) -> bool {
-        self.rd.is_some() && self.heard
+        self.link.as_ref().is_some_and(|c| c.can_read()) && self.heard
     }
 
     async fn on_timer(&mut self) {
@@ -421,19 +413,15 @@ impl OutboundDomain {
         let method = est.method;
         tracing::info!(local = %self.local, remote = %self.remote, peer = %est.peer_addr, ?method, "s2s stream up");
         self.metrics.auth(method, true);
-        let (rd, wr) = tokio::io::split(est.io);
-        self.rd = Some(rd);
-        self.framer = Some(est.framer);
-        self.up(wr);
+        let mut conn = est.conn;
+        conn.split(WRITE_QUEUE);
+        self.up(conn);
     }
 
-    /// The stream is negotiated: write through `wr` from now on, starting
-    /// with what waited.
-    fn up<W>(&mut self, wr: W)
-    where
-        W: tokio::io::AsyncWrite + std::marker::Send + Unpin + 'static,
-    {
-        self.writer = Some(Writer::spawn(wr, WRITE_QUEUE, self.shared.metrics.clone()));
+    /// The stream is negotiated: write through `conn`'s writer from now
+    /// on, starting with what waited.
+    fn up(&mut self, conn: Connection) {
+        self.link = Some(conn);
         self.state = State::Up;
         self.keep_alive = self
             .shared
@@ -508,7 +496,7 @@ impl OutboundDomain {
     }
 
     fn write(&mut self, env: Envelope) {
-        if self.writer.is_none() {
+        if self.link.is_none() {
             // The stream went down while flushing: back to the queue.
             self.queue.push_back(env);
             self.metrics.set_queue(self.queue.len());
@@ -534,13 +522,13 @@ impl OutboundDomain {
         kind: StanzaKind,
         env: impl FnOnce() -> Envelope,
     ) -> bool {
-        let Some(w) = &self.writer else {
+        let Some(q) = self.link.as_ref().and_then(|c| c.queue()) else {
             // The stream went down earlier in this batch: back to the queue.
             self.queue.push_back(env());
             self.metrics.set_queue(self.queue.len());
             return false;
         };
-        match w.queue.try_send(frame) {
+        match q.try_send(frame) {
             Ok(()) => {
                 self.shared.metrics.stanza_out(kind);
                 return true;
@@ -556,9 +544,7 @@ impl OutboundDomain {
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
                 // The socket died under us: keep the stanza for the next
                 // stream instead of losing or bouncing it.
-                self.writer = None;
-                self.rd = None;
-                self.framer = None;
+                self.link = None;
                 self.release_slots();
                 self.state = State::Idle;
                 self.metrics.set_state("idle");
@@ -571,8 +557,8 @@ impl OutboundDomain {
     }
 
     fn send_bytes(&mut self, b: Bytes) {
-        if let Some(w) = &self.writer
-            && w.queue.try_send(b.into()).is_ok()
+        if let Some(q) = self.link.as_ref().and_then(|c| c.queue())
+            && q.try_send(b.into()).is_ok()
         {
             self.last_write = Instant::now();
         }
@@ -585,14 +571,13 @@ impl OutboundDomain {
                 self.disconnect(None).await;
                 return;
             }
-            Ok(n) => {
-                self.shared.metrics.bytes_in.increment(n as u64);
+            Ok(_) => {
                 self.last_read = Instant::now();
                 self.heard = true;
             }
         }
         loop {
-            let Some(f) = self.framer.as_mut() else {
+            let Some(f) = self.link.as_mut().map(|c| c.framer()) else {
                 return;
             };
             match f.next() {
@@ -627,12 +612,10 @@ impl OutboundDomain {
     /// Closes the stream (writing `tail` first if given) and goes idle; a
     /// non-empty queue is retried by the timer.
     async fn disconnect(&mut self, tail: Option<&str>) {
-        if let Some(mut w) = self.writer.take() {
+        if let Some(mut c) = self.link.take() {
             let tail = Bytes::from(tail.unwrap_or_default().to_string());
-            w.close(tail, Duration::from_secs(5)).await;
+            c.close(tail, CLOSE).await;
         }
-        self.rd = None;
-        self.framer = None;
         if matches!(self.state, State::Up) {
             self.state = State::Idle;
             self.metrics.set_state("idle");

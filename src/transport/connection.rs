@@ -19,11 +19,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::writer::{Queue, Writer};
 use super::{ReadHalf, Transport};
+use crate::error::{StreamCondition, StreamError};
 use crate::events::Metrics;
 use crate::xml::Framer;
 
@@ -38,10 +39,9 @@ pub struct Connection {
 enum Io {
     /// Negotiating: reads and writes on the whole transport.
     Whole(Transport),
-    /// Running: reads here, writes through the writer task. No read half
-    /// for a write-only link (benches, tests).
+    /// Running: reads here, writes through the writer task.
     Split {
-        rd: Option<ReadHalf>,
+        rd: ReadHalf,
         writer: Writer,
     },
     Closed,
@@ -88,6 +88,15 @@ pub enum StartTlsError<E> {
     Handshake(E),
 }
 
+/// The stream error c2s and inbound s2s answer [`StartTlsError::Injected`]
+/// with (a receiving entity's choice; an initiating one just gives up).
+pub fn injection_error() -> StreamError {
+    StreamError::with_text(
+        StreamCondition::PolicyViolation,
+        "data received after <starttls/> before the TLS handshake",
+    )
+}
+
 impl Connection {
     pub fn new(
         transport: Transport,
@@ -103,34 +112,13 @@ impl Connection {
         }
     }
 
-    /// A link with no read side, already running: everything sent goes
-    /// through a writer task into `io`.
-    pub fn write_only<W>(
-        io: W,
-        capacity: usize,
-        ns: &'static str,
-        max_stanza: usize,
-        metrics: Arc<Metrics>,
-    ) -> Connection
-    where
-        W: AsyncWrite + Unpin + Send + 'static,
-    {
-        let writer = Writer::spawn(io, capacity, metrics.clone());
-        Connection {
-            io: Io::Split { rd: None, writer },
-            framer: Framer::new(ns, max_stanza),
-            ns,
-            metrics,
-        }
-    }
-
     pub fn framer(&mut self) -> &mut Framer {
         &mut self.framer
     }
 
-    /// Whether bytes can still arrive (not closed, not write-only).
+    /// Whether bytes can still arrive (not closed).
     pub fn can_read(&self) -> bool {
-        matches!(self.io, Io::Whole(_) | Io::Split { rd: Some(_), .. })
+        matches!(self.io, Io::Whole(_) | Io::Split { .. })
     }
 
     /// The writer task's queue, once split.
@@ -163,8 +151,8 @@ impl Connection {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         match &mut self.io {
             Io::Whole(t) => t.poll_read_into(cx, &mut self.framer),
-            Io::Split { rd: Some(r), .. } => r.poll_read_into(cx, &mut self.framer),
-            _ => Poll::Pending,
+            Io::Split { rd, .. } => rd.poll_read_into(cx, &mut self.framer),
+            Io::Closed => Poll::Pending,
         }
     }
 
@@ -197,10 +185,7 @@ impl Connection {
         let (rd, wr) = super::split(t);
         let writer = Writer::spawn(wr, capacity, self.metrics.clone());
         let queue = writer.queue.clone();
-        self.io = Io::Split {
-            rd: Some(rd),
-            writer,
-        };
+        self.io = Io::Split { rd, writer };
         Some(queue)
     }
 
@@ -216,8 +201,12 @@ impl Connection {
         if self.framer.buffered() > 0 {
             return Err(StartTlsError::Injected);
         }
-        let Io::Whole(Transport::Plain(tcp)) = std::mem::replace(&mut self.io, Io::Closed) else {
-            return Err(StartTlsError::NotPlain);
+        let tcp = match std::mem::replace(&mut self.io, Io::Closed) {
+            Io::Whole(Transport::Plain(tcp)) => tcp,
+            other => {
+                self.io = other;
+                return Err(StartTlsError::NotPlain);
+            }
         };
         let tls = handshake(tcp).await.map_err(StartTlsError::Handshake)?;
         self.io = Io::Whole(tls);
@@ -241,11 +230,9 @@ impl Connection {
                     .await;
                     drain(&mut t, linger).await;
                 }
-                Io::Split { rd, mut writer } => {
+                Io::Split { mut rd, mut writer } => {
                     writer.close(tail, linger.write).await;
-                    if let Some(mut rd) = rd {
-                        drain(&mut rd, linger).await;
-                    }
+                    drain(&mut rd, linger).await;
                 }
                 Io::Closed => {}
             }
@@ -465,15 +452,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_write_only_link_sends_through_its_writer_and_reads_nothing() {
-        let (tx, mut rx) = tokio::io::duplex(64);
-        let mut conn = Connection::write_only(tx, 8, NS_CLIENT, 8192, Metrics::get());
-        assert!(!conn.can_read());
+    async fn a_stream_transport_reads_and_writes_like_a_socket() {
+        let (peer, ours) = tokio::io::duplex(4096);
+        let mut conn = Connection::new(
+            Transport::Stream(Box::new(ours)),
+            NS_CLIENT,
+            8192,
+            Metrics::get(),
+        );
+        let (mut prd, mut pwr) = tokio::io::split(peer);
+        pwr.write_all(HDR.as_bytes()).await.expect("write");
+        let ev = events(&mut conn, 1).await;
+        assert!(matches!(ev[0], FramerEvent::StreamOpen(_)));
+        let r = conn
+            .start_tls(|tcp| async move { Ok::<_, io::Error>(Transport::Plain(tcp)) })
+            .await;
+        assert!(matches!(r, Err(StartTlsError::NotPlain)), "{r:?}");
+        assert!(conn.split(8).is_some());
         conn.send(Bytes::from_static(b"<x/>")).await.expect("send");
+        drop(pwr);
         conn.close(Bytes::from_static(b"</stream:stream>"), LINGER)
             .await;
         let mut got = Vec::new();
-        rx.read_to_end(&mut got).await.expect("read");
+        prd.read_to_end(&mut got).await.expect("read");
         assert_eq!(got, b"<x/></stream:stream>");
     }
 }

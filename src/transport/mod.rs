@@ -20,7 +20,7 @@ mod connection;
 pub mod writer;
 
 pub use accept::accept_loop;
-pub use connection::{Connection, Linger, StartTlsError};
+pub use connection::{Connection, Linger, StartTlsError, injection_error};
 
 use std::io;
 use std::pin::Pin;
@@ -36,17 +36,29 @@ pub enum Transport {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Any other byte stream, secured (or not) by whoever made it: an
+    /// embedder's tunnel, an in-memory link for benches and tests. It cannot
+    /// be upgraded with STARTTLS.
+    Stream(Box<dyn Stream>),
 }
 
+/// What a [`Transport::Stream`] must be: a byte stream both ways that can
+/// move between tasks (a reader and its writer task).
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
 impl Transport {
+    /// Whether TLS protects this stream (a [`Transport::Stream`] counts
+    /// as not: we cannot tell).
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Transport::Plain(_))
+        matches!(self, Transport::Tls(_) | Transport::TlsClient(_))
     }
 
     /// The certificate chain the peer presented in the TLS handshake.
     pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
         let certs = match self {
-            Transport::Plain(_) => None,
+            Transport::Plain(_) | Transport::Stream(_) => None,
             Transport::Tls(s) => s.get_ref().1.peer_certificates(),
             Transport::TlsClient(s) => s.get_ref().1.peer_certificates(),
         }?;
@@ -68,6 +80,9 @@ impl Transport {
             Transport::Plain(tcp) => poll_read_plain(tcp, cx, framer),
             Transport::Tls(s) => poll_read_buffered(Pin::new(s.as_mut()), cx, framer),
             Transport::TlsClient(s) => poll_read_buffered(Pin::new(s.as_mut()), cx, framer),
+            Transport::Stream(s) => {
+                tokio_util::io::poll_read_buf(Pin::new(s.as_mut()), cx, &mut framer.read_buf())
+            }
         };
         if r.is_pending() {
             framer.shrink_if_idle();
@@ -187,6 +202,7 @@ impl AsyncRead for Transport {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Stream(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -201,6 +217,7 @@ impl AsyncWrite for Transport {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Stream(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -213,6 +230,7 @@ impl AsyncWrite for Transport {
             Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::Stream(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -225,6 +243,7 @@ impl AsyncWrite for Transport {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Stream(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -233,6 +252,7 @@ impl AsyncWrite for Transport {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Stream(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use fedrouter::s2s::{Connecting, Connector, Link, S2sShared};
-use fedrouter::xml::Framer;
+use fedrouter::transport::{Connection, Transport};
 use fedrouter::xml::ns::NS_SERVER;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -43,11 +43,15 @@ where
 {
     fn connect(&self, shared: Arc<S2sShared>, local: String, remote: String) -> Connecting {
         let io = Box::new(MemoryLink((self.make)(&local, &remote)));
-        let framer = Framer::new(NS_SERVER, shared.config.gateway.max_stanza_size);
+        let conn = Connection::new(
+            Transport::Stream(io),
+            NS_SERVER,
+            shared.config.gateway.max_stanza_size,
+            shared.metrics.clone(),
+        );
         Box::pin(async move {
             Ok(Link {
-                io,
-                framer,
+                conn,
                 method: None,
                 peer_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             })
