@@ -27,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::transport::ReadHalf;
 pub use crate::transport::Transport;
 
-use crate::error::{StanzaCondition, StreamCondition, StreamError, error_reply};
+use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::events::Metrics;
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::router::writer::Writer;
@@ -36,6 +36,7 @@ use crate::storage::Store;
 use crate::stream::c2s::{
     Action, BindFailure, C2sNegotiation, C2sPolicy, Input, bind_error, bind_result,
 };
+use crate::xml::build::error_reply;
 use crate::xml::element::Element;
 use crate::xml::escape::escape_attr;
 use crate::xml::ns::{NS_CLIENT, NS_DISCO_INFO, NS_PING, NS_ROSTER, NS_SESSION, NS_STREAMS};
@@ -572,7 +573,7 @@ impl Session {
             cond,
             None,
         );
-        self.send(b).await;
+        self.send(b.into_bytes()).await;
     }
 
     /// IQs the server answers itself, or on the user's behalf.
