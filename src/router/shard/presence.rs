@@ -16,7 +16,7 @@ use crate::roster::presence::{
 };
 use crate::roster::subscription::SubKind;
 use crate::router::Envelope;
-use crate::xml::element::Element;
+use crate::xml::child::child_text;
 use crate::xml::ns::NS_CLIENT;
 use crate::xml::{Stanza, StanzaBuilder, StanzaKind};
 
@@ -111,13 +111,10 @@ fn may_probe(user: &BareJid, prober: &BareJid, item: Option<&RosterItem>) -> boo
     prober == user || item.is_some_and(|i| i.subscription.has_from())
 }
 
-/// The `<priority/>` of a presence (0 when absent or unreadable).
+/// The `<priority/>` of a presence from a local session (0 when absent
+/// or unreadable), read by a span scan of its children, not a tree.
 fn priority_of(stanza: &Stanza) -> i8 {
-    Element::parse(stanza.bytes(), NS_CLIENT, &[])
-        .ok()
-        .and_then(|e| e.child("priority", NS_CLIENT).map(|p| p.text()))
-        .map(|p| parse_priority(Some(p.trim())))
-        .unwrap_or(0)
+    parse_priority(child_text(stanza, "priority", NS_CLIENT, NS_CLIENT).as_deref())
 }
 
 /// Unavailable presence from a resource, with no `to`: each recipient's
@@ -573,6 +570,18 @@ mod tests {
             ("<presence><priority> -3 </priority></presence>", -3),
             ("<presence><priority>500</priority></presence>", 127),
             ("<presence><priority>high</priority></presence>", 0),
+            ("<presence><priority>-200</priority></presence>", -128),
+            ("<presence><priority>\n\t7\n</priority></presence>", 7),
+            (
+                "<presence><priority xmlns='urn:x'>9</priority></presence>",
+                0,
+            ),
+            (
+                "<presence xmlns:c='jabber:client'><c:priority>4</c:priority></presence>",
+                4,
+            ),
+            ("<presence><x><priority>9</priority></x></presence>", 0),
+            ("<presence><priority/></presence>", 0),
         ] {
             assert_eq!(priority_of(&stanza(xml)), want, "{xml}");
         }
