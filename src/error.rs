@@ -1,7 +1,8 @@
 //! XMPP error conditions that cross module boundaries: stream errors
 //! (RFC 6120 §4.9), which end a stream, and stanza errors (RFC 6120 §8.3),
 //! which answer one stanza. Each knows its wire form, so the code that
-//! detects a problem never has to spell XML.
+//! detects a problem never has to spell XML (the stanza error reply itself
+//! is built by `xml::build::error_reply`, from what the condition knows).
 //!
 //! This module sits below `xml` (the framer reports [`StreamError`]s), so
 //! it must not import `crate::xml`: it escapes with the same quick-xml
@@ -9,9 +10,8 @@
 
 use std::fmt;
 
-use bytes::Bytes;
-// The functions behind `xml::escape::{escape_attr, escape_text}`.
-use quick_xml::escape::{escape as escape_attr, partial_escape as escape_text};
+// The function behind `xml::escape::escape_text`.
+use quick_xml::escape::partial_escape as escape_text;
 
 /// RFC 6120 §4.9.3 stream error conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -246,53 +246,6 @@ impl StanzaCondition {
     }
 }
 
-/// Builds the error reply to a stanza: same element name and id, `to` and
-/// `from` swapped, `type='error'`, and the `<error/>` child. The original
-/// payload is not echoed back (RFC 6120 §8.3.1 makes that optional, and it
-/// keeps bounces small).
-pub fn error_reply(
-    name: &str,
-    id: Option<&str>,
-    original_from: Option<&str>,
-    original_to: Option<&str>,
-    condition: StanzaCondition,
-    text: Option<&str>,
-) -> Bytes {
-    let mut s = String::with_capacity(256);
-    s.push('<');
-    s.push_str(name);
-    s.push_str(" type='error'");
-    if let Some(id) = id {
-        s.push_str(" id='");
-        s.push_str(&escape_attr(id));
-        s.push('\'');
-    }
-    if let Some(to) = original_from {
-        s.push_str(" to='");
-        s.push_str(&escape_attr(to));
-        s.push('\'');
-    }
-    if let Some(from) = original_to {
-        s.push_str(" from='");
-        s.push_str(&escape_attr(from));
-        s.push('\'');
-    }
-    s.push_str("><error type='");
-    s.push_str(condition.default_type().as_str());
-    s.push_str("'><");
-    s.push_str(condition.as_str());
-    s.push_str(" xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>");
-    if let Some(t) = text {
-        s.push_str("<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>");
-        s.push_str(&escape_text(t));
-        s.push_str("</text>");
-    }
-    s.push_str("</error></");
-    s.push_str(name);
-    s.push('>');
-    Bytes::from(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,20 +258,5 @@ mod tests {
             "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
              <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>a&lt;b</text></stream:error>"
         );
-    }
-
-    #[test]
-    fn error_reply_swaps_addresses_and_uses_the_recommended_type() {
-        let b = error_reply(
-            "message",
-            Some("m1"),
-            Some("a@x/r"),
-            Some("b@y"),
-            StanzaCondition::ServiceUnavailable,
-            None,
-        );
-        let s = std::str::from_utf8(&b).unwrap();
-        assert!(s.starts_with("<message type='error' id='m1' to='a@x/r' from='b@y'>"));
-        assert!(s.contains("<error type='cancel'><service-unavailable "));
     }
 }

@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 pub use crate::transport::Transport;
 use crate::transport::{Connection, Linger, StartTlsError};
 
-use crate::error::{StanzaCondition, StreamCondition, StreamError, error_reply};
+use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::events::Metrics;
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::router::{Bind, CloseSession, Envelope, FromSession, Router, SESSION_QUEUE, Unbind};
@@ -34,6 +34,7 @@ use crate::storage::Store;
 use crate::stream::c2s::{
     Action, BindFailure, C2sNegotiation, C2sPolicy, Input, bind_error, bind_result,
 };
+use crate::xml::build::error_reply;
 use crate::xml::element::Element;
 use crate::xml::escape::escape_attr;
 use crate::xml::ns::{NS_CLIENT, NS_DISCO_INFO, NS_PING, NS_ROSTER, NS_SESSION, NS_STREAMS};
@@ -500,7 +501,7 @@ impl Session {
             cond,
             None,
         );
-        self.send(b).await;
+        self.send(b.into_bytes()).await;
     }
 
     /// IQs the server answers itself, or on the user's behalf.

@@ -2,11 +2,12 @@
 //! the presence stanzas the server generates itself (probes, unavailable,
 //! and the subscription stanzas of auto-replies and roster removal).
 //!
-//! Owns: these strings only. Forwarded presence is never rebuilt here; it
+//! Owns: these stanzas only, built once with their spans recorded
+//! ([`StanzaBuilder`]), never parsed again. Forwarded presence is never rebuilt here; it
 //! goes out as the bytes that came in.
 
 use super::subscription::SubKind;
-use crate::xml::escape::escape_attr;
+use crate::xml::{Stanza, StanzaBuilder};
 use std::num::IntErrorKind;
 
 /// The `<priority/>` value (RFC 6121 §4.7.2.3): an integer in -128..=127.
@@ -26,36 +27,30 @@ pub fn parse_priority(raw: Option<&str>) -> i8 {
     }
 }
 
-fn presence(ty: &str, from: &str, to: &str) -> String {
-    let from = escape_attr(from);
-    let to = escape_attr(to);
-    let mut s = String::with_capacity(40 + ty.len() + from.len() + to.len());
-    s.push_str("<presence type='");
-    s.push_str(ty);
-    s.push_str("' from='");
-    s.push_str(&from);
-    s.push_str("' to='");
-    s.push_str(&to);
-    s.push_str("'/>");
-    s
+fn presence(ty: &str, from: &str, to: &str) -> Stanza {
+    StanzaBuilder::with_capacity("presence", 40 + ty.len() + from.len() + to.len())
+        .attr("type", ty)
+        .attr("from", from)
+        .attr("to", to)
+        .build()
 }
 
 /// `<presence type='probe'/>` from the user's bare JID to a contact
 /// (§4.3.1), sent when the user comes online for contacts with `to`/`both`.
-pub fn probe_xml(from: &str, to: &str) -> String {
+pub fn probe_presence(from: &str, to: &str) -> Stanza {
     presence("probe", from, to)
 }
 
 /// `<presence type='unavailable'/>`, e.g. from each available resource
 /// when a contact loses its subscription (§3.2.2, §3.3.3).
-pub fn unavailable_xml(from: &str, to: &str) -> String {
+pub fn unavailable_presence(from: &str, to: &str) -> Stanza {
     presence("unavailable", from, to)
 }
 
 /// A subscription stanza the server sends on the user's behalf: the
 /// auto-`subscribed` of §3.1.3/§3.4, or the `unsubscribe`/`unsubscribed`
 /// of a roster removal (§2.5.2). `from` is the user's bare JID.
-pub fn subscription_xml(kind: SubKind, from: &str, to: &str) -> String {
+pub fn subscription_presence(kind: SubKind, from: &str, to: &str) -> Stanza {
     presence(kind.as_str(), from, to)
 }
 
@@ -103,21 +98,29 @@ mod tests {
         }
     }
 
+    /// A generated stanza is what parsing the old string gave: the same
+    /// bytes and the same spans.
+    fn same_as_parsed(s: &Stanza, old: &str) {
+        s.assert_same_as(&Stanza::parse(bytes::Bytes::from(old.to_owned())).unwrap());
+    }
+
     #[test]
     fn probe_has_type_from_and_to() {
-        assert_eq!(
-            probe_xml("juliet@example.com", "romeo@example.net"),
-            "<presence type='probe' from='juliet@example.com' to='romeo@example.net'/>"
+        same_as_parsed(
+            &probe_presence("juliet@example.com", "romeo@example.net"),
+            "<presence type='probe' from='juliet@example.com' to='romeo@example.net'/>",
         );
     }
 
     #[test]
     fn unavailable_is_sent_from_a_full_jid_and_escaped() {
-        assert_eq!(
-            unavailable_xml("juliet@example.com/a'b&c", "romeo@example.net"),
+        let s = unavailable_presence("juliet@example.com/a'b&c", "romeo@example.net");
+        same_as_parsed(
+            &s,
             "<presence type='unavailable' from='juliet@example.com/a&apos;b&amp;c' \
-             to='romeo@example.net'/>"
+             to='romeo@example.net'/>",
         );
+        assert_eq!(s.from().as_deref(), Some("juliet@example.com/a'b&c"));
     }
 
     #[test]
@@ -128,9 +131,11 @@ mod tests {
             (SubKind::Unsubscribe, "unsubscribe"),
             (SubKind::Unsubscribed, "unsubscribed"),
         ] {
-            assert_eq!(
-                subscription_xml(kind, "juliet@example.com", "romeo@example.net"),
-                format!("<presence type='{ty}' from='juliet@example.com' to='romeo@example.net'/>")
+            same_as_parsed(
+                &subscription_presence(kind, "juliet@example.com", "romeo@example.net"),
+                &format!(
+                    "<presence type='{ty}' from='juliet@example.com' to='romeo@example.net'/>"
+                ),
             );
         }
     }

@@ -5,8 +5,9 @@
 
 use tokio::time::Instant;
 
-use crate::error::{StanzaCondition, error_reply};
+use crate::error::StanzaCondition;
 use crate::jid::Jid;
+use crate::xml::build::error_reply;
 use crate::xml::{Frame, Stanza, StanzaKind};
 
 /// A stanza on its way to a target, with the addresses routing decided on.
@@ -65,7 +66,7 @@ impl Envelope {
         }
         let from = self.from.to_string();
         let to = self.to.to_string();
-        let bytes = error_reply(
+        let stanza = error_reply(
             self.stanza.name(),
             self.stanza.id().as_deref(),
             Some(&from),
@@ -73,7 +74,6 @@ impl Envelope {
             cond,
             text,
         );
-        let stanza = Stanza::parse(bytes).ok()?;
         let mut env = Envelope::new(stanza, self.to.clone(), self.from.clone());
         env.on_behalf = true;
         Some(env)

@@ -9,8 +9,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::error::StanzaCondition;
 use crate::xml::escape::{escape_attr, escape_text};
 use crate::xml::lex::Span;
+use crate::xml::ns::NS_STANZAS;
 use crate::xml::stanza::{HeadSpans, Stanza};
 
 /// Writes one element: `new(name)`, then attributes, then children, then
@@ -117,6 +119,43 @@ impl<'n> StanzaBuilder<'n> {
     }
 }
 
+/// The error reply to a stanza (RFC 6120 §8.3): same element name and
+/// id, `to` and `from` swapped, `type='error'`, and the `<error/>` child
+/// with the condition's recommended type (which [`StanzaCondition`]
+/// knows). The original payload is not echoed back (§8.3.1 makes that
+/// optional, and it keeps bounces small).
+pub fn error_reply(
+    name: &str,
+    id: Option<&str>,
+    original_from: Option<&str>,
+    original_to: Option<&str>,
+    condition: StanzaCondition,
+    text: Option<&str>,
+) -> Stanza {
+    let cond = condition.as_str();
+    let mut b = StanzaBuilder::with_capacity(name, 256)
+        .attr("type", "error")
+        .attr_opt("id", id)
+        .attr_opt("to", original_from)
+        .attr_opt("from", original_to)
+        .raw(b"<error type='")
+        .raw(condition.default_type().as_str().as_bytes())
+        .raw(b"'><")
+        .raw(cond.as_bytes())
+        .raw(b" xmlns='")
+        .raw(NS_STANZAS.as_bytes())
+        .raw(b"'/>");
+    if let Some(t) = text {
+        b = b
+            .raw(b"<text xmlns='")
+            .raw(NS_STANZAS.as_bytes())
+            .raw(b"'>")
+            .text(t)
+            .raw(b"</text>");
+    }
+    b.raw(b"</error>").build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,13 +164,7 @@ mod tests {
     /// What the builder records must be what parsing its bytes finds.
     fn same_as_parsed(s: &Stanza) {
         let p = Stanza::parse(s.bytes().clone()).expect("the builder writes a valid first tag");
-        assert_eq!(s.name(), p.name());
-        assert_eq!(s.to_raw(), p.to_raw());
-        assert_eq!(s.from_raw(), p.from_raw());
-        assert_eq!(s.type_raw(), p.type_raw());
-        assert_eq!(s.id_raw(), p.id_raw());
-        assert_eq!(s.xmlns(), p.xmlns());
-        assert_eq!(s.is_empty_element(), p.is_empty_element());
+        s.assert_same_as(&p);
     }
 
     #[test]
@@ -183,5 +216,43 @@ mod tests {
         let f = s.splice(Some("a@b"), Some("c@d"));
         let again = Stanza::parse(Bytes::from(f.to_vec())).expect("spliced stanza parses");
         assert_eq!(again.from().as_deref(), Some("a@b"));
+    }
+
+    #[test]
+    fn error_reply_swaps_addresses_and_uses_the_recommended_type() {
+        let s = error_reply(
+            "message",
+            Some("m1"),
+            Some("a@x/r"),
+            Some("b@y"),
+            StanzaCondition::ServiceUnavailable,
+            None,
+        );
+        assert_eq!(
+            &s.bytes()[..],
+            &b"<message type='error' id='m1' to='a@x/r' from='b@y'><error type='cancel'>\
+               <service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"[..]
+        );
+        same_as_parsed(&s);
+    }
+
+    #[test]
+    fn error_reply_escapes_its_text_and_omits_absent_addresses() {
+        let s = error_reply(
+            "iq",
+            Some("a'1"),
+            Some("j@x/r"),
+            None,
+            StanzaCondition::BadRequest,
+            Some("a<b"),
+        );
+        assert_eq!(
+            &s.bytes()[..],
+            &b"<iq type='error' id='a&apos;1' to='j@x/r'><error type='modify'>\
+               <bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+               <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>a&lt;b</text></error></iq>"[..]
+        );
+        assert_eq!(s.from(), None);
+        same_as_parsed(&s);
     }
 }

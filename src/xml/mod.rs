@@ -7,6 +7,7 @@
 //! itself must understand.
 
 pub mod build;
+pub mod child;
 pub mod element;
 pub mod escape;
 pub mod framer;

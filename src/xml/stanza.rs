@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{StreamCondition, StreamError};
 use crate::xml::escape::{escape_attr, unescape};
@@ -253,6 +253,130 @@ impl Stanza {
     }
 }
 
+impl Stanza {
+    /// [`Stanza::splice`] as one contiguous stanza (to keep, or to hand on
+    /// as a `Stanza`). The spans move with the edits; nothing is scanned
+    /// again. Costs one buffer; [`Stanza::splice`] stays the copy-free
+    /// choice for bytes that are only written out.
+    pub fn spliced(&self, from: Option<&str>, to: Option<&str>) -> Stanza {
+        if from.is_none() && to.is_none() {
+            return self.clone();
+        }
+        let from = from.map(escape_attr);
+        let to = to.map(escape_attr);
+        let name_end = self.head.name.end as usize;
+        // (cut start, cut end, which attribute, replaced or inserted); the
+        // inserted ones share the cut right after the name.
+        let mut edits: [(usize, usize, Attr, bool); 2] = [(0, 0, Attr::From, false); 2];
+        let mut n = 0;
+        for (attr, span, value) in [
+            (Attr::From, self.head.from, &from),
+            (Attr::To, self.head.to, &to),
+        ] {
+            if value.is_none() {
+                continue;
+            }
+            edits[n] = match span.get() {
+                Some(r) => (r.start, r.end, attr, true),
+                None => (name_end, name_end, attr, false),
+            };
+            n += 1;
+        }
+        let edits = &mut edits[..n];
+        // Inserted attributes keep the order from, to (stable sort).
+        edits.sort_by_key(|e| e.0);
+        let extra: usize = [&from, &to]
+            .iter()
+            .flat_map(|v| v.as_ref())
+            .map(|v| v.len() + 8)
+            .sum();
+        let mut buf = BytesMut::with_capacity(self.bytes.len() + extra);
+        let mut head = self.head;
+        // How far each original position moved, by where the edits ended.
+        let mut shifts: [(usize, isize); 2] = [(usize::MAX, 0); 2];
+        let mut at = 0;
+        for (i, &(start, end, attr, replaced)) in edits.iter().enumerate() {
+            if start >= at {
+                buf.put_slice(&self.bytes[at..start]);
+            }
+            let value = match attr {
+                Attr::From => from.as_deref(),
+                Attr::To => to.as_deref(),
+            }
+            .unwrap_or_default();
+            if !replaced {
+                buf.put_u8(b' ');
+                buf.put_slice(attr.name().as_bytes());
+                buf.put_slice(b"='");
+            }
+            let v = Span::new(buf.len(), buf.len() + value.len());
+            buf.put_slice(value.as_bytes());
+            if !replaced {
+                buf.put_u8(b'\'');
+            }
+            match attr {
+                Attr::From => head.from = v,
+                Attr::To => head.to = v,
+            }
+            shifts[i] = (end, buf.len() as isize - end as isize);
+            at = end.max(at);
+        }
+        buf.put_slice(&self.bytes[at..]);
+        let moved = |s: Span| -> Span {
+            let Some(r) = s.get() else { return s };
+            // Edits are in document order: the last one ending at or before
+            // the span says how far it moved.
+            let d = shifts
+                .iter()
+                .rev()
+                .find(|(end, _)| *end <= r.start)
+                .map(|(_, d)| *d)
+                .unwrap_or(0);
+            let start = (r.start as isize + d) as usize;
+            Span::new(start, start + r.len())
+        };
+        for (attr, slot) in [(Attr::From, &mut head.from), (Attr::To, &mut head.to)] {
+            let edited = edits.iter().any(|e| e.2 == attr);
+            if !edited {
+                *slot = moved(*slot);
+            }
+        }
+        head.ty = moved(head.ty);
+        head.id = moved(head.id);
+        head.xmlns = moved(head.xmlns);
+        Stanza {
+            bytes: buf.freeze(),
+            head,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Stanza {
+    /// Test support: the same bytes and the same spans, for checking a
+    /// built stanza against what parsing its old string form gave.
+    pub(crate) fn assert_same_as(&self, parsed: &Stanza) {
+        assert_eq!(self.bytes, parsed.bytes);
+        assert_eq!(self.head, parsed.head, "{self:?}");
+    }
+}
+
+/// The two attributes [`Stanza::spliced`] edits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attr {
+    From,
+    To,
+}
+
+impl Attr {
+    fn name(self) -> &'static str {
+        match self {
+            Attr::From => "from",
+            Attr::To => "to",
+        }
+    }
+}
+
 impl PartialEq for Stanza {
     fn eq(&self, other: &Stanza) -> bool {
         // The spans are a function of the bytes.
@@ -472,6 +596,35 @@ mod tests {
         assert_eq!(Frame::from("<a/>").to_vec(), b"<a/>");
         assert_eq!(Frame::from(String::from("<b/>")).len(), 4);
         assert_eq!(Frame::from(stanza("<c/>")).parts().len(), 1);
+    }
+
+    /// Same bytes and same spans as parsing the spliced bytes again.
+    fn same_as_reparsed(s: &Stanza, from: Option<&str>, to: Option<&str>) {
+        let p = Stanza::parse(Bytes::from(s.splice(from, to).to_vec())).expect("parses");
+        s.spliced(from, to).assert_same_as(&p);
+    }
+
+    #[test]
+    fn spliced_moves_the_spans_with_the_edits() {
+        for s in [
+            "<presence/>",
+            "<presence type='unavailable'/>",
+            "<presence\n type='probe' id='p'/>",
+            "<message from='x@y' to=\"z@w\" type='chat' xmlns='jabber:client'><body/></message>",
+            "<iq type='get' to='old' id='1'><q/></iq>",
+            "<iq to='a-much-longer-old-value@example.com' id='1' from='x'><q/></iq>",
+            "<presence from='a@b/c' id='x'><show>away</show></presence>",
+        ] {
+            let s = stanza(s);
+            for (from, to) in [
+                (Some("f@g/r"), None),
+                (None, Some("t@u")),
+                (Some("o'b@x"), Some("a&b")),
+                (None, None),
+            ] {
+                same_as_reparsed(&s, from, to);
+            }
+        }
     }
 
     #[test]

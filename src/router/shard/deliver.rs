@@ -7,8 +7,6 @@
 //! The pure helpers at the top decide; the `Shard` methods below do the
 //! writing, bouncing and storing.
 
-use bytes::Bytes;
-
 use super::{Need, OfflineBatch, Resource, Shard, offer};
 use crate::error::StanzaCondition;
 use crate::jid::Jid;
@@ -18,11 +16,11 @@ use crate::policy::admit::{
 };
 use crate::roster::delivery::{self, Delivery, MessageType, ResourceView};
 use crate::roster::offline::with_delay;
-use crate::roster::presence::subscription_xml;
+use crate::roster::presence::subscription_presence;
 use crate::roster::subscription::SubKind;
 use crate::router::Envelope;
 use crate::storage::WriteOp;
-use crate::xml::{Frame, Stanza, StanzaKind};
+use crate::xml::{Frame, StanzaKind};
 
 // ---- the rules ---------------------------------------------------------------
 
@@ -194,14 +192,11 @@ impl Shard {
             Reply::Unsubscribed => {
                 let user = env.to.bare();
                 let contact = env.from.bare();
-                let reply =
-                    subscription_xml(SubKind::Unsubscribed, user.as_str(), contact.as_str());
-                if let Ok(s) = Stanza::parse(Bytes::from(reply)) {
-                    let mut e =
-                        Envelope::new(s, Jid::Bare(user.clone()), Jid::Bare(contact.clone()));
-                    e.on_behalf = true;
-                    self.ctx.router.route_nowait(e);
-                }
+                let s =
+                    subscription_presence(SubKind::Unsubscribed, user.as_str(), contact.as_str());
+                let mut e = Envelope::new(s, Jid::Bare(user.clone()), Jid::Bare(contact.clone()));
+                e.on_behalf = true;
+                self.ctx.router.route_nowait(e);
             }
         }
     }
@@ -322,12 +317,15 @@ impl Shard {
                         StanzaKind::Message,
                     ) {
                         delivered += 1;
-                    } else if let Ok(s) = Stanza::parse(bytes) {
-                        // The resource went away meanwhile: keep the message.
+                    } else {
+                        // The resource went away meanwhile: keep the
+                        // message, as the bytes storage gave back (they
+                        // were a stanza when stored; nothing here reads
+                        // them, so they are not parsed).
                         self.ctx.writer.submit(
                             vec![WriteOp::PushOffline {
                                 user: m.user.clone(),
-                                stanza: s.bytes().clone(),
+                                stanza: bytes,
                             }],
                             None,
                         );
@@ -351,8 +349,10 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xml::Stanza;
     use MessageType::{Chat, Error, Groupchat, Headline, Normal};
     use PartnerType::{Federated, PublicUnverified, PublicVerified};
+    use bytes::Bytes;
 
     fn r(resource: &str, priority: i8, available: bool) -> ResourceView<'_> {
         ResourceView {

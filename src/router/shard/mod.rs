@@ -56,7 +56,7 @@ struct Resource {
     priority: i8,
     available: bool,
     /// The last broadcast presence, `from` stamped, for probe answers.
-    presence: Option<Bytes>,
+    presence: Option<Stanza>,
     /// Targets of directed available presence, told when we go offline.
     directed: Vec<Jid>,
 }
@@ -751,10 +751,11 @@ impl Shard {
         any
     }
 
-    fn route_xml(&mut self, xml: String, from: Jid, to: Jid) {
-        if let Ok(s) = Stanza::parse(Bytes::from(xml)) {
-            self.ctx.router.route_nowait(Envelope::new(s, from, to));
-        }
+    /// Routes a stanza the server built itself.
+    fn route_generated(&mut self, stanza: Stanza, from: Jid, to: Jid) {
+        self.ctx
+            .router
+            .route_nowait(Envelope::new(stanza, from, to));
     }
 
     fn bounce(&mut self, env: &Envelope, cond: StanzaCondition) {

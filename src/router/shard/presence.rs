@@ -8,18 +8,17 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::{OfflineBatch, Resource, RosterItem, Shard, offer};
 use crate::error::StanzaCondition;
 use crate::jid::{BareJid, FullJid, Jid};
-use crate::roster::offline::flatten;
-use crate::roster::presence::{parse_priority, probe_xml, subscription_xml, unavailable_xml};
+use crate::roster::presence::{
+    parse_priority, probe_presence, subscription_presence, unavailable_presence,
+};
 use crate::roster::subscription::SubKind;
 use crate::router::Envelope;
-use crate::xml::element::Element;
+use crate::xml::child::child_text;
 use crate::xml::ns::NS_CLIENT;
-use crate::xml::{Frame, Stanza, StanzaKind};
+use crate::xml::{Stanza, StanzaBuilder, StanzaKind};
 
 // ---- the rules ---------------------------------------------------------------
 
@@ -112,29 +111,27 @@ fn may_probe(user: &BareJid, prober: &BareJid, item: Option<&RosterItem>) -> boo
     prober == user || item.is_some_and(|i| i.subscription.has_from())
 }
 
-/// The `<priority/>` of a presence (0 when absent or unreadable).
+/// The `<priority/>` of a presence from a local session (0 when absent
+/// or unreadable), read by a span scan of its children, not a tree.
 fn priority_of(stanza: &Stanza) -> i8 {
-    Element::parse(stanza.bytes(), NS_CLIENT, &[])
-        .ok()
-        .and_then(|e| e.child("priority", NS_CLIENT).map(|p| p.text()))
-        .map(|p| parse_priority(Some(p.trim())))
-        .unwrap_or(0)
+    parse_priority(child_text(stanza, "priority", NS_CLIENT, NS_CLIENT).as_deref())
 }
 
 /// Unavailable presence from a resource, with no `to`: each recipient's
 /// copy is addressed when it is routed.
-pub(super) fn unavailable_from(jid: &str) -> Bytes {
-    Bytes::from(format!(
-        "<presence type='unavailable' from='{}'/>",
-        crate::xml::escape::escape_attr(jid)
-    ))
+pub(super) fn unavailable_from(jid: &str) -> Stanza {
+    StanzaBuilder::with_capacity("presence", 48 + jid.len())
+        .attr("type", "unavailable")
+        .attr("from", jid)
+        .build()
 }
 
-/// The stanza with our `from` stamped, as one frame.
-fn stamp(stanza: &Stanza, from: &str) -> Frame {
+/// The stanza with our `from` stamped, kept whole (it is stored as the
+/// resource's presence and fanned out), its spans moved, not re-scanned.
+fn stamp(stanza: &Stanza, from: &str) -> Stanza {
     match stanza.from() {
-        Some(f) if *f == *from => Frame::from(stanza.clone()),
-        _ => stanza.splice(Some(from), None),
+        Some(f) if *f == *from => stanza.clone(),
+        _ => stanza.spliced(Some(from), None),
     }
 }
 
@@ -169,7 +166,11 @@ impl Shard {
             }
         }
         for (user, c, to) in probes {
-            self.route_xml(probe_xml(user.as_str(), &c), Jid::Bare(user), Jid::Bare(to));
+            self.route_generated(
+                probe_presence(user.as_str(), &c),
+                Jid::Bare(user),
+                Jid::Bare(to),
+            );
         }
     }
 
@@ -210,8 +211,8 @@ impl Shard {
                     Some(snapshot)
                 });
                 if let Some(res) = res {
-                    let frame = stamp(&stanza, &res.handle.jid_str);
-                    self.broadcast_unavailable(&bare, &res, frame);
+                    let presence = stamp(&stanza, &res.handle.jid_str);
+                    self.broadcast_unavailable(&bare, &res, presence);
                 }
             }
             (Outbound::Directed, Some(to)) => {
@@ -242,14 +243,11 @@ impl Shard {
             return;
         };
         let jid_str = r.handle.jid_str.clone();
-        let stamped = flatten(&stamp(&stanza, &jid_str));
+        let presence = stamp(&stanza, &jid_str);
         let was_available = r.available;
         r.available = true;
         r.priority = priority;
-        r.presence = Some(stamped.clone());
-        let Ok(presence) = Stanza::parse(stamped) else {
-            return;
-        };
+        r.presence = Some(presence.clone());
         // To every contact with a subscription from us.
         let targets = self.presence_subscribers(&bare).to_vec();
         self.ctx
@@ -274,8 +272,8 @@ impl Shard {
         // date with our other resources' presence.
         for c in &subscribed_to {
             if let Ok(to) = BareJid::parse(c) {
-                self.route_xml(
-                    probe_xml(bare.as_str(), c),
+                self.route_generated(
+                    probe_presence(bare.as_str(), c),
                     Jid::Bare(bare.clone()),
                     Jid::Bare(to),
                 );
@@ -289,23 +287,16 @@ impl Shard {
                 .iter()
                 .filter(|r| r.available && r.handle.jid != *from)
             {
-                if let Some(p) = &other.presence
-                    && let Ok(s) = Stanza::parse(p.clone())
-                {
-                    let frame = s.splice(None, Some(jid_str));
+                if let Some(p) = &other.presence {
+                    let frame = p.splice(None, Some(jid_str));
                     offer(this, frame, StanzaKind::Presence, &self.ctx.metrics);
                 }
             }
         }
         // Subscription requests that waited for us (RFC 6121 §3.1.3).
         for c in &pending_in {
-            let xml = subscription_xml(SubKind::Subscribe, c, bare.as_str());
-            self.write_to(
-                bare,
-                Some(from.resource()),
-                Bytes::from(xml).into(),
-                StanzaKind::Presence,
-            );
+            let s = subscription_presence(SubKind::Subscribe, c, bare.as_str());
+            self.write_to(bare, Some(from.resource()), s.into(), StanzaKind::Presence);
         }
         // Offline messages go to the first resource that becomes available
         // with a non-negative priority (XEP-0160).
@@ -338,12 +329,8 @@ impl Shard {
         &mut self,
         bare: &BareJid,
         res: &Resource,
-        frame_bytes: impl Into<Frame>,
+        presence: Stanza,
     ) {
-        let frame: Frame = frame_bytes.into();
-        let Ok(presence) = Stanza::parse(flatten(&frame)) else {
-            return;
-        };
         let from = Jid::Full(res.handle.jid.clone());
         let targets = unavailable_targets(&self.presence_subscribers(bare), &res.directed);
         self.ctx.router.broadcast_nowait(&presence, &from, targets);
@@ -392,7 +379,7 @@ impl Shard {
     fn presence_to_contact_jid(&mut self, user: &BareJid, to: &Jid, unavailable: bool) {
         let to_str = to.to_string();
         let mut sent = false;
-        let current: Vec<(Arc<str>, Option<Bytes>)> = self
+        let current: Vec<(Arc<str>, Option<Stanza>)> = self
             .users
             .get(user)
             .map(|u| {
@@ -404,13 +391,11 @@ impl Shard {
             })
             .unwrap_or_default();
         for (jid, presence) in current {
-            let xml = match (&presence, unavailable) {
-                (Some(p), false) => p.clone(),
-                _ => Bytes::from(unavailable_xml(&jid, &to_str)),
+            let s = match (presence, unavailable) {
+                (Some(p), false) => p,
+                _ => unavailable_presence(&jid, &to_str),
             };
-            if let Ok(s) = Stanza::parse(xml)
-                && let Ok(from) = Jid::parse(&jid)
-            {
+            if let Ok(from) = Jid::parse(&jid) {
                 // The stored presence has no `to`; the recipient's shard
                 // addresses it.
                 self.ctx
@@ -420,8 +405,8 @@ impl Shard {
             }
         }
         if !sent {
-            self.route_xml(
-                unavailable_xml(user.as_str(), &to_str),
+            self.route_generated(
+                unavailable_presence(user.as_str(), &to_str),
                 Jid::Bare(user.clone()),
                 to.clone(),
             );
@@ -433,6 +418,7 @@ impl Shard {
 mod tests {
     use super::*;
     use crate::roster::Subscription;
+    use bytes::Bytes;
 
     fn item(jid: &str, sub: Subscription) -> RosterItem {
         let mut i = RosterItem::new(jid);
@@ -584,6 +570,18 @@ mod tests {
             ("<presence><priority> -3 </priority></presence>", -3),
             ("<presence><priority>500</priority></presence>", 127),
             ("<presence><priority>high</priority></presence>", 0),
+            ("<presence><priority>-200</priority></presence>", -128),
+            ("<presence><priority>\n\t7\n</priority></presence>", 7),
+            (
+                "<presence><priority xmlns='urn:x'>9</priority></presence>",
+                0,
+            ),
+            (
+                "<presence xmlns:c='jabber:client'><c:priority>4</c:priority></presence>",
+                4,
+            ),
+            ("<presence><x><priority>9</priority></x></presence>", 0),
+            ("<presence><priority/></presence>", 0),
         ] {
             assert_eq!(priority_of(&stanza(xml)), want, "{xml}");
         }
@@ -592,22 +590,24 @@ mod tests {
     #[test]
     fn our_from_is_stamped_unless_the_client_already_wrote_it() {
         let own = stanza("<presence from='j@example.com/a'><show>away</show></presence>");
-        assert_eq!(stamp(&own, "j@example.com/a").parts().len(), 1);
+        let kept = stamp(&own, "j@example.com/a");
+        assert_eq!(kept.bytes().as_ptr(), own.bytes().as_ptr());
         let none = stanza("<presence><show>away</show></presence>");
-        let f = stamp(&none, "j@example.com/a");
-        let s = Stanza::parse(flatten(&f)).unwrap();
+        let s = stamp(&none, "j@example.com/a");
         assert_eq!(s.from().as_deref(), Some("j@example.com/a"));
-        let forged = stanza("<presence from='mallory@example.com/x'/>");
-        let s = Stanza::parse(flatten(&stamp(&forged, "j@example.com/a"))).unwrap();
+        assert_eq!(
+            &s.bytes()[..],
+            b"<presence from='j@example.com/a'><show>away</show></presence>"
+        );
+        let forged = stanza("<presence from='mallory@example.com/x' type='unavailable'/>");
+        let s = stamp(&forged, "j@example.com/a");
         assert_eq!(s.from().as_deref(), Some("j@example.com/a"));
+        assert_eq!(s.type_().as_deref(), Some("unavailable"));
     }
 
     #[test]
     fn the_unavailable_of_a_leaving_session_has_its_escaped_full_jid_and_no_to() {
-        let b = unavailable_from("j@example.com/a'b");
-        assert_eq!(
-            &b[..],
-            b"<presence type='unavailable' from='j@example.com/a&apos;b'/>"
-        );
+        let old = "<presence type='unavailable' from='j@example.com/a&apos;b'/>";
+        unavailable_from("j@example.com/a'b").assert_same_as(&stanza(old));
     }
 }

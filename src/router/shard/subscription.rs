@@ -9,19 +9,19 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Effect, PushItem, RosterItem, Shard};
-use crate::error::{StanzaCondition, error_reply};
+use crate::error::StanzaCondition;
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::roster::iq::{self, RosterChange, RosterIq};
-use crate::roster::presence::subscription_xml;
+use crate::roster::presence::subscription_presence;
 use crate::roster::subscription::{self, SubKind};
 use crate::router::Envelope;
+use crate::xml::build::error_reply;
 use crate::xml::{Stanza, StanzaKind};
 
 /// A subscription stanza from the user's bare JID to the contact's
 /// (subscription stanzas never carry resources, RFC 6121 §3.1.2).
 fn subscription_effect(kind: SubKind, user: &BareJid, contact: &BareJid) -> Option<Effect> {
-    let xml = subscription_xml(kind, user.as_str(), contact.as_str());
-    let s = Stanza::parse(Bytes::from(xml)).ok()?;
+    let s = subscription_presence(kind, user.as_str(), contact.as_str());
     Some(Effect::Route(Envelope::new(
         s,
         Jid::Bare(user.clone()),
@@ -84,8 +84,8 @@ impl Shard {
         if !self.user_exists(&user) {
             if kind == SubKind::Subscribe {
                 let reply =
-                    subscription_xml(SubKind::Unsubscribed, user.as_str(), contact.as_str());
-                self.route_xml(reply, Jid::Bare(user.clone()), Jid::Bare(contact));
+                    subscription_presence(SubKind::Unsubscribed, user.as_str(), contact.as_str());
+                self.route_generated(reply, Jid::Bare(user.clone()), Jid::Bare(contact));
             }
             return self.gc(&user);
         }
@@ -102,7 +102,7 @@ impl Shard {
         }
         if out.deliver {
             // Subscription stanzas carry bare JIDs (RFC 6121 §3.1.1).
-            let bytes = Bytes::from(subscription_xml(kind, contact.as_str(), user.as_str()));
+            let bytes = subscription_presence(kind, contact.as_str(), user.as_str()).into_bytes();
             let avail: Vec<Arc<str>> = self
                 .users
                 .get(&user)
@@ -171,8 +171,9 @@ impl Shard {
         let user = from.bare().clone();
         let id = stanza.id().map(|s| s.into_owned()).unwrap_or_default();
         let jid_str: Arc<str> = Arc::from(from.to_string());
-        let reply_err =
-            |cond: StanzaCondition| error_reply("iq", Some(&id), Some(&jid_str), None, cond, None);
+        let reply_err = |cond: StanzaCondition| {
+            error_reply("iq", Some(&id), Some(&jid_str), None, cond, None).into_bytes()
+        };
         let req = match iq::parse_request(stanza.bytes()) {
             Ok(RosterIq::Get) => {
                 let mut items: Vec<RosterItem> = self
