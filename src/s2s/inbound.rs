@@ -27,6 +27,7 @@ use crate::stream::s2s::{
     InAction, InInput, InboundContext, InboundNegotiation, OutMode, PeerPolicy,
 };
 use crate::transport::{Connection, Linger, StartTlsError, Transport};
+use crate::xml::build::StanzaBuilder;
 use crate::xml::ns::{NS_SERVER, NS_STREAMS};
 use crate::xml::{FramerEvent, Stanza, StanzaKind};
 
@@ -407,20 +408,15 @@ impl InboundS2s {
                 .is_some_and(|e| e.child("ping", "urn:xmpp:ping").is_some());
         let env = Envelope::new(s, from, to);
         if is_ping {
-            let id = env.stanza.id().map(|i| i.into_owned()).unwrap_or_default();
-            let xml = format!(
-                "<iq type='result' id='{}' from='{}' to='{}'/>",
-                crate::xml::escape::escape_attr(&id),
-                crate::xml::escape::escape_attr(&env.to.to_string()),
-                crate::xml::escape::escape_attr(&env.from.to_string())
-            );
-            if let Ok(reply) = Stanza::parse(bytes::Bytes::from(xml)) {
-                self.shared.router.route_nowait(Envelope::new(
-                    reply,
-                    env.to.clone(),
-                    env.from.clone(),
-                ));
-            }
+            let reply = StanzaBuilder::new("iq")
+                .attr("type", "result")
+                .attr("id", env.stanza.id().as_deref().unwrap_or_default())
+                .attr("from", &env.to.to_string())
+                .attr("to", &env.from.to_string())
+                .build();
+            self.shared
+                .router
+                .route_nowait(Envelope::new(reply, env.to.clone(), env.from.clone()));
         } else if let Some(b) = env.bounce(crate::error::StanzaCondition::ServiceUnavailable, None)
         {
             self.shared.router.route_nowait(b);

@@ -153,12 +153,10 @@ pub fn silence_limit(keep_alive_interval: std::time::Duration) -> std::time::Dur
 /// The presence without its personal note (`<status/>`), for partners
 /// that may not see it (see [`admit`]); `None` when it has none.
 /// `stripped` keeps the answer across calls for the same stanza, so a
-/// broadcast to many domains parses it once.
+/// broadcast to many domains scans it once.
 fn without_status(stanza: &Stanza, stripped: &mut Option<Option<Stanza>>) -> Option<Stanza> {
     stripped
-        .get_or_insert_with(|| {
-            crate::roster::presence::without_status(stanza).and_then(|b| Stanza::parse(b).ok())
-        })
+        .get_or_insert_with(|| crate::roster::presence::without_status(stanza))
         .clone()
 }
 

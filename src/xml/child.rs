@@ -1,12 +1,15 @@
 //! A span scan of a stanza's direct children, for the few facts the
 //! server reads from a stanza it otherwise forwards untouched (a
-//! presence's `<priority/>`), so routing never builds an element tree.
+//! presence's `<priority/>`) and the children it cuts out of one (a
+//! `<status/>` a partner may not see), so routing never builds an element
+//! tree.
 //!
 //! The bytes were validated by the framer (well-formed, restricted XML,
 //! UTF-8) or written by the server itself, so the scan only has to find
 //! tag boundaries: it checks nothing and refuses nothing.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use crate::xml::Stanza;
 use crate::xml::escape::unescape;
@@ -83,69 +86,140 @@ fn namespace_of<'a>(
         .or_else(|| prefix.is_none().then_some(default))
 }
 
+/// Where each direct child of `stanza` named `local` in namespace `ns`
+/// stands in its bytes, whole (start tag to end tag), in document order.
+/// `inherited` is the default namespace where the stanza stands (the
+/// stream's content namespace), used when the stanza declares none.
+pub fn child_ranges(stanza: &Stanza, local: &str, ns: &str, inherited: &str) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    scan_children(stanza, inherited, |name, in_ns, range| {
+        if name == local.as_bytes() && in_ns == Some(ns.as_bytes()) {
+            out.push(range);
+        }
+        true
+    });
+    out
+}
+
 /// The text of the first direct child of `stanza` named `local` in
 /// namespace `ns`, with character data and CDATA concatenated and
 /// references resolved; the text of grandchildren is not included.
-/// `inherited` is the default namespace where the stanza stands (the
-/// stream's content namespace), used when the stanza declares none.
+/// `inherited` as for [`child_ranges`].
 pub fn child_text(stanza: &Stanza, local: &str, ns: &str, inherited: &str) -> Option<String> {
+    let mut found = None;
+    scan_children(stanza, inherited, |name, in_ns, range| {
+        if name == local.as_bytes() && in_ns == Some(ns.as_bytes()) {
+            found = Some(range);
+            return false;
+        }
+        true
+    });
+    direct_text(&stanza.bytes()[found?])
+}
+
+/// A child whose end tag has not been reached yet: where it starts, its
+/// local name and its namespace.
+type Open<'a> = (usize, &'a [u8], Option<&'a [u8]>);
+
+/// Calls `f(local name, namespace, range)` for each direct child element of
+/// `stanza` until it returns false. Malformed bytes (which the framer never
+/// passes) end the scan early.
+fn scan_children<F>(stanza: &Stanza, inherited: &str, mut f: F)
+where
+    F: FnMut(&[u8], Option<&[u8]>, Range<usize>) -> bool,
+{
     if stanza.is_empty_element() {
-        return None;
+        return;
     }
     let b = stanza.bytes().as_ref();
-    let top_end = tag_end(b, 0)?;
+    let Some(top_end) = tag_end(b, 0) else {
+        return;
+    };
     let top = &b[..top_end];
     let default = stanza.xmlns().unwrap_or(inherited).as_bytes();
     let mut i = top_end;
     let mut depth = 1usize;
-    // The text so far once the child is found.
-    let mut found: Option<String> = None;
+    // The child being read: its start, local name and namespace.
+    let mut current: Option<Open<'_>> = None;
     loop {
-        let lt = i + b[i..].iter().position(|c| *c == b'<')?;
-        if depth == 2
-            && let Some(t) = found.as_mut()
-        {
-            let raw = std::str::from_utf8(&b[i..lt]).ok()?;
-            t.push_str(&unescape(raw).unwrap_or(Cow::Borrowed(raw)));
-        }
-        let rest = &b[lt..];
-        if let Some(cdata) = rest.strip_prefix(b"<![CDATA[") {
-            let end = cdata.windows(3).position(|w| w == b"]]>")?;
-            if depth == 2
-                && let Some(t) = found.as_mut()
-            {
-                t.push_str(std::str::from_utf8(&cdata[..end]).ok()?);
-            }
+        let Some(lt) = b[i..].iter().position(|c| *c == b'<').map(|p| i + p) else {
+            return;
+        };
+        if let Some(cdata) = b[lt..].strip_prefix(b"<![CDATA[") {
+            let Some(end) = cdata.windows(3).position(|w| w == b"]]>") else {
+                return;
+            };
             i = lt + 9 + end + 3;
             continue;
         }
-        let end = tag_end(b, lt)?;
-        if rest.starts_with(b"</") {
+        let Some(end) = tag_end(b, lt) else {
+            return;
+        };
+        let tag = &b[lt..end];
+        if tag.starts_with(b"</") {
             depth -= 1;
-            if depth == 1 && found.is_some() {
-                return found;
-            }
             if depth == 0 {
-                return None;
+                return;
+            }
+            if depth == 1
+                && let Some((start, name, in_ns)) = current.take()
+                && !f(name, in_ns, start..end)
+            {
+                return;
             }
         } else {
-            let tag = &b[lt..end];
             let empty = tag.ends_with(b"/>");
-            if depth == 1 && found.is_none() {
+            if depth == 1 {
                 let (qname, _) = parts(tag);
-                let name_local = qname.rsplit(|c| *c == b':').next().unwrap_or(qname);
-                if name_local == local.as_bytes()
-                    && namespace_of(qname, tag, top, default) == Some(ns.as_bytes())
-                {
-                    if empty {
-                        return Some(String::new());
+                let name = qname.rsplit(|c| *c == b':').next().unwrap_or(qname);
+                let in_ns = namespace_of(qname, tag, top, default);
+                if empty {
+                    if !f(name, in_ns, lt..end) {
+                        return;
                     }
-                    found = Some(String::new());
+                } else {
+                    current = Some((lt, name, in_ns));
                 }
             }
             if !empty {
                 depth += 1;
             }
+        }
+        i = end;
+    }
+}
+
+/// The character data and CDATA directly inside one element (its whole
+/// bytes, start tag to end tag), references resolved.
+fn direct_text(el: &[u8]) -> Option<String> {
+    let mut i = tag_end(el, 0)?;
+    if el[..i].ends_with(b"/>") {
+        return Some(String::new());
+    }
+    let mut text = String::new();
+    let mut depth = 1usize;
+    loop {
+        let lt = i + el[i..].iter().position(|c| *c == b'<')?;
+        if depth == 1 {
+            let raw = std::str::from_utf8(&el[i..lt]).ok()?;
+            text.push_str(&unescape(raw).unwrap_or(Cow::Borrowed(raw)));
+        }
+        if let Some(cdata) = el[lt..].strip_prefix(b"<![CDATA[") {
+            let end = cdata.windows(3).position(|w| w == b"]]>")?;
+            if depth == 1 {
+                text.push_str(std::str::from_utf8(&cdata[..end]).ok()?);
+            }
+            i = lt + 9 + end + 3;
+            continue;
+        }
+        let end = tag_end(el, lt)?;
+        if el[lt..].starts_with(b"</") {
+            depth -= 1;
+            if depth == 0 {
+                return Some(text);
+            }
+        } else if !el[lt..end].ends_with(b"/>") {
+            depth += 1;
         }
         i = end;
     }
@@ -260,5 +334,24 @@ mod tests {
             Some("6")
         );
         assert_eq!(child_text(&s, "priority", NS_CLIENT, NS_SERVER), None);
+    }
+
+    #[test]
+    fn child_ranges_cover_each_matching_child_whole() {
+        let xml = "<presence><status>a</status><x:status xmlns:x='jabber:client'/><status xmlns='other'>b</status><show><status>no</status></show><status>c<![CDATA[<d>]]></status></presence>";
+        let s = Stanza::parse(Bytes::from_static(xml.as_bytes())).unwrap();
+        let got: Vec<&str> = child_ranges(&s, "status", NS_CLIENT, NS_CLIENT)
+            .into_iter()
+            .map(|r| &xml[r])
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "<status>a</status>",
+                "<x:status xmlns:x='jabber:client'/>",
+                "<status>c<![CDATA[<d>]]></status>"
+            ]
+        );
+        assert!(child_ranges(&s, "priority", NS_CLIENT, NS_CLIENT).is_empty());
     }
 }

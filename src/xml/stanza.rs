@@ -254,6 +254,29 @@ impl Stanza {
 }
 
 impl Stanza {
+    /// The stanza with the byte ranges `cut` removed: whole direct children
+    /// (as [`crate::xml::child::child_ranges`] finds them), in order, none
+    /// overlapping the start tag. Everything else stays byte for byte, the
+    /// prefix declarations on the start tag included, and the header spans
+    /// stay valid as they are (they all lie in the start tag), so nothing
+    /// is scanned again.
+    pub fn without(&self, cut: &[std::ops::Range<usize>]) -> Stanza {
+        let b = self.bytes.as_ref();
+        let removed: usize = cut.iter().map(|r| r.len()).sum();
+        let mut out = BytesMut::with_capacity(b.len() - removed.min(b.len()));
+        let mut at = 0;
+        for r in cut {
+            if r.start < at || r.end > b.len() {
+                // Not what child_ranges returns: leave the stanza whole.
+                return self.clone();
+            }
+            out.extend_from_slice(&b[at..r.start]);
+            at = r.end;
+        }
+        out.extend_from_slice(&b[at..]);
+        Stanza::from_parts(out.freeze(), self.head)
+    }
+
     /// [`Stanza::splice`] as one contiguous stanza (to keep, or to hand on
     /// as a `Stanza`). The spans move with the edits; nothing is scanned
     /// again. Costs one buffer; [`Stanza::splice`] stays the copy-free
