@@ -39,7 +39,7 @@ pub fn raise_fd_limit() -> Option<u64> {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => Some(n),
         Err(e) => {
-            tracing::warn!(error = %e, "could not raise the open-file limit");
+            crate::events::daemon::FdLimitNotRaised { error: &e }.emit();
             None
         }
     }
