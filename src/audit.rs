@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
-use metrics::{Counter, counter};
-
+use crate::events::store::{AuditLineDropped, AuditMetrics, AuditWriteFailed};
 use crate::xml::element::Element;
 use crate::xml::ns::{NS_CLIENT, NS_SERVER};
 use crate::xml::{Stanza, StanzaKind};
@@ -35,7 +34,7 @@ pub struct AuditLog {
 struct Inner {
     tx: SyncSender<String>,
     bodies: bool,
-    dropped: Counter,
+    metrics: AuditMetrics,
     path: PathBuf,
 }
 
@@ -69,7 +68,7 @@ impl AuditLog {
                         }
                     }
                     if file.write_all(&buf).and_then(|_| file.flush()).is_err() {
-                        tracing::error!("cannot write the audit log");
+                        AuditWriteFailed.emit();
                     }
                     buf.clear();
                 }
@@ -78,7 +77,7 @@ impl AuditLog {
             inner: Some(Arc::new(Inner {
                 tx,
                 bodies,
-                dropped: counter!("fedrouter_dropped_total", "reason" => "audit_queue_full"),
+                metrics: AuditMetrics::register(),
                 path: path.to_path_buf(),
             })),
         })
@@ -104,7 +103,7 @@ impl AuditLog {
         }
         let mut line = format!(
             "{} {} from={} to={} id={} type={}",
-            crate::util::utc_timestamp(),
+            humantime::format_rfc3339_millis(std::time::SystemTime::now()),
             match dir {
                 Direction::In => "in",
                 Direction::Out => "out",
@@ -130,7 +129,7 @@ impl AuditLog {
         }
         line.push('\n');
         if let Err(TrySendError::Full(_)) = inner.tx.try_send(line) {
-            inner.dropped.increment(1);
+            AuditLineDropped.emit(&inner.metrics);
         }
     }
 }

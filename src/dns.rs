@@ -35,6 +35,8 @@ use hickory_resolver::proto::rr::RData;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
+use crate::events;
+
 /// The RFC 6120 fallback port when a domain publishes no SRV records.
 pub const DEFAULT_S2S_PORT: u16 = 5269;
 /// Per-query timeout and tries (RFC 8305 asks for no more than a few s).
@@ -195,7 +197,11 @@ impl Resolver {
             }]);
         }
         for e in &failures {
-            tracing::warn!(domain = %d, error = %e, "one SRV lookup failed; using the other's records");
+            events::dns::SrvLookupFailed {
+                domain: &d,
+                error: e,
+            }
+            .emit();
         }
         let ordered = rfc2782_order(records, &mut random_u64);
         let mut set = JoinSet::new();
@@ -222,9 +228,13 @@ impl Resolver {
                         addrs,
                     },
                 )),
-                Ok(_) => tracing::debug!(%host, "SRV target has no addresses"),
+                Ok(_) => events::dns::SrvTargetEmpty { host: &host }.emit(),
                 Err(e) => {
-                    tracing::debug!(%host, error = %e, "SRV target did not resolve");
+                    events::dns::SrvTargetUnresolved {
+                        host: &host,
+                        error: &e,
+                    }
+                    .emit();
                     last_err = Some(e);
                 }
             }
@@ -234,7 +244,7 @@ impl Resolver {
             return Err(match last_err {
                 Some(DnsError::Timeout(m)) => DnsError::Timeout(m),
                 _ => {
-                    tracing::debug!(domain = %d, "no SRV target has an address");
+                    events::dns::NoSrvTargetAddress { domain: &d }.emit();
                     DnsError::NotFound(d)
                 }
             });

@@ -23,7 +23,6 @@ pub mod storage;
 pub mod stream;
 pub mod tls;
 pub mod transport;
-pub mod util;
 pub mod xml;
 
 use std::net::SocketAddr;
@@ -40,6 +39,19 @@ use crate::events::Metrics;
 use crate::router::Router;
 use crate::storage::{RedbStore, Store, StoreWriter};
 use crate::stream::c2s::C2sPolicy;
+
+// The crate root joins the two: `events` may not name `stream` (see
+// `events::s2s::AuthLabel`), and `stream/` is being rewritten (issue 11);
+// this impl can move next to `AuthMethod` once it has landed.
+impl events::s2s::AuthLabel for stream::s2s::AuthMethod {
+    fn auth_label(&self) -> &'static str {
+        match self {
+            stream::s2s::AuthMethod::SaslExternal => "sasl_external",
+            stream::s2s::AuthMethod::DialbackTls => "dialback_tls",
+            stream::s2s::AuthMethod::DialbackPlain => "dialback_plain",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -88,11 +100,11 @@ impl Reloader {
         let new = policy::Policy::from_config(&config);
         let warnings = new.warnings().to_vec();
         for w in &warnings {
-            tracing::warn!("{w}");
+            events::daemon::ConfigWarning { warning: w }.emit();
         }
         self.policy.set(new);
         self.s2s.enforce();
-        tracing::info!(config = %path.display(), "configuration reloaded (partners and access policies)");
+        events::daemon::ConfigReloaded { config: path }.emit();
         Ok(warnings)
     }
 
@@ -144,7 +156,7 @@ pub async fn start_with_connector(
     let metrics = Metrics::get();
     let policy = policy::PolicyHandle::new(policy::Policy::from_config(&config));
     for w in policy.get().warnings() {
-        tracing::warn!("{w}");
+        events::daemon::ConfigWarning { warning: w }.emit();
     }
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&data_dir)?);
     // Bound before anything else listens, so an admin command that sees the
@@ -193,7 +205,11 @@ pub async fn start_with_connector(
             addr: *addr,
             source,
         })?;
-        tracing::info!(addr = %bound, "c2s listening");
+        events::daemon::Listening {
+            listener: events::daemon::Listener::C2s,
+            addr: bound,
+        }
+        .emit();
         c2s_addrs.push(bound);
         tasks.push(tokio::spawn(c2s::accept_loop(l, shared.clone())));
     }
@@ -268,7 +284,11 @@ pub async fn start_with_connector(
                 addr: *addr,
                 source,
             })?;
-            tracing::info!(addr = %bound, direct_tls = direct, "s2s listening");
+            events::daemon::Listening {
+                listener: events::daemon::Listener::S2s { direct_tls: direct },
+                addr: bound,
+            }
+            .emit();
             out.push(bound);
             tasks.push(tokio::spawn(s2s::inbound::accept_loop(
                 l,
@@ -299,7 +319,11 @@ pub async fn start_with_connector(
         let bound = l
             .local_addr()
             .map_err(|source| StartError::Listen { addr, source })?;
-        tracing::info!(addr = %bound, "metrics listening on /metrics");
+        events::daemon::Listening {
+            listener: events::daemon::Listener::Metrics,
+            addr: bound,
+        }
+        .emit();
         metrics_addr = Some(bound);
         tasks.push(tokio::spawn(http::serve_metrics(l)));
     }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fedrouter::config::{Config, LogFormat};
-use fedrouter::{admin, control};
+use fedrouter::config::Config;
+use fedrouter::{admin, control, events};
 
 #[derive(Parser)]
 #[command(name = "fedrouter", version, about = "An XMPP federation router")]
@@ -91,24 +91,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 fn run(config: Config) -> Result<(), String> {
-    init_logging(&config);
-    if let Some(n) = fedrouter::util::raise_fd_limit() {
-        tracing::debug!(limit = n, "open-file limit");
+    events::init_logging(&config.log);
+    if let Some(n) = fedrouter::transport::raise_fd_limit() {
+        events::daemon::FdLimitRaised { limit: n }.emit();
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -116,16 +102,16 @@ fn run(config: Config) -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
     rt.block_on(async move {
-        match &config.source {
-            Some(p) => tracing::info!(config = %p.display(), "starting"),
-            None => tracing::info!("starting with the built-in defaults (no configuration file)"),
+        events::daemon::DaemonStarting {
+            config: config.source.as_deref(),
         }
+        .emit();
         let daemon = fedrouter::start(config).await.map_err(|e| e.to_string())?;
-        tracing::info!(
-            domains = ?daemon.config.server.domains,
-            data_dir = %daemon.config.server.data_dir.display(),
-            "fedrouter is running"
-        );
+        events::daemon::DaemonRunning {
+            domains: &daemon.config.server.domains,
+            data_dir: &daemon.config.server.data_dir,
+        }
+        .emit();
         let reloader = daemon.reloader.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
@@ -136,15 +122,13 @@ fn run(config: Config) -> Result<(), String> {
                 let r = reloader.clone();
                 match tokio::task::spawn_blocking(move || r.reload()).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!("reload refused, the running configuration stays: {e}")
-                    }
-                    Err(e) => tracing::error!("reload failed: {e}"),
+                    Ok(Err(e)) => events::daemon::ReloadRefused { error: &e }.emit(),
+                    Err(e) => events::daemon::ReloadFailed { error: &e }.emit(),
                 }
             }
         });
         wait_for_shutdown_signal().await;
-        tracing::info!("shutting down");
+        events::daemon::ShuttingDown.emit();
         daemon.shutdown().await;
         Ok(())
     })

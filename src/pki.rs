@@ -36,6 +36,7 @@ use rustls::{
 };
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use crate::events;
 use crate::tls::{CertStore, TlsError, provider};
 
 /// id-on-xmppAddr, RFC 6120 §13.7.1.4.
@@ -92,10 +93,10 @@ impl PeerVerifier {
         if use_system_roots {
             let native = rustls_native_certs::load_native_certs();
             for e in &native.errors {
-                tracing::warn!(error = %e, "reading the system trust store");
+                events::pki::TrustStoreReadFailed { error: e }.emit();
             }
             let (added, ignored) = roots.add_parsable_certificates(native.certs);
-            tracing::debug!(added, ignored, "system trust anchors");
+            events::pki::SystemTrustAnchors { added, ignored }.emit();
         }
         if let Some(path) = ca_file {
             let pem_err = |message: String| TlsError::Pem {
@@ -289,7 +290,7 @@ impl CertNames {
                     match decode_xmpp_addr(raw) {
                         Some(a) => names.xmpp_addrs.push(a),
                         // One bad entry must not hide the good ones.
-                        None => tracing::debug!("undecodable id-on-xmppAddr SAN ignored"),
+                        None => events::pki::UndecodableXmppAddr.emit(),
                     }
                 }
                 _ => {}

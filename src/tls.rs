@@ -163,7 +163,11 @@ pub fn ensure_self_signed(data_dir: &Path, domain: &str) -> Result<(PathBuf, Pat
     let cert = params.self_signed(&key).map_err(gen_err)?;
     write_private(&key_path, key.serialize_pem().as_bytes())?;
     fs::write(&cert_path, cert.pem()).map_err(io_err(&cert_path))?;
-    tracing::info!(%domain, path = %cert_path.display(), "generated a self-signed certificate");
+    crate::events::tls::SelfSignedGenerated {
+        domain,
+        path: &cert_path,
+    }
+    .emit();
     Ok((cert_path, key_path))
 }
 

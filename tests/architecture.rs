@@ -3,7 +3,9 @@
 //!
 //! - the top-level modules form no import cycle: a module's `crate::X`
 //!   references are its edges, and the graph must be acyclic;
-//! - no file is over 1,000 lines, not counting its `#[cfg(test)]` module.
+//! - no file is over 1,000 lines, not counting its `#[cfg(test)]` module;
+//! - no file outside `src/events/` logs or counts by itself (`tracing` and
+//!   `metrics` calls): every observable event is a struct in `events/`.
 //!
 //! Run `cargo test --test architecture -- --nocapture` to print the module
 //! graph.
@@ -21,6 +23,10 @@ const KNOWN_CYCLES: &[&[&str]] = &[];
 
 /// Files still over [`MAX_LINES`], with the same ratchet.
 const KNOWN_LONG_FILES: &[&str] = &[];
+
+/// Files outside `src/events/` that still call `tracing` or `metrics`
+/// themselves (issue 11, item 7, second half), with the same ratchet.
+const KNOWN_SCATTERED_EVENTS: &[&str] = &[];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -132,6 +138,75 @@ fn test_module_files(files: &[PathBuf]) -> BTreeSet<PathBuf> {
                 out.insert(dir.join(format!("{name}.rs")));
                 out.insert(dir.join(name).join("mod.rs"));
             }
+        }
+    }
+    out
+}
+
+/// What only `src/events/` may write: paths into the `tracing` and
+/// `metrics` crates, and their macros called bare after a `use`.
+const EVENT_PATHS: &[&str] = &["tracing::", "metrics::"];
+const EVENT_MACROS: &[&str] = &[
+    "trace!(",
+    "debug!(",
+    "info!(",
+    "warn!(",
+    "error!(",
+    "event!(",
+    "counter!(",
+    "gauge!(",
+    "histogram!(",
+    "describe_counter!(",
+    "describe_gauge!(",
+    "describe_histogram!(",
+];
+
+/// Whether the word at `i` of `code` begins a path, rather than continuing
+/// one (`events::metrics::x`) or ending a longer name (`my_info!(`).
+/// `::tracing::x` begins one.
+fn starts_path(code: &str, i: usize) -> bool {
+    let before = &code[..i];
+    let is_name = |c: char| is_ident(c) || c == '$';
+    match before.strip_suffix("::") {
+        Some(b) => !b
+            .chars()
+            .next_back()
+            .is_some_and(|c| is_name(c) || c == '>'),
+        None => !before.chars().next_back().is_some_and(is_name),
+    }
+}
+
+/// Whether a `use` item names `krate` as its root: `use tracing;`,
+/// `use ::metrics as m;`, `use {tracing, …};` (not `use a::{metrics}`).
+fn imports_crate(code: &str, krate: &str) -> bool {
+    code.match_indices("use ")
+        .filter(|(i, _)| starts_path(code, *i))
+        .any(|(i, _)| {
+            let item = code[i + "use ".len()..].split(';').next().unwrap_or("");
+            item.match_indices(krate).any(|(j, _)| {
+                let head = item[..j].trim_start_matches([' ', '\n', '{']);
+                let head = head.strip_prefix("::").unwrap_or(head);
+                let after = item[j + krate.len()..].chars().next();
+                let root =
+                    head.is_empty() || (!head.contains("::") && head.trim_end().ends_with(','));
+                root && !after.is_some_and(is_ident)
+            })
+        })
+}
+
+/// The `tracing`/`metrics` uses in `code` (comments already stripped), as
+/// the matched words.
+fn event_calls(code: &str) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for pat in EVENT_PATHS.iter().chain(EVENT_MACROS) {
+        let hit = code.match_indices(pat).any(|(i, _)| starts_path(code, i));
+        if hit {
+            out.push(*pat);
+        }
+    }
+    for krate in ["tracing", "metrics"] {
+        if imports_crate(code, krate) {
+            out.push(krate);
         }
     }
     out
@@ -275,6 +350,78 @@ fn no_source_file_is_over_a_thousand_lines_outside_its_tests() {
     assert!(
         gone.is_empty(),
         "split: take them out of KNOWN_LONG_FILES: {gone:?}"
+    );
+}
+
+#[test]
+fn only_the_events_module_logs_and_counts() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let events = src().join("events");
+    let scattered: BTreeMap<String, Vec<&str>> = files
+        .iter()
+        .filter(|f| !f.starts_with(&events))
+        .filter_map(|f| {
+            let calls = event_calls(&code_only(&fs::read_to_string(f).expect("read source")));
+            let rel = f.strip_prefix(src()).unwrap_or(f).display().to_string();
+            (!calls.is_empty()).then_some((rel, calls))
+        })
+        .collect();
+    let known: BTreeSet<&str> = KNOWN_SCATTERED_EVENTS.iter().copied().collect();
+    let new: Vec<_> = scattered
+        .iter()
+        .filter(|(f, _)| !known.contains(f.as_str()))
+        .collect();
+    let gone: Vec<_> = known
+        .iter()
+        .filter(|k| !scattered.contains_key(**k))
+        .collect();
+    assert!(
+        new.is_empty(),
+        "files that log or count outside src/events/ (make each an event struct there): {new:?}"
+    );
+    assert!(
+        gone.is_empty(),
+        "converted: take them out of KNOWN_SCATTERED_EVENTS: {gone:?}"
+    );
+}
+
+#[test]
+fn the_event_scanner_finds_tracing_and_metrics_calls_but_not_their_namesakes() {
+    for code in [
+        "tracing::info!(\"x\")",
+        "let c = metrics::counter!(\"n\");",
+        "::tracing::warn!(x)",
+        "use tracing::{debug, warn};",
+        "use tracing;",
+        "use std::fmt;\nuse metrics as m;",
+        "    info!(\"bare\");",
+        "x.map(|_| error!(\"bare\"))",
+        "counter!(\"n\").increment(1)",
+        "describe_gauge!(\"g\", \"help\")",
+        "#[tracing::instrument]",
+    ] {
+        assert!(!event_calls(code).is_empty(), "missed in {code:?}");
+    }
+    for code in [
+        "events::dns::SrvTargetEmpty { host }.emit()",
+        "crate::events::metrics::Thing",
+        "tracing_subscriber::EnvFilter::new(\"info\")",
+        "S2sMetrics::new()",
+        "self.metrics.stanza_in(k)",
+        "let tracing = 1;",
+        "my_info!(x); log_error!(y)",
+        "s2s_metrics::x()",
+    ] {
+        assert!(
+            event_calls(code).is_empty(),
+            "false hit in {code:?}: {:?}",
+            event_calls(code)
+        );
+    }
+    assert_eq!(
+        event_calls(&code_only("fn a() {} // tracing::info!(\"a comment\")")),
+        Vec::<&str>::new()
     );
 }
 

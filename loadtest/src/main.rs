@@ -16,7 +16,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     fedrouter::tls::install_default_provider();
-    fedrouter::util::raise_fd_limit();
+    fedrouter::transport::raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

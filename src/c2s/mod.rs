@@ -28,6 +28,7 @@ use crate::transport::{Connection, Linger, StartTlsError};
 
 use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::events::Metrics;
+use crate::events::c2s as events;
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::router::{Bind, CloseSession, Envelope, FromSession, Router, SESSION_QUEUE, Unbind};
 use crate::storage::Store;
@@ -251,8 +252,11 @@ impl Session {
                 Action::StartTls => queue.extend(self.start_tls().await),
                 Action::RestartStream => self.conn.framer().reset(),
                 Action::Authenticated(user) => {
-                    self.shared.metrics.auth_success.increment(1);
-                    tracing::debug!(%user, peer = %self.peer, "authenticated");
+                    events::Authenticated {
+                        user: &user,
+                        peer: &self.peer,
+                    }
+                    .emit(&self.shared.metrics);
                 }
                 Action::Bind { requested, iq_id } => {
                     queue.extend(self.bind(requested, iq_id).await)
@@ -262,10 +266,13 @@ impl Session {
                     self.conn
                         .framer()
                         .set_max_stanza_size(self.shared.max_stanza);
-                    self.shared.metrics.c2s_sessions.increment(1.0);
-                    tracing::info!(%jid, peer = %self.peer, "session established");
+                    events::SessionEstablished {
+                        jid: &jid,
+                        peer: &self.peer,
+                    }
+                    .emit(&self.shared.metrics);
                 }
-                Action::AuthFailed => self.shared.metrics.auth_failure.increment(1),
+                Action::AuthFailed => events::AuthFailed.emit(&self.shared.metrics),
                 Action::Fail(e) => self.close(e).await,
             }
         }
@@ -305,7 +312,11 @@ impl Session {
             }
             Err(e) => {
                 if let StartTlsError::Handshake(Some(e)) = e {
-                    tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                    events::TlsHandshakeFailed {
+                        peer: &self.peer,
+                        error: &e,
+                    }
+                    .emit();
                 }
                 self.done = true;
                 Vec::new()

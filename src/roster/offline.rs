@@ -22,7 +22,8 @@ pub fn flatten(f: &Frame) -> Bytes {
 /// The message with an XEP-0203 `<delay/>` child saying it was stored by
 /// `domain` now, for offline delivery (XEP-0160).
 pub fn with_delay(frame: &Frame, domain: &str) -> Bytes {
-    with_delay_at(frame, domain, &crate::util::utc_timestamp())
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+    with_delay_at(frame, domain, &now.to_string())
 }
 
 /// [`with_delay`] at a given XEP-0082 `stamp`.

@@ -137,7 +137,13 @@ pub async fn connect_and_negotiate(
         let tcp = match connect_happy_eyeballs(&t.addrs, CONNECT_TIMEOUT).await {
             Ok(tcp) => tcp,
             Err(e) => {
-                tracing::debug!(%remote, host = %t.host, port = t.port, error = %e, "connect failed");
+                crate::events::s2s::TargetUnreachable {
+                    remote: &remote,
+                    host: &t.host,
+                    port: t.port,
+                    error: &e,
+                }
+                .emit();
                 last = ConnectError::Unreachable(remote.clone());
                 continue;
             }

@@ -477,16 +477,25 @@ impl InboundS2s {
                     self.last_write = Instant::now();
                     self.metrics.relabel(&self.shared.policy.get(), &remote);
                     self.metrics.set_state("up");
-                    self.metrics.auth(Some(method), true);
                     self.deadline = None;
                     self.conn
                         .framer()
                         .set_max_stanza_size(self.shared.config.gateway.max_stanza_size);
-                    tracing::info!(%remote, %local, ?method, peer = %self.peer, "inbound s2s authenticated");
+                    crate::events::s2s::InboundAuthenticated {
+                        remote: &remote,
+                        local: &local,
+                        peer: &self.peer,
+                        method,
+                    }
+                    .emit(&self.metrics);
                 }
                 InAction::Fail(e) => self.close(e).await,
                 InAction::PeerStreamError(e) => {
-                    tracing::info!(peer = %self.peer, error = %e, "the peer closed its stream with an error");
+                    crate::events::s2s::InboundPeerError {
+                        peer: &self.peer,
+                        error: &e,
+                    }
+                    .emit();
                     self.finish(Bytes::from_static(b"</stream:stream>")).await;
                 }
             }
@@ -554,20 +563,20 @@ impl InboundS2s {
                 stream_id,
                 key,
             };
-            let result = match connect_and_negotiate(
-                shared,
-                receiving.clone(),
-                originating.clone(),
-                mode,
-            )
-            .await
-            {
-                Ok(est) => Ok(est.verified.unwrap_or(false)),
-                Err(e) => {
-                    tracing::info!(%originating, error = %e, "dialback verification could not be done");
-                    Err(e.bounce_condition())
-                }
-            };
+            let result =
+                match connect_and_negotiate(shared, receiving.clone(), originating.clone(), mode)
+                    .await
+                {
+                    Ok(est) => Ok(est.verified.unwrap_or(false)),
+                    Err(e) => {
+                        crate::events::s2s::DialbackVerifyFailed {
+                            originating: &originating,
+                            error: &e,
+                        }
+                        .emit();
+                        Err(e.bounce_condition())
+                    }
+                };
             let _ = me
                 .tell(DialbackChecked {
                     originating,

@@ -224,7 +224,7 @@ impl S2sRouter {
         );
         let actor = self.actor(env.from.domain(), env.to.domain());
         if let Err(e) = actor.tell(SendRemote(env)).try_send() {
-            tracing::warn!(error = %e, "remote domain actor unavailable");
+            crate::events::s2s::DomainActorUnavailable { error: &e }.emit();
         }
     }
 
@@ -281,7 +281,7 @@ impl S2sRouter {
                 at,
             };
             if let Err(e) = actor.tell(batch).try_send() {
-                tracing::warn!(error = %e, "remote domain actor unavailable");
+                crate::events::s2s::DomainActorUnavailable { error: &e }.emit();
             }
         }
     }

@@ -24,6 +24,10 @@ use super::{ConnectError, Link, S2sShared, silence_limit};
 use crate::config::ProxyTarget;
 use crate::error::StanzaCondition;
 use crate::events::DomainMetrics;
+use crate::events::s2s::{
+    ConnectionLimitReached, OutboundClose, OutboundClosed, OutboundFailed, OutboundPeerError,
+    OutboundUp,
+};
 use crate::jid::Jid;
 use crate::router::Envelope;
 use crate::transport::{Connection, Linger};
@@ -62,7 +66,7 @@ impl Message<PolicyClose> for OutboundDomain {
     type Reply = ();
 
     async fn handle(&mut self, _: PolicyClose, _: &mut Context<Self, ()>) {
-        tracing::info!(local = %self.local, remote = %self.remote, "closing: no longer an allowed partner");
+        self.closed(OutboundClose::NoLongerPartner);
         let err = crate::error::StreamError::with_text(
             crate::error::StreamCondition::PolicyViolation,
             "your domain is no longer an allowed federation partner",
@@ -95,7 +99,7 @@ impl Message<PolicyRecheck> for OutboundDomain {
             .partner(&self.remote)
             .and_then(|p| p.proxy_fqdn.clone());
         if matches!(self.state, State::Up) && route != self.route {
-            tracing::info!(local = %self.local, remote = %self.remote, "closing: the partner's proxy_fqdn changed");
+            self.closed(OutboundClose::RouteChanged);
             self.disconnect(Some("</stream:stream>")).await;
         }
     }
@@ -360,7 +364,7 @@ impl OutboundDomain {
                         self.stop = true;
                     }
                 } else if now >= self.last_activity + g.stream_inactivity_timeout {
-                    tracing::info!(local = %self.local, remote = %self.remote, "closing idle s2s stream");
+                    self.closed(OutboundClose::Idle);
                     self.disconnect(Some("</stream:stream>")).await;
                     if self.queue.is_empty() {
                         self.stop = true;
@@ -379,7 +383,10 @@ impl OutboundDomain {
             return;
         }
         if !self.shared.acquire_connection() {
-            tracing::warn!(remote = %self.remote, "s2s connection_limit reached");
+            ConnectionLimitReached {
+                remote: &self.remote,
+            }
+            .emit();
             self.failed(ConnectError::Limit);
             return;
         }
@@ -409,10 +416,23 @@ impl OutboundDomain {
         });
     }
 
+    fn closed(&self, why: OutboundClose) {
+        OutboundClosed {
+            local: &self.local,
+            remote: &self.remote,
+            why,
+        }
+        .emit();
+    }
+
     fn established(&mut self, est: Link) {
-        let method = est.method;
-        tracing::info!(local = %self.local, remote = %self.remote, peer = %est.peer_addr, ?method, "s2s stream up");
-        self.metrics.auth(method, true);
+        OutboundUp {
+            local: &self.local,
+            remote: &self.remote,
+            peer: &est.peer_addr,
+            method: est.method,
+        }
+        .emit(&self.metrics);
         let mut conn = est.conn;
         conn.split(WRITE_QUEUE);
         self.up(conn);
@@ -446,8 +466,14 @@ impl OutboundDomain {
         self.state = State::Idle;
         self.failures += 1;
         self.metrics.set_state("failed");
-        self.metrics.failure(e.label());
-        tracing::warn!(local = %self.local, remote = %self.remote, error = %e, failures = self.failures, "s2s connection failed");
+        OutboundFailed {
+            local: &self.local,
+            remote: &self.remote,
+            error: &e,
+            stage: e.label(),
+            failures: self.failures,
+        }
+        .emit(&self.metrics);
         let cond = e.bounce_condition();
         // Retrying cannot help when the domain does not exist, or when the
         // peer and our partner settings cannot agree (TLS, SASL, dialback):
@@ -567,7 +593,7 @@ impl OutboundDomain {
     async fn on_read(&mut self, r: std::io::Result<usize>) {
         match r {
             Ok(0) | Err(_) => {
-                tracing::info!(local = %self.local, remote = %self.remote, "s2s stream closed by the peer");
+                self.closed(OutboundClose::ByPeer);
                 self.disconnect(None).await;
                 return;
             }
@@ -589,7 +615,11 @@ impl OutboundDomain {
                 Ok(Some(FramerEvent::Stanza(s))) => {
                     self.last_activity = Instant::now();
                     if s.name() == "stream:error" {
-                        tracing::warn!(remote = %self.remote, error = %String::from_utf8_lossy(s.bytes()), "the peer sent a stream error");
+                        OutboundPeerError {
+                            remote: &self.remote,
+                            error: &String::from_utf8_lossy(s.bytes()),
+                        }
+                        .emit();
                         self.disconnect(None).await;
                         return;
                     }

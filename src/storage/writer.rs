@@ -16,6 +16,7 @@ use std::thread::{JoinHandle, ThreadId};
 use bytes::Bytes;
 
 use super::{Store, StoreError, WriteOp};
+use crate::events;
 use crate::jid::BareJid;
 
 /// A batch stops taking submissions once it holds this many ops (a single
@@ -67,7 +68,7 @@ impl Shared {
         if let Some(h) = handle
             && h.join().is_err()
         {
-            tracing::error!("store writer thread panicked");
+            events::store::StoreWriterPanicked.emit();
         }
     }
 }
@@ -201,7 +202,7 @@ fn fail(req: Request, e: StoreError) {
 /// with it every later callback.
 fn call(f: impl FnOnce()) {
     if catch_unwind(AssertUnwindSafe(f)).is_err() {
-        tracing::error!("store writer callback panicked");
+        events::store::StoreCallbackPanicked.emit();
     }
 }
 
@@ -252,7 +253,7 @@ fn run(store: &dyn Store, rx: &Receiver<Request>, depth: &AtomicUsize) {
 /// A panicking store is reported as an error to the callers waiting on it.
 fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        tracing::error!("store panicked");
+        events::store::StorePanicked.emit();
         Err(StoreError::Backend(Arc::from(Box::<
             dyn std::error::Error + Send + Sync,
         >::from(
@@ -293,7 +294,11 @@ fn commit_batch(store: &dyn Store, batch: Vec<Submission>) {
         Err(e) => {
             // Nothing was written. Retry each submission alone, in order, so
             // that one poisoned submission does not fail its neighbours.
-            tracing::warn!(error = %e, submissions = dones.len(), "store batch failed; retrying one by one");
+            events::store::StoreBatchFailed {
+                error: &e,
+                submissions: dones.len(),
+            }
+            .emit();
             let mut ops = ops.into_iter();
             for (n, done) in dones {
                 let mine: Vec<WriteOp> = ops.by_ref().take(n).collect();

@@ -27,7 +27,7 @@ where
                 spawn(tcp, peer);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "{kind} accept failed");
+                crate::events::router::AcceptFailed { kind, error: &e }.emit();
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }

@@ -10,7 +10,8 @@
 //! - [`Connection`] (`connection.rs`): one connection's read, send,
 //!   STARTTLS (with the injection check) and close (with linger);
 //! - [`accept_loop`] (`accept.rs`): listener → one spawn per connection;
-//! - [`writer`]: the batching writer task and its queue.
+//! - [`writer`]: the batching writer task and its queue;
+//! - [`raise_fd_limit`]: room for as many sockets as the system allows.
 //!
 //! It knows bytes, frames and TLS, not XMPP meaning: what to send, when to
 //! close and with which error is the drivers' (and their machines') call.
@@ -31,6 +32,19 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::xml::Framer;
+
+/// Raises this process's open-file limit to its hard limit: every socket
+/// is a descriptor, and the usual soft limit (1024) is far below what a
+/// federation edge or a load generator holds. Returns the new limit.
+pub fn raise_fd_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            crate::events::daemon::FdLimitNotRaised { error: &e }.emit();
+            None
+        }
+    }
+}
 
 pub enum Transport {
     Plain(TcpStream),

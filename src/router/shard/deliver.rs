@@ -9,6 +9,7 @@
 
 use super::{Need, OfflineBatch, Resource, Shard, offer};
 use crate::error::StanzaCondition;
+use crate::events::router::{OfflineDelivered, PresenceShed, StoreFailed, StoreOp, UserQueueFull};
 use crate::jid::Jid;
 use crate::policy::PartnerType;
 use crate::policy::admit::{
@@ -205,10 +206,8 @@ impl Shard {
     pub(super) fn overflow(&mut self, env: Envelope) {
         match on_overflow(Kind::of_stanza(&env.stanza)) {
             Delivery::Bounce(cond) => self.bounce(&env, cond),
-            _ if env.kind() == StanzaKind::Presence => {
-                self.ctx.metrics.presence_dropped.increment(1);
-            }
-            _ => tracing::debug!(to = %env.to, "user queue full: stanza dropped"),
+            _ if env.kind() == StanzaKind::Presence => PresenceShed.emit(&self.ctx.metrics),
+            _ => UserQueueFull { to: &env.to }.emit(),
         }
     }
 
@@ -331,12 +330,19 @@ impl Shard {
                         );
                     }
                 }
-                self.ctx.metrics.offline_delivered.increment(delivered);
-                tracing::debug!(user = %m.user, n, "offline messages delivered");
+                OfflineDelivered {
+                    user: &m.user,
+                    n,
+                    delivered,
+                }
+                .emit(&self.ctx.metrics);
             }
-            Err(e) => {
-                tracing::error!(user = %m.user, error = %e, "reading offline messages failed")
+            Err(e) => StoreFailed {
+                op: StoreOp::ReadOffline,
+                user: &m.user,
+                error: &e,
             }
+            .emit(),
         }
         // Already admitted and counted: straight to delivery.
         for env in held {

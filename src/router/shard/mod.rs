@@ -40,6 +40,7 @@ use kameo::message::{Context, Message};
 use super::{CloseSession, Envelope, SessionHandle, ShardContext};
 use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::events::Metrics;
+use crate::events::router::{StoreFailed, StoreOp};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::roster::RosterItem;
 use crate::roster::iq;
@@ -189,7 +190,11 @@ impl Actor for Shard {
     ) -> Result<std::ops::ControlFlow<ActorStopReason>, Infallible> {
         // A bug in one stanza's handling must not take every user of the
         // shard offline: log it and keep serving.
-        tracing::error!(shard = self.idx, error = %err, "shard handler failed");
+        crate::events::router::ShardHandlerFailed {
+            shard: self.idx,
+            error: &err,
+        }
+        .emit();
         Ok(std::ops::ControlFlow::Continue(()))
     }
 }
@@ -423,7 +428,12 @@ impl Message<Loaded> for Shard {
             && u.roster.is_none()
         {
             let items = items.unwrap_or_else(|e| {
-                tracing::error!(user = %m.user, error = %e, "loading roster failed");
+                StoreFailed {
+                    op: StoreOp::LoadRoster,
+                    user: &m.user,
+                    error: &e,
+                }
+                .emit();
                 Vec::new()
             });
             u.roster = Some(items.into_iter().map(|i| (i.jid.clone(), i)).collect());
@@ -443,7 +453,12 @@ impl Message<Committed> for Shard {
         let effects = match m.result {
             Ok(()) => m.effects,
             Err(e) => {
-                tracing::error!(user = %m.user, error = %e, "roster write failed");
+                StoreFailed {
+                    op: StoreOp::WriteRoster,
+                    user: &m.user,
+                    error: &e,
+                }
+                .emit();
                 m.on_fail
             }
         };
@@ -555,7 +570,12 @@ impl Shard {
                 .unwrap_or_else(|e| {
                     // A panicking store: answer as for a failed read, so
                     // the user's queue moves on.
-                    tracing::error!(%user, error = %e, "storage read failed");
+                    StoreFailed {
+                        op: StoreOp::Read,
+                        user: &user,
+                        error: &e,
+                    }
+                    .emit();
                     Loaded {
                         user,
                         exists: need.exists.then_some(false),

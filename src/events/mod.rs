@@ -1,10 +1,32 @@
 //! Every observable event of the daemon in one place: each one writes its
 //! log line and moves its metric, so names and labels are reviewed here
-//! (vector's `internal_events` habit).
+//! (vector's `internal_events` habit). No other module calls `tracing` or
+//! `metrics` (tests/architecture.rs checks it).
 //!
-//! Metric handles are registered once, when [`Metrics::new`] runs, and kept;
+//! An event is a struct in the module of its area ([`daemon`], [`store`],
+//! [`dns`], [`pki`], [`tls`]; [`c2s`], [`s2s`], [`router`]) holding what
+//! its line shows, borrowed where that is cheap, with `emit(self)`: it logs
+//! at the event's level, message, fields and target (the module the line
+//! came from, so log filters keep working), then counts. An event with a
+//! metric of its own takes the held handles it moves (`emit(self, &Metrics)`);
+//! the others count in `fedrouter_events_total{event}` ([`counter`]).
+//!
+//! Metric handles are registered once, when [`Metrics::get`] first runs, and kept;
 //! the hot path only increments held handles (≈6 ns) and never looks a
 //! metric up by name.
+
+pub mod c2s;
+pub mod counter;
+pub mod daemon;
+pub mod dns;
+mod logging;
+pub mod pki;
+pub mod router;
+pub mod s2s;
+pub mod store;
+pub mod tls;
+
+pub use logging::init_logging;
 
 use std::sync::{Arc, OnceLock};
 
@@ -321,14 +343,8 @@ impl DomainMetrics {
         self.queued = n;
     }
 
-    pub fn auth(&self, method: Option<crate::stream::s2s::AuthMethod>, ok: bool) {
-        use crate::stream::s2s::AuthMethod;
-        let m = match method {
-            Some(AuthMethod::SaslExternal) => "sasl_external",
-            Some(AuthMethod::DialbackTls) => "dialback_tls",
-            Some(AuthMethod::DialbackPlain) => "dialback_plain",
-            None => "none",
-        };
+    pub fn auth<M: s2s::AuthLabel>(&self, method: Option<M>, ok: bool) {
+        let m = method.as_ref().map_or("none", M::auth_label);
         let r = if ok { "success" } else { "failure" };
         counter!("fedrouter_s2s_auth_total", "domain" => self.label.clone(), "dir" => self.dir, "method" => m, "result" => r)
             .increment(1);
@@ -356,3 +372,6 @@ impl Drop for DomainMetrics {
         self.set_queue(0);
     }
 }
+
+#[cfg(test)]
+mod tests;

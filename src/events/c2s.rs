@@ -1,0 +1,61 @@
+//! Client sessions: authentication, binding, TLS.
+//!
+//! Targets are those the lines had before they moved here
+//! (`fedrouter::c2s`), so `[log] level` filters written for them still
+//! apply. Each event moves its metric in [`super::Metrics`].
+
+use std::fmt::Display;
+
+use super::Metrics;
+use super::counter::{EventName, count};
+
+const TARGET: &str = "fedrouter::c2s";
+
+/// SASL succeeded for `user`.
+pub struct Authenticated<'a> {
+    pub user: &'a dyn Display,
+    pub peer: &'a dyn Display,
+}
+
+impl Authenticated<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::debug!(target: TARGET, user = %self.user, peer = %self.peer, "authenticated");
+        metrics.auth_success.increment(1);
+    }
+}
+
+/// SASL failed (the mechanism's answer is the client's; nothing is
+/// logged, so a guessing client cannot fill the log).
+pub struct AuthFailed;
+
+impl AuthFailed {
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.auth_failure.increment(1);
+    }
+}
+
+/// A resource is bound: the session routes from now on.
+pub struct SessionEstablished<'a> {
+    pub jid: &'a dyn Display,
+    pub peer: &'a dyn Display,
+}
+
+impl SessionEstablished<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::info!(target: TARGET, jid = %self.jid, peer = %self.peer, "session established");
+        metrics.c2s_sessions.increment(1.0);
+    }
+}
+
+/// The client's TLS handshake failed after `<proceed/>`.
+pub struct TlsHandshakeFailed<'a> {
+    pub peer: &'a dyn Display,
+    pub error: &'a dyn Display,
+}
+
+impl TlsHandshakeFailed<'_> {
+    pub fn emit(self) {
+        tracing::debug!(target: TARGET, peer = %self.peer, error = %self.error, "TLS handshake failed");
+        count(EventName::C2sTlsHandshakeFailed);
+    }
+}

@@ -1,0 +1,118 @@
+//! Routing: delivery, rosters and offline storage as the router shards
+//! see them, and the listeners that feed them.
+//!
+//! Targets are those the lines had before they moved here (the module
+//! that emits them), so `[log] level` filters written for them still
+//! apply.
+
+use std::fmt::Display;
+
+use super::Metrics;
+use super::counter::{EventName, count};
+
+const SHARD: &str = "fedrouter::router::shard";
+const DELIVER: &str = "fedrouter::router::shard::deliver";
+const ACCEPT: &str = "fedrouter::transport::accept";
+
+/// A stanza to a user whose per-user queue (storage reads in flight) is
+/// full, and which is neither bounced nor counted as shed presence.
+pub struct UserQueueFull<'a> {
+    pub to: &'a dyn Display,
+}
+
+impl UserQueueFull<'_> {
+    pub fn emit(self) {
+        tracing::debug!(target: DELIVER, to = %self.to, "user queue full: stanza dropped");
+        count(EventName::UserQueueFull);
+    }
+}
+
+/// Presence shed because the user's queue is full.
+pub struct PresenceShed;
+
+impl PresenceShed {
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.presence_dropped.increment(1);
+    }
+}
+
+/// `delivered` offline messages (of `n` stored) were written to a session
+/// that came online.
+pub struct OfflineDelivered<'a> {
+    pub user: &'a dyn Display,
+    pub n: u64,
+    pub delivered: u64,
+}
+
+impl OfflineDelivered<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::debug!(target: DELIVER, user = %self.user, n = self.n, "offline messages delivered");
+        metrics.offline_delivered.increment(self.delivered);
+    }
+}
+
+/// What a shard asked of the store when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    ReadOffline,
+    LoadRoster,
+    WriteRoster,
+    /// The read task itself failed (a panicking store).
+    Read,
+}
+
+/// A storage operation of a shard failed.
+pub struct StoreFailed<'a> {
+    pub op: StoreOp,
+    pub user: &'a dyn Display,
+    pub error: &'a dyn Display,
+}
+
+impl StoreFailed<'_> {
+    pub fn emit(self) {
+        let (target, msg, name) = match self.op {
+            StoreOp::ReadOffline => (
+                DELIVER,
+                "reading offline messages failed",
+                EventName::OfflineReadFailed,
+            ),
+            StoreOp::LoadRoster => (SHARD, "loading roster failed", EventName::RosterLoadFailed),
+            StoreOp::WriteRoster => (SHARD, "roster write failed", EventName::RosterWriteFailed),
+            StoreOp::Read => (SHARD, "storage read failed", EventName::StoreReadFailed),
+        };
+        // `target:` must be a constant, so one arm per target.
+        if target == DELIVER {
+            tracing::error!(target: DELIVER, user = %self.user, error = %self.error, "{msg}");
+        } else {
+            tracing::error!(target: SHARD, user = %self.user, error = %self.error, "{msg}");
+        }
+        count(name);
+    }
+}
+
+/// A shard's handler panicked on one message; the shard keeps serving.
+pub struct ShardHandlerFailed<'a> {
+    pub shard: usize,
+    pub error: &'a dyn Display,
+}
+
+impl ShardHandlerFailed<'_> {
+    pub fn emit(self) {
+        tracing::error!(target: SHARD, shard = self.shard, error = %self.error, "shard handler failed");
+        count(EventName::ShardHandlerFailed);
+    }
+}
+
+/// A listener's `accept` failed (out of descriptors, most often); it backs
+/// off and retries.
+pub struct AcceptFailed<'a> {
+    pub kind: &'a str,
+    pub error: &'a dyn Display,
+}
+
+impl AcceptFailed<'_> {
+    pub fn emit(self) {
+        tracing::warn!(target: ACCEPT, error = %self.error, "{} accept failed", self.kind);
+        count(EventName::AcceptFailed);
+    }
+}
