@@ -5,7 +5,9 @@
 //!   references are its edges, and the graph must be acyclic;
 //! - no file is over 1,000 lines, not counting its `#[cfg(test)]` module;
 //! - no file outside `src/events/` logs or counts by itself (`tracing` and
-//!   `metrics` calls): every observable event is a struct in `events/`.
+//!   `metrics` calls): every observable event is a struct in `events/`;
+//! - no type takes the name of a prelude item (`Send` shadowing
+//!   `std::marker::Send`), and no file is a grab bag (`util.rs`).
 //!
 //! Run `cargo test --test architecture -- --nocapture` to print the module
 //! graph.
@@ -384,6 +386,67 @@ fn only_the_events_module_logs_and_counts() {
         gone.is_empty(),
         "converted: take them out of KNOWN_SCATTERED_EVENTS: {gone:?}"
     );
+}
+
+/// Names a type may not take: they shadow the prelude in every file
+/// that imports the type.
+const PRELUDE: &[&str] = &[
+    "Send", "Sync", "Sized", "Copy", "Clone", "Drop", "Box", "Option", "Result", "Vec", "String",
+    "Iterator", "Default",
+];
+
+/// File names that say "no home" instead of what is inside.
+const GRAB_BAGS: &[&str] = &["util.rs", "utils.rs", "misc.rs", "helpers.rs", "common.rs"];
+
+/// The types `code` declares whose name is in `PRELUDE`.
+fn prelude_shadows(code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for kw in ["struct ", "enum ", "type ", "trait ", "union "] {
+        for (i, _) in code.match_indices(kw) {
+            if i > 0 && code[..i].chars().next_back().is_some_and(is_ident) {
+                continue;
+            }
+            let name: String = code[i + kw.len()..]
+                .chars()
+                .take_while(|c| is_ident(*c))
+                .collect();
+            if PRELUDE.contains(&name.as_str()) {
+                out.push(format!("{}{name}", kw));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_type_shadows_the_prelude_and_no_file_is_a_grab_bag() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut bad = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(src()).unwrap().display().to_string();
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if GRAB_BAGS.contains(&name) {
+            bad.push(format!("{rel}: a grab-bag file name"));
+        }
+        let code = code_only(&fs::read_to_string(f).expect("read"));
+        for s in prelude_shadows(&code) {
+            bad.push(format!("{rel}: `{s}` shadows the prelude"));
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[test]
+fn the_shadow_scanner_finds_declarations_not_uses() {
+    assert_eq!(
+        prelude_shadows("pub struct Send(pub Envelope);\nenum Result { A }"),
+        ["struct Send", "enum Result"]
+    );
+    assert!(
+        prelude_shadows("struct SendRemote; fn f() -> Result<(), E> {} // struct x").is_empty()
+    );
+    assert!(prelude_shadows("substruct Send").is_empty());
 }
 
 #[test]

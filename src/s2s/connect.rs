@@ -208,6 +208,7 @@ async fn tls_client(
     tcp: TcpStream,
 ) -> Result<Transport, ConnectError> {
     let cfg = shared
+        .identity
         .client_tls
         .get(local)
         .cloned()
@@ -231,7 +232,7 @@ fn peer_identity(
     conn: &Connection,
 ) -> Option<Arc<dyn crate::stream::s2s::PeerIdentity>> {
     conn.peer_certificates()
-        .map(|chain| shared.verifier.identity(chain))
+        .map(|chain| shared.identity.verifier.identity(chain))
 }
 
 /// Writes the peer an end to the stream (the negotiation's own writes
@@ -248,7 +249,7 @@ async fn negotiate(
     peer_addr: SocketAddr,
 ) -> Result<Established, ConnectError> {
     let started = Instant::now();
-    let can_external = shared.certs.for_domain(local).is_some();
+    let can_external = shared.identity.certs.for_domain(local).is_some();
     let policy = shared
         .policy(remote)
         .ok_or_else(|| ConnectError::Negotiation("domain refused by policy".into()))?;
@@ -256,7 +257,7 @@ async fn negotiate(
         local.to_string(),
         remote.to_string(),
         policy,
-        shared.secret.clone(),
+        shared.identity.secret.clone(),
         can_external,
         mode,
     );

@@ -67,7 +67,7 @@ impl InboundContext for Ctx<'_> {
     }
 
     fn dialback_secret(&self) -> &[u8] {
-        &self.0.secret
+        &self.0.identity.secret
     }
 }
 
@@ -77,6 +77,32 @@ struct DialbackChecked {
     originating: String,
     receiving: String,
     result: Result<bool, crate::error::StanzaCondition>,
+}
+
+/// The inbound streams alive now, by a per-process id: reloads reach
+/// them through it, and shutdown closes them.
+#[derive(Default)]
+pub struct InboundStreams {
+    live: dashmap::DashMap<u64, ActorRef<InboundS2s>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl InboundStreams {
+    /// Registers a stream; the id is what [`InboundStreams::remove`] takes.
+    fn insert(&self, a: ActorRef<InboundS2s>) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.live.insert(id, a);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.live.remove(&id);
+    }
+
+    /// Every stream alive now (a snapshot: none is held locked).
+    pub fn all(&self) -> Vec<ActorRef<InboundS2s>> {
+        self.live.iter().map(|e| e.value().clone()).collect()
+    }
 }
 
 pub struct InboundS2s {
@@ -121,10 +147,7 @@ impl Actor for InboundS2s {
         metrics.set_state("negotiating");
         let holds_slot = shared.acquire_connection();
         let now = Instant::now();
-        let id = shared
-            .next_inbound
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        shared.inbound.insert(id, me.clone());
+        let id = shared.inbound.insert(me.clone());
         let mut me_ = InboundS2s {
             id,
             peer,
@@ -187,7 +210,7 @@ impl Actor for InboundS2s {
         _me: WeakActorRef<Self>,
         _r: ActorStopReason,
     ) -> Result<(), Infallible> {
-        self.shared.inbound.remove(&self.id);
+        self.shared.inbound.remove(self.id);
         if !self.done {
             self.close(StreamError::new(StreamCondition::SystemShutdown))
                 .await;
@@ -516,7 +539,7 @@ impl InboundS2s {
 
     /// Server-side TLS handshake; returns the machine's follow-up actions.
     async fn start_tls_now(&mut self) -> Vec<InAction> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.shared.server_tls.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.shared.identity.server_tls.clone());
         let budget = self
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
@@ -532,7 +555,7 @@ impl InboundS2s {
                 let peer = self
                     .conn
                     .peer_certificates()
-                    .map(|c| self.shared.verifier.identity(c));
+                    .map(|c| self.shared.identity.verifier.identity(c));
                 self.header_sent = false;
                 self.neg
                     .handle(InInput::TlsEstablished { peer }, &Ctx(&self.shared))

@@ -1,19 +1,20 @@
 //! Server-to-server federation: one actor per (local, remote) domain pair
 //! for outbound traffic ([`outbound`]), one actor per inbound connection
-//! ([`inbound`]), and the shared pieces they use: DNS, certificates,
-//! dialback secret, connection limits.
+//! ([`inbound`]), and the shared pieces they use: DNS, our [`Identity`]
+//! (certificates, TLS, dialback secret), connection [`Slots`].
 //!
 //! This module owns connections and queues; it must not hold user state:
 //! stanzas that arrive are routed to shards like any other.
 
 mod connect;
+mod identity;
 pub mod inbound;
+mod limits;
 mod link;
 pub mod outbound;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use kameo::actor::{ActorRef, Spawn};
@@ -22,18 +23,19 @@ use crate::config::Config;
 use crate::dns::Resolver;
 use crate::events::{Metrics, S2sMetrics};
 use crate::jid::Jid;
-use crate::pki::PeerVerifier;
 use crate::policy::admit::{
     self, Admission, Case, Direction, Kind, Reason, Refusal, Reply, RosterState, UserAccess,
 };
 use crate::router::{Envelope, Remote, Router};
 use crate::stream::s2s::PeerPolicy;
-use crate::tls::CertStore;
 use crate::xml::Stanza;
 
 pub use connect::{ConnectError, Established, connect_and_negotiate};
+pub use identity::Identity;
+pub use inbound::InboundStreams;
+pub use limits::Slots;
 pub use link::{Connecting, Connector, Link, Network};
-pub use outbound::{OutboundDomain, Send as SendRemote};
+pub use outbound::{OutboundDomain, SendRemote};
 
 /// Everything the s2s actors share.
 pub struct S2sShared {
@@ -42,25 +44,14 @@ pub struct S2sShared {
     pub metrics: Arc<Metrics>,
     pub s2s_metrics: S2sMetrics,
     pub resolver: Resolver,
-    pub verifier: Arc<PeerVerifier>,
-    pub certs: Arc<CertStore>,
-    /// Outbound TLS client configs, one per local domain (each presents
-    /// that domain's certificate for SASL EXTERNAL).
-    pub client_tls: HashMap<String, Arc<rustls::ClientConfig>>,
-    pub server_tls: Arc<rustls::ServerConfig>,
-    /// The XEP-0185 dialback secret (from `dialback_passphrase`, or random
-    /// per start).
-    pub secret: Arc<[u8]>,
-    /// Open s2s connections, both directions (`connection_limit`).
-    pub connections: AtomicUsize,
-    /// Open links per partner, inbound and outbound together, keyed by
-    /// [`S2sShared::partner_key`] (the partner's `connection_limit`).
-    pub per_partner: DashMap<String, usize>,
+    pub identity: Identity,
+    /// Connection counts against the limits, keyed by
+    /// [`S2sShared::partner_key`] per partner.
+    pub slots: Slots,
     pub policy: crate::policy::PolicyHandle,
     pub audit: crate::audit::AuditLog,
-    /// Live inbound connections, closed at shutdown.
-    pub inbound: DashMap<u64, ActorRef<inbound::InboundS2s>>,
-    pub next_inbound: std::sync::atomic::AtomicU64,
+    /// Live inbound connections, told of reloads and closed at shutdown.
+    pub inbound: InboundStreams,
     /// Where outbound domain actors get their links ([`Network`] in the
     /// daemon).
     pub connector: Arc<dyn Connector>,
@@ -83,20 +74,12 @@ impl S2sShared {
 
     /// Takes a connection slot; false when `connection_limit` is reached.
     pub fn acquire_connection(&self) -> bool {
-        let limit = self.config.gateway.connection_limit as usize;
-        self.connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .is_ok()
+        self.slots
+            .acquire_connection(self.config.gateway.connection_limit as usize)
     }
 
     pub fn release_connection(&self) {
-        let _ = self
-            .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_sub(1))
-            });
+        self.slots.release_connection();
     }
 
     /// What a link to `remote` counts under for the partner connection
@@ -125,19 +108,11 @@ impl S2sShared {
             Some(p) => p.domain.clone(),
             None => remote.to_ascii_lowercase(),
         };
-        let mut e = self.per_partner.entry(key.clone()).or_insert(0);
-        if *e >= limit {
-            return None;
-        }
-        *e += 1;
-        Some(key)
+        self.slots.acquire_partner(&key, limit).then_some(key)
     }
 
     pub fn release_partner(&self, key: &str) {
-        if let Some(mut e) = self.per_partner.get_mut(key) {
-            *e = e.saturating_sub(1);
-        }
-        self.per_partner.remove_if(key, |_, n| *n == 0);
+        self.slots.release_partner(key);
     }
 }
 
@@ -341,13 +316,7 @@ impl S2sRouter {
         for (_, a) in kept {
             let _ = a.tell(outbound::PolicyRecheck).try_send();
         }
-        let inbound: Vec<_> = self
-            .shared
-            .inbound
-            .iter()
-            .map(|e| e.value().clone())
-            .collect();
-        for a in inbound {
+        for a in self.shared.inbound.all() {
             let _ = a.tell(inbound::PolicyRecheck).try_send();
         }
     }
@@ -360,7 +329,7 @@ impl S2sRouter {
             .filter(|e| e.key().1 == remote && e.value().is_alive())
             .count();
         let key = self.shared.partner_key(remote);
-        let links = self.shared.per_partner.get(&key).map(|n| *n).unwrap_or(0);
+        let links = self.shared.slots.partner_links(&key);
         format!(
             "{outbound} outbound stream actor(s), {links} link(s) in and out counted against connection_limit"
         )
@@ -379,13 +348,7 @@ impl S2sRouter {
             let _ = a.stop_gracefully().await;
             a.wait_for_shutdown().await;
         }
-        let inbound: Vec<_> = self
-            .shared
-            .inbound
-            .iter()
-            .map(|e| e.value().clone())
-            .collect();
-        for a in inbound {
+        for a in self.shared.inbound.all() {
             let _ = a.stop_gracefully().await;
             a.wait_for_shutdown().await;
         }

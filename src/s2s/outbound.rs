@@ -46,7 +46,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const CLOSE: Linger = Linger::no_drain(Duration::from_secs(5));
 
 /// A stanza for the remote domain.
-pub struct Send(pub Envelope);
+pub struct SendRemote(pub Envelope);
 
 /// One stanza for many contacts in the remote domain (presence broadcast):
 /// each copy gets its own `to`, the body bytes are shared.
@@ -233,10 +233,10 @@ async fn read_more(link: &mut Option<Connection>) -> std::io::Result<usize> {
     }
 }
 
-impl Message<Send> for OutboundDomain {
+impl Message<SendRemote> for OutboundDomain {
     type Reply = ();
 
-    async fn handle(&mut self, Send(env): Send, _: &mut Context<Self, ()>) {
+    async fn handle(&mut self, SendRemote(env): SendRemote, _: &mut Context<Self, ()>) {
         match self.state {
             State::Up => self.write(env),
             _ => self.enqueue(env),
