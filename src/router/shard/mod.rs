@@ -1157,4 +1157,196 @@ mod tests {
         site.offline("juliet@example.com", stored).await;
         nothing(&mut romeo).await;
     }
+
+    /// What federation was handed, in order, as `(to, the stanza's bytes)`.
+    struct Recorder(tokio::sync::mpsc::UnboundedSender<(String, String)>);
+
+    impl crate::router::Remote for Recorder {
+        fn send(&self, env: Envelope) {
+            let _ = self.0.send((
+                env.to.to_string(),
+                String::from_utf8_lossy(&env.frame().to_vec()).into(),
+            ));
+        }
+        fn send_many(&self, stanza: Stanza, from: Jid, tos: Vec<Jid>) {
+            for to in tos {
+                self.send(Envelope::new(stanza.clone(), from.clone(), to));
+            }
+        }
+    }
+
+    /// A site whose users may federate, with one partner of each Lync
+    /// type (`f.test` Federated, `pv.test` PublicVerified, `pu.test`
+    /// PublicUnverified) and federation recorded instead of sent.
+    fn federated_site() -> (Site, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
+        let site = site("nobody@example.com");
+        let config = crate::config::Config::from_toml_str(
+            "[server]\ndomains = [\"example.com\"]\n\
+             [[partner]]\ndomain = \"f.test\"\npartner_type = \"federated\"\n\
+             [[partner]]\ndomain = \"pv.test\"\npartner_type = \"public_verified\"\n\
+             [[partner]]\ndomain = \"pu.test\"\npartner_type = \"public_unverified\"\n\
+             [[access_policy]]\nname = \"global\"\nenable_federation_access = true\n\
+             enable_xmpp_access = true\n",
+            None,
+        )
+        .expect("test config");
+        let policy = crate::policy::PolicyHandle::new(crate::policy::Policy::from_config(&config));
+        let dyn_store: Arc<dyn Store> = site.store.clone();
+        let router = Router::start(
+            1,
+            vec!["example.com".into()],
+            dyn_store.clone(),
+            StoreWriter::spawn(dyn_store),
+            Metrics::get(),
+            policy,
+        );
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        router.set_s2s(Arc::new(Recorder(tx)));
+        (
+            Site {
+                router,
+                store: site.store,
+            },
+            rx,
+        )
+    }
+
+    impl Site {
+        /// `xml` from a remote user of a partner of type `partner`.
+        async fn remote_sends(&self, partner: PartnerType, from: &str, to: &str, xml: String) {
+            let stanza = Stanza::parse(Bytes::from(xml)).unwrap();
+            let mut env = Envelope::new(stanza, Jid::parse(from).unwrap(), Jid::parse(to).unwrap());
+            env.remote = Some(partner);
+            self.router.route(env).await;
+        }
+    }
+
+    async fn handed_to_federation(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    ) -> (String, String) {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("federation handed a stanza within 5 s")
+            .expect("recorder open")
+    }
+
+    use crate::policy::PartnerType;
+
+    #[tokio::test]
+    async fn messages_from_federated_and_public_verified_partners_arrive_and_a_public_unverified_stranger_is_refused()
+     {
+        let (site, mut fed) = federated_site();
+        let (_, mut juliet) = site.bind("juliet@example.com", "balcony").await;
+        let chat = |id: &str| format!("<message type='chat' id='{id}'><body>{id}</body></message>");
+        for (partner, from, id) in [
+            (PartnerType::Federated, "romeo@f.test/a", "fed"),
+            (PartnerType::PublicVerified, "romeo@pv.test/a", "pv"),
+        ] {
+            site.remote_sends(partner, from, "juliet@example.com/balcony", chat(id))
+                .await;
+            let m = next(&mut juliet).await;
+            assert!(m.contains(&format!("id='{id}'")), "{id}: {m}");
+        }
+        site.remote_sends(
+            PartnerType::PublicUnverified,
+            "stranger@pu.test/a",
+            "juliet@example.com/balcony",
+            chat("pu"),
+        )
+        .await;
+        let (to, bounce) = handed_to_federation(&mut fed).await;
+        assert_eq!(to, "stranger@pu.test/a");
+        assert!(
+            bounce.contains("type='error'")
+                && bounce.contains("id='pu'")
+                && bounce.contains("service-unavailable"),
+            "{bounce}"
+        );
+        nothing(&mut juliet).await;
+    }
+
+    #[tokio::test]
+    async fn presence_from_a_public_unverified_stranger_is_dropped_and_from_the_other_types_delivered()
+     {
+        let (site, mut fed) = federated_site();
+        let (_, mut juliet) = site.bind("juliet@example.com", "balcony").await;
+        let presence = |id: &str| format!("<presence id='{id}'/>");
+        site.remote_sends(
+            PartnerType::PublicUnverified,
+            "stranger@pu.test/a",
+            "juliet@example.com/balcony",
+            presence("pu"),
+        )
+        .await;
+        for (partner, from, id) in [
+            (PartnerType::Federated, "romeo@f.test/a", "fed"),
+            (PartnerType::PublicVerified, "romeo@pv.test/a", "pv"),
+        ] {
+            site.remote_sends(partner, from, "juliet@example.com/balcony", presence(id))
+                .await;
+            // The stranger's presence, routed first, would come out first.
+            let p = next(&mut juliet).await;
+            assert!(p.contains(&format!("id='{id}'")), "{id}: {p}");
+        }
+        nothing(&mut juliet).await;
+        assert!(fed.try_recv().is_err(), "dropped presence is not answered");
+    }
+
+    #[tokio::test]
+    async fn subscription_requests_from_federated_and_public_verified_partners_are_approved_for_the_user_and_a_strangers_dropped()
+     {
+        let (site, mut fed) = federated_site();
+        let (_, mut juliet) = site.bind("juliet@example.com", "balcony").await;
+        site.remote_sends(
+            PartnerType::PublicUnverified,
+            "stranger@pu.test",
+            "juliet@example.com",
+            "<presence type='subscribe' id='s-pu'/>".into(),
+        )
+        .await;
+        for (partner, from) in [
+            (PartnerType::Federated, "romeo@f.test"),
+            (PartnerType::PublicVerified, "romeo@pv.test"),
+        ] {
+            site.remote_sends(
+                partner,
+                from,
+                "juliet@example.com",
+                "<presence type='subscribe'/>".into(),
+            )
+            .await;
+            // The stranger's request, routed first, would be answered first.
+            let (to, answer) = handed_to_federation(&mut fed).await;
+            assert_eq!(to, from);
+            assert!(
+                answer.contains("type='subscribed'")
+                    && answer.contains("from='juliet@example.com'"),
+                "{from}: {answer}"
+            );
+            // RFC 6121 §3.1.5: the approval is followed by the user's
+            // current presence (unavailable: she has sent none).
+            let (to, presence) = handed_to_federation(&mut fed).await;
+            assert_eq!(to, from);
+            assert!(
+                presence.contains("type='unavailable'"),
+                "{from}: {presence}"
+            );
+        }
+        assert!(
+            fed.try_recv().is_err(),
+            "the stranger's request was not answered"
+        );
+        // Juliet was never asked: the request never reached her sessions.
+        while let Ok(f) = juliet.try_recv() {
+            let s = String::from_utf8_lossy(&f.to_vec()).into_owned();
+            assert!(!s.contains("type='subscribe'"), "{s}");
+        }
+        assert!(
+            site.store
+                .roster_item(&bare("juliet@example.com"), "stranger@pu.test")
+                .unwrap()
+                .is_none_or(|i| !i.listed),
+            "the stranger is not in juliet's roster"
+        );
+    }
 }
