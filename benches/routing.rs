@@ -42,6 +42,7 @@ async fn setup() -> Setup {
         writer,
         Metrics::get(),
         policy,
+        Default::default(),
     );
     let received = Arc::new(AtomicU64::new(0));
     let notify = Arc::new(Notify::new());

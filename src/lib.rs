@@ -174,6 +174,7 @@ pub async fn start_with_connector(
         writer.clone(),
         metrics.clone(),
         policy.clone(),
+        config.user_limits,
     );
     let certs = Arc::new(tls::CertStore::load(&config)?);
     let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config()?);

@@ -74,6 +74,9 @@ pub mod defaults {
     pub const MIN_STANZA_SIZE_PRE_AUTH: usize = 1024;
     /// RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
     pub const MIN_STANZA_SIZE: usize = 10_000;
+    pub const MAX_ROSTER_ITEMS: usize = 10_000;
+    pub const MAX_INBOUND_SUBSCRIPTIONS_PER_DOMAIN: usize = 1_000;
+    pub const MAX_DIRECTED_PRESENCE: usize = 1_000;
     pub const METRICS_LISTEN: &str = "127.0.0.1:9269";
     pub const LOG_LEVEL: &str = "info";
     // Lync New-CsXmppAllowedPartner defaults; a partner's connection_limit
@@ -106,6 +109,7 @@ pub struct Config {
     /// for the built-in global policy (both switches off) when the file
     /// has no `global` one. [`crate::policy::Policy`] resolves them.
     pub access_policies: Vec<AccessPolicyConfig>,
+    pub user_limits: UserLimitsConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     /// The file it came from; `None` for the embedded defaults or text.
@@ -297,6 +301,32 @@ impl fmt::Debug for GatewayConfig {
             .field("max_stanza_size_pre_auth", &self.max_stanza_size_pre_auth)
             .field("max_stanza_size", &self.max_stanza_size)
             .finish()
+    }
+}
+
+/// `[user_limits]`: what one local user may make the server hold for
+/// them, whoever asks — the user or remote servers. Each is at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserLimitsConfig {
+    /// Roster items, counting those that only remember a pending inbound
+    /// subscription request.
+    pub max_roster_items: usize,
+    /// Per remote domain, subscriptions to the user that the user has not
+    /// returned: requests not answered yet, and requests approved (by the
+    /// user, or automatically for Federated and PublicVerified partners)
+    /// without subscribing back. One domain cannot fill a roster alone.
+    pub max_inbound_subscriptions_per_domain: usize,
+    /// Targets of directed presence one session remembers (RFC 6121 §4.6).
+    pub max_directed_presence: usize,
+}
+
+impl Default for UserLimitsConfig {
+    fn default() -> Self {
+        UserLimitsConfig {
+            max_roster_items: defaults::MAX_ROSTER_ITEMS,
+            max_inbound_subscriptions_per_domain: defaults::MAX_INBOUND_SUBSCRIPTIONS_PER_DOMAIN,
+            max_directed_presence: defaults::MAX_DIRECTED_PRESENCE,
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub(super) struct RawConfig {
     pub partners: Vec<RawPartner>,
     #[serde(rename = "access_policy")]
     pub access_policies: Vec<RawAccessPolicy>,
+    pub user_limits: RawUserLimits,
     pub metrics: RawMetrics,
     pub log: RawLog,
 }
@@ -246,6 +247,24 @@ fn enable_federation_access() -> bool {
 }
 fn enable_xmpp_access() -> bool {
     d::ENABLE_XMPP_ACCESS
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table")]
+pub(super) struct RawUserLimits {
+    pub max_roster_items: usize,
+    pub max_inbound_subscriptions_per_domain: usize,
+    pub max_directed_presence: usize,
+}
+
+impl Default for RawUserLimits {
+    fn default() -> Self {
+        RawUserLimits {
+            max_roster_items: d::MAX_ROSTER_ITEMS,
+            max_inbound_subscriptions_per_domain: d::MAX_INBOUND_SUBSCRIPTIONS_PER_DOMAIN,
+            max_directed_presence: d::MAX_DIRECTED_PRESENCE,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -475,7 +475,7 @@ fn errors_in_text_without_a_file_say_config() {
     assert_eq!(e.file(), None);
     assert_eq!(
         e.to_string(),
-        "<config>:1:1: nope: unknown field `nope`, expected one of `server`, `tls`, `c2s`, `s2s`, `gateway`, `partner`, `access_policy`, `metrics`, `log`"
+        "<config>:1:1: nope: unknown field `nope`, expected one of `server`, `tls`, `c2s`, `s2s`, `gateway`, `partner`, `access_policy`, `user_limits`, `metrics`, `log`"
     );
 }
 
@@ -1938,5 +1938,30 @@ fn the_audit_file_is_unset_by_default_and_resolved_like_data_dir() {
         2,
         "log.audit_file",
         "must not be empty",
+    );
+}
+
+#[test]
+fn user_limits_default_and_zero_is_refused_with_line_and_key() {
+    let l = Config::default_embedded().user_limits;
+    assert_eq!(
+        (
+            l.max_roster_items,
+            l.max_inbound_subscriptions_per_domain,
+            l.max_directed_presence
+        ),
+        (10_000, 1_000, 1_000)
+    );
+    let c = parse("[user_limits]\nmax_roster_items = 5\nmax_directed_presence = 7\n");
+    assert_eq!(c.user_limits.max_roster_items, 5);
+    assert_eq!(c.user_limits.max_directed_presence, 7);
+    let e =
+        error("[user_limits]\nmax_roster_items = 100\nmax_inbound_subscriptions_per_domain = 0\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        3,
+        "user_limits.max_inbound_subscriptions_per_domain",
+        "must be at least 1",
     );
 }

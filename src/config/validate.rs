@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use super::raw::{
     RawAccessPolicy, RawC2s, RawConfig, RawGateway, RawLog, RawMetrics, RawPartner, RawS2s,
-    RawServer, RawTls,
+    RawServer, RawTls, RawUserLimits,
 };
 use super::{
     AccessPolicyConfig, C2sConfig, CertificateConfig, Config, GatewayConfig, LogConfig,
-    MetricsConfig, PartnerConfig, ProxyTarget, S2sConfig, ServerConfig, TlsConfig, defaults as d,
+    MetricsConfig, PartnerConfig, ProxyTarget, S2sConfig, ServerConfig, TlsConfig,
+    UserLimitsConfig, defaults as d,
 };
 use crate::jid::BareJid;
 use crate::policy::{self, Negotiate, Verdict};
@@ -53,6 +54,7 @@ pub(super) fn validate(
     let gateway = gateway(raw.gateway)?;
     let partners = partners(raw.partners, &server.domains, &gateway)?;
     let access_policies = access_policies(raw.access_policies, &server.domains)?;
+    let user_limits = user_limits(raw.user_limits)?;
     let metrics = metrics(raw.metrics, &mut listeners)?;
     let log = log(raw.log, base)?;
     Ok(Config {
@@ -63,6 +65,7 @@ pub(super) fn validate(
         gateway,
         partners,
         access_policies,
+        user_limits,
         metrics,
         log,
         source: source.map(Path::to_path_buf),
@@ -745,6 +748,29 @@ fn host_name(host: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn user_limits(raw: RawUserLimits) -> Result<UserLimitsConfig, Invalid> {
+    for (field, value) in [
+        ("max_roster_items", raw.max_roster_items),
+        (
+            "max_inbound_subscriptions_per_domain",
+            raw.max_inbound_subscriptions_per_domain,
+        ),
+        ("max_directed_presence", raw.max_directed_presence),
+    ] {
+        if value == 0 {
+            return Err(invalid(
+                format!("user_limits.{field}"),
+                "must be at least 1 (0 would refuse every request)",
+            ));
+        }
+    }
+    Ok(UserLimitsConfig {
+        max_roster_items: raw.max_roster_items,
+        max_inbound_subscriptions_per_domain: raw.max_inbound_subscriptions_per_domain,
+        max_directed_presence: raw.max_directed_presence,
+    })
 }
 
 fn metrics(raw: RawMetrics, listeners: &mut Listeners) -> Result<MetricsConfig, Invalid> {

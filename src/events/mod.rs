@@ -77,6 +77,10 @@ pub struct Metrics {
     pub refused_unverified_message: Counter,
     pub refused_unverified_subscribe: Counter,
     pub refused_unverified_other: Counter,
+    /// Requests refused by a `[user_limits]` cap.
+    pub refused_roster_full: Counter,
+    pub refused_inbound_subscriptions: Counter,
+    pub refused_directed_presence: Counter,
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -153,6 +157,10 @@ impl Metrics {
             "fedrouter_bounced_total",
             "Stanzas answered with an error instead of delivered"
         );
+        describe_counter!(
+            "fedrouter_user_limit_refusals_total",
+            "Requests refused by a [user_limits] cap, by limit"
+        );
         let per_kind = |dir: &'static str| {
             KINDS.map(|k| counter!("fedrouter_stanzas_total", "dir" => dir, "kind" => k))
         };
@@ -188,6 +196,9 @@ impl Metrics {
             refused_unverified_message: counter!("fedrouter_policy_refusals_total", "reason" => "unverified_message", "dir" => "in"),
             refused_unverified_subscribe: counter!("fedrouter_policy_refusals_total", "reason" => "unverified_subscribe", "dir" => "in"),
             refused_unverified_other: counter!("fedrouter_policy_refusals_total", "reason" => "unverified_other", "dir" => "in"),
+            refused_roster_full: counter!("fedrouter_user_limit_refusals_total", "limit" => "max_roster_items"),
+            refused_inbound_subscriptions: counter!("fedrouter_user_limit_refusals_total", "limit" => "max_inbound_subscriptions_per_domain"),
+            refused_directed_presence: counter!("fedrouter_user_limit_refusals_total", "limit" => "max_directed_presence"),
         }
     }
 

@@ -86,6 +86,9 @@ fn the_daemon_metrics_keep_their_names_labels_and_help() {
         "fedrouter_policy_refusals_total{reason=unverified_message,dir=in}",
         "fedrouter_policy_refusals_total{reason=unverified_subscribe,dir=in}",
         "fedrouter_policy_refusals_total{reason=unverified_other,dir=in}",
+        "fedrouter_user_limit_refusals_total{limit=max_roster_items}",
+        "fedrouter_user_limit_refusals_total{limit=max_inbound_subscriptions_per_domain}",
+        "fedrouter_user_limit_refusals_total{limit=max_directed_presence}",
     ]
     .into_iter()
     .map(String::from)
@@ -140,6 +143,10 @@ fn the_daemon_metrics_keep_their_names_labels_and_help() {
         (
             "fedrouter_bounced_total",
             "Stanzas answered with an error instead of delivered",
+        ),
+        (
+            "fedrouter_user_limit_refusals_total",
+            "Requests refused by a [user_limits] cap, by limit",
         ),
     ];
     let expected_help: BTreeMap<String, String> = expected_help

@@ -74,6 +74,7 @@ pub struct ShardContext {
     pub metrics: Arc<Metrics>,
     pub domains: Vec<String>,
     pub policy: crate::policy::PolicyHandle,
+    pub limits: crate::config::UserLimitsConfig,
 }
 
 impl Router {
@@ -85,6 +86,7 @@ impl Router {
         writer: StoreWriter,
         metrics: Arc<Metrics>,
         policy: crate::policy::PolicyHandle,
+        limits: crate::config::UserLimitsConfig,
     ) -> Router {
         let n = n.max(1);
         let prepared: Vec<_> = (0..n)
@@ -106,6 +108,7 @@ impl Router {
                 metrics: metrics.clone(),
                 domains: domains.clone(),
                 policy: policy.clone(),
+                limits,
             });
             p.spawn((i, ctx));
         }

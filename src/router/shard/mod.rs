@@ -75,6 +75,10 @@ struct User {
     /// dropped whenever the roster changes, so a broadcast to 10,000
     /// contacts does not parse 10,000 JIDs.
     presence_subscribers: Option<Arc<[Jid]>>,
+    /// Inbound-only relationships per domain (the items
+    /// [`is_inbound_only`]), counted from the roster at the first
+    /// request that needs it and kept up to date by `store_item`.
+    inbound_by_domain: Option<HashMap<String, usize>>,
     /// Writes submitted and not yet committed: the cache must outlive them.
     pending_writes: usize,
     /// A storage read is out on the blocking pool.
@@ -104,6 +108,19 @@ impl User {
     fn exists(&self) -> bool {
         !self.resources.is_empty() || self.exists == Some(true)
     }
+}
+
+/// A relationship only the contact wanted: a request the user has not
+/// answered, or one approved (by the user, or automatically for Federated
+/// and PublicVerified partners) without the user subscribing back. What a
+/// remote domain can create in a user's roster without the user asking.
+fn is_inbound_only(item: &RosterItem) -> bool {
+    !item.ask && !item.subscription.has_to() && (item.pending_in || item.subscription.has_from())
+}
+
+/// The domain of a normalised bare JID.
+fn domain_of(jid: &str) -> &str {
+    jid.split_once('@').map_or(jid, |(_, d)| d)
 }
 
 /// What handling a stanza needs from storage, beyond the sessions.
@@ -438,6 +455,7 @@ impl Message<Loaded> for Shard {
             });
             u.roster = Some(items.into_iter().map(|i| (i.jid.clone(), i)).collect());
             u.presence_subscribers = None;
+            u.inbound_by_domain = None;
         }
         self.replay(&m.user);
     }
@@ -674,6 +692,23 @@ impl Shard {
     ) {
         let u = self.users.entry(user.clone()).or_default();
         u.presence_subscribers = None;
+        match (u.inbound_by_domain.as_mut(), u.roster.as_ref()) {
+            (Some(counts), Some(roster)) => {
+                let was = roster.get(&item.jid).is_some_and(is_inbound_only);
+                let now = !item.is_void() && is_inbound_only(&item);
+                let domain = domain_of(&item.jid);
+                match (was, now) {
+                    (false, true) => *counts.entry(domain.to_owned()).or_default() += 1,
+                    (true, false) => {
+                        if let Some(n) = counts.get_mut(domain) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => u.inbound_by_domain = None,
+        }
         let op = if item.is_void() {
             if let Some(r) = u.roster.as_mut() {
                 r.remove(&item.jid);
@@ -943,6 +978,7 @@ mod tests {
             writer,
             Metrics::get(),
             policy,
+            Default::default(),
         );
         Site { router, store }
     }
@@ -1179,6 +1215,12 @@ mod tests {
     /// type (`f.test` Federated, `pv.test` PublicVerified, `pu.test`
     /// PublicUnverified) and federation recorded instead of sent.
     fn federated_site() -> (Site, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
+        federated_site_with(Default::default())
+    }
+
+    fn federated_site_with(
+        limits: crate::config::UserLimitsConfig,
+    ) -> (Site, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
         let site = site("nobody@example.com");
         let config = crate::config::Config::from_toml_str(
             "[server]\ndomains = [\"example.com\"]\n\
@@ -1199,6 +1241,7 @@ mod tests {
             StoreWriter::spawn(dyn_store),
             Metrics::get(),
             policy,
+            limits,
         );
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         router.set_s2s(Arc::new(Recorder(tx)));
@@ -1348,5 +1391,123 @@ mod tests {
                 .is_none_or(|i| !i.listed),
             "the stranger is not in juliet's roster"
         );
+    }
+
+    fn subscribe(n: usize) -> String {
+        format!("<presence type='subscribe' id='s{n}'/>")
+    }
+
+    #[tokio::test]
+    async fn one_domain_cannot_fill_a_roster_past_its_share_nor_anyone_past_the_roster_cap() {
+        let (site, mut fed) = federated_site_with(crate::config::UserLimitsConfig {
+            max_roster_items: 3,
+            max_inbound_subscriptions_per_domain: 2,
+            max_directed_presence: 10,
+        });
+        let (juliet, mut jrx) = site.bind("juliet@example.com", "balcony").await;
+        // Two auto-approved subscriptions from f.test: its share.
+        for n in 1..=3 {
+            let from = format!("a{n}@f.test");
+            site.remote_sends(
+                PartnerType::Federated,
+                &from,
+                "juliet@example.com",
+                subscribe(n),
+            )
+            .await;
+            let (to, answer) = handed_to_federation(&mut fed).await;
+            assert_eq!(to, from);
+            if n <= 2 {
+                assert!(answer.contains("type='subscribed'"), "{from}: {answer}");
+                handed_to_federation(&mut fed).await; // her presence
+            } else {
+                assert!(
+                    answer.contains("type='error'")
+                        && answer.contains("policy-violation")
+                        && answer.contains(&format!("id='s{n}'")),
+                    "{from}: {answer}"
+                );
+            }
+        }
+        // Another domain has its own share, until the roster is full.
+        for (n, approved) in [(4, true), (5, false)] {
+            let from = format!("b{n}@pv.test");
+            site.remote_sends(
+                PartnerType::PublicVerified,
+                &from,
+                "juliet@example.com",
+                subscribe(n),
+            )
+            .await;
+            let (_, answer) = handed_to_federation(&mut fed).await;
+            if approved {
+                assert!(answer.contains("type='subscribed'"), "{from}: {answer}");
+                handed_to_federation(&mut fed).await;
+            } else {
+                assert!(answer.contains("policy-violation"), "{from}: {answer}");
+            }
+        }
+        // Contacts already there still pass: a repeated request is answered.
+        site.remote_sends(
+            PartnerType::Federated,
+            "a1@f.test",
+            "juliet@example.com",
+            subscribe(6),
+        )
+        .await;
+        let (_, answer) = handed_to_federation(&mut fed).await;
+        assert!(answer.contains("type='subscribed'"), "{answer}");
+        // The user is refused too, and told why.
+        while jrx.try_recv().is_ok() {}
+        site.session_sends(
+            &juliet,
+            "<iq type='set' id='add'><query xmlns='jabber:iq:roster'>\
+             <item jid='nurse@example.com'/></query></iq>",
+        )
+        .await;
+        let e = next(&mut jrx).await;
+        assert!(
+            e.contains("id='add'") && e.contains("type='error'") && e.contains("policy-violation"),
+            "{e}"
+        );
+        assert_eq!(
+            site.store
+                .roster(&bare("juliet@example.com"))
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn directed_presence_to_one_target_too_many_is_refused_with_policy_violation() {
+        let (site, mut fed) = federated_site_with(crate::config::UserLimitsConfig {
+            max_directed_presence: 2,
+            ..Default::default()
+        });
+        let (juliet, mut jrx) = site.bind("juliet@example.com", "balcony").await;
+        site.session_sends(&juliet, "<presence/>").await;
+        for n in 1..=3 {
+            let xml: &'static str = match n {
+                1 => "<presence to='room1@muc.f.test/j' id='d1'/>",
+                2 => "<presence to='room2@muc.f.test/j' id='d2'/>",
+                _ => "<presence to='room3@muc.f.test/j' id='d3'/>",
+            };
+            site.session_sends(&juliet, xml).await;
+        }
+        for n in 1..=2 {
+            let (to, p) = handed_to_federation(&mut fed).await;
+            assert_eq!(to, format!("room{n}@muc.f.test/j"), "{p}");
+        }
+        // Her own available presence comes back to her first.
+        let mut e = next(&mut jrx).await;
+        if !e.contains("type='error'") {
+            e = next(&mut jrx).await;
+        }
+        assert!(
+            e.contains("id='d3'") && e.contains("type='error'") && e.contains("policy-violation"),
+            "{e}"
+        );
+        assert!(fed.try_recv().is_err(), "the third never left");
     }
 }

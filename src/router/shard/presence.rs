@@ -57,12 +57,20 @@ impl Outbound {
 /// Keeps the targets of a session's directed presence (§4.6): available
 /// presence adds one, unavailable removes it, so going offline tells
 /// exactly those still told we are here.
-fn note_directed(directed: &mut Vec<Jid>, to: &Jid, ty: Option<&str>) {
+/// `false` when a new target would make more than `max` (the presence is
+/// refused then, so the list stays an honest record of who was told).
+fn note_directed(directed: &mut Vec<Jid>, to: &Jid, ty: Option<&str>, max: usize) -> bool {
     match ty {
-        None if !directed.contains(to) => directed.push(to.clone()),
+        None if !directed.contains(to) => {
+            if directed.len() >= max {
+                return false;
+            }
+            directed.push(to.clone());
+        }
         Some("unavailable") => directed.retain(|j| j != to),
         _ => {}
     }
+    true
 }
 
 /// Who gets the user's presence broadcast (§4.2.2, §4.4.2): the contacts
@@ -193,7 +201,7 @@ impl Shard {
         let what = Outbound::of(to.is_some(), stanza.type_().as_deref());
         match (what, to) {
             (Outbound::Subscription(kind), Some(to)) => {
-                self.outbound_subscription(from, to.bare().clone(), kind)
+                self.outbound_subscription(from, to.bare().clone(), kind, stanza)
             }
             (Outbound::Available, _) => self.broadcast_available(from, stanza),
             (Outbound::Unavailable, _) => {
@@ -217,16 +225,25 @@ impl Shard {
             }
             (Outbound::Directed, Some(to)) => {
                 // Remembered, so the target hears when we leave.
-                if let Some(r) = self
+                let max = self.ctx.limits.max_directed_presence;
+                let noted = self
                     .users
                     .get_mut(from.bare())
                     .and_then(|u| u.resources.iter_mut().find(|r| r.handle.jid == from))
-                {
-                    note_directed(&mut r.directed, &to, stanza.type_().as_deref());
+                    .is_none_or(|r| {
+                        note_directed(&mut r.directed, &to, stanza.type_().as_deref(), max)
+                    });
+                let env = Envelope::new(stanza, Jid::Full(from), to);
+                if noted {
+                    self.ctx.router.route_nowait(env);
+                } else {
+                    self.ctx.metrics.refused_directed_presence.increment(1);
+                    self.bounce_with(
+                        &env,
+                        StanzaCondition::PolicyViolation,
+                        Some("too many directed presences: send unavailable to some first"),
+                    );
                 }
-                self.ctx
-                    .router
-                    .route_nowait(Envelope::new(stanza, Jid::Full(from), to));
             }
             _ => {}
         }
@@ -490,14 +507,30 @@ mod tests {
         let muc = jid("room@muc.example.net/me");
         let other = jid("peer@example.net");
         let mut directed = Vec::new();
-        note_directed(&mut directed, &muc, None);
-        note_directed(&mut directed, &muc, None);
-        note_directed(&mut directed, &other, None);
+        assert!(note_directed(&mut directed, &muc, None, 10));
+        assert!(note_directed(&mut directed, &muc, None, 10));
+        assert!(note_directed(&mut directed, &other, None, 10));
         assert_eq!(directed, [muc.clone(), other.clone()], "each target once");
-        note_directed(&mut directed, &other, Some("error"));
+        note_directed(&mut directed, &other, Some("error"), 10);
         assert_eq!(directed.len(), 2, "other types change nothing");
-        note_directed(&mut directed, &muc, Some("unavailable"));
+        note_directed(&mut directed, &muc, Some("unavailable"), 10);
         assert_eq!(directed, [other]);
+    }
+
+    #[test]
+    fn a_new_directed_target_past_the_limit_is_refused_and_known_ones_still_pass() {
+        let (a, b, c) = (jid("a@x.test"), jid("b@x.test"), jid("c@x.test"));
+        let mut directed = Vec::new();
+        assert!(note_directed(&mut directed, &a, None, 2));
+        assert!(note_directed(&mut directed, &b, None, 2));
+        assert!(!note_directed(&mut directed, &c, None, 2), "a third target");
+        assert!(
+            note_directed(&mut directed, &a, None, 2),
+            "an update to a known one"
+        );
+        assert!(note_directed(&mut directed, &a, Some("unavailable"), 2));
+        assert!(note_directed(&mut directed, &c, None, 2), "room again");
+        assert_eq!(directed, [b, c]);
     }
 
     #[test]

@@ -48,14 +48,94 @@ fn presence_effects(
     }
 }
 
+/// A `[user_limits]` cap a new roster item would break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Limit {
+    RosterItems,
+    InboundPerDomain,
+}
+
+impl Limit {
+    fn text(self) -> &'static str {
+        match self {
+            Limit::RosterItems => "the roster is full",
+            Limit::InboundPerDomain => "too many unanswered subscription requests from this domain",
+        }
+    }
+}
+
 impl Shard {
-    pub(super) fn outbound_subscription(&mut self, from: FullJid, contact: BareJid, kind: SubKind) {
+    /// Whether `new_item`, an item the user's roster does not hold yet,
+    /// would break a cap. Called only when a stanza would create an item,
+    /// so existing contacts are never refused.
+    fn over_limit(&mut self, user: &BareJid, new_item: &RosterItem) -> Option<Limit> {
+        let limits = self.ctx.limits;
+        let u = self.users.get_mut(user)?;
+        let roster = u.roster.as_ref()?;
+        if roster.len() >= limits.max_roster_items {
+            return Some(Limit::RosterItems);
+        }
+        let domain = super::domain_of(&new_item.jid);
+        if !super::is_inbound_only(new_item) || self.ctx.domains.iter().any(|d| d == domain) {
+            return None;
+        }
+        let counts = u.inbound_by_domain.get_or_insert_with(|| {
+            let mut counts = std::collections::HashMap::new();
+            for i in roster.values().filter(|i| super::is_inbound_only(i)) {
+                *counts
+                    .entry(super::domain_of(&i.jid).to_owned())
+                    .or_default() += 1;
+            }
+            counts
+        });
+        let inbound_only = counts.get(domain).copied().unwrap_or(0);
+        (inbound_only >= limits.max_inbound_subscriptions_per_domain)
+            .then_some(Limit::InboundPerDomain)
+    }
+
+    /// Refuses `env` for breaking `limit`: `<policy-violation/>` back to
+    /// the sender, and the refusal counted.
+    fn refuse_for_limit(&mut self, env: &Envelope, limit: Limit) {
+        let m = &self.ctx.metrics;
+        match limit {
+            Limit::RosterItems => m.refused_roster_full.increment(1),
+            Limit::InboundPerDomain => m.refused_inbound_subscriptions.increment(1),
+        }
+        self.bounce_with(env, StanzaCondition::PolicyViolation, Some(limit.text()));
+    }
+
+    /// The cap `new_item` would break, when it is new to the roster.
+    fn creation_over_limit(
+        &mut self,
+        user: &BareJid,
+        current: Option<&RosterItem>,
+        new_item: Option<&RosterItem>,
+    ) -> Option<Limit> {
+        match (current, new_item) {
+            (None, Some(item)) if !item.is_void() => self.over_limit(user, item),
+            _ => None,
+        }
+    }
+
+    pub(super) fn outbound_subscription(
+        &mut self,
+        from: FullJid,
+        contact: BareJid,
+        kind: SubKind,
+        stanza: Stanza,
+    ) {
         let user = from.bare().clone();
         if contact == user {
             return;
         }
         let current = self.item(&user, contact.as_str());
         let out = subscription::outbound(current.as_ref(), kind, contact.as_str());
+        if let Some(limit) =
+            self.creation_over_limit(&user, current.as_ref(), out.new_item.as_ref())
+        {
+            let env = Envelope::new(stanza, Jid::Full(from), Jid::Bare(contact));
+            return self.refuse_for_limit(&env, limit);
+        }
         let mut effects = Vec::new();
         if out.push
             && let Some(i) = out.new_item.as_ref()
@@ -91,6 +171,12 @@ impl Shard {
         }
         let current = self.item(&user, contact.as_str());
         let out = subscription::inbound(current.as_ref(), kind, contact.as_str());
+        if let Some(limit) =
+            self.creation_over_limit(&user, current.as_ref(), out.new_item.as_ref())
+        {
+            self.refuse_for_limit(&env, limit);
+            return self.gc(&user);
+        }
         let mut effects = Vec::new();
         if out.push
             && let Some(i) = out.new_item.as_ref().filter(|i| i.listed)
@@ -148,6 +234,7 @@ impl Shard {
         }
         let current = self.item(&user, contact.as_str());
         let inbound = subscription::inbound(current.as_ref(), SubKind::Subscribe, contact.as_str());
+        let is_new = current.is_none();
         let after_request = inbound.new_item.or(current);
         let approve = subscription::outbound(
             after_request.as_ref(),
@@ -157,6 +244,10 @@ impl Shard {
         let Some(item) = approve.new_item.or(after_request) else {
             return;
         };
+        if let Some(limit) = is_new.then(|| self.over_limit(&user, &item)).flatten() {
+            self.refuse_for_limit(&env, limit);
+            return self.gc(&user);
+        }
         let mut effects = vec![Effect::Push {
             user: user.clone(),
             item: PushItem::Set(item.clone()),
@@ -214,6 +305,26 @@ impl Shard {
             bytes: reply_err(StanzaCondition::InternalServerError),
         }];
         match iq::apply_set(&user, current.as_ref(), &req) {
+            Ok(RosterChange::Upsert(item))
+                if let Some(limit) =
+                    self.creation_over_limit(&user, current.as_ref(), Some(&item)) =>
+            {
+                self.ctx.metrics.refused_roster_full.increment(1);
+                let b = error_reply(
+                    "iq",
+                    Some(&id),
+                    Some(&jid_str),
+                    None,
+                    StanzaCondition::PolicyViolation,
+                    Some(limit.text()),
+                );
+                self.write_to(
+                    &user,
+                    Some(from.resource()),
+                    b.into_bytes().into(),
+                    StanzaKind::Iq,
+                );
+            }
             Ok(RosterChange::Upsert(item)) => {
                 let effects = vec![
                     Effect::Push {
