@@ -20,8 +20,8 @@ use testkit::ca::{TestCa, self_signed};
 use testkit::client::Client;
 use testkit::dns::TestDns;
 use testkit::s2s::{
-    Attempt, DialbackAuthority, InEvent, InboundPeer, ListenerConfig, PeerConfig, PeerError,
-    Refused, S2sListener, S2sPeer, random_secret, server_tls,
+    Attempt, DialbackAuthority, InEvent, InboundPeer, ListenerConfig, LoadOptions, PeerConfig,
+    PeerError, Refused, S2sListener, S2sPeer, random_secret, server_tls,
 };
 use tokio::time::Instant;
 
@@ -495,4 +495,80 @@ async fn outbound_stream_to_k(site: &Site) -> (S2sListener, InboundPeer) {
     // The user session may end now: the outbound stream is the daemon's.
     drop(user);
     (k, inbound)
+}
+
+/// A fake `k.test` that is not k.test: its certificate is self-signed,
+/// yet it offers SASL EXTERNAL (it trusts the daemon's certificate),
+/// answers `<success/>` to it, and takes any dialback key as valid.
+async fn impostor_k(site: &Site) -> S2sListener {
+    let roots = site.roots();
+    let verifier = Arc::new(PeerVerifier::with_roots(roots.clone()).unwrap());
+    let k = S2sListener::start(ListenerConfig {
+        domain: "k.test".into(),
+        secret: random_secret(),
+        server_tls: server_tls(self_signed(&["k.test"]).certified_key(), Some(roots)),
+        verifier: Some(verifier),
+        policy: PeerPolicy::open_federation(),
+        timeout: TIMEOUT,
+        load: LoadOptions {
+            trust_dialback: true,
+            ..Default::default()
+        },
+    })
+    .await
+    .unwrap();
+    site.register("k.test", k.addr());
+    k
+}
+
+#[tokio::test]
+async fn an_impostor_with_a_self_signed_certificate_gets_no_stanza_when_the_partner_requires_sasl()
+{
+    let site = site(
+        "[[partner]]\ndomain = \"k.test\"\nsasl_negotiation = \"required\"\n\
+         support_dialback_negotiation = false\npartner_type = \"federated\"\n",
+    )
+    .await;
+    let mut k = impostor_k(&site).await;
+    let mut user = site.user().await;
+    user.send("<message to='someone@k.test' id='imp1' type='chat'><body>secret</body></message>")
+        .await
+        .unwrap();
+    let e = expect(&mut user, "the bounce", |s| s.name() == "message").await;
+    assert_eq!(e.type_().as_deref(), Some("error"), "{}", text(&e));
+    assert_eq!(e.id().as_deref(), Some("imp1"));
+    assert!(text(&e).contains("remote-server-timeout"), "{}", text(&e));
+    assert!(
+        k.connections() >= 1,
+        "the daemon never reached the impostor"
+    );
+    // Nothing was authenticated there, so nothing was sent to it.
+    match k.accept(Duration::from_millis(500)).await {
+        Err(PeerError::Timeout) => {}
+        Ok(p) => panic!("the daemon authenticated to the impostor by {:?}", p.method),
+        Err(e) => panic!("{e}"),
+    }
+    let m = site.server.scrape().await;
+    assert!(
+        metric(
+            &m,
+            "fedrouter_s2s_failures_total",
+            &[("domain", "k.test"), ("stage", "certificate")]
+        ) >= 1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_where_dialback_is_allowed_gets_dialback_and_never_external() {
+    let site = site("").await;
+    let mut k = impostor_k(&site).await;
+    let mut user = site.user().await;
+    user.send("<message to='someone@k.test' type='chat'><body>by dns</body></message>")
+        .await
+        .unwrap();
+    let mut inbound = k.accept(TIMEOUT).await.unwrap();
+    assert_eq!(inbound.method, AuthMethod::DialbackTls);
+    let m = inbound.recv().await.unwrap();
+    assert_eq!(body(&m).as_deref(), Some("by dns"), "{}", text(&m));
 }

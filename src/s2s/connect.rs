@@ -39,6 +39,10 @@ pub enum ConnectError {
     /// or it refused to authenticate us: retrying will not help.
     #[error("refused: {0}")]
     Refused(String),
+    /// The receiving server's certificate is not valid for the domain and
+    /// the partner's settings need it to be: a possible impostor.
+    #[error("certificate: {0}")]
+    Certificate(String),
     #[error("stream negotiation did not finish within {0:?}")]
     Timeout(Duration),
     #[error("the peer closed the connection during negotiation")]
@@ -70,6 +74,7 @@ impl ConnectError {
             ConnectError::Tls(_) => "tls",
             ConnectError::Negotiation(_) => "negotiation",
             ConnectError::Refused(_) => "refused",
+            ConnectError::Certificate(_) => "certificate",
             ConnectError::Timeout(_) => "timeout",
             ConnectError::Closed => "closed",
             ConnectError::Limit => "limit",
@@ -349,6 +354,7 @@ async fn fail(conn: &mut Connection, f: S2sFailure) -> ConnectError {
         FailReason::PeerStreamError(_) | FailReason::Protocol(_) => {
             ConnectError::Negotiation(f.reason.to_string())
         }
+        FailReason::RemoteCertificateInvalid => ConnectError::Certificate(f.reason.to_string()),
         _ => ConnectError::Refused(f.reason.to_string()),
     }
 }

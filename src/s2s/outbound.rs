@@ -483,6 +483,7 @@ impl OutboundDomain {
             ConnectError::Dns(
                 crate::dns::DnsError::NotFound(_) | crate::dns::DnsError::NoService(_)
             ) | ConnectError::Refused(_)
+                | ConnectError::Certificate(_)
         );
         let max_age = self.shared.config.gateway.stream_establishment_timeout;
         let now = Instant::now();
