@@ -54,7 +54,7 @@ async fn federation_with(mode: Mode, gateway: &str, direct_tls: bool) -> Federat
         };
         let extra = format!(
             "{trust}[[tls.certificate]]\ndomain = \"{d}\"\ncert = \"{}\"\nkey = \"{}\"\n\
-             [s2s]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n\
+             [s2s]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\nallow_private_targets = [\"127.0.0.0/8\"]\n\
              unlisted_domains = \"allow\"\n{FEDERATION_ALLOWED}{gateway}",
             cert.display(),
             key.display(),

@@ -21,7 +21,7 @@ use testkit::client::Client;
 use testkit::dns::TestDns;
 use testkit::s2s::{
     Attempt, DialbackAuthority, InEvent, InboundPeer, ListenerConfig, LoadOptions, PeerConfig,
-    PeerError, Refused, S2sListener, S2sPeer, random_secret, server_tls,
+    PeerError, Refused, S2sListener, S2sPeer, SilentServer, random_secret, server_tls,
 };
 use tokio::time::Instant;
 
@@ -38,6 +38,17 @@ struct Site {
 }
 
 async fn site(gateway: &str) -> Site {
+    site_allowing(&["127.0.0.0/8"], gateway).await
+}
+
+/// [`site`] with `s2s.allow_private_targets` set to `nets` (the test DNS
+/// points every domain at loopback).
+async fn site_allowing(nets: &[&str], gateway: &str) -> Site {
+    let allow = nets
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let dns = TestDns::start("127.0.0.1:0".parse().unwrap())
         .await
         .expect("test DNS");
@@ -47,7 +58,7 @@ async fn site(gateway: &str) -> Site {
     let (cert, key) = ca.issue(&[HOME]).write(dir.path(), HOME);
     let extra = format!(
         "[tls]\nca_file = \"{}\"\n[[tls.certificate]]\ndomain = \"{HOME}\"\ncert = \"{}\"\n\
-         key = \"{}\"\n[s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n\
+         key = \"{}\"\n[s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\nallow_private_targets = [{allow}]\n\
          unlisted_domains = \"allow\"\nunlisted_partner_type = \"federated\"\n{FEDERATION_ALLOWED}{gateway}",
         ca_path.display(),
         cert.display(),
@@ -473,9 +484,23 @@ async fn a_partner_with_enable_keep_alive_false_gets_no_whitespace_keepalives() 
 /// returns the listener (keep it alive) and the accepted stream, whose
 /// first stanza is the message `ping`.
 async fn outbound_stream_to_k(site: &Site) -> (S2sListener, InboundPeer) {
+    let mut k = listener_k(site).await;
+    let mut user = site.user().await;
+    user.send("<message to='someone@k.test' type='chat'><body>ping</body></message>")
+        .await
+        .unwrap();
+    let inbound = k.accept(TIMEOUT).await.unwrap();
+    // The user session may end now: the outbound stream is the daemon's.
+    drop(user);
+    (k, inbound)
+}
+
+/// A real `k.test` (SASL EXTERNAL with a CA certificate), registered in
+/// the site's DNS on 127.0.0.1.
+async fn listener_k(site: &Site) -> S2sListener {
     let roots = site.roots();
     let verifier = Arc::new(PeerVerifier::with_roots(roots.clone()).unwrap());
-    let mut k = S2sListener::start(ListenerConfig {
+    let k = S2sListener::start(ListenerConfig {
         domain: "k.test".into(),
         secret: random_secret(),
         server_tls: server_tls(site.ca.issue(&["k.test"]).certified_key(), Some(roots)),
@@ -487,14 +512,7 @@ async fn outbound_stream_to_k(site: &Site) -> (S2sListener, InboundPeer) {
     .await
     .unwrap();
     site.register("k.test", k.addr());
-    let mut user = site.user().await;
-    user.send("<message to='someone@k.test' type='chat'><body>ping</body></message>")
-        .await
-        .unwrap();
-    let inbound = k.accept(TIMEOUT).await.unwrap();
-    // The user session may end now: the outbound stream is the daemon's.
-    drop(user);
-    (k, inbound)
+    k
 }
 
 /// A fake `k.test` that is not k.test: its certificate is self-signed,
@@ -571,4 +589,129 @@ async fn an_untrusted_certificate_where_dialback_is_allowed_gets_dialback_and_ne
     assert_eq!(inbound.method, AuthMethod::DialbackTls);
     let m = inbound.recv().await.unwrap();
     assert_eq!(body(&m).as_deref(), Some("by dns"), "{}", text(&m));
+}
+
+#[tokio::test]
+async fn a_domain_whose_dns_points_at_loopback_is_refused_unless_allow_private_targets_covers_it() {
+    let site = site_allowing(&["10.0.0.0/8", "fd00::/8"], "").await;
+    let k = listener_k(&site).await;
+    let mut user = site.user().await;
+    user.send("<message to='someone@k.test' id='p1' type='chat'><body>inside</body></message>")
+        .await
+        .unwrap();
+    let e = expect(&mut user, "the bounce", |s| s.name() == "message").await;
+    assert_eq!(e.type_().as_deref(), Some("error"), "{}", text(&e));
+    assert_eq!(e.id().as_deref(), Some("p1"));
+    assert!(text(&e).contains("remote-server-not-found"), "{}", text(&e));
+    assert_eq!(k.connections(), 0, "the daemon connected to 127.0.0.1");
+    let m = site.server.scrape().await;
+    assert!(
+        metric(
+            &m,
+            "fedrouter_events_total",
+            &[("event", "s2s_private_targets_dropped")]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "fedrouter_s2s_failures_total",
+            &[("stage", "private_target")]
+        ) >= 1.0,
+        "{m}"
+    );
+
+    // The same setup with loopback allowed reaches k.test.
+    let site = site_allowing(&["127.0.0.1/32"], "").await;
+    let (_k, mut inbound) = outbound_stream_to_k(&site).await;
+    let m = inbound.recv().await.unwrap();
+    assert_eq!(body(&m).as_deref(), Some("ping"), "{}", text(&m));
+}
+
+#[tokio::test]
+async fn connecting_to_a_domain_is_bounded_by_one_deadline_however_slow_its_dns() {
+    let site = site("[gateway]\nstream_establishment_timeout = 3\n").await;
+    // 1.2 s for the SRV answer, 1.2 s more for the target's address, then
+    // a server that accepts and never speaks: 2.4 s + 3 s if only the
+    // negotiation were bounded.
+    let silent = SilentServer::start().await.unwrap();
+    site.register("slow.test", silent.addr());
+    let delay = Duration::from_millis(1200);
+    site.dns.add_delay("_xmpp-server._tcp.slow.test", delay);
+    site.dns.add_delay("_xmpps-server._tcp.slow.test", delay);
+    site.dns.add_delay("xmpp.slow.test", delay);
+    let mut user = site.user().await;
+    let sent = Instant::now();
+    user.send("<message to='x@slow.test' id='s1' type='chat'><body>anyone?</body></message>")
+        .await
+        .unwrap();
+    let e = expect(&mut user, "the bounce", |s| s.name() == "message").await;
+    let waited = sent.elapsed();
+    assert!(text(&e).contains("remote-server-timeout"), "{}", text(&e));
+    assert_eq!(silent.connections(), 1, "the target was reached");
+    assert!(
+        waited >= Duration::from_millis(2800) && waited < Duration::from_millis(4400),
+        "bounced after {waited:?}, expected about stream_establishment_timeout (3 s)"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_db_result_from_many_claimed_domains_opens_at_most_connection_limit_connections()
+{
+    let site = site("[gateway]\nconnection_limit = 3\npartner_connection_limit = 3\n").await;
+    // Every claimed domain's authoritative server accepts and says nothing,
+    // so each verification connection holds its slot.
+    let silent = SilentServer::start().await.unwrap();
+    const CLAIMED: usize = 8;
+    for i in 0..CLAIMED {
+        site.register(&format!("f{i}.test"), silent.addr());
+    }
+    // An unauthenticated stream (one slot) that sends db:result after
+    // db:result, each for another domain.
+    let mut cfg = site.peer("d.test");
+    cfg.policy.dialback = false;
+    let mut r = refused(&cfg).await;
+    for i in 0..CLAIMED {
+        r.send(format!(
+            "<db:result xmlns:db='jabber:server:dialback' from='f{i}.test' to='{HOME}'>abcd</db:result>"
+        ))
+        .await
+        .unwrap();
+    }
+    // Two slots are left for verification: the other keys are answered
+    // at once with resource-constraint.
+    let mut refused_domains = Vec::new();
+    while refused_domains.len() < CLAIMED - 2 {
+        let s = r
+            .recv()
+            .await
+            .unwrap_or_else(|e| panic!("after {} dialback errors: {e}", refused_domains.len()));
+        assert_eq!(s.local_name(), "result", "{}", text(&s));
+        assert_eq!(s.type_().as_deref(), Some("error"), "{}", text(&s));
+        assert!(text(&s).contains("resource-constraint"), "{}", text(&s));
+        refused_domains.push(s.to().unwrap_or_default().to_string());
+    }
+    refused_domains.sort();
+    refused_domains.dedup();
+    assert_eq!(refused_domains.len(), CLAIMED - 2, "{refused_domains:?}");
+    let deadline = Instant::now() + TIMEOUT;
+    while silent.connections() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the two verifications never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(silent.connections(), 2);
+    let m = site.server.scrape().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedrouter_events_total",
+            &[("event", "s2s_verify_connection_limit_reached")]
+        ),
+        (CLAIMED - 2) as f64,
+        "{m}"
+    );
 }

@@ -484,6 +484,7 @@ impl OutboundDomain {
                 crate::dns::DnsError::NotFound(_) | crate::dns::DnsError::NoService(_)
             ) | ConnectError::Refused(_)
                 | ConnectError::Certificate(_)
+                | ConnectError::PrivateTargets(_)
         );
         let max_age = self.shared.config.gateway.stream_establishment_timeout;
         let now = Instant::now();

@@ -886,6 +886,56 @@ async fn write(io: &mut Transport, b: &[u8]) -> std::io::Result<()> {
     io.flush().await
 }
 
+/// A server that accepts TCP connections and never sends a byte: each
+/// connection is held open (until the peer closes it or this is dropped)
+/// and counted.
+pub struct SilentServer {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SilentServer {
+    /// Listens on a loopback port.
+    pub async fn start() -> std::io::Result<SilentServer> {
+        let l = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = l.local_addr()?;
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            let mut held = tokio::task::JoinSet::new();
+            while let Ok((mut tcp, _)) = l.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                // Read (and drop) whatever comes until the peer closes.
+                held.spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        Ok(SilentServer {
+            addr,
+            connections,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many connections were accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
 /// The authoritative server of a fake domain for dialback: answers
 /// `db:verify` with the domain's secret, authenticates nobody. Stops when
 /// dropped.
