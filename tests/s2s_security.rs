@@ -16,6 +16,7 @@ use fedrouter::error::{StreamCondition, StreamError};
 use fedrouter::pki::PeerVerifier;
 use fedrouter::stream::s2s::{AuthMethod, FailReason, Negotiate, PeerPolicy};
 use rustls::RootCertStore;
+use rustls::sign::CertifiedKey;
 use testkit::ca::{TestCa, self_signed};
 use testkit::client::Client;
 use testkit::dns::TestDns;
@@ -498,16 +499,34 @@ async fn outbound_stream_to_k(site: &Site) -> (S2sListener, InboundPeer) {
 /// A real `k.test` (SASL EXTERNAL with a CA certificate), registered in
 /// the site's DNS on 127.0.0.1.
 async fn listener_k(site: &Site) -> S2sListener {
+    let cert = site.ca.issue(&["k.test"]).certified_key();
+    fake_k(site, cert, LoadOptions::default()).await
+}
+
+/// A fake `k.test` that is not k.test: its certificate is self-signed,
+/// yet it offers SASL EXTERNAL (it trusts the daemon's certificate),
+/// answers `<success/>` to it, and takes any dialback key as valid.
+async fn impostor_k(site: &Site) -> S2sListener {
+    let load = LoadOptions {
+        trust_dialback: true,
+        ..Default::default()
+    };
+    fake_k(site, self_signed(&["k.test"]).certified_key(), load).await
+}
+
+/// A `k.test` presenting `cert`, offering EXTERNAL to certificates of the
+/// site's CA, registered in the site's DNS on 127.0.0.1.
+async fn fake_k(site: &Site, cert: Arc<CertifiedKey>, load: LoadOptions) -> S2sListener {
     let roots = site.roots();
     let verifier = Arc::new(PeerVerifier::with_roots(roots.clone()).unwrap());
     let k = S2sListener::start(ListenerConfig {
         domain: "k.test".into(),
         secret: random_secret(),
-        server_tls: server_tls(site.ca.issue(&["k.test"]).certified_key(), Some(roots)),
+        server_tls: server_tls(cert, Some(roots)),
         verifier: Some(verifier),
         policy: PeerPolicy::open_federation(),
         timeout: TIMEOUT,
-        load: Default::default(),
+        load,
     })
     .await
     .unwrap();
@@ -515,28 +534,21 @@ async fn listener_k(site: &Site) -> S2sListener {
     k
 }
 
-/// A fake `k.test` that is not k.test: its certificate is self-signed,
-/// yet it offers SASL EXTERNAL (it trusts the daemon's certificate),
-/// answers `<success/>` to it, and takes any dialback key as valid.
-async fn impostor_k(site: &Site) -> S2sListener {
-    let roots = site.roots();
-    let verifier = Arc::new(PeerVerifier::with_roots(roots.clone()).unwrap());
-    let k = S2sListener::start(ListenerConfig {
-        domain: "k.test".into(),
-        secret: random_secret(),
-        server_tls: server_tls(self_signed(&["k.test"]).certified_key(), Some(roots)),
-        verifier: Some(verifier),
-        policy: PeerPolicy::open_federation(),
-        timeout: TIMEOUT,
-        load: LoadOptions {
-            trust_dialback: true,
-            ..Default::default()
-        },
-    })
+/// The user sends message `id` to `to`; it must come back as a stanza
+/// error with `condition`. Returns how long that took.
+async fn bounced(user: &mut Client, to: &str, id: &str, condition: &str) -> Duration {
+    let sent = Instant::now();
+    user.send(format!(
+        "<message to='{to}' id='{id}' type='chat'><body>{id}</body></message>"
+    ))
     .await
     .unwrap();
-    site.register("k.test", k.addr());
-    k
+    let e = expect(user, "the bounce", |s| s.name() == "message").await;
+    let waited = sent.elapsed();
+    assert_eq!(e.type_().as_deref(), Some("error"), "{}", text(&e));
+    assert_eq!(e.id().as_deref(), Some(id));
+    assert!(text(&e).contains(condition), "{}", text(&e));
+    waited
 }
 
 #[tokio::test]
@@ -549,13 +561,7 @@ async fn an_impostor_with_a_self_signed_certificate_gets_no_stanza_when_the_part
     .await;
     let mut k = impostor_k(&site).await;
     let mut user = site.user().await;
-    user.send("<message to='someone@k.test' id='imp1' type='chat'><body>secret</body></message>")
-        .await
-        .unwrap();
-    let e = expect(&mut user, "the bounce", |s| s.name() == "message").await;
-    assert_eq!(e.type_().as_deref(), Some("error"), "{}", text(&e));
-    assert_eq!(e.id().as_deref(), Some("imp1"));
-    assert!(text(&e).contains("remote-server-timeout"), "{}", text(&e));
+    bounced(&mut user, "someone@k.test", "imp1", "remote-server-timeout").await;
     assert!(
         k.connections() >= 1,
         "the daemon never reached the impostor"
@@ -596,13 +602,7 @@ async fn a_domain_whose_dns_points_at_loopback_is_refused_unless_allow_private_t
     let site = site_allowing(&["10.0.0.0/8", "fd00::/8"], "").await;
     let k = listener_k(&site).await;
     let mut user = site.user().await;
-    user.send("<message to='someone@k.test' id='p1' type='chat'><body>inside</body></message>")
-        .await
-        .unwrap();
-    let e = expect(&mut user, "the bounce", |s| s.name() == "message").await;
-    assert_eq!(e.type_().as_deref(), Some("error"), "{}", text(&e));
-    assert_eq!(e.id().as_deref(), Some("p1"));
-    assert!(text(&e).contains("remote-server-not-found"), "{}", text(&e));
+    bounced(&mut user, "someone@k.test", "p1", "remote-server-not-found").await;
     assert_eq!(k.connections(), 0, "the daemon connected to 127.0.0.1");
     let m = site.server.scrape().await;
     assert!(
@@ -642,13 +642,7 @@ async fn connecting_to_a_domain_is_bounded_by_one_deadline_however_slow_its_dns(
     site.dns.add_delay("_xmpps-server._tcp.slow.test", delay);
     site.dns.add_delay("xmpp.slow.test", delay);
     let mut user = site.user().await;
-    let sent = Instant::now();
-    user.send("<message to='x@slow.test' id='s1' type='chat'><body>anyone?</body></message>")
-        .await
-        .unwrap();
-    let e = expect(&mut user, "the bounce", |s| s.name() == "message").await;
-    let waited = sent.elapsed();
-    assert!(text(&e).contains("remote-server-timeout"), "{}", text(&e));
+    let waited = bounced(&mut user, "x@slow.test", "s1", "remote-server-timeout").await;
     assert_eq!(silent.connections(), 1, "the target was reached");
     assert!(
         waited >= Duration::from_millis(2800) && waited < Duration::from_millis(4400),
