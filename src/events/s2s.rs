@@ -111,7 +111,7 @@ impl OutboundClosed<'_> {
     }
 }
 
-/// A connection to `remote` was not attempted: `[s2s] connection_limit`
+/// A connection to `remote` was not attempted: `[gateway] connection_limit`
 /// streams are open.
 pub struct ConnectionLimitReached<'a> {
     pub remote: &'a str,

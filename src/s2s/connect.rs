@@ -47,7 +47,9 @@ pub enum ConnectError {
     /// the partner's settings need it to be: a possible impostor.
     #[error("certificate: {0}")]
     Certificate(String),
-    #[error("stream negotiation did not finish within {0:?}")]
+    /// DNS, connecting and negotiation together took longer than
+    /// `stream_establishment_timeout`.
+    #[error("the stream was not established within {0:?}")]
     Timeout(Duration),
     #[error("the peer closed the connection during negotiation")]
     Closed,

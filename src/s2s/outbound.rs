@@ -705,5 +705,13 @@ mod tests {
             ConnectError::Negotiation("x".into()).bounce_condition(),
             StanzaCondition::RemoteServerTimeout
         );
+        assert_eq!(
+            ConnectError::PrivateTargets("x".into()).bounce_condition(),
+            StanzaCondition::RemoteServerNotFound
+        );
+        assert_eq!(
+            ConnectError::Certificate("x".into()).bounce_condition(),
+            StanzaCondition::RemoteServerTimeout
+        );
     }
 }
