@@ -37,6 +37,10 @@ use tokio::task::JoinSet;
 
 use crate::events;
 
+mod private;
+
+pub use private::public_targets;
+
 /// The RFC 6120 fallback port when a domain publishes no SRV records.
 pub const DEFAULT_S2S_PORT: u16 = 5269;
 /// Per-query timeout and tries (RFC 8305 asks for no more than a few s).

@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod jid;
+pub mod net;
 pub mod pki;
 pub mod policy;
 pub mod roster;

@@ -196,7 +196,7 @@ async fn start_world(mode: Mode, tag: &str, net: u8, kinds: &[Kind]) -> World {
     };
     let extra = format!(
         "[tls]\n{ca_line}[[tls.certificate]]\ndomain = \"{f}\"\ncert = \"{}\"\nkey = \"{}\"\n\
-         [s2s]\nlisten = [\"{f_ip}:0\"]\ndns_nameservers = [\"{dns_addr}\"]\n\
+         [s2s]\nlisten = [\"{f_ip}:0\"]\ndns_nameservers = [\"{dns_addr}\"]\nallow_private_targets = [\"127.0.0.0/8\"]\n\
          [[partner]]\ndomain = \"{p}\"\nsasl_negotiation = \"optional\"\n\
          [[partner]]\ndomain = \"{e}\"\nsasl_negotiation = \"optional\"\n{FEDERATION_ALLOWED}",
         cert.display(),

@@ -55,7 +55,7 @@ async fn site(extra: &str) -> Site {
     let (cert, key) = ca.issue(&[HOME]).write(dir.path(), HOME);
     let config = format!(
         "[tls]\nca_file = \"{}\"\n[[tls.certificate]]\ndomain = \"{HOME}\"\ncert = \"{}\"\n\
-         key = \"{}\"\n[s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n\
+         key = \"{}\"\n[s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\nallow_private_targets = [\"127.0.0.0/8\"]\n\
          {FEDERATION_ALLOWED}{extra}",
         ca_path.display(),
         cert.display(),

@@ -16,12 +16,13 @@ use fedrouter::error::{StreamCondition, StreamError};
 use fedrouter::pki::PeerVerifier;
 use fedrouter::stream::s2s::{AuthMethod, FailReason, Negotiate, PeerPolicy};
 use rustls::RootCertStore;
+use rustls::sign::CertifiedKey;
 use testkit::ca::{TestCa, self_signed};
 use testkit::client::Client;
 use testkit::dns::TestDns;
 use testkit::s2s::{
-    Attempt, DialbackAuthority, InEvent, InboundPeer, ListenerConfig, PeerConfig, PeerError,
-    Refused, S2sListener, S2sPeer, random_secret, server_tls,
+    Attempt, DialbackAuthority, InEvent, InboundPeer, ListenerConfig, LoadOptions, PeerConfig,
+    PeerError, Refused, S2sListener, S2sPeer, SilentServer, random_secret, server_tls,
 };
 use tokio::time::Instant;
 
@@ -38,6 +39,17 @@ struct Site {
 }
 
 async fn site(gateway: &str) -> Site {
+    site_allowing(&["127.0.0.0/8"], gateway).await
+}
+
+/// [`site`] with `s2s.allow_private_targets` set to `nets` (the test DNS
+/// points every domain at loopback).
+async fn site_allowing(nets: &[&str], gateway: &str) -> Site {
+    let allow = nets
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let dns = TestDns::start("127.0.0.1:0".parse().unwrap())
         .await
         .expect("test DNS");
@@ -47,7 +59,7 @@ async fn site(gateway: &str) -> Site {
     let (cert, key) = ca.issue(&[HOME]).write(dir.path(), HOME);
     let extra = format!(
         "[tls]\nca_file = \"{}\"\n[[tls.certificate]]\ndomain = \"{HOME}\"\ncert = \"{}\"\n\
-         key = \"{}\"\n[s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n\
+         key = \"{}\"\n[s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\nallow_private_targets = [{allow}]\n\
          unlisted_domains = \"allow\"\nunlisted_partner_type = \"federated\"\n{FEDERATION_ALLOWED}{gateway}",
         ca_path.display(),
         cert.display(),
@@ -473,20 +485,7 @@ async fn a_partner_with_enable_keep_alive_false_gets_no_whitespace_keepalives() 
 /// returns the listener (keep it alive) and the accepted stream, whose
 /// first stanza is the message `ping`.
 async fn outbound_stream_to_k(site: &Site) -> (S2sListener, InboundPeer) {
-    let roots = site.roots();
-    let verifier = Arc::new(PeerVerifier::with_roots(roots.clone()).unwrap());
-    let mut k = S2sListener::start(ListenerConfig {
-        domain: "k.test".into(),
-        secret: random_secret(),
-        server_tls: server_tls(site.ca.issue(&["k.test"]).certified_key(), Some(roots)),
-        verifier: Some(verifier),
-        policy: PeerPolicy::open_federation(),
-        timeout: TIMEOUT,
-        load: Default::default(),
-    })
-    .await
-    .unwrap();
-    site.register("k.test", k.addr());
+    let mut k = listener_k(site).await;
     let mut user = site.user().await;
     user.send("<message to='someone@k.test' type='chat'><body>ping</body></message>")
         .await
@@ -495,4 +494,218 @@ async fn outbound_stream_to_k(site: &Site) -> (S2sListener, InboundPeer) {
     // The user session may end now: the outbound stream is the daemon's.
     drop(user);
     (k, inbound)
+}
+
+/// A real `k.test` (SASL EXTERNAL with a CA certificate), registered in
+/// the site's DNS on 127.0.0.1.
+async fn listener_k(site: &Site) -> S2sListener {
+    let cert = site.ca.issue(&["k.test"]).certified_key();
+    fake_k(site, cert, LoadOptions::default()).await
+}
+
+/// A fake `k.test` that is not k.test: its certificate is self-signed,
+/// yet it offers SASL EXTERNAL (it trusts the daemon's certificate),
+/// answers `<success/>` to it, and takes any dialback key as valid.
+async fn impostor_k(site: &Site) -> S2sListener {
+    let load = LoadOptions {
+        trust_dialback: true,
+        ..Default::default()
+    };
+    fake_k(site, self_signed(&["k.test"]).certified_key(), load).await
+}
+
+/// A `k.test` presenting `cert`, offering EXTERNAL to certificates of the
+/// site's CA, registered in the site's DNS on 127.0.0.1.
+async fn fake_k(site: &Site, cert: Arc<CertifiedKey>, load: LoadOptions) -> S2sListener {
+    let roots = site.roots();
+    let verifier = Arc::new(PeerVerifier::with_roots(roots.clone()).unwrap());
+    let k = S2sListener::start(ListenerConfig {
+        domain: "k.test".into(),
+        secret: random_secret(),
+        server_tls: server_tls(cert, Some(roots)),
+        verifier: Some(verifier),
+        policy: PeerPolicy::open_federation(),
+        timeout: TIMEOUT,
+        load,
+    })
+    .await
+    .unwrap();
+    site.register("k.test", k.addr());
+    k
+}
+
+/// The user sends message `id` to `to`; it must come back as a stanza
+/// error with `condition`. Returns how long that took.
+async fn bounced(user: &mut Client, to: &str, id: &str, condition: &str) -> Duration {
+    let sent = Instant::now();
+    user.send(format!(
+        "<message to='{to}' id='{id}' type='chat'><body>{id}</body></message>"
+    ))
+    .await
+    .unwrap();
+    let e = expect(user, "the bounce", |s| s.name() == "message").await;
+    let waited = sent.elapsed();
+    assert_eq!(e.type_().as_deref(), Some("error"), "{}", text(&e));
+    assert_eq!(e.id().as_deref(), Some(id));
+    assert!(text(&e).contains(condition), "{}", text(&e));
+    waited
+}
+
+#[tokio::test]
+async fn an_impostor_with_a_self_signed_certificate_gets_no_stanza_when_the_partner_requires_sasl()
+{
+    let site = site(
+        "[[partner]]\ndomain = \"k.test\"\nsasl_negotiation = \"required\"\n\
+         support_dialback_negotiation = false\npartner_type = \"federated\"\n",
+    )
+    .await;
+    let mut k = impostor_k(&site).await;
+    let mut user = site.user().await;
+    bounced(&mut user, "someone@k.test", "imp1", "remote-server-timeout").await;
+    assert!(
+        k.connections() >= 1,
+        "the daemon never reached the impostor"
+    );
+    // Nothing was authenticated there, so nothing was sent to it.
+    match k.accept(Duration::from_millis(500)).await {
+        Err(PeerError::Timeout) => {}
+        Ok(p) => panic!("the daemon authenticated to the impostor by {:?}", p.method),
+        Err(e) => panic!("{e}"),
+    }
+    let m = site.server.scrape().await;
+    assert!(
+        metric(
+            &m,
+            "fedrouter_s2s_failures_total",
+            &[("domain", "k.test"), ("stage", "certificate")]
+        ) >= 1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_where_dialback_is_allowed_gets_dialback_and_never_external() {
+    let site = site("").await;
+    let mut k = impostor_k(&site).await;
+    let mut user = site.user().await;
+    user.send("<message to='someone@k.test' type='chat'><body>by dns</body></message>")
+        .await
+        .unwrap();
+    let mut inbound = k.accept(TIMEOUT).await.unwrap();
+    assert_eq!(inbound.method, AuthMethod::DialbackTls);
+    let m = inbound.recv().await.unwrap();
+    assert_eq!(body(&m).as_deref(), Some("by dns"), "{}", text(&m));
+}
+
+#[tokio::test]
+async fn a_domain_whose_dns_points_at_loopback_is_refused_unless_allow_private_targets_covers_it() {
+    let site = site_allowing(&["10.0.0.0/8", "fd00::/8"], "").await;
+    let k = listener_k(&site).await;
+    let mut user = site.user().await;
+    bounced(&mut user, "someone@k.test", "p1", "remote-server-not-found").await;
+    assert_eq!(k.connections(), 0, "the daemon connected to 127.0.0.1");
+    let m = site.server.scrape().await;
+    assert!(
+        metric(
+            &m,
+            "fedrouter_events_total",
+            &[("event", "s2s_private_targets_dropped")]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "fedrouter_s2s_failures_total",
+            &[("stage", "private_target")]
+        ) >= 1.0,
+        "{m}"
+    );
+
+    // The same setup with loopback allowed reaches k.test.
+    let site = site_allowing(&["127.0.0.1/32"], "").await;
+    let (_k, mut inbound) = outbound_stream_to_k(&site).await;
+    let m = inbound.recv().await.unwrap();
+    assert_eq!(body(&m).as_deref(), Some("ping"), "{}", text(&m));
+}
+
+#[tokio::test]
+async fn connecting_to_a_domain_is_bounded_by_one_deadline_however_slow_its_dns() {
+    let site = site("[gateway]\nstream_establishment_timeout = 3\n").await;
+    // 1.2 s for the SRV answer, 1.2 s more for the target's address, then
+    // a server that accepts and never speaks: 2.4 s + 3 s if only the
+    // negotiation were bounded.
+    let silent = SilentServer::start().await.unwrap();
+    site.register("slow.test", silent.addr());
+    let delay = Duration::from_millis(1200);
+    site.dns.add_delay("_xmpp-server._tcp.slow.test", delay);
+    site.dns.add_delay("_xmpps-server._tcp.slow.test", delay);
+    site.dns.add_delay("xmpp.slow.test", delay);
+    let mut user = site.user().await;
+    let waited = bounced(&mut user, "x@slow.test", "s1", "remote-server-timeout").await;
+    assert_eq!(silent.connections(), 1, "the target was reached");
+    assert!(
+        waited >= Duration::from_millis(2800) && waited < Duration::from_millis(4400),
+        "bounced after {waited:?}, expected about stream_establishment_timeout (3 s)"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_db_result_from_many_claimed_domains_opens_at_most_connection_limit_connections()
+{
+    let site = site("[gateway]\nconnection_limit = 3\npartner_connection_limit = 3\n").await;
+    // Every claimed domain's authoritative server accepts and says nothing,
+    // so each verification connection holds its slot.
+    let silent = SilentServer::start().await.unwrap();
+    const CLAIMED: usize = 8;
+    for i in 0..CLAIMED {
+        site.register(&format!("f{i}.test"), silent.addr());
+    }
+    // An unauthenticated stream (one slot) that sends db:result after
+    // db:result, each for another domain.
+    let mut cfg = site.peer("d.test");
+    cfg.policy.dialback = false;
+    let mut r = refused(&cfg).await;
+    for i in 0..CLAIMED {
+        r.send(format!(
+            "<db:result xmlns:db='jabber:server:dialback' from='f{i}.test' to='{HOME}'>abcd</db:result>"
+        ))
+        .await
+        .unwrap();
+    }
+    // Two slots are left for verification: the other keys are answered
+    // at once with resource-constraint.
+    let mut refused_domains = Vec::new();
+    while refused_domains.len() < CLAIMED - 2 {
+        let s = r
+            .recv()
+            .await
+            .unwrap_or_else(|e| panic!("after {} dialback errors: {e}", refused_domains.len()));
+        assert_eq!(s.local_name(), "result", "{}", text(&s));
+        assert_eq!(s.type_().as_deref(), Some("error"), "{}", text(&s));
+        assert!(text(&s).contains("resource-constraint"), "{}", text(&s));
+        refused_domains.push(s.to().unwrap_or_default().to_string());
+    }
+    refused_domains.sort();
+    refused_domains.dedup();
+    assert_eq!(refused_domains.len(), CLAIMED - 2, "{refused_domains:?}");
+    let deadline = Instant::now() + TIMEOUT;
+    while silent.connections() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the two verifications never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(silent.connections(), 2);
+    let m = site.server.scrape().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedrouter_events_total",
+            &[("event", "s2s_verify_connection_limit_reached")]
+        ),
+        (CLAIMED - 2) as f64,
+        "{m}"
+    );
 }

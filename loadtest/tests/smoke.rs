@@ -38,7 +38,7 @@ async fn site(users: usize, extra: &str) -> Site {
     let text = format!(
         "[server]\ndomains = [\"{DOMAIN}\"]\ndata_dir = \"{}\"\nworkers = 2\n\
          [c2s]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{dns}\"]\n\
+         [s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{dns}\"]\nallow_private_targets = [\"127.0.0.0/8\"]\n\
          unlisted_domains = \"allow\"\nunlisted_partner_type = \"federated\"\n\
          [[access_policy]]\nname = \"global\"\nenable_federation_access = true\n\
          enable_xmpp_access = true\n{extra}",

@@ -160,6 +160,11 @@ pub struct S2sConfig {
     /// DNS servers to ask instead of the system resolver; empty = system.
     /// Never port 0 or an unspecified address, no duplicates.
     pub dns_nameservers: Vec<SocketAddr>,
+    /// Networks a remote domain's SRV or address records may point into
+    /// although they are private (loopback, RFC 1918, link-local, unique
+    /// local, unspecified): without one, such addresses are never
+    /// connected to. A partner's `proxy_fqdn` is exempt.
+    pub allow_private_targets: Vec<crate::net::IpNet>,
     /// Whether domains that are not a `[[partner]]` may federate.
     pub unlisted_domains: Unlisted,
     /// The trust level of unlisted domains when they are allowed.

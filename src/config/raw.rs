@@ -99,6 +99,7 @@ pub(super) struct RawS2s {
     pub listen: Vec<String>,
     pub direct_tls_listen: Vec<String>,
     pub dns_nameservers: Vec<String>,
+    pub allow_private_targets: Vec<String>,
     pub unlisted_domains: Unlisted,
     pub unlisted_partner_type: PartnerType,
 }
@@ -109,6 +110,7 @@ impl Default for RawS2s {
             listen: strings(d::S2S_LISTEN),
             direct_tls_listen: Vec::new(),
             dns_nameservers: Vec::new(),
+            allow_private_targets: Vec::new(),
             unlisted_domains: d::UNLISTED_DOMAINS,
             unlisted_partner_type: d::UNLISTED_PARTNER_TYPE,
         }

@@ -135,6 +135,7 @@ fn every_key_is_read() {
         listen = ["0.0.0.0:5269", "[::1]:5269"]
         direct_tls_listen = ["0.0.0.0:5270"]
         dns_nameservers = ["127.0.0.1:5300", "[2001:db8::53]:53"]
+        allow_private_targets = ["10.0.0.0/8", "fd00::/8", "192.168.1.7"]
         unlisted_domains = "allow"
         unlisted_partner_type = "public_verified"
         [gateway]
@@ -200,6 +201,11 @@ fn every_key_is_read() {
             listen: vec![addr("0.0.0.0:5269"), addr("[::1]:5269")],
             direct_tls_listen: vec![addr("0.0.0.0:5270")],
             dns_nameservers: vec![addr("127.0.0.1:5300"), addr("[2001:db8::53]:53")],
+            allow_private_targets: vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "fd00::/8".parse().unwrap(),
+                "192.168.1.7/32".parse().unwrap(),
+            ],
             unlisted_domains: Unlisted::Allow,
             unlisted_partner_type: PartnerType::PublicVerified,
         }
@@ -775,6 +781,33 @@ fn a_bad_dns_nameserver_is_refused() {
         2,
         "s2s.dns_nameservers[1]",
         "`[::1]:53` is listed twice (first as s2s.dns_nameservers[0])",
+    );
+}
+
+#[test]
+fn no_private_target_is_allowed_by_default_and_a_bad_network_names_its_key() {
+    assert!(parse("").s2s.allow_private_targets.is_empty());
+    assert!(
+        Config::default_embedded()
+            .s2s
+            .allow_private_targets
+            .is_empty()
+    );
+    let e = error("[s2s]\nallow_private_targets = [\n  \"127.0.0.0/8\",\n  \"10.0.0.1/8\"]\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        4,
+        "s2s.allow_private_targets[1]",
+        "10.0.0.1/8 has host bits set: write 10.0.0.0/8 for the network",
+    );
+    let e = error("[s2s]\nallow_private_targets = [\"localhost\"]\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        2,
+        "s2s.allow_private_targets[0]",
+        "`localhost` is not a network: expected CIDR such as 10.0.0.0/8 or fd00::/8",
     );
 }
 

@@ -270,10 +270,21 @@ fn s2s(raw: RawS2s, listeners: &mut Listeners) -> Result<S2sConfig, Invalid> {
         }
         dns_nameservers.push(addr);
     }
+    let allow_private_targets = raw
+        .allow_private_targets
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            value
+                .parse::<crate::net::IpNet>()
+                .map_err(|m| invalid(format!("s2s.allow_private_targets[{i}]"), m))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(S2sConfig {
         listen,
         direct_tls_listen,
         dns_nameservers,
+        allow_private_targets,
         unlisted_domains: raw.unlisted_domains,
         unlisted_partner_type: raw.unlisted_partner_type,
     })

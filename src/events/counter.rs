@@ -64,6 +64,8 @@ event_names! {
     SelfSignedGenerated => "self_signed_generated",
     // s2s
     S2sTargetUnreachable => "s2s_target_unreachable",
+    S2sPrivateTargetsDropped => "s2s_private_targets_dropped",
+    S2sVerifyConnectionLimitReached => "s2s_verify_connection_limit_reached",
     S2sClosedNotPartner => "s2s_closed_not_partner",
     S2sClosedRouteChanged => "s2s_closed_route_changed",
     S2sClosedIdle => "s2s_closed_idle",

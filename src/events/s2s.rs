@@ -47,6 +47,30 @@ impl TargetUnreachable<'_> {
     }
 }
 
+/// Addresses a remote domain's DNS named were private (loopback, RFC
+/// 1918, link-local, ...) and outside `s2s.allow_private_targets`, so they
+/// are not connected to; `left` targets remain (none: the domain is
+/// unreachable).
+pub struct PrivateTargetsDropped<'a> {
+    pub remote: &'a str,
+    pub addrs: &'a [std::net::SocketAddr],
+    pub left: usize,
+}
+
+impl PrivateTargetsDropped<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            target: CONNECT,
+            remote = %self.remote,
+            addrs = ?self.addrs,
+            targets_left = self.left,
+            "DNS named private addresses for a remote domain; not connecting to them \
+             (s2s.allow_private_targets)"
+        );
+        count(EventName::S2sPrivateTargetsDropped);
+    }
+}
+
 /// Why we closed an outbound stream ourselves, or saw it closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutboundClose {
@@ -87,7 +111,7 @@ impl OutboundClosed<'_> {
     }
 }
 
-/// A connection to `remote` was not attempted: `[s2s] connection_limit`
+/// A connection to `remote` was not attempted: `[gateway] connection_limit`
 /// streams are open.
 pub struct ConnectionLimitReached<'a> {
     pub remote: &'a str,
@@ -97,6 +121,24 @@ impl ConnectionLimitReached<'_> {
     pub fn emit(self) {
         tracing::warn!(target: OUTBOUND, remote = %self.remote, "s2s connection_limit reached");
         count(EventName::S2sConnectionLimitReached);
+    }
+}
+
+/// A dialback key from `originating` was not verified: verifying it
+/// needs a connection, and `[gateway] connection_limit` are open. The
+/// peer gets a `resource-constraint` dialback error.
+pub struct VerifyConnectionLimitReached<'a> {
+    pub originating: &'a str,
+}
+
+impl VerifyConnectionLimitReached<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            target: INBOUND,
+            originating = %self.originating,
+            "s2s connection_limit reached; dialback key not verified"
+        );
+        count(EventName::S2sVerifyConnectionLimitReached);
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::S2sShared;
-use crate::dns::{DnsError, Target, connect_happy_eyeballs};
+use crate::dns::{DnsError, Target, connect_happy_eyeballs, public_targets};
 use crate::error::StanzaCondition;
 use crate::stream::s2s::{
     AuthMethod, OutAction, OutInput, OutMode, OutboundNegotiation, S2sFailure,
@@ -31,6 +31,10 @@ pub enum ConnectError {
     Dns(DnsError),
     #[error("no address of {0} accepted a connection")]
     Unreachable(String),
+    /// Every address the domain's DNS named is private (loopback, RFC 1918,
+    /// link-local, ...) and outside `s2s.allow_private_targets`.
+    #[error("{0} resolves only to private addresses, which are not allowed")]
+    PrivateTargets(String),
     #[error("TLS handshake: {0}")]
     Tls(String),
     #[error("negotiation: {0}")]
@@ -39,7 +43,13 @@ pub enum ConnectError {
     /// or it refused to authenticate us: retrying will not help.
     #[error("refused: {0}")]
     Refused(String),
-    #[error("stream negotiation did not finish within {0:?}")]
+    /// The receiving server's certificate is not valid for the domain and
+    /// the partner's settings need it to be: a possible impostor.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// DNS, connecting and negotiation together took longer than
+    /// `stream_establishment_timeout`.
+    #[error("the stream was not established within {0:?}")]
     Timeout(Duration),
     #[error("the peer closed the connection during negotiation")]
     Closed,
@@ -55,9 +65,9 @@ impl ConnectError {
     /// not be found or reached, or it was found but did not complete.
     pub fn bounce_condition(&self) -> StanzaCondition {
         match self {
-            ConnectError::Dns(_) | ConnectError::Unreachable(_) => {
-                StanzaCondition::RemoteServerNotFound
-            }
+            ConnectError::Dns(_)
+            | ConnectError::Unreachable(_)
+            | ConnectError::PrivateTargets(_) => StanzaCondition::RemoteServerNotFound,
             ConnectError::Limit | ConnectError::PartnerLimit => StanzaCondition::ResourceConstraint,
             _ => StanzaCondition::RemoteServerTimeout,
         }
@@ -67,9 +77,11 @@ impl ConnectError {
         match self {
             ConnectError::Dns(_) => "dns",
             ConnectError::Unreachable(_) => "connect",
+            ConnectError::PrivateTargets(_) => "private_target",
             ConnectError::Tls(_) => "tls",
             ConnectError::Negotiation(_) => "negotiation",
             ConnectError::Refused(_) => "refused",
+            ConnectError::Certificate(_) => "certificate",
             ConnectError::Timeout(_) => "timeout",
             ConnectError::Closed => "closed",
             ConnectError::Limit => "limit",
@@ -89,7 +101,9 @@ pub struct Established {
 }
 
 /// Where to connect: the partner's static route, else DNS. The route is
-/// read from the policy in force, so it follows `fedrouter reload`.
+/// read from the policy in force, so it follows `fedrouter reload`. It is
+/// the operator's own word, so it may be private; what the remote domain's
+/// DNS says may not, outside `s2s.allow_private_targets`.
 async fn targets(shared: &S2sShared, remote: &str) -> Result<Vec<Target>, ConnectError> {
     if let Some(proxy) = shared.partner(remote).and_then(|p| p.proxy_fqdn.clone()) {
         let host = proxy
@@ -117,12 +131,42 @@ async fn targets(shared: &S2sShared, remote: &str) -> Result<Vec<Target>, Connec
         .s2s_metrics
         .dns_seconds
         .record(started.elapsed().as_secs_f64());
-    r.map_err(ConnectError::Dns)
+    let (kept, dropped) = public_targets(
+        r.map_err(ConnectError::Dns)?,
+        &shared.config.s2s.allow_private_targets,
+    );
+    if !dropped.is_empty() {
+        crate::events::s2s::PrivateTargetsDropped {
+            remote,
+            addrs: &dropped,
+            left: kept.len(),
+        }
+        .emit();
+    }
+    if kept.is_empty() {
+        return Err(ConnectError::PrivateTargets(remote.to_string()));
+    }
+    Ok(kept)
 }
 
-/// Resolves, connects and negotiates `local` → `remote`, within the
-/// gateway's `stream_establishment_timeout` for the negotiation.
+/// Resolves, connects and negotiates `local` → `remote`, all of it (DNS,
+/// every target tried, TLS, the negotiation) within the gateway's
+/// `stream_establishment_timeout`: a domain whose DNS or servers answer
+/// slowly costs one deadline, not one per step or target.
 pub async fn connect_and_negotiate(
+    shared: Arc<S2sShared>,
+    local: String,
+    remote: String,
+    mode: OutMode,
+) -> Result<Established, ConnectError> {
+    let budget = shared.config.gateway.stream_establishment_timeout;
+    match tokio::time::timeout(budget, attempt(shared, local, remote, mode)).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::Timeout(budget)),
+    }
+}
+
+async fn attempt(
     shared: Arc<S2sShared>,
     local: String,
     remote: String,
@@ -156,14 +200,13 @@ pub async fn connect_and_negotiate(
         let peer_addr = tcp
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let budget = shared.config.gateway.stream_establishment_timeout;
         let conn = Connection::new(
             Transport::Plain(tcp),
             NS_SERVER,
             shared.config.gateway.max_stanza_size,
             shared.metrics.clone(),
         );
-        let fut = negotiate(
+        return negotiate(
             shared.clone(),
             conn,
             t.direct_tls,
@@ -171,11 +214,8 @@ pub async fn connect_and_negotiate(
             &remote,
             mode.clone(),
             peer_addr,
-        );
-        return match tokio::time::timeout(budget, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(ConnectError::Timeout(budget)),
-        };
+        )
+        .await;
     }
     Err(last)
 }
@@ -349,6 +389,7 @@ async fn fail(conn: &mut Connection, f: S2sFailure) -> ConnectError {
         FailReason::PeerStreamError(_) | FailReason::Protocol(_) => {
             ConnectError::Negotiation(f.reason.to_string())
         }
+        FailReason::RemoteCertificateInvalid => ConnectError::Certificate(f.reason.to_string()),
         _ => ConnectError::Refused(f.reason.to_string()),
     }
 }

@@ -486,7 +486,7 @@ impl InboundS2s {
                     receiving,
                     stream_id,
                     key,
-                } => self.verify_dialback(originating, receiving, stream_id, key),
+                } => queue.extend(self.verify_dialback(originating, receiving, stream_id, key)),
                 InAction::Authenticated {
                     remote,
                     local,
@@ -571,15 +571,34 @@ impl InboundS2s {
         }
     }
 
+    /// Asks `originating`'s authoritative server about `key` on a
+    /// connection of its own; the answer comes back as [`DialbackChecked`].
+    /// Returns the machine's actions when no connection may be opened.
     fn verify_dialback(
-        &self,
+        &mut self,
         originating: String,
         receiving: String,
         stream_id: String,
         key: String,
-    ) {
+    ) -> Vec<InAction> {
         let (shared, me) = (self.shared.clone(), self.me.clone());
+        // The verification connection is one of ours like any other: it
+        // counts against connection_limit, so a flood of db:result from
+        // many claimed domains cannot make us open connections without end.
+        let Some(slot) = shared.connection_slot() else {
+            crate::events::s2s::VerifyConnectionLimitReached {
+                originating: &originating,
+            }
+            .emit();
+            let input = InInput::DialbackFailed {
+                originating,
+                receiving,
+                condition: crate::error::StanzaCondition::ResourceConstraint,
+            };
+            return self.neg.handle(input, &Ctx(&self.shared));
+        };
         tokio::spawn(async move {
+            let _slot = slot;
             let mode = OutMode::Verify {
                 receiving: receiving.clone(),
                 originating: originating.clone(),
@@ -608,6 +627,7 @@ impl InboundS2s {
                 })
                 .await;
         });
+        Vec::new()
     }
 
     async fn close(&mut self, e: StreamError) {

@@ -82,6 +82,13 @@ impl S2sShared {
         self.slots.release_connection();
     }
 
+    /// [`S2sShared::acquire_connection`] for a task: the slot goes back
+    /// when the returned guard is dropped, however the task ends.
+    pub fn connection_slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        self.acquire_connection()
+            .then(|| ConnectionSlot(self.clone()))
+    }
+
     /// What a link to `remote` counts under for the partner connection
     /// limit: the primary domain of the `[[partner]]` listing it, so every
     /// domain of one entry shares one count; an unlisted domain (open
@@ -113,6 +120,15 @@ impl S2sShared {
 
     pub fn release_partner(&self, key: &str) {
         self.slots.release_partner(key);
+    }
+}
+
+/// One `connection_limit` slot, given back on drop.
+pub struct ConnectionSlot(Arc<S2sShared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.release_connection();
     }
 }
 

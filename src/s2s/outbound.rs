@@ -483,6 +483,8 @@ impl OutboundDomain {
             ConnectError::Dns(
                 crate::dns::DnsError::NotFound(_) | crate::dns::DnsError::NoService(_)
             ) | ConnectError::Refused(_)
+                | ConnectError::Certificate(_)
+                | ConnectError::PrivateTargets(_)
         );
         let max_age = self.shared.config.gateway.stream_establishment_timeout;
         let now = Instant::now();
@@ -701,6 +703,14 @@ mod tests {
         );
         assert_eq!(
             ConnectError::Negotiation("x".into()).bounce_condition(),
+            StanzaCondition::RemoteServerTimeout
+        );
+        assert_eq!(
+            ConnectError::PrivateTargets("x".into()).bounce_condition(),
+            StanzaCondition::RemoteServerNotFound
+        );
+        assert_eq!(
+            ConnectError::Certificate("x".into()).bounce_condition(),
             StanzaCondition::RemoteServerTimeout
         );
     }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use hickory_resolver::proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_resolver::proto::rr::rdata::{A, AAAA, SRV};
@@ -29,6 +30,8 @@ enum Entry {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     ServFail,
+    /// Answer queries for the name only after this long.
+    Delay(Duration),
 }
 
 type Table = Arc<Mutex<HashMap<String, Vec<Entry>>>>;
@@ -87,6 +90,12 @@ impl TestDns {
         self.push(name, Entry::ServFail);
     }
 
+    /// Every answer for `name` (of any type) is sent `delay` late, as from
+    /// a slow or distant name server.
+    pub fn add_delay(&self, name: &str, delay: Duration) {
+        self.push(name, Entry::Delay(delay));
+    }
+
     /// Forgets every record.
     pub fn clear(&self) {
         lock(&self.table).clear();
@@ -114,15 +123,39 @@ fn key(name: &str) -> String {
 }
 
 async fn serve_udp(sock: UdpSocket, table: Table) {
+    let sock = Arc::new(sock);
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
             continue;
         };
-        if let Some(resp) = answer(&buf[..n], &table) {
-            let _ = sock.send_to(&resp, peer).await;
+        let Some(resp) = answer(&buf[..n], &table) else {
+            continue;
+        };
+        match delay(&buf[..n], &table) {
+            None => {
+                let _ = sock.send_to(&resp, peer).await;
+            }
+            Some(d) => {
+                // Late answers must not hold up the others.
+                let sock = sock.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    let _ = sock.send_to(&resp, peer).await;
+                });
+            }
         }
     }
+}
+
+/// How late the answer to the wire query `q` is due, if it is delayed.
+fn delay(q: &[u8], table: &Table) -> Option<Duration> {
+    let query = Message::from_vec(q).ok()?;
+    let name = query.queries.first()?.name.to_ascii();
+    lock(table).get(&key(&name))?.iter().find_map(|e| match e {
+        Entry::Delay(d) => Some(*d),
+        _ => None,
+    })
 }
 
 async fn serve_tcp(l: TcpListener, table: Table) {
@@ -141,6 +174,9 @@ async fn serve_tcp(l: TcpListener, table: Table) {
                 let Some(resp) = answer(&q, &table) else {
                     return;
                 };
+                if let Some(d) = delay(&q, &table) {
+                    tokio::time::sleep(d).await;
+                }
                 let Ok(len) = u16::try_from(resp.len()) else {
                     return;
                 };
@@ -248,6 +284,27 @@ mod tests {
         dns.clear();
         let r = ask_udp(&dns, "host.test.", RecordType::A).await;
         assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    }
+
+    #[tokio::test]
+    async fn a_delayed_name_is_answered_late_and_others_meanwhile() {
+        let dns = TestDns::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        dns.add_a("slow.test", Ipv4Addr::new(192, 0, 2, 1));
+        dns.add_delay("slow.test", Duration::from_millis(400));
+        dns.add_a("fast.test", Ipv4Addr::new(192, 0, 2, 2));
+        let started = tokio::time::Instant::now();
+        let (slow, fast) = tokio::join!(ask_udp(&dns, "slow.test.", RecordType::A), async {
+            // Asked after the slow one, answered before it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let r = ask_udp(&dns, "fast.test.", RecordType::A).await;
+            (r, started.elapsed())
+        });
+        assert_eq!(slow.answers.len(), 1);
+        assert!(started.elapsed() >= Duration::from_millis(400));
+        assert_eq!(fast.0.answers.len(), 1);
+        assert!(fast.1 < Duration::from_millis(350), "{:?}", fast.1);
     }
 
     #[tokio::test]

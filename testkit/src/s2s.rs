@@ -35,7 +35,7 @@ use fedrouter::error::{StanzaCondition, StreamError};
 use fedrouter::pki::PeerVerifier;
 use fedrouter::stream::s2s::{
     AuthMethod, FailReason, InAction, InInput, InboundContext, InboundNegotiation, OutAction,
-    OutInput, OutMode, OutboundNegotiation, PeerPolicy, S2sFailure,
+    OutInput, OutMode, OutboundNegotiation, PeerIdentity, PeerPolicy, S2sFailure,
 };
 use fedrouter::transport::Transport;
 use fedrouter::xml::element::Element;
@@ -387,6 +387,17 @@ async fn tls_client(cfg: &PeerConfig, io: Transport) -> Result<Transport, PeerEr
     Ok(Transport::TlsClient(Box::new(s)))
 }
 
+/// What an [`S2sPeer`] makes of the daemon's certificate: whatever it is,
+/// valid for the domain dialed, so SASL EXTERNAL is used whenever the
+/// daemon offers it.
+struct DialedDaemon;
+
+impl PeerIdentity for DialedDaemon {
+    fn is_valid_for(&self, _: &str) -> bool {
+        true
+    }
+}
+
 /// Drives the outbound machine over a socket, the way `s2s::connect` does.
 async fn negotiate(cfg: &PeerConfig) -> Result<Attempt, PeerError> {
     let tcp = TcpStream::connect(cfg.addr).await?;
@@ -415,8 +426,9 @@ async fn negotiate(cfg: &PeerConfig) -> Result<Attempt, PeerError> {
                     io = tls_client(cfg, io).await?;
                     framer = Framer::new(NS_SERVER, MAX_STANZA);
                     // The daemon's certificate is not what these fakes are
-                    // about; the machine only records its validity.
-                    pending.extend(neg.handle(OutInput::TlsEstablished { peer: None }));
+                    // about: it is taken to be whom they dialed.
+                    let peer: Arc<dyn PeerIdentity> = Arc::new(DialedDaemon);
+                    pending.extend(neg.handle(OutInput::TlsEstablished { peer: Some(peer) }));
                 }
                 OutAction::RestartStream => framer.reset(),
                 OutAction::Ready(method) => {
@@ -574,6 +586,7 @@ pub struct S2sListener {
     addr: SocketAddr,
     accepted: mpsc::Receiver<InboundPeer>,
     verify_requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -619,6 +632,8 @@ impl S2sListener {
         let addr = l.local_addr()?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let verify_requests = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
         let shared = Arc::new(Shared {
             cfg,
             accepted: tx,
@@ -630,6 +645,7 @@ impl S2sListener {
                 tokio::select! {
                     r = l.accept() => match r {
                         Ok((tcp, _)) => {
+                            counted.fetch_add(1, Ordering::SeqCst);
                             let _ = tcp.set_nodelay(true);
                             conns.spawn(serve(tcp, shared.clone()));
                         }
@@ -646,6 +662,7 @@ impl S2sListener {
             addr,
             accepted: rx,
             verify_requests,
+            connections,
             task,
         })
     }
@@ -665,6 +682,11 @@ impl S2sListener {
     /// How many `db:verify` requests arrived (answered or not).
     pub fn verify_requests(&self) -> usize {
         self.verify_requests.load(Ordering::SeqCst)
+    }
+
+    /// How many TCP connections were accepted (negotiated or not).
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
@@ -862,6 +884,56 @@ fn is_db_verify(s: &Stanza, prefixes: &[(String, String)]) -> bool {
 async fn write(io: &mut Transport, b: &[u8]) -> std::io::Result<()> {
     io.write_all(b).await?;
     io.flush().await
+}
+
+/// A server that accepts TCP connections and never sends a byte: each
+/// connection is held open (until the peer closes it or this is dropped)
+/// and counted.
+pub struct SilentServer {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SilentServer {
+    /// Listens on a loopback port.
+    pub async fn start() -> std::io::Result<SilentServer> {
+        let l = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = l.local_addr()?;
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            let mut held = tokio::task::JoinSet::new();
+            while let Ok((mut tcp, _)) = l.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                // Read (and drop) whatever comes until the peer closes.
+                held.spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        Ok(SilentServer {
+            addr,
+            connections,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many connections were accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
 }
 
 /// The authoritative server of a fake domain for dialback: answers

@@ -191,6 +191,15 @@ pub enum FailReason {
          (the peer did not offer it after TLS, or we hold no certificate for our domain)"
     )]
     SaslRequiredButNotOffered,
+    /// The receiving server's certificate is not valid for the domain we
+    /// connected to, and the partner's settings allow nothing but
+    /// certificates (SASL required, or dialback off): it may be an
+    /// impostor, so no stanza goes to it.
+    #[error(
+        "the peer's certificate is not valid for the domain (untrusted, expired or for another \
+         name), and local policy for this domain allows no dialback fallback"
+    )]
+    RemoteCertificateInvalid,
     #[error("the peer refused our certificate (SASL EXTERNAL failed) and no fallback is allowed")]
     SaslExternalRefused,
     #[error("dialback is the only allowed method, but the peer does not offer it")]

@@ -129,8 +129,8 @@ impl OutboundNegotiation {
         self.tls
     }
 
-    /// Whether the peer's TLS certificate was valid for `remote`. Dialback
-    /// does not need it; operators and metrics may.
+    /// Whether the peer's TLS certificate was valid for `remote`. SASL
+    /// EXTERNAL is only used when it is (see `choose_auth`).
     pub fn remote_certificate_valid(&self) -> bool {
         self.remote_cert_valid
     }
@@ -335,7 +335,13 @@ impl OutboundNegotiation {
             self.state = OutState::AwaitDbVerify;
             return vec![OutAction::Send(req)];
         }
+        // RFC 6125, XEP-0178 §3: SASL EXTERNAL authenticates us to the
+        // peer, never the peer to us. Only its certificate tells us that we
+        // talk to `remote` and not to whoever answered (a hijacked DNS
+        // name, a poisoned route), so EXTERNAL, and the stream it makes
+        // ready, needs that certificate to be valid for `remote`.
         let external = self.tls
+            && self.remote_cert_valid
             && self.can_external
             && self.policy.sasl != Negotiate::NotSupported
             && offered.external
@@ -347,6 +353,25 @@ impl OutboundNegotiation {
                 "<auth xmlns='{NS_SASL}' mechanism='EXTERNAL'>{}</auth>",
                 B64.encode(self.local.as_bytes())
             ))];
+        }
+        // Without a valid certificate only dialback may go on, where the
+        // partner's settings allow it: the peer is then whom DNS named
+        // (XEP-0220 §2.1, the receiving server's identity rests on DNS).
+        if self.tls
+            && !self.remote_cert_valid
+            && (self.policy.sasl == Negotiate::Required || !self.policy.dialback)
+        {
+            let text = format!(
+                "Your server's certificate is invalid, expired, or not trusted by {} for {}",
+                self.local, self.remote
+            );
+            return self.fail(
+                FailReason::RemoteCertificateInvalid,
+                Some(StreamError::with_text(
+                    StreamCondition::PolicyViolation,
+                    text,
+                )),
+            );
         }
         let refused_or = |r: FailReason, failed: bool| {
             if failed {

@@ -1629,3 +1629,181 @@ fn tls_established_without_starttls_is_a_protocol_failure() {
         Some(FailReason::Protocol(_))
     ));
 }
+
+// -- the receiving server's certificate (RFC 6125, XEP-0178) ------------
+
+/// `EXTERNAL` offered after TLS, as a server that would accept it.
+const EXTERNAL_FEATURES: &str = "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+     <mechanism>EXTERNAL</mechanism></mechanisms>\
+     <dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
+
+/// An outbound machine after STARTTLS with `peer` as the receiving
+/// server's certificate, fed features offering EXTERNAL and dialback.
+fn after_starttls(p: PeerPolicy, peer: Option<Arc<dyn PeerIdentity>>) -> (Out, Vec<OutAction>) {
+    let (mut o, _) = Out::new(p, true);
+    o.feed(PROSODY_HEADER);
+    o.feed(PROSODY_FEATURES);
+    o.feed("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    o.tls(peer);
+    o.feed(PROSODY_HEADER);
+    let a = o.feed(EXTERNAL_FEATURES);
+    (o, a)
+}
+
+#[test]
+fn an_impostor_certificate_with_sasl_required_fails_before_any_auth_is_sent() {
+    let required = policy(Negotiate::Required, Negotiate::Required, false);
+    for peer in [cert(&["impostor.example"]), None] {
+        let (mut o, a) = after_starttls(required.clone(), peer);
+        assert!(!o.neg.remote_certificate_valid());
+        assert!(!out_sent(&a).contains("<auth"), "{a:?}");
+        let f = out_failure(&a).expect("fails");
+        assert_eq!(f.reason, FailReason::RemoteCertificateInvalid);
+        assert_eq!(
+            f.send.as_ref().map(|e| e.condition),
+            Some(StreamCondition::PolicyViolation)
+        );
+        assert_eq!(f.bounce(), StanzaCondition::RemoteServerTimeout);
+        // An unsolicited <success/> changes nothing.
+        assert!(
+            o.feed("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+                .is_empty()
+        );
+        assert!(!o.neg.is_ready());
+    }
+    // Dialback allowed does not help when SASL is required.
+    let (_, a) = after_starttls(
+        policy(Negotiate::Required, Negotiate::Required, true),
+        cert(&[]),
+    );
+    assert_eq!(
+        out_failure(&a).map(|f| f.reason),
+        Some(FailReason::RemoteCertificateInvalid)
+    );
+}
+
+#[test]
+fn an_impostor_certificate_without_dialback_allowed_fails_even_with_sasl_optional() {
+    let (_, a) = after_starttls(
+        policy(Negotiate::Required, Negotiate::Optional, false),
+        cert(&["impostor.example"]),
+    );
+    assert!(!out_sent(&a).contains("<auth"), "{a:?}");
+    assert_eq!(
+        out_failure(&a).map(|f| f.reason),
+        Some(FailReason::RemoteCertificateInvalid)
+    );
+}
+
+#[test]
+fn an_untrusted_certificate_with_dialback_allowed_gets_dialback_and_never_external() {
+    let (mut o, a) = after_starttls(PeerPolicy::open_federation(), cert(&["impostor.example"]));
+    assert!(!out_sent(&a).contains("<auth"), "{a:?}");
+    assert!(out_sent(&a).starts_with("<db:result from='a.example' to='b.example'>"));
+    let a = o.feed("<db:result from='b.example' to='a.example' type='valid'/>");
+    assert_eq!(a, vec![OutAction::Ready(AuthMethod::DialbackTls)]);
+
+    // Against the real receiving machine: it offers EXTERNAL (it likes our
+    // certificate), we still use dialback.
+    let mut p = Pair::authenticate(
+        PeerPolicy::open_federation(),
+        true,
+        Ctx::new(&[B], SECRET_B),
+    );
+    p.in_cert = cert(&["impostor.example"]);
+    let p = p.run();
+    assert!(p.sent_by_inbound().contains("EXTERNAL"));
+    assert!(!out_sent(&p.out_log).contains("<auth"));
+    assert_eq!(p.ready(), Some(AuthMethod::DialbackTls), "{:?}", p.out_log);
+}
+
+#[test]
+fn a_certificate_valid_for_the_remote_domain_still_gets_external_to_ready() {
+    let (mut o, a) = after_starttls(
+        policy(Negotiate::Required, Negotiate::Required, false),
+        cert(&[B]),
+    );
+    assert!(o.neg.remote_certificate_valid());
+    assert!(
+        out_sent(&a)
+            .starts_with("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>")
+    );
+    o.feed("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    o.feed(PROSODY_HEADER);
+    let a = o.feed("<stream:features/>");
+    assert_eq!(a, vec![OutAction::Ready(AuthMethod::SaslExternal)]);
+
+    let mut p = Pair::authenticate(
+        policy(Negotiate::Required, Negotiate::Required, false),
+        true,
+        Ctx::new(&[B], SECRET_B),
+    );
+    p.in_cert = cert(&[B]);
+    assert_eq!(p.run().ready(), Some(AuthMethod::SaslExternal));
+}
+
+#[test]
+fn direct_tls_judges_the_receiving_certificate_like_starttls() {
+    let required = policy(Negotiate::Required, Negotiate::Required, false);
+    let direct = |peer: Option<Arc<dyn PeerIdentity>>| {
+        let mut neg = OutboundNegotiation::new(
+            A.into(),
+            B.into(),
+            required.clone(),
+            Arc::from(SECRET_A),
+            true,
+            OutMode::Authenticate,
+        );
+        assert!(neg.handle(OutInput::TlsEstablished { peer }).is_empty());
+        let mut o = Out {
+            neg,
+            framer: framer(),
+        };
+        o.neg.start();
+        o.feed(PROSODY_HEADER);
+        o.feed(EXTERNAL_FEATURES)
+    };
+    let a = direct(cert(&["impostor.example"]));
+    assert!(!out_sent(&a).contains("<auth"), "{a:?}");
+    assert_eq!(
+        out_failure(&a).map(|f| f.reason),
+        Some(FailReason::RemoteCertificateInvalid)
+    );
+    let a = direct(cert(&[B]));
+    assert!(out_sent(&a).contains("mechanism='EXTERNAL'"), "{a:?}");
+}
+
+#[test]
+fn a_verify_connection_asks_its_question_whatever_the_certificate() {
+    // db:verify authenticates nobody: the answer is checked against the
+    // key, not trusted for who the server is.
+    let key = dialback::dialback_key(SECRET_A, B, A, "s1");
+    let mut neg = OutboundNegotiation::new(
+        B.into(),
+        A.into(),
+        policy(Negotiate::Required, Negotiate::Required, false),
+        Arc::from(SECRET_B),
+        true,
+        OutMode::Verify {
+            receiving: B.into(),
+            originating: A.into(),
+            stream_id: "s1".into(),
+            key,
+        },
+    );
+    assert!(
+        neg.handle(OutInput::TlsEstablished {
+            peer: cert(&["impostor.example"])
+        })
+        .is_empty()
+    );
+    let mut o = Out {
+        neg,
+        framer: framer(),
+    };
+    o.neg.start();
+    o.feed(PROSODY_HEADER);
+    let a = o.feed(EXTERNAL_FEATURES);
+    assert!(out_sent(&a).starts_with("<db:verify"), "{a:?}");
+    assert!(out_failure(&a).is_none());
+}

@@ -229,6 +229,7 @@ require_tls = true
 [s2s]
 listen = ["{s2s}"]
 dns_nameservers = ["{dns}"]
+allow_private_targets = ["127.0.0.0/8"]
 unlisted_domains = "allow"
 unlisted_partner_type = "federated"
 
