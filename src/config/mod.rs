@@ -67,6 +67,8 @@ pub mod defaults {
     pub const STREAM_INACTIVITY_TIMEOUT_SECS: u32 = 600;
     pub const SUBSCRIPTION_REFRESH_INTERVAL_SECS: u32 = 28_800;
     pub const ENABLE_LOGGING_ALL_MESSAGE_BODIES: bool = false;
+    /// The shortest `gateway.dialback_passphrase` accepted, in bytes.
+    pub const MIN_DIALBACK_PASSPHRASE_BYTES: usize = 16;
     // Lync documents no stanza limit; these are ejabberd's and Prosody's.
     pub const MAX_STANZA_SIZE_PRE_AUTH: usize = 8 * 1024;
     pub const MAX_STANZA_SIZE: usize = 512 * 1024;

@@ -144,7 +144,7 @@ fn every_key_is_read() {
         stream_establishment_timeout = 61
         stream_inactivity_timeout = 601
         subscription_refresh_interval = 28801
-        dialback_passphrase = "s3cret"
+        dialback_passphrase = "s3cret-s3cret-s3cret"
         enable_logging_all_message_bodies = true
         max_stanza_size_pre_auth = 4096
         max_stanza_size = 65536
@@ -252,7 +252,10 @@ fn every_key_is_read() {
     assert_eq!(g.stream_establishment_timeout, Duration::from_secs(61));
     assert_eq!(g.stream_inactivity_timeout, Duration::from_secs(601));
     assert_eq!(g.subscription_refresh_interval, Duration::from_secs(28801));
-    assert_eq!(g.dialback_passphrase.as_deref(), Some("s3cret"));
+    assert_eq!(
+        g.dialback_passphrase.as_deref(),
+        Some("s3cret-s3cret-s3cret")
+    );
     assert!(g.enable_logging_all_message_bodies);
     assert_eq!(
         (g.max_stanza_size_pre_auth, g.max_stanza_size),
@@ -286,7 +289,7 @@ fn default_partner(domain: &str, connection_limit: u32) -> PartnerConfig {
 
 #[test]
 fn the_dialback_passphrase_is_redacted_in_debug_output() {
-    let c = parse("gateway.dialback_passphrase = \"hunter2\"");
+    let c = parse("gateway.dialback_passphrase = \"hunter2hunter2hunter2\"");
     assert!(!format!("{c:?}").contains("hunter2"));
 }
 
@@ -1134,6 +1137,22 @@ fn an_empty_dialback_passphrase_is_refused() {
         "gateway.dialback_passphrase",
         "remove the key",
     );
+}
+
+#[test]
+fn a_dialback_passphrase_shorter_than_16_bytes_is_refused() {
+    let e = error("[gateway]\ndialback_passphrase = \"fifteen-bytes!!\"\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        2,
+        "gateway.dialback_passphrase",
+        "is 15 bytes long; it must be at least 16",
+    );
+    // Bytes, not characters: 8 two-byte characters are enough.
+    let c = parse("gateway.dialback_passphrase = \"éééééééé\"");
+    assert_eq!(c.gateway.dialback_passphrase.as_deref(), Some("éééééééé"));
+    parse("gateway.dialback_passphrase = \"sixteen-bytes!!!\"");
 }
 
 #[test]

@@ -316,13 +316,26 @@ fn gateway(raw: RawGateway) -> Result<GatewayConfig, Invalid> {
         "subscription_refresh_interval",
         raw.subscription_refresh_interval,
     )?;
-    if let Some(p) = &raw.dialback_passphrase
-        && p.trim().is_empty()
-    {
-        return Err(invalid(
-            g("dialback_passphrase"),
-            "must not be empty; remove the key to use a random secret per start",
-        ));
+    if let Some(p) = &raw.dialback_passphrase {
+        if p.trim().is_empty() {
+            return Err(invalid(
+                g("dialback_passphrase"),
+                "must not be empty; remove the key to use a random secret per start",
+            ));
+        }
+        // It keys the HMAC behind every dialback key (XEP-0185): a short
+        // one can be guessed offline from a single key seen on the wire.
+        if p.len() < d::MIN_DIALBACK_PASSPHRASE_BYTES {
+            return Err(invalid(
+                g("dialback_passphrase"),
+                format!(
+                    "is {} bytes long; it must be at least {} (a short secret can be guessed \
+                     from one dialback key), or remove the key to use a random secret per start",
+                    p.len(),
+                    d::MIN_DIALBACK_PASSPHRASE_BYTES
+                ),
+            ));
+        }
     }
     if raw.max_stanza_size_pre_auth < d::MIN_STANZA_SIZE_PRE_AUTH {
         return Err(invalid(
