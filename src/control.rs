@@ -48,6 +48,8 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 pub struct ControlContext {
     pub store: Arc<dyn Store>,
     pub domains: Vec<String>,
+    /// `c2s.scram_iterations`, for new and changed passwords.
+    pub scram_iterations: u32,
     pub reloader: Option<crate::Reloader>,
 }
 
@@ -99,13 +101,13 @@ fn execute(line: &str, ctx: &ControlContext) -> Result<String, String> {
         "user-add" => {
             let j = jid(w.next())?;
             let p = password_arg(w.next())?;
-            admin::add_user(store, &j, &p).map_err(|e| e.to_string())?;
+            admin::add_user(store, &j, &p, ctx.scram_iterations).map_err(|e| e.to_string())?;
             Ok(format!("added {j}\n"))
         }
         "user-passwd" => {
             let j = jid(w.next())?;
             let p = password_arg(w.next())?;
-            admin::set_password(store, &j, &p).map_err(|e| e.to_string())?;
+            admin::set_password(store, &j, &p, ctx.scram_iterations).map_err(|e| e.to_string())?;
             Ok(format!("password changed for {j}\n"))
         }
         "user-remove" => {

@@ -70,6 +70,10 @@ fn the_embedded_default_serves_localhost_on_loopback() {
     assert_eq!(c.tls, TlsConfig::default());
     assert_eq!(c.c2s.listen, [addr("127.0.0.1:5222")]);
     assert!(c.c2s.require_tls);
+    assert_eq!(c.c2s.scram_iterations, 10_000);
+    assert_eq!(c.c2s.max_auth_failures_per_account, 5);
+    assert_eq!(c.c2s.max_auth_failures_per_ip, 20);
+    assert_eq!(c.c2s.auth_failure_window, Duration::from_secs(60));
     assert_eq!(c.metrics.listen, Some(addr("127.0.0.1:9269")));
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Text);
@@ -1137,6 +1141,52 @@ fn an_empty_dialback_passphrase_is_refused() {
         "gateway.dialback_passphrase",
         "remove the key",
     );
+}
+
+#[test]
+fn the_c2s_login_settings_are_read_and_checked() {
+    let c = parse(
+        "[c2s]\nscram_iterations = 4096\nmax_auth_failures_per_account = 3\n\
+         max_auth_failures_per_ip = 7\nauth_failure_window = 2\n",
+    );
+    assert_eq!(c.c2s.scram_iterations, 4096);
+    assert_eq!(c.c2s.max_auth_failures_per_account, 3);
+    assert_eq!(c.c2s.max_auth_failures_per_ip, 7);
+    assert_eq!(c.c2s.auth_failure_window, Duration::from_secs(2));
+    for (text, line, key, needle) in [
+        (
+            "[c2s]\nscram_iterations = 4095\n",
+            2,
+            "c2s.scram_iterations",
+            "must be from 4096",
+        ),
+        (
+            "[c2s]\n\nscram_iterations = 1000001\n",
+            3,
+            "c2s.scram_iterations",
+            "to 1000000",
+        ),
+        (
+            "[c2s]\nmax_auth_failures_per_account = 0\n",
+            2,
+            "c2s.max_auth_failures_per_account",
+            "at least 1",
+        ),
+        (
+            "[c2s]\nmax_auth_failures_per_ip = 0\n",
+            2,
+            "c2s.max_auth_failures_per_ip",
+            "at least 1",
+        ),
+        (
+            "[c2s]\nauth_failure_window = 0\n",
+            2,
+            "c2s.auth_failure_window",
+            "at least 1 second",
+        ),
+    ] {
+        assert_error(&error(text), ConfigErrorKind::Invalid, line, key, needle);
+    }
 }
 
 #[test]

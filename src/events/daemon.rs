@@ -173,3 +173,16 @@ impl FdLimitNotRaised<'_> {
         count(EventName::FdLimitNotRaised);
     }
 }
+
+/// The system random number generator failed: `what` (a salt, a stream
+/// id, …) was not made, and the operation that needed it was refused.
+pub struct RandomUnavailable {
+    pub what: &'static str,
+}
+
+impl RandomUnavailable {
+    pub fn emit(self) {
+        tracing::error!(target: TARGET, what = self.what, "the system random number generator failed; refused");
+        count(EventName::RandomUnavailable);
+    }
+}
