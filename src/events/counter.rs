@@ -46,6 +46,7 @@ event_names! {
     FdLimitRaised => "fd_limit_raised",
     FdLimitNotRaised => "fd_limit_not_raised",
     RandomUnavailable => "random_unavailable",
+    ControlPeerRefused => "control_peer_refused",
     // store
     StoreWriterPanicked => "store_writer_panicked",
     StoreCallbackPanicked => "store_callback_panicked",

@@ -186,3 +186,18 @@ impl RandomUnavailable {
         count(EventName::RandomUnavailable);
     }
 }
+
+/// A process of another user connected to the control socket (its peer
+/// uid, from SO_PEERCRED, is neither the daemon's nor root's) and was
+/// disconnected unanswered.
+pub struct ControlPeerRefused {
+    /// `None` when the kernel would not say.
+    pub uid: Option<u32>,
+}
+
+impl ControlPeerRefused {
+    pub fn emit(self) {
+        tracing::warn!(target: TARGET, uid = ?self.uid, "control socket: connection from another user refused");
+        count(EventName::ControlPeerRefused);
+    }
+}
