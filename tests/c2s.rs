@@ -473,20 +473,31 @@ async fn signs_in_again(server: &TestServer, from: &str, local: &str, password: 
     }
 }
 
-#[tokio::test]
-async fn failed_logins_throttle_the_account_from_every_address_until_the_window_ends() {
+/// A server with these failed-login limits in a 3 s window, and users
+/// alice (`right`) and bob (`b`).
+async fn throttling_server(per_account: u32, per_ip: u32) -> TestServer {
     let server = TestServer::start_with_c2s(
-        "max_auth_failures_per_account = 3\nmax_auth_failures_per_ip = 100\nauth_failure_window = 3\n",
+        &format!(
+            "max_auth_failures_per_account = {per_account}\nmax_auth_failures_per_ip = {per_ip}\n\
+             auth_failure_window = 3\n"
+        ),
         "",
     )
     .await;
     server.add_user("alice", "right");
     server.add_user("bob", "b");
-    let before = metric(
-        &server.scrape().await,
-        "fedrouter_auth_total",
-        &[("result", "throttled")],
-    );
+    server
+}
+
+async fn throttled_total(server: &TestServer) -> f64 {
+    let text = server.scrape().await;
+    metric(&text, "fedrouter_auth_total", &[("result", "throttled")])
+}
+
+#[tokio::test]
+async fn failed_logins_throttle_the_account_from_every_address_until_the_window_ends() {
+    let server = throttling_server(3, 100).await;
+    let before = throttled_total(&server).await;
     // Three wrong passwords, each on its own connection, by both mechanisms.
     for (i, m) in [SCRAM, Mechanism::Plain, SCRAM].into_iter().enumerate() {
         let r = server.sign_in_from("127.0.0.1", "alice", "wrong", m).await;
@@ -506,11 +517,7 @@ async fn failed_logins_throttle_the_account_from_every_address_until_the_window_
         .sign_in_from("127.0.0.1", "bob", "b", SCRAM)
         .await
         .expect("bob is not throttled");
-    let after = metric(
-        &server.scrape().await,
-        "fedrouter_auth_total",
-        &[("result", "throttled")],
-    );
+    let after = throttled_total(&server).await;
     assert!(after >= before + 2.0, "throttled {before} -> {after}");
     // After the window, alice signs in again.
     signs_in_again(&server, "127.0.0.2", "alice", "right").await;
@@ -518,13 +525,7 @@ async fn failed_logins_throttle_the_account_from_every_address_until_the_window_
 
 #[tokio::test]
 async fn failed_logins_throttle_the_address_for_every_account_but_not_other_addresses() {
-    let server = TestServer::start_with_c2s(
-        "max_auth_failures_per_account = 100\nmax_auth_failures_per_ip = 3\nauth_failure_window = 3\n",
-        "",
-    )
-    .await;
-    server.add_user("alice", "a");
-    server.add_user("bob", "b");
+    let server = throttling_server(100, 3).await;
     // Unknown users count against the address as well.
     for user in ["alice", "nobody", "carol"] {
         let r = server.sign_in_from("127.0.0.3", user, "wrong", SCRAM).await;
@@ -537,7 +538,7 @@ async fn failed_logins_throttle_the_address_for_every_account_but_not_other_addr
         .await
         .expect("another address is unaffected");
     server
-        .sign_in_from("127.0.0.4", "alice", "a", Mechanism::Plain)
+        .sign_in_from("127.0.0.4", "alice", "right", Mechanism::Plain)
         .await
         .expect("the account itself is not throttled");
     signs_in_again(&server, "127.0.0.3", "bob", "b").await;

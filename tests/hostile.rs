@@ -3,9 +3,15 @@
 
 mod common;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use common::*;
 use fedrouter::error::StreamCondition;
-use testkit::client::Connection;
+use fedrouter::stream::scram::{ScramClient, ScramHash};
+use fedrouter::xml::Stanza;
+use fedrouter::xml::element::{Element, Node};
+use fedrouter::xml::ns::{NS_BIND, NS_CLIENT, NS_SASL};
+use testkit::client::{Connection, TlsTrust};
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' \
                       xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
@@ -123,14 +129,6 @@ async fn a_client_that_never_finishes_negotiation_is_timed_out() {
 // ---- hostile logins: every case gets its exact SASL failure condition,
 // stanza error or stream error, and a normal login works afterwards ----
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use fedrouter::stream::scram::{ScramClient, ScramHash};
-use fedrouter::xml::Stanza;
-use fedrouter::xml::element::{Element, Node};
-use fedrouter::xml::ns::{NS_BIND, NS_CLIENT, NS_SASL};
-use testkit::client::TlsTrust;
-
 /// Many failures come from 127.0.0.1 here: the throttle must not be what
 /// answers (its own tests are in tests/c2s.rs).
 const NO_THROTTLE: &str = "max_auth_failures_per_account = 1000\nmax_auth_failures_per_ip = 1000\n";
@@ -150,14 +148,17 @@ async fn over_tls(server: &TestServer) -> Connection {
     c
 }
 
+fn first_element(el: &Element) -> Option<&Element> {
+    el.children.iter().find_map(|n| match n {
+        Node::Element(e) => Some(e),
+        _ => None,
+    })
+}
+
 fn first_child(s: &Stanza) -> String {
     let el = Element::parse(s.bytes(), NS_CLIENT, &[]).expect("parsable");
-    el.children
-        .iter()
-        .find_map(|n| match n {
-            Node::Element(e) => Some(e.name.clone()),
-            _ => None,
-        })
+    first_element(&el)
+        .map(|e| e.name.clone())
         .unwrap_or_default()
 }
 
@@ -229,12 +230,8 @@ fn iq_outcome(s: &Stanza) -> String {
     }
     let el = Element::parse(s.bytes(), NS_CLIENT, &[]).unwrap();
     let err = el.child("error", NS_CLIENT).expect("an <error/>");
-    err.children
-        .iter()
-        .find_map(|n| match n {
-            Node::Element(e) => Some(format!("error:{}", e.name)),
-            _ => None,
-        })
+    first_element(err)
+        .map(|e| format!("error:{}", e.name))
         .unwrap_or_default()
 }
 
