@@ -3,7 +3,7 @@
 
 use crate::jid::BareJid;
 use crate::storage::{Store, StoreError};
-use crate::stream::scram::{Credentials, DEFAULT_ITERATIONS};
+use crate::stream::scram::Credentials;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -45,24 +45,46 @@ pub fn user_jid(s: &str, domains: &[String]) -> Result<BareJid, AdminError> {
     Ok(jid)
 }
 
-fn credentials(password: &str) -> Result<Credentials, AdminError> {
+/// Fresh credentials with `iterations` (`c2s.scram_iterations`): new and
+/// changed passwords get the configured count, while stored credentials
+/// keep the count they were made with and go on working.
+pub fn credentials(password: &str, iterations: u32) -> Result<Credentials, AdminError> {
     if password.is_empty() {
         return Err(AdminError::EmptyPassword);
     }
-    Credentials::from_password(password, DEFAULT_ITERATIONS)
+    Credentials::from_password(password, iterations)
         .map_err(|e| AdminError::Password(e.to_string()))
 }
 
-pub fn add_user(store: &dyn Store, jid: &BareJid, password: &str) -> Result<(), AdminError> {
-    let creds = credentials(password)?;
-    store.create_account(jid, &creds).map_err(|e| match e {
+pub fn add_user(
+    store: &dyn Store,
+    jid: &BareJid,
+    password: &str,
+    iterations: u32,
+) -> Result<(), AdminError> {
+    add_user_with(store, jid, &credentials(password, iterations)?)
+}
+
+/// Adds a user whose credentials are already derived (`user import`
+/// derives many in parallel).
+pub fn add_user_with(
+    store: &dyn Store,
+    jid: &BareJid,
+    creds: &Credentials,
+) -> Result<(), AdminError> {
+    store.create_account(jid, creds).map_err(|e| match e {
         StoreError::AlreadyExists => AdminError::Exists(jid.to_string()),
         e => AdminError::Store(e),
     })
 }
 
-pub fn set_password(store: &dyn Store, jid: &BareJid, password: &str) -> Result<(), AdminError> {
-    let creds = credentials(password)?;
+pub fn set_password(
+    store: &dyn Store,
+    jid: &BareJid,
+    password: &str,
+    iterations: u32,
+) -> Result<(), AdminError> {
+    let creds = credentials(password, iterations)?;
     store.set_credentials(jid, &creds).map_err(|e| match e {
         StoreError::NotFound => AdminError::NotFound(jid.to_string()),
         e => AdminError::Store(e),

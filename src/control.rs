@@ -4,10 +4,18 @@
 //! one process only, so while the daemon runs every admin command goes
 //! through here.
 //!
+//! Whoever can connect can add users and set passwords, so only the
+//! daemon's own user may: the socket is bound inside a directory of its own
+//! (`data/control/`, mode 0700, owned by the daemon's user, checked or made
+//! so before binding), which closes the window between `bind` and `chmod`
+//! in which anyone could connect; and every connection's peer uid
+//! (SO_PEERCRED) must be the daemon's effective uid, or root's.
+//!
 //! Protocol: one request line per connection, words separated by spaces,
 //! passwords base64-encoded; the answer is `ok` or `error`, then text lines.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +32,54 @@ use crate::storage::Store;
 const MAX_LINE: usize = 4096;
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("control.sock")
+    data_dir.join("control").join("control.sock")
 }
 
-/// Binds the socket, replacing a stale file from a daemon that died, but
-/// refusing to steal the socket of one that is running.
+fn refused(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg)
+}
+
+/// Makes `dir` private to this user: created with mode 0700, or, if it
+/// exists, a real directory (not a symlink) owned by this user, its mode
+/// narrowed to 0700. Another user's directory is refused: they could
+/// swap the socket under us.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.file_type().is_dir() {
+        return Err(refused(format!("{} is not a directory", dir.display())));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(refused(format!(
+            "{} belongs to uid {}, not to this user (uid {me})",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Whether a process running as `uid` may use the control socket: the
+/// daemon's own user, or root.
+fn may_connect(uid: u32) -> bool {
+    uid == 0 || uid == rustix::process::geteuid().as_raw()
+}
+
+/// Binds the socket in its private directory, replacing a stale file from
+/// a daemon that died, but refusing to steal the socket of one that is
+/// running.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        private_dir(dir)?;
+    }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
@@ -48,6 +98,8 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 pub struct ControlContext {
     pub store: Arc<dyn Store>,
     pub domains: Vec<String>,
+    /// `c2s.scram_iterations`, for new and changed passwords.
+    pub scram_iterations: u32,
     pub reloader: Option<crate::Reloader>,
 }
 
@@ -58,6 +110,12 @@ pub async fn serve(listener: UnixListener, ctx: ControlContext) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        // The directory already keeps others out; this is the second lock.
+        let uid = sock.peer_cred().ok().map(|c| c.uid());
+        if !uid.is_some_and(may_connect) {
+            crate::events::daemon::ControlPeerRefused { uid }.emit();
+            continue;
+        }
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(30), handle(sock, ctx)).await;
@@ -99,13 +157,13 @@ fn execute(line: &str, ctx: &ControlContext) -> Result<String, String> {
         "user-add" => {
             let j = jid(w.next())?;
             let p = password_arg(w.next())?;
-            admin::add_user(store, &j, &p).map_err(|e| e.to_string())?;
+            admin::add_user(store, &j, &p, ctx.scram_iterations).map_err(|e| e.to_string())?;
             Ok(format!("added {j}\n"))
         }
         "user-passwd" => {
             let j = jid(w.next())?;
             let p = password_arg(w.next())?;
-            admin::set_password(store, &j, &p).map_err(|e| e.to_string())?;
+            admin::set_password(store, &j, &p, ctx.scram_iterations).map_err(|e| e.to_string())?;
             Ok(format!("password changed for {j}\n"))
         }
         "user-remove" => {
@@ -169,4 +227,39 @@ pub fn request(data_dir: &Path, words: &[&str]) -> std::io::Result<Option<Result
 /// Encodes a password for the request line.
 pub fn encode_password(p: &str) -> String {
     B64.encode(p.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_daemons_user_and_root_may_connect() {
+        let me = rustix::process::geteuid().as_raw();
+        assert!(may_connect(me));
+        assert!(may_connect(0));
+        if me != 0 {
+            assert!(!may_connect(me + 1));
+        }
+    }
+
+    #[test]
+    fn the_socket_directory_is_made_private_and_a_symlink_or_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("control");
+        private_dir(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        // An existing directory of ours that is too open is narrowed.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(private_dir(&file).is_err());
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let e = private_dir(&link).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+    }
 }

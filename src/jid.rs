@@ -376,4 +376,54 @@ mod tests {
         }
         assert!(Jid::parse("a@[::1]").is_ok());
     }
+
+    #[test]
+    fn parts_of_1023_bytes_are_accepted_and_1024_refused_ascii_or_not() {
+        let e = |n: usize| "\u{e9}".repeat(n);
+        for (local, ok) in [
+            ("a".repeat(1023), true),
+            ("a".repeat(1024), false),
+            (format!("{}a", e(511)), true),
+            (e(512), false),
+        ] {
+            let jid = format!("{local}@example.org");
+            match BareJid::parse(&jid) {
+                Ok(j) => {
+                    assert!(ok, "{} bytes accepted", local.len());
+                    assert_eq!(j.local().map(str::len), Some(1023));
+                }
+                Err(err) => {
+                    assert!(!ok, "{} bytes refused: {err}", local.len());
+                    assert_eq!(err, JidError::TooLong);
+                }
+            }
+            let full = format!("a@example.org/{local}");
+            assert_eq!(
+                FullJid::parse(&full).is_ok(),
+                ok,
+                "resource of {}",
+                local.len()
+            );
+        }
+    }
+
+    #[test]
+    fn nodeprep_prohibited_characters_and_bidi_violations_are_refused() {
+        for (jid, err) in [
+            // A no-break space (C.1.2) and a colon (RFC 3920 A.5) in the
+            // localpart, on the non-ASCII path.
+            ("a\u{a0}b@example.org", JidError::BadLocal),
+            ("caf\u{e9}:x@example.org", JidError::BadLocal),
+            // Right-to-left mixed with left-to-right (RFC 3454 §6, which
+            // RFC 5893 keeps): Hebrew alef then a Latin letter.
+            ("\u{5d0}a@example.org", JidError::BadLocal),
+            ("a@example.org/\u{5d0}a", JidError::BadResource),
+            // A right-to-left override (C.8) in the resource.
+            ("a@example.org/x\u{202e}y", JidError::BadResource),
+        ] {
+            assert_eq!(Jid::parse(jid), Err(err), "{jid:?}");
+        }
+        // Right-to-left only is fine.
+        assert!(BareJid::parse("\u{5d0}\u{5d1}@example.org").is_ok());
+    }
 }

@@ -17,6 +17,7 @@ pub mod jid;
 pub mod net;
 pub mod pki;
 pub mod policy;
+pub mod random;
 pub mod roster;
 pub mod router;
 pub mod s2s;
@@ -77,6 +78,8 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("dialback secret: {0}")]
+    Random(#[from] random::RandomUnavailable),
 }
 
 /// Re-reads the configuration file and applies what can change while
@@ -188,11 +191,18 @@ pub async fn start_with_connector(
             domains: config.server.domains.clone(),
             require_tls: config.c2s.require_tls,
             tls_available: true,
+            scram_iterations: config.c2s.scram_iterations,
         },
         max_stanza_pre_auth: config.gateway.max_stanza_size_pre_auth,
         max_stanza: config.gateway.max_stanza_size,
         establishment_timeout: config.gateway.stream_establishment_timeout,
         next_id: AtomicU64::new(1),
+        throttle: c2s::throttle::LoginThrottle::new(c2s::throttle::Limits {
+            per_account: config.c2s.max_auth_failures_per_account,
+            per_address: config.c2s.max_auth_failures_per_ip,
+            window: config.c2s.auth_failure_window,
+            capacity: c2s::throttle::CAPACITY,
+        }),
     });
     let mut tasks = Vec::new();
     let mut c2s_addrs = Vec::new();
@@ -226,11 +236,17 @@ pub async fn start_with_connector(
     let server_tls = verifier.server_config(certs.clone())?;
     let secret: Arc<[u8]> = match &config.gateway.dialback_passphrase {
         Some(p) => Arc::from(p.as_bytes()),
-        None => {
-            let mut r = [0u8; 32];
-            let _ = aws_lc_rs::rand::fill(&mut r);
-            Arc::from(&r[..])
-        }
+        None => match random::bytes(32) {
+            Ok(r) => Arc::from(r),
+            Err(e) => {
+                // Fail closed: dialback keys from a zero secret are forgeable.
+                events::daemon::RandomUnavailable {
+                    what: "dialback secret",
+                }
+                .emit();
+                return Err(e.into());
+            }
+        },
     };
     let s2s_shared = Arc::new(s2s::S2sShared {
         config: config.clone(),
@@ -334,6 +350,7 @@ pub async fn start_with_connector(
         control::ControlContext {
             store: store.clone(),
             domains: config.server.domains.clone(),
+            scram_iterations: config.c2s.scram_iterations,
             reloader: Some(reloader.clone()),
         },
     )));

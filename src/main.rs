@@ -202,8 +202,9 @@ fn read_password(given: Option<String>) -> Result<String, String> {
 fn user(config: Config, cmd: UserCommand) -> Result<(), String> {
     let data_dir = config.server.data_dir.clone();
     let domains = config.server.domains.clone();
+    let iterations = config.c2s.scram_iterations;
     if let UserCommand::Import = cmd {
-        return import_users(&data_dir, &domains);
+        return import_users(&data_dir, &domains, iterations);
     }
     let (words, password): (Vec<String>, Option<String>) = match &cmd {
         UserCommand::Add { jid, password } => {
@@ -246,14 +247,24 @@ fn user(config: Config, cmd: UserCommand) -> Result<(), String> {
     let out = match cmd {
         UserCommand::Add { jid, .. } => {
             let j = admin::user_jid(&jid, &domains).map_err(|e| e.to_string())?;
-            admin::add_user(&store, &j, password.as_deref().unwrap_or_default())
-                .map_err(|e| e.to_string())?;
+            admin::add_user(
+                &store,
+                &j,
+                password.as_deref().unwrap_or_default(),
+                iterations,
+            )
+            .map_err(|e| e.to_string())?;
             format!("added {j}\n")
         }
         UserCommand::Passwd { jid, .. } => {
             let j = admin::user_jid(&jid, &domains).map_err(|e| e.to_string())?;
-            admin::set_password(&store, &j, password.as_deref().unwrap_or_default())
-                .map_err(|e| e.to_string())?;
+            admin::set_password(
+                &store,
+                &j,
+                password.as_deref().unwrap_or_default(),
+                iterations,
+            )
+            .map_err(|e| e.to_string())?;
             format!("password changed for {j}\n")
         }
         UserCommand::Remove { jid } => {
@@ -290,7 +301,11 @@ fn open_store(data_dir: &std::path::Path) -> Result<fedrouter::storage::RedbStor
 /// of users (the load generator's) takes seconds rather than a process
 /// start per user. Through the control socket when the daemon runs (it owns
 /// the store), else straight into the store, opened once.
-fn import_users(data_dir: &std::path::Path, domains: &[String]) -> Result<(), String> {
+fn import_users(
+    data_dir: &std::path::Path,
+    domains: &[String],
+    iterations: u32,
+) -> Result<(), String> {
     let mut users = Vec::new();
     for (n, line) in std::io::stdin().lock().lines().enumerate() {
         let line = line.map_err(|e| format!("standard input: {e}"))?;
@@ -305,7 +320,7 @@ fn import_users(data_dir: &std::path::Path, domains: &[String]) -> Result<(), St
         }
         users.push((j, password.to_string()));
     }
-    let mut store = None;
+    let mut local = None;
     for (i, (jid, password)) in users.iter().enumerate() {
         let stopped_at = |e: String| format!("{e} ({i} of {} users imported)", users.len());
         let words = [
@@ -313,18 +328,60 @@ fn import_users(data_dir: &std::path::Path, domains: &[String]) -> Result<(), St
             jid.as_str(),
             &control::encode_password(password),
         ];
-        if store.is_none() {
+        if local.is_none() {
             match control::request(data_dir, &words) {
                 Ok(Some(Ok(_))) => continue,
                 Ok(Some(Err(msg))) => return Err(stopped_at(msg)),
-                Ok(None) => store = Some(open_store(data_dir)?),
+                Ok(None) => {
+                    // No daemon: derive the rest on every core, then add.
+                    let store = open_store(data_dir)?;
+                    local = Some((store, derive_all(&users[i..], iterations)));
+                }
                 Err(e) => return Err(stopped_at(format!("control socket: {e}"))),
             }
         }
-        if let Some(s) = &store {
-            admin::add_user(s, jid, password).map_err(|e| stopped_at(e.to_string()))?;
+        if let Some((store, creds)) = &mut local {
+            let c = creds
+                .next()
+                .unwrap_or_else(|| Err(admin::AdminError::Password("key derivation failed".into())))
+                .map_err(|e| stopped_at(e.to_string()))?;
+            admin::add_user_with(store, jid, &c).map_err(|e| stopped_at(e.to_string()))?;
         }
     }
     println!("imported {} users", users.len());
     Ok(())
+}
+
+/// The credentials of `users`, in order, derived on all cores: with
+/// `c2s.scram_iterations` at its default, the key derivation is most of
+/// an import's time.
+fn derive_all(
+    users: &[(fedrouter::jid::BareJid, String)],
+    iterations: u32,
+) -> std::vec::IntoIter<Result<fedrouter::stream::scram::Credentials, admin::AdminError>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = users.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = users
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(_, p)| admin::credentials(p, iterations))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(admin::AdminError::Password(
+                        "key derivation failed".into(),
+                    ))]
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+    })
 }

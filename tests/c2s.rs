@@ -427,3 +427,163 @@ async fn a_contact_that_unsubscribes_no_longer_gets_presence_updates() {
     .await;
     assert!(!leaked, "bob got alice's presence after unsubscribing");
 }
+
+/// An admin command through the running daemon's control socket (a
+/// blocking client, so off the test's runtime thread).
+async fn control(server: &TestServer, words: &[&str]) -> String {
+    let data = server.daemon.config.server.data_dir.clone();
+    let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+        fedrouter::control::request(&data, &refs)
+            .expect("control socket")
+            .expect("the daemon answers")
+            .expect("the command succeeds")
+    })
+    .await
+    .expect("control client")
+}
+
+/// The SASL condition of a refused sign-in.
+fn refusal(r: Result<testkit::client::Client, ClientError>) -> String {
+    match r {
+        Err(ClientError::Auth(reason)) => reason,
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(c) => panic!("{} signed in", c.jid),
+    }
+}
+
+const SCRAM: Mechanism = Mechanism::Scram(fedrouter::stream::scram::ScramHash::Sha256);
+
+/// Polls (bounded) until `local` signs in from `from`: the throttle's
+/// window has ended.
+async fn signs_in_again(server: &TestServer, from: &str, local: &str, password: &str) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        match server.sign_in_from(from, local, password, SCRAM).await {
+            Ok(_) => return,
+            Err(ClientError::Auth(r)) if r.contains("temporary-auth-failure") => {}
+            Err(e) => panic!("{local}: {e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{local} still throttled after {TIMEOUT:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A server with these failed-login limits in a 3 s window, and users
+/// alice (`right`) and bob (`b`).
+async fn throttling_server(per_account: u32, per_ip: u32) -> TestServer {
+    let server = TestServer::start_with_c2s(
+        &format!(
+            "max_auth_failures_per_account = {per_account}\nmax_auth_failures_per_ip = {per_ip}\n\
+             auth_failure_window = 3\n"
+        ),
+        "",
+    )
+    .await;
+    server.add_user("alice", "right");
+    server.add_user("bob", "b");
+    server
+}
+
+async fn throttled_total(server: &TestServer) -> f64 {
+    let text = server.scrape().await;
+    metric(&text, "fedrouter_auth_total", &[("result", "throttled")])
+}
+
+#[tokio::test]
+async fn failed_logins_throttle_the_account_from_every_address_until_the_window_ends() {
+    let server = throttling_server(3, 100).await;
+    let before = throttled_total(&server).await;
+    // Three wrong passwords, each on its own connection, by both mechanisms.
+    for (i, m) in [SCRAM, Mechanism::Plain, SCRAM].into_iter().enumerate() {
+        let r = server.sign_in_from("127.0.0.1", "alice", "wrong", m).await;
+        assert!(refusal(r).contains("not-authorized"), "attempt {i}");
+    }
+    // Now even the right password is refused, from another address too.
+    for (from, m) in [("127.0.0.1", SCRAM), ("127.0.0.2", Mechanism::Plain)] {
+        let r = server.sign_in_from(from, "alice", "right", m).await;
+        let reason = refusal(r);
+        assert!(
+            reason.contains("temporary-auth-failure"),
+            "{from}: {reason}"
+        );
+    }
+    // Another account from the same address is unaffected.
+    server
+        .sign_in_from("127.0.0.1", "bob", "b", SCRAM)
+        .await
+        .expect("bob is not throttled");
+    let after = throttled_total(&server).await;
+    assert!(after >= before + 2.0, "throttled {before} -> {after}");
+    // After the window, alice signs in again.
+    signs_in_again(&server, "127.0.0.2", "alice", "right").await;
+}
+
+#[tokio::test]
+async fn failed_logins_throttle_the_address_for_every_account_but_not_other_addresses() {
+    let server = throttling_server(100, 3).await;
+    // Unknown users count against the address as well.
+    for user in ["alice", "nobody", "carol"] {
+        let r = server.sign_in_from("127.0.0.3", user, "wrong", SCRAM).await;
+        assert!(refusal(r).contains("not-authorized"), "{user}");
+    }
+    let r = server.sign_in_from("127.0.0.3", "bob", "b", SCRAM).await;
+    assert!(refusal(r).contains("temporary-auth-failure"));
+    server
+        .sign_in_from("127.0.0.4", "bob", "b", SCRAM)
+        .await
+        .expect("another address is unaffected");
+    server
+        .sign_in_from("127.0.0.4", "alice", "right", Mechanism::Plain)
+        .await
+        .expect("the account itself is not throttled");
+    signs_in_again(&server, "127.0.0.3", "bob", "b").await;
+}
+
+#[tokio::test]
+async fn new_passwords_get_the_configured_iterations_and_old_4096_ones_still_sign_in() {
+    use fedrouter::jid::BareJid;
+    use fedrouter::stream::scram::{Credentials, ScramHash};
+    let server = TestServer::start_with_c2s("scram_iterations = 5000\n", "").await;
+    let store = &server.daemon.store;
+    // An account stored before the default went up, with 4096 iterations.
+    let old = BareJid::parse("old@localhost").unwrap();
+    store
+        .create_account(&old, &Credentials::from_password("pw", 4096).unwrap())
+        .unwrap();
+    for m in [
+        Mechanism::Scram(ScramHash::Sha256),
+        Mechanism::Scram(ScramHash::Sha1),
+        Mechanism::Plain,
+    ] {
+        server
+            .sign_in_from("127.0.0.1", "old", "pw", m)
+            .await
+            .unwrap_or_else(|e| panic!("{m:?}: {e}"));
+    }
+    assert_eq!(
+        store.credentials(&old).unwrap().unwrap().sha256.iterations,
+        4096
+    );
+    // Added and changed through the running daemon's control socket.
+    let pw = fedrouter::control::encode_password("new");
+    control(&server, &["user-add", "new@localhost", &pw]).await;
+    control(&server, &["user-passwd", "old@localhost", &pw]).await;
+    for user in ["new", "old"] {
+        let jid = BareJid::parse(&format!("{user}@localhost")).unwrap();
+        let creds = store.credentials(&jid).unwrap().unwrap();
+        assert_eq!(
+            (creds.sha1.iterations, creds.sha256.iterations),
+            (5000, 5000),
+            "{user}"
+        );
+        server
+            .sign_in_from("127.0.0.1", user, "new", SCRAM)
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {e}"));
+    }
+}

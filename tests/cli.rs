@@ -124,6 +124,16 @@ async fn users_are_managed_while_the_daemon_runs_and_sign_in_with_scram_sha_256(
     );
     assert!(ok, "user add failed: {err}");
     assert!(out.contains("added alice@localhost"), "{out}");
+    // That went through the control socket, in a directory only the
+    // daemon's user may enter.
+    use std::os::unix::fs::PermissionsExt;
+    let control_dir = dir.path().join("data").join("control");
+    let mode = std::fs::metadata(&control_dir)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    assert!(control_dir.join("control.sock").exists());
     let (ok, _, err) = fedrouter(
         dir.path(),
         &[

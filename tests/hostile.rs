@@ -3,9 +3,15 @@
 
 mod common;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use common::*;
 use fedrouter::error::StreamCondition;
-use testkit::client::Connection;
+use fedrouter::stream::scram::{ScramClient, ScramHash};
+use fedrouter::xml::Stanza;
+use fedrouter::xml::element::{Element, Node};
+use fedrouter::xml::ns::{NS_BIND, NS_CLIENT, NS_SASL};
+use testkit::client::{Connection, TlsTrust};
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' \
                       xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
@@ -118,4 +124,308 @@ async fn a_client_that_never_finishes_negotiation_is_timed_out() {
     c.send_raw(HEADER).await.unwrap();
     let e = c.expect_stream_error().await.unwrap();
     assert_eq!(e.condition, StreamCondition::ConnectionTimeout);
+}
+
+// ---- hostile logins: every case gets its exact SASL failure condition,
+// stanza error or stream error, and a normal login works afterwards ----
+
+/// Many failures come from 127.0.0.1 here: the throttle must not be what
+/// answers (its own tests are in tests/c2s.rs).
+const NO_THROTTLE: &str = "max_auth_failures_per_account = 1000\nmax_auth_failures_per_ip = 1000\n";
+
+/// A raw stream over STARTTLS, its features read: ready for any `<auth/>`.
+async fn over_tls(server: &TestServer) -> Connection {
+    let mut c = server.raw().await;
+    c.open_stream(DOMAIN).await.unwrap();
+    c.recv().await.unwrap();
+    c.send_raw("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await
+        .unwrap();
+    assert_eq!(c.recv().await.unwrap().name(), "proceed");
+    c.start_tls(DOMAIN, &TlsTrust::Insecure).await.unwrap();
+    c.open_stream(DOMAIN).await.unwrap();
+    c.recv().await.unwrap();
+    c
+}
+
+fn first_element(el: &Element) -> Option<&Element> {
+    el.children.iter().find_map(|n| match n {
+        Node::Element(e) => Some(e),
+        _ => None,
+    })
+}
+
+fn first_child(s: &Stanza) -> String {
+    let el = Element::parse(s.bytes(), NS_CLIENT, &[]).expect("parsable");
+    first_element(&el)
+        .map(|e| e.name.clone())
+        .unwrap_or_default()
+}
+
+/// The server's answer to one SASL element: `success`, `challenge`, or
+/// `failure:<condition>`.
+async fn sasl(c: &mut Connection, xml: &str) -> String {
+    c.send_raw(xml).await.unwrap();
+    let s = c.recv().await.unwrap();
+    match s.name() {
+        "failure" => format!("failure:{}", first_child(&s)),
+        other => other.to_string(),
+    }
+}
+
+fn plain(blob: &[u8]) -> String {
+    format!(
+        "<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{}</auth>",
+        B64.encode(blob)
+    )
+}
+
+fn scram_first(client_first: &[u8]) -> String {
+    format!(
+        "<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>{}</auth>",
+        B64.encode(client_first)
+    )
+}
+
+/// A full SCRAM-SHA-256 exchange on a raw stream; the last answer.
+async fn scram(c: &mut Connection, user: &str, password: &str) -> String {
+    let (mut client, first) = ScramClient::new(ScramHash::Sha256, user, password).unwrap();
+    c.send_raw(scram_first(&first)).await.unwrap();
+    let s = c.recv().await.unwrap();
+    if s.name() != "challenge" {
+        return format!("failure:{}", first_child(&s));
+    }
+    let el = Element::parse(s.bytes(), NS_CLIENT, &[]).unwrap();
+    let server_first = B64.decode(el.text().trim()).unwrap();
+    let fin = client.handle_server_first(&server_first).unwrap();
+    sasl(
+        c,
+        &format!("<response xmlns='{NS_SASL}'>{}</response>", B64.encode(fin)),
+    )
+    .await
+}
+
+/// Signs in with PLAIN on a raw stream and asks to bind `resource`; the
+/// bind answer (a result or an error).
+async fn bind(server: &TestServer, user: &str, password: &str, resource: &str) -> Stanza {
+    let mut c = over_tls(server).await;
+    let blob = format!("\0{user}\0{password}");
+    assert_eq!(sasl(&mut c, &plain(blob.as_bytes())).await, "success");
+    c.restart();
+    c.open_stream(DOMAIN).await.unwrap();
+    c.recv().await.unwrap();
+    c.send_raw(format!(
+        "<iq type='set' id='b1'><bind xmlns='{NS_BIND}'><resource>{}</resource></bind></iq>",
+        fedrouter::xml::escape::escape_text(resource)
+    ))
+    .await
+    .unwrap();
+    c.recv().await.unwrap()
+}
+
+/// The stanza error condition of an `<iq type='error'/>`, or `result`.
+fn iq_outcome(s: &Stanza) -> String {
+    if s.type_().as_deref() == Some("result") {
+        return "result".into();
+    }
+    let el = Element::parse(s.bytes(), NS_CLIENT, &[]).unwrap();
+    let err = el.child("error", NS_CLIENT).expect("an <error/>");
+    first_element(err)
+        .map(|e| format!("error:{}", e.name))
+        .unwrap_or_default()
+}
+
+async fn normal_login_still_works(server: &TestServer, case: &str) {
+    let mut alice = server.config("alice", "a");
+    alice.timeout = TIMEOUT;
+    testkit::client::Client::connect(&alice)
+        .await
+        .unwrap_or_else(|e| panic!("after {case}: {e}"));
+}
+
+#[tokio::test]
+async fn hostile_logins_get_their_exact_sasl_condition_and_normal_logins_keep_working() {
+    let server = TestServer::start_with_c2s(NO_THROTTLE, "").await;
+    server.add_user("alice", "a");
+    let e = |n: usize| "\u{e9}".repeat(n);
+    let ascii_1023 = "a".repeat(1023);
+    let multi_1023 = format!("{}a", e(511));
+    server.add_user(&ascii_1023, "long");
+    server.add_user(&multi_1023, "long");
+
+    // (case, the SASL exchange, the exact answer)
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "PLAIN with a 1023-byte ASCII localpart",
+            format!("\0{ascii_1023}\0long").into_bytes(),
+            "success",
+        ),
+        (
+            "PLAIN with a 1024-byte ASCII localpart",
+            format!("\0{}\0long", "a".repeat(1024)).into_bytes(),
+            "failure:not-authorized",
+        ),
+        (
+            "PLAIN with a 1023-byte multi-byte localpart",
+            format!("\0{multi_1023}\0long").into_bytes(),
+            "success",
+        ),
+        (
+            "PLAIN with a 1024-byte multi-byte localpart",
+            format!("\0{}\0long", e(512)).into_bytes(),
+            "failure:not-authorized",
+        ),
+        (
+            "PLAIN with a nodeprep-prohibited no-break space",
+            "\0al\u{a0}ice\0a".as_bytes().to_vec(),
+            "failure:not-authorized",
+        ),
+        (
+            "PLAIN with a bidi violation (RTL then LTR)",
+            "\0\u{5d0}alice\0a".as_bytes().to_vec(),
+            "failure:not-authorized",
+        ),
+        (
+            "PLAIN with extra NULs",
+            b"\0a\0b\0c".to_vec(),
+            "failure:malformed-request",
+        ),
+        (
+            "PLAIN with an empty password",
+            b"\0alice\0".to_vec(),
+            "failure:not-authorized",
+        ),
+        (
+            "PLAIN with the authzid of another user",
+            b"bob@localhost\0alice\0a".to_vec(),
+            "failure:invalid-authzid",
+        ),
+    ];
+    let mut count = 0;
+    for (case, blob, want) in cases {
+        let mut c = over_tls(&server).await;
+        assert_eq!(sasl(&mut c, &plain(&blob)).await, want, "{case}");
+        normal_login_still_works(&server, case).await;
+        count += 1;
+    }
+
+    // SCRAM: lengths and a bidi username through the whole exchange.
+    for (case, user, password, want) in [
+        (
+            "SCRAM with a 1023-byte ASCII username",
+            ascii_1023.clone(),
+            "long",
+            "success",
+        ),
+        (
+            "SCRAM with a 1023-byte multi-byte username",
+            multi_1023.clone(),
+            "long",
+            "success",
+        ),
+        // A name no JID can have is refused at once, as a wrong password is.
+        (
+            "SCRAM with a 1024-byte ASCII username",
+            "a".repeat(1024),
+            "long",
+            "failure:not-authorized",
+        ),
+        (
+            "SCRAM with a 1024-byte multi-byte username",
+            e(512),
+            "long",
+            "failure:not-authorized",
+        ),
+    ] {
+        let mut c = over_tls(&server).await;
+        assert_eq!(scram(&mut c, &user, password).await, want, "{case}");
+        normal_login_still_works(&server, case).await;
+        count += 1;
+    }
+    // SCRAM client-first messages no client would send.
+    for (case, first) in [
+        // SASLprep (RFC 4013) itself refuses mixed-direction text.
+        (
+            "SCRAM with a bidi violation in the username",
+            "n,,n=\u{5d0}alice,r=abcdefgh",
+        ),
+        (
+            "SCRAM with a =2D escape in the username",
+            "n,,n=al=2Dice,r=abcdefgh",
+        ),
+        (
+            "SCRAM with a trailing = in the username",
+            "n,,n=alice=,r=abcdefgh",
+        ),
+        (
+            "SCRAM with a lower-case =2c escape",
+            "n,,n=al=2cice,r=abcdefgh",
+        ),
+    ] {
+        let mut c = over_tls(&server).await;
+        assert_eq!(
+            sasl(&mut c, &scram_first(first.as_bytes())).await,
+            "failure:malformed-request",
+            "{case}"
+        );
+        normal_login_still_works(&server, case).await;
+        count += 1;
+    }
+
+    // Resources at bind: the stanza error of RFC 6120 §7.7.2.1.
+    for (case, resource, want) in [
+        ("a 1023-byte resource", "r".repeat(1023), "result"),
+        (
+            "a 1024-byte resource",
+            "r".repeat(1024),
+            "error:bad-request",
+        ),
+        (
+            "a 1024-byte multi-byte resource",
+            e(512),
+            "error:bad-request",
+        ),
+        (
+            "a bidi violation in the resource",
+            "\u{5d0}a".into(),
+            "error:bad-request",
+        ),
+        (
+            "a right-to-left override in the resource",
+            "x\u{202e}y".into(),
+            "error:bad-request",
+        ),
+    ] {
+        let answer = bind(&server, "alice", "a", &resource).await;
+        assert_eq!(iq_outcome(&answer), want, "{case}");
+        normal_login_still_works(&server, case).await;
+        count += 1;
+    }
+    assert_eq!(count, 22, "every case ran");
+}
+
+#[tokio::test]
+async fn an_8_kib_scram_nonce_is_refused_by_the_stanza_limit_or_as_malformed() {
+    let first = format!("n,,n=alice,r={}", "n".repeat(8 * 1024));
+    // At the default pre-authentication limit (8 KiB) the <auth/> is too big.
+    let server = TestServer::start_with_c2s(NO_THROTTLE, "").await;
+    server.add_user("alice", "a");
+    let mut c = over_tls(&server).await;
+    let _ = c.send_raw(scram_first(first.as_bytes())).await;
+    let e = c.expect_stream_error().await.unwrap();
+    assert_eq!(e.condition, StreamCondition::PolicyViolation);
+    normal_login_still_works(&server, "an 8 KiB nonce").await;
+    // With room for it, SCRAM itself refuses nonces over 1 KiB.
+    let server =
+        TestServer::start_with_c2s(NO_THROTTLE, "[gateway]\nmax_stanza_size_pre_auth = 65536\n")
+            .await;
+    server.add_user("alice", "a");
+    let mut c = over_tls(&server).await;
+    assert_eq!(
+        sasl(&mut c, &scram_first(first.as_bytes())).await,
+        "failure:malformed-request"
+    );
+    // The stream stays open for another try.
+    assert_eq!(sasl(&mut c, &plain(b"\0alice\0a")).await, "success");
+    normal_login_still_works(&server, "an 8 KiB nonce, allowed in size").await;
 }

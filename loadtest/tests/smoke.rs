@@ -50,7 +50,13 @@ async fn site(users: usize, extra: &str) -> Site {
     let daemon = fedrouter::start(config).await.unwrap();
     for i in 1..=users {
         let jid = admin::user_jid(&format!("lt{i}@{DOMAIN}"), &[DOMAIN.to_string()]).unwrap();
-        admin::add_user(&*daemon.store, &jid, "loadtest").unwrap();
+        admin::add_user(
+            &*daemon.store,
+            &jid,
+            "loadtest",
+            daemon.config.c2s.scram_iterations,
+        )
+        .unwrap();
     }
     let target = Target {
         label: "fedrouter".into(),

@@ -8,6 +8,8 @@
 //! IQs addressed to the server. It must not hold presence or roster state:
 //! that is the shard's.
 
+pub mod throttle;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,13 +35,16 @@ use crate::jid::{BareJid, FullJid, Jid};
 use crate::router::{Bind, CloseSession, Envelope, FromSession, Router, SESSION_QUEUE, Unbind};
 use crate::storage::Store;
 use crate::stream::c2s::{
-    Action, BindFailure, C2sNegotiation, C2sPolicy, Input, bind_error, bind_result,
+    Action, BindFailure, C2sNegotiation, C2sPolicy, CredentialSource, Input, bind_error,
+    bind_result,
 };
+use crate::stream::scram::Credentials;
 use crate::xml::build::error_reply;
 use crate::xml::element::Element;
 use crate::xml::escape::escape_attr;
 use crate::xml::ns::{NS_CLIENT, NS_DISCO_INFO, NS_PING, NS_ROSTER, NS_SESSION, NS_STREAMS};
 use crate::xml::{FramerEvent, Stanza, StanzaKind};
+use throttle::LoginThrottle;
 
 /// A closing stream may take `write` (5 s) to flush to a peer that does
 /// not read, then keeps draining its peer for 2 s or 4 MiB.
@@ -63,6 +68,34 @@ pub struct C2sShared {
     pub max_stanza: usize,
     pub establishment_timeout: Duration,
     pub next_id: AtomicU64,
+    /// Failed logins per account and per address, across connections.
+    pub throttle: LoginThrottle,
+}
+
+/// The store as the negotiation sees it, with the failed-login throttle
+/// for this client's address in front of it.
+struct Guarded<'a> {
+    store: &'a dyn Store,
+    throttle: &'a LoginThrottle,
+    peer: SocketAddr,
+}
+
+fn guard(shared: &C2sShared, peer: SocketAddr) -> Guarded<'_> {
+    Guarded {
+        store: &*shared.store,
+        throttle: &shared.throttle,
+        peer,
+    }
+}
+
+impl CredentialSource for Guarded<'_> {
+    fn lookup(&self, user: &BareJid) -> Option<Credentials> {
+        self.store.lookup(user)
+    }
+
+    fn may_attempt(&self, user: &BareJid) -> bool {
+        self.throttle.check(self.peer.ip(), user).is_none()
+    }
 }
 
 /// Accepts connections on `listener` until the task is dropped.
@@ -105,10 +138,9 @@ impl Actor for C2sSession {
     ) -> Result<Self, Infallible> {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         shared.metrics.c2s_connections.increment(1.0);
-        let mut sid = [0u8; 8];
-        let _ = aws_lc_rs::rand::fill(&mut sid);
+        let sid = crate::random::hex(8);
         let policy = shared.policy.clone();
-        Ok(C2sSession(Box::new(Session {
+        let mut session = Box::new(Session {
             id,
             peer,
             me,
@@ -118,14 +150,22 @@ impl Actor for C2sSession {
                 shared.max_stanza_pre_auth,
                 shared.metrics.clone(),
             ),
-            neg: C2sNegotiation::new(policy, hex::encode(sid)),
+            neg: C2sNegotiation::new(policy, sid.clone().unwrap_or_default()),
             header_sent: false,
             jid: None,
             jid_str: None,
             deadline: Some(Instant::now() + shared.establishment_timeout),
             done: false,
             shared,
-        })))
+        });
+        if sid.is_err() {
+            // Fail closed: no stream with a predictable id.
+            crate::events::daemon::RandomUnavailable { what: "stream id" }.emit();
+            session
+                .close(StreamError::new(StreamCondition::InternalServerError))
+                .await;
+        }
+        Ok(C2sSession(session))
     }
 
     async fn next(
@@ -216,7 +256,9 @@ impl Session {
             match self.conn.framer().next() {
                 Ok(None) => break,
                 Ok(Some(FramerEvent::StreamOpen(h))) => {
-                    let actions = self.neg.handle(Input::StreamOpen(&h), &*self.shared.store);
+                    let actions = self
+                        .neg
+                        .handle(Input::StreamOpen(&h), &guard(&self.shared, self.peer));
                     self.run(actions).await;
                 }
                 Ok(Some(FramerEvent::Stanza(s))) => {
@@ -224,7 +266,9 @@ impl Session {
                     if self.neg.is_established() {
                         self.on_stanza(s).await;
                     } else {
-                        let actions = self.neg.handle(Input::Element(&s), &*self.shared.store);
+                        let actions = self
+                            .neg
+                            .handle(Input::Element(&s), &guard(&self.shared, self.peer));
                         self.run(actions).await;
                     }
                 }
@@ -272,7 +316,27 @@ impl Session {
                     }
                     .emit(&self.shared.metrics);
                 }
-                Action::AuthFailed => events::AuthFailed.emit(&self.shared.metrics),
+                Action::AuthFailed(user) => {
+                    events::AuthFailed.emit(&self.shared.metrics);
+                    let throttle = &self.shared.throttle;
+                    for e in throttle.failed(self.peer.ip(), user.as_ref()) {
+                        events::AuthThrottleEngaged {
+                            scope: e.scope.as_str(),
+                            subject: &e.subject,
+                            window: throttle.window(),
+                        }
+                        .emit();
+                    }
+                }
+                Action::AuthThrottled(user) => {
+                    let scope = self.shared.throttle.check(self.peer.ip(), &user);
+                    events::AuthThrottled {
+                        scope: scope.unwrap_or(throttle::Scope::Account).as_str(),
+                        user: &user,
+                        peer: &self.peer,
+                    }
+                    .emit(&self.shared.metrics);
+                }
                 Action::Fail(e) => self.close(e).await,
             }
         }
@@ -304,7 +368,8 @@ impl Session {
         match self.conn.start_tls(handshake).await {
             Ok(()) => {
                 self.header_sent = false;
-                self.neg.handle(Input::TlsEstablished, &*self.shared.store)
+                self.neg
+                    .handle(Input::TlsEstablished, &guard(&self.shared, self.peer))
             }
             Err(StartTlsError::Injected) => {
                 self.close(crate::transport::injection_error()).await;
@@ -352,7 +417,9 @@ impl Session {
                 self.jid_str = Some(jid_str);
                 Ok(jid)
             }
-            Err(kameo::error::SendError::HandlerError(_)) => {
+            Err(kameo::error::SendError::HandlerError(crate::router::BindError::BadResource(
+                _,
+            ))) => {
                 self.send(Bytes::from(bind_error(&iq_id, "bad-request", "modify")))
                     .await;
                 Err(BindFailure::BadResource)
@@ -367,7 +434,8 @@ impl Session {
                 Err(BindFailure::Internal)
             }
         };
-        self.neg.handle(Input::Bound(outcome), &*self.shared.store)
+        self.neg
+            .handle(Input::Bound(outcome), &guard(&self.shared, self.peer))
     }
 
     fn neg_user(&self) -> Option<BareJid> {

@@ -82,6 +82,10 @@ pub(super) struct RawCertificate {
 pub(super) struct RawC2s {
     pub listen: Vec<String>,
     pub require_tls: bool,
+    pub scram_iterations: u32,
+    pub max_auth_failures_per_account: u32,
+    pub max_auth_failures_per_ip: u32,
+    pub auth_failure_window: u32,
 }
 
 impl Default for RawC2s {
@@ -89,6 +93,10 @@ impl Default for RawC2s {
         RawC2s {
             listen: strings(d::C2S_LISTEN),
             require_tls: d::C2S_REQUIRE_TLS,
+            scram_iterations: d::SCRAM_ITERATIONS,
+            max_auth_failures_per_account: d::C2S_MAX_AUTH_FAILURES_PER_ACCOUNT,
+            max_auth_failures_per_ip: d::C2S_MAX_AUTH_FAILURES_PER_IP,
+            auth_failure_window: d::C2S_AUTH_FAILURE_WINDOW_SECS,
         }
     }
 }

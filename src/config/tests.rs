@@ -70,6 +70,10 @@ fn the_embedded_default_serves_localhost_on_loopback() {
     assert_eq!(c.tls, TlsConfig::default());
     assert_eq!(c.c2s.listen, [addr("127.0.0.1:5222")]);
     assert!(c.c2s.require_tls);
+    assert_eq!(c.c2s.scram_iterations, 10_000);
+    assert_eq!(c.c2s.max_auth_failures_per_account, 5);
+    assert_eq!(c.c2s.max_auth_failures_per_ip, 20);
+    assert_eq!(c.c2s.auth_failure_window, Duration::from_secs(60));
     assert_eq!(c.metrics.listen, Some(addr("127.0.0.1:9269")));
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Text);
@@ -145,7 +149,7 @@ fn every_key_is_read() {
         stream_establishment_timeout = 61
         stream_inactivity_timeout = 601
         subscription_refresh_interval = 28801
-        dialback_passphrase = "s3cret"
+        dialback_passphrase = "s3cret-s3cret-s3cret"
         enable_logging_all_message_bodies = true
         max_stanza_size_pre_auth = 4096
         max_stanza_size = 65536
@@ -258,7 +262,10 @@ fn every_key_is_read() {
     assert_eq!(g.stream_establishment_timeout, Duration::from_secs(61));
     assert_eq!(g.stream_inactivity_timeout, Duration::from_secs(601));
     assert_eq!(g.subscription_refresh_interval, Duration::from_secs(28801));
-    assert_eq!(g.dialback_passphrase.as_deref(), Some("s3cret"));
+    assert_eq!(
+        g.dialback_passphrase.as_deref(),
+        Some("s3cret-s3cret-s3cret")
+    );
     assert!(g.enable_logging_all_message_bodies);
     assert_eq!(
         (g.max_stanza_size_pre_auth, g.max_stanza_size),
@@ -292,7 +299,7 @@ fn default_partner(domain: &str, connection_limit: u32) -> PartnerConfig {
 
 #[test]
 fn the_dialback_passphrase_is_redacted_in_debug_output() {
-    let c = parse("gateway.dialback_passphrase = \"hunter2\"");
+    let c = parse("gateway.dialback_passphrase = \"hunter2hunter2hunter2\"");
     assert!(!format!("{c:?}").contains("hunter2"));
 }
 
@@ -1167,6 +1174,68 @@ fn an_empty_dialback_passphrase_is_refused() {
         "gateway.dialback_passphrase",
         "remove the key",
     );
+}
+
+#[test]
+fn the_c2s_login_settings_are_read_and_checked() {
+    let c = parse(
+        "[c2s]\nscram_iterations = 4096\nmax_auth_failures_per_account = 3\n\
+         max_auth_failures_per_ip = 7\nauth_failure_window = 2\n",
+    );
+    assert_eq!(c.c2s.scram_iterations, 4096);
+    assert_eq!(c.c2s.max_auth_failures_per_account, 3);
+    assert_eq!(c.c2s.max_auth_failures_per_ip, 7);
+    assert_eq!(c.c2s.auth_failure_window, Duration::from_secs(2));
+    for (text, line, key, needle) in [
+        (
+            "[c2s]\nscram_iterations = 4095\n",
+            2,
+            "c2s.scram_iterations",
+            "must be from 4096",
+        ),
+        (
+            "[c2s]\n\nscram_iterations = 1000001\n",
+            3,
+            "c2s.scram_iterations",
+            "to 1000000",
+        ),
+        (
+            "[c2s]\nmax_auth_failures_per_account = 0\n",
+            2,
+            "c2s.max_auth_failures_per_account",
+            "at least 1",
+        ),
+        (
+            "[c2s]\nmax_auth_failures_per_ip = 0\n",
+            2,
+            "c2s.max_auth_failures_per_ip",
+            "at least 1",
+        ),
+        (
+            "[c2s]\nauth_failure_window = 0\n",
+            2,
+            "c2s.auth_failure_window",
+            "at least 1 second",
+        ),
+    ] {
+        assert_error(&error(text), ConfigErrorKind::Invalid, line, key, needle);
+    }
+}
+
+#[test]
+fn a_dialback_passphrase_shorter_than_16_bytes_is_refused() {
+    let e = error("[gateway]\ndialback_passphrase = \"fifteen-bytes!!\"\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        2,
+        "gateway.dialback_passphrase",
+        "is 15 bytes long; it must be at least 16",
+    );
+    // Bytes, not characters: 8 two-byte characters are enough.
+    let c = parse("gateway.dialback_passphrase = \"éééééééé\"");
+    assert_eq!(c.gateway.dialback_passphrase.as_deref(), Some("éééééééé"));
+    parse("gateway.dialback_passphrase = \"sixteen-bytes!!!\"");
 }
 
 #[test]

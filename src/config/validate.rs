@@ -227,9 +227,44 @@ impl Listeners {
 }
 
 fn c2s(raw: RawC2s, listeners: &mut Listeners) -> Result<C2sConfig, Invalid> {
+    let listen = listeners.add_all("c2s.listen", &raw.listen, 5222)?;
+    if !(d::MIN_SCRAM_ITERATIONS..=d::MAX_SCRAM_ITERATIONS).contains(&raw.scram_iterations) {
+        return Err(invalid(
+            "c2s.scram_iterations",
+            format!(
+                "must be from {} (RFC 7677's minimum) to {} (clients refuse to compute more)",
+                d::MIN_SCRAM_ITERATIONS,
+                d::MAX_SCRAM_ITERATIONS
+            ),
+        ));
+    }
+    for (key, value) in [
+        (
+            "c2s.max_auth_failures_per_account",
+            raw.max_auth_failures_per_account,
+        ),
+        ("c2s.max_auth_failures_per_ip", raw.max_auth_failures_per_ip),
+    ] {
+        if value == 0 {
+            return Err(invalid(
+                key,
+                "must be at least 1 (0 would refuse every login)",
+            ));
+        }
+    }
+    if raw.auth_failure_window == 0 {
+        return Err(invalid(
+            "c2s.auth_failure_window",
+            "must be at least 1 second",
+        ));
+    }
     Ok(C2sConfig {
-        listen: listeners.add_all("c2s.listen", &raw.listen, 5222)?,
+        listen,
         require_tls: raw.require_tls,
+        scram_iterations: raw.scram_iterations,
+        max_auth_failures_per_account: raw.max_auth_failures_per_account,
+        max_auth_failures_per_ip: raw.max_auth_failures_per_ip,
+        auth_failure_window: Duration::from_secs(raw.auth_failure_window.into()),
     })
 }
 
@@ -330,13 +365,26 @@ fn gateway(raw: RawGateway) -> Result<GatewayConfig, Invalid> {
         "subscription_refresh_interval",
         raw.subscription_refresh_interval,
     )?;
-    if let Some(p) = &raw.dialback_passphrase
-        && p.trim().is_empty()
-    {
-        return Err(invalid(
-            g("dialback_passphrase"),
-            "must not be empty; remove the key to use a random secret per start",
-        ));
+    if let Some(p) = &raw.dialback_passphrase {
+        if p.trim().is_empty() {
+            return Err(invalid(
+                g("dialback_passphrase"),
+                "must not be empty; remove the key to use a random secret per start",
+            ));
+        }
+        // It keys the HMAC behind every dialback key (XEP-0185): a short
+        // one can be guessed offline from a single key seen on the wire.
+        if p.len() < d::MIN_DIALBACK_PASSPHRASE_BYTES {
+            return Err(invalid(
+                g("dialback_passphrase"),
+                format!(
+                    "is {} bytes long; it must be at least {} (a short secret can be guessed \
+                     from one dialback key), or remove the key to use a random secret per start",
+                    p.len(),
+                    d::MIN_DIALBACK_PASSPHRASE_BYTES
+                ),
+            ));
+        }
     }
     if raw.max_stanza_size_pre_auth < d::MIN_STANZA_SIZE_PRE_AUTH {
         return Err(invalid(

@@ -34,6 +34,39 @@ impl AuthFailed {
     }
 }
 
+/// A login attempt was refused by the failed-login throttle, before any
+/// password was checked. Logged at debug only: the guesser sets the pace.
+pub struct AuthThrottled<'a> {
+    /// `account` or `address`.
+    pub scope: &'static str,
+    pub user: &'a dyn Display,
+    pub peer: &'a dyn Display,
+}
+
+impl AuthThrottled<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::debug!(target: TARGET, scope = self.scope, user = %self.user, peer = %self.peer, "login attempt throttled");
+        metrics.auth_throttled.increment(1);
+    }
+}
+
+/// An account or an address reached its failed-login limit: its further
+/// attempts are refused until the window ends. Once per subject and window.
+pub struct AuthThrottleEngaged<'a> {
+    /// `account` or `address`.
+    pub scope: &'static str,
+    /// The account's bare JID, or the address (an IPv6 /64 as its prefix).
+    pub subject: &'a dyn Display,
+    pub window: std::time::Duration,
+}
+
+impl AuthThrottleEngaged<'_> {
+    pub fn emit(self) {
+        tracing::warn!(target: TARGET, scope = self.scope, subject = %self.subject, window_secs = self.window.as_secs(), "too many failed logins: throttled");
+        count(EventName::AuthThrottleEngaged);
+    }
+}
+
 /// A resource is bound: the session routes from now on.
 pub struct SessionEstablished<'a> {
     pub jid: &'a dyn Display,

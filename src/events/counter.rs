@@ -45,6 +45,8 @@ event_names! {
     ShuttingDown => "shutting_down",
     FdLimitRaised => "fd_limit_raised",
     FdLimitNotRaised => "fd_limit_not_raised",
+    RandomUnavailable => "random_unavailable",
+    ControlPeerRefused => "control_peer_refused",
     // store
     StoreWriterPanicked => "store_writer_panicked",
     StoreCallbackPanicked => "store_callback_panicked",
@@ -76,6 +78,7 @@ event_names! {
     DialbackVerifyFailed => "dialback_verify_failed",
     // c2s
     C2sTlsHandshakeFailed => "c2s_tls_handshake_failed",
+    AuthThrottleEngaged => "auth_throttle_engaged",
     // router
     UserQueueFull => "user_queue_full",
     OfflineReadFailed => "offline_read_failed",

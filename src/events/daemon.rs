@@ -173,3 +173,31 @@ impl FdLimitNotRaised<'_> {
         count(EventName::FdLimitNotRaised);
     }
 }
+
+/// The system random number generator failed: `what` (a salt, a stream
+/// id, …) was not made, and the operation that needed it was refused.
+pub struct RandomUnavailable {
+    pub what: &'static str,
+}
+
+impl RandomUnavailable {
+    pub fn emit(self) {
+        tracing::error!(target: TARGET, what = self.what, "the system random number generator failed; refused");
+        count(EventName::RandomUnavailable);
+    }
+}
+
+/// A process of another user connected to the control socket (its peer
+/// uid, from SO_PEERCRED, is neither the daemon's nor root's) and was
+/// disconnected unanswered.
+pub struct ControlPeerRefused {
+    /// `None` when the kernel would not say.
+    pub uid: Option<u32>,
+}
+
+impl ControlPeerRefused {
+    pub fn emit(self) {
+        tracing::warn!(target: TARGET, uid = ?self.uid, "control socket: connection from another user refused");
+        count(EventName::ControlPeerRefused);
+    }
+}

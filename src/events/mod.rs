@@ -66,6 +66,8 @@ pub struct Metrics {
     pub offline_refused: Counter,
     pub auth_success: Counter,
     pub auth_failure: Counter,
+    /// Attempts refused by the failed-login throttle.
+    pub auth_throttled: Counter,
     pub presence_dropped: Counter,
     pub slow_consumer_closed: Counter,
     pub stanzas_bounced: Counter,
@@ -186,6 +188,7 @@ impl Metrics {
             offline_refused: counter!("fedrouter_offline_messages_total", "event" => "refused"),
             auth_success: counter!("fedrouter_auth_total", "result" => "success"),
             auth_failure: counter!("fedrouter_auth_total", "result" => "failure"),
+            auth_throttled: counter!("fedrouter_auth_total", "result" => "throttled"),
             presence_dropped: counter!("fedrouter_dropped_total", "reason" => "presence_queue_full"),
             slow_consumer_closed: counter!("fedrouter_dropped_total", "reason" => "slow_consumer"),
             stanzas_bounced: counter!("fedrouter_bounced_total"),

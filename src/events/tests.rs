@@ -76,6 +76,7 @@ fn the_daemon_metrics_keep_their_names_labels_and_help() {
         "fedrouter_offline_messages_total{event=refused}",
         "fedrouter_auth_total{result=success}",
         "fedrouter_auth_total{result=failure}",
+        "fedrouter_auth_total{result=throttled}",
         "fedrouter_dropped_total{reason=presence_queue_full}",
         "fedrouter_dropped_total{reason=slow_consumer}",
         "fedrouter_bounced_total{}",

@@ -141,8 +141,9 @@ impl Actor for InboundS2s {
         (tcp, peer, shared, direct_tls): Self::Args,
         me: ActorRef<Self>,
     ) -> Result<Self, Infallible> {
-        let mut sid = [0u8; 8];
-        let _ = aws_lc_rs::rand::fill(&mut sid);
+        // The stream id goes into dialback keys (XEP-0185): never a
+        // predictable one.
+        let sid = crate::random::hex(8);
         let mut metrics = shared.s2s_metrics.inbound(&shared.policy.get(), "");
         metrics.set_state("negotiating");
         let holds_slot = shared.acquire_connection();
@@ -159,7 +160,7 @@ impl Actor for InboundS2s {
                 shared.metrics.clone(),
             ),
             direct_tls,
-            neg: InboundNegotiation::new(hex::encode(sid), true),
+            neg: InboundNegotiation::new(sid.clone().unwrap_or_default(), true),
             metrics,
             header_sent: false,
             deadline: Some(now + shared.config.gateway.stream_establishment_timeout),
@@ -171,7 +172,11 @@ impl Actor for InboundS2s {
             done: false,
             shared,
         };
-        if !holds_slot {
+        if sid.is_err() {
+            crate::events::daemon::RandomUnavailable { what: "stream id" }.emit();
+            me_.close(StreamError::new(StreamCondition::InternalServerError))
+                .await;
+        } else if !holds_slot {
             me_.close(StreamError::with_text(
                 StreamCondition::PolicyViolation,
                 "connection limit reached",

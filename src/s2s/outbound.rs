@@ -661,8 +661,10 @@ impl OutboundDomain {
 fn backoff(failures: u32) -> Duration {
     let base = MIN_ATTEMPT_GAP.saturating_mul(1u32 << failures.saturating_sub(1).min(9));
     let base = base.min(MAX_BACKOFF);
-    let mut r = [0u8; 2];
-    let _ = aws_lc_rs::rand::fill(&mut r);
+    // Jitter only spreads retries; it guards no secret, so a failing
+    // generator just gives the same (shortest) jitter every time.
+    let r = crate::random::bytes(2).unwrap_or_else(|_| vec![0, 0]);
+    let r = [r[0], r[1]];
     let jitter = (u16::from_le_bytes(r) as f64 / u16::MAX as f64) * 0.4 - 0.2;
     base.mul_f64(1.0 + jitter)
 }

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use crate::error::{StreamCondition, StreamError};
 use crate::jid::{BareJid, FullJid};
 use crate::storage::Store;
-use crate::stream::scram::{Credentials, ScramHash, ScramServer, ScramServerFinal};
+use crate::stream::scram::{self, Credentials, ScramHash, ScramServer, ScramServerFinal};
 use crate::xml::element::Element;
 use crate::xml::escape::{escape_attr, escape_text};
 use crate::xml::ns::{NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_STREAMS, NS_TLS};
@@ -19,9 +19,16 @@ use crate::xml::{Stanza, StanzaKind, StreamHeader};
 /// Failed SASL attempts allowed on one stream before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 
-/// Where accounts' credentials come from.
+/// Where accounts' credentials come from, and whether a login may be tried.
 pub trait CredentialSource {
     fn lookup(&self, user: &BareJid) -> Option<Credentials>;
+
+    /// Whether a password for `user` may be checked now: false while the
+    /// account, or the address the client comes from, is throttled after
+    /// too many failed logins. Asked before any salt or verdict is given.
+    fn may_attempt(&self, _user: &BareJid) -> bool {
+        true
+    }
 }
 
 impl<S: Store + ?Sized> CredentialSource for S {
@@ -63,8 +70,13 @@ pub enum Action {
     },
     /// Negotiation is complete: the session is live.
     Established(FullJid),
-    /// A SASL attempt failed (counted; the failure is already in a `Send`).
-    AuthFailed,
+    /// A SASL attempt failed (counted; the failure is already in a `Send`),
+    /// naming the account when the attempt named a valid one.
+    AuthFailed(Option<BareJid>),
+    /// A SASL attempt for this account was refused with
+    /// `<temporary-auth-failure/>` by the failed-login throttle, without
+    /// checking any password (also in a `Send`; not a new failure).
+    AuthThrottled(BareJid),
     /// Send this stream error and close.
     Fail(StreamError),
 }
@@ -91,6 +103,9 @@ pub struct C2sPolicy {
     pub domains: Vec<String>,
     pub require_tls: bool,
     pub tls_available: bool,
+    /// `c2s.scram_iterations`: what an unknown user's fake credentials
+    /// show, so they look like an account made with today's settings.
+    pub scram_iterations: u32,
 }
 
 pub struct C2sNegotiation {
@@ -312,13 +327,26 @@ impl C2sNegotiation {
     }
 
     fn sasl_failure(&mut self, condition: &str) -> Vec<Action> {
+        self.failure_of(condition, Action::AuthFailed(None))
+    }
+
+    /// A failure of an attempt that named the valid account `user`.
+    fn user_failure(&mut self, condition: &str, user: BareJid) -> Vec<Action> {
+        self.failure_of(condition, Action::AuthFailed(Some(user)))
+    }
+
+    fn throttled(&mut self, user: BareJid) -> Vec<Action> {
+        self.failure_of("temporary-auth-failure", Action::AuthThrottled(user))
+    }
+
+    fn failure_of(&mut self, condition: &str, what: Action) -> Vec<Action> {
         self.failures += 1;
         self.state = State::Features;
         let mut out = vec![
             Action::Send(format!(
                 "<failure xmlns='{NS_SASL}'><{condition}/></failure>"
             )),
-            Action::AuthFailed,
+            what,
         ];
         if self.failures >= MAX_AUTH_FAILURES {
             out.extend(self.fail(
@@ -379,7 +407,7 @@ impl C2sNegotiation {
                 };
                 match server.finish(&data) {
                     Ok(server_final) => self.success(user, Some(server_final)),
-                    Err(e) => self.sasl_failure(e.sasl_condition()),
+                    Err(e) => self.user_failure(e.sasl_condition(), user),
                 }
             }
             (_, _) => self.sasl_failure("malformed-request"),
@@ -402,10 +430,19 @@ impl C2sNegotiation {
         if let Some(a) = authzid.filter(|a| !a.is_empty())
             && BareJid::parse(&a).ok().as_ref() != Some(&user)
         {
-            return self.sasl_failure("invalid-authzid");
+            return self.user_failure("invalid-authzid", user);
+        }
+        if !creds.may_attempt(&user) {
+            return self.throttled(user);
         }
         let stored = creds.lookup(&user);
-        let (fin, server_first) = awaiting.server_first(stored.as_ref().map(|c| c.keys(hash)));
+        let (fin, server_first) = match awaiting.server_first(
+            stored.as_ref().map(|c| c.keys(hash)),
+            self.policy.scram_iterations,
+        ) {
+            Ok(x) => x,
+            Err(e) => return self.sasl_failure(e.sasl_condition()),
+        };
         self.state = State::ScramFinal(Box::new(fin), user);
         vec![Action::Send(format!(
             "<challenge xmlns='{NS_SASL}'>{}</challenge>",
@@ -431,11 +468,22 @@ impl C2sNegotiation {
             return self.sasl_failure("not-authorized");
         };
         if !authz.is_empty() && BareJid::parse(authz).ok().as_ref() != Some(&user) {
-            return self.sasl_failure("invalid-authzid");
+            return self.user_failure("invalid-authzid", user);
         }
-        match creds.lookup(&user) {
-            Some(c) if c.verify_plain(pass) => self.success(user, None),
-            _ => self.sasl_failure("not-authorized"),
+        if !creds.may_attempt(&user) {
+            return self.throttled(user);
+        }
+        // An unknown user runs the same derivation as a known one.
+        let stored = creds.lookup(&user);
+        match scram::verify_plain(
+            stored.as_ref(),
+            user.as_str(),
+            pass,
+            self.policy.scram_iterations,
+        ) {
+            Ok(true) => self.success(user, None),
+            Ok(false) => self.user_failure("not-authorized", user),
+            Err(e) => self.sasl_failure(e.sasl_condition()),
         }
     }
 
@@ -501,10 +549,28 @@ mod tests {
 
     const HEADER: &str = "<stream:stream to='example.org' version='1.0' xmlns='jabber:client' \
                           xmlns:stream='http://etherx.jabber.org/streams'>";
+    /// Low, to keep the tests fast: the arithmetic is the same.
+    const TEST_ITERS: u32 = 64;
+
+    /// The store, with a throttle that refuses everyone when `deny` is set.
+    struct Source {
+        store: MemStore,
+        deny: bool,
+    }
+
+    impl CredentialSource for Source {
+        fn lookup(&self, user: &BareJid) -> Option<Credentials> {
+            self.store.lookup(user)
+        }
+
+        fn may_attempt(&self, _user: &BareJid) -> bool {
+            !self.deny
+        }
+    }
 
     struct Harness {
         neg: C2sNegotiation,
-        store: MemStore,
+        store: Source,
         framer: Framer,
     }
 
@@ -513,7 +579,10 @@ mod tests {
             let store = MemStore::new();
             let alice = BareJid::parse("alice@example.org").unwrap();
             store
-                .create_account(&alice, &Credentials::from_password("pencil", 4096).unwrap())
+                .create_account(
+                    &alice,
+                    &Credentials::from_password("pencil", TEST_ITERS).unwrap(),
+                )
                 .unwrap();
             Harness {
                 neg: C2sNegotiation::new(
@@ -521,12 +590,30 @@ mod tests {
                         domains: vec!["example.org".into()],
                         require_tls,
                         tls_available: true,
+                        scram_iterations: TEST_ITERS,
                     },
                     "sid1".into(),
                 ),
-                store,
+                store: Source { store, deny: false },
                 framer: Framer::new(NS_CLIENT, 65536),
             }
+        }
+
+        /// A stream over TLS, features received: ready for any mechanism.
+        fn over_tls() -> Harness {
+            let mut h = Harness::new(true);
+            h.feed(HEADER);
+            h.feed(&format!("<starttls xmlns='{NS_TLS}'/>"));
+            h.tls();
+            h.feed(HEADER);
+            h
+        }
+
+        fn plain(&mut self, blob: &[u8]) -> Vec<Action> {
+            self.feed(&format!(
+                "<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{}</auth>",
+                B64.encode(blob)
+            ))
         }
 
         /// Feeds client XML and collects the actions of every event it yields.
@@ -653,7 +740,9 @@ mod tests {
         for attempt in 1..=3 {
             let a = scram_login(&mut h, "wrong");
             assert!(sent(&a).contains("<not-authorized/>"), "{a:?}");
-            assert!(a.contains(&Action::AuthFailed));
+            assert!(a.contains(&Action::AuthFailed(Some(
+                BareJid::parse("alice@example.org").unwrap()
+            ))));
             assert_eq!(failure(&a).is_some(), attempt == 3, "attempt {attempt}");
         }
     }
@@ -762,5 +851,109 @@ mod tests {
             B64.encode(fin)
         ));
         assert!(sent(&a).contains("<not-authorized/>"));
+    }
+    fn alice() -> BareJid {
+        BareJid::parse("alice@example.org").unwrap()
+    }
+
+    #[test]
+    fn plain_for_an_unknown_user_costs_the_same_derivation_and_answers_the_same() {
+        use crate::stream::scram::derivations;
+        let mut h = Harness::over_tls();
+        derivations::take();
+        let known = h.plain(b"\0alice\0wrong");
+        let known_cost = derivations::take();
+        let unknown = h.plain(b"\0mallory\0wrong");
+        let unknown_cost = derivations::take();
+        assert_eq!(known_cost, (1, u64::from(TEST_ITERS)));
+        assert_eq!(unknown_cost, known_cost);
+        assert_eq!(sent(&known), sent(&unknown));
+        assert!(sent(&unknown).contains("<not-authorized/>"), "{unknown:?}");
+    }
+
+    #[test]
+    fn plain_with_extra_nuls_an_empty_password_or_another_authzid_is_refused() {
+        for (blob, condition) in [
+            (&b"\0a\0b\0c"[..], "malformed-request"),
+            (b"\0alice\0pencil\0", "malformed-request"),
+            (b"alice", "malformed-request"),
+            (b"\0alice\0", "not-authorized"),
+            (b"bob@example.org\0alice\0pencil", "invalid-authzid"),
+            (b"\0\0pencil", "not-authorized"),
+            (b"\0alice\0\xff", "malformed-request"),
+        ] {
+            let mut h = Harness::over_tls();
+            let a = h.plain(blob);
+            assert!(
+                sent(&a).contains(&format!("<{condition}/>")),
+                "{:?}: {a:?}",
+                String::from_utf8_lossy(blob)
+            );
+            assert_eq!(failure(&a), None, "one failure does not close the stream");
+            // The same stream still signs in properly afterwards.
+            let a = h.plain(b"\0alice\0pencil");
+            assert!(sent(&a).starts_with("<success"), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn a_throttled_account_gets_temporary_auth_failure_without_a_password_check() {
+        use crate::stream::scram::derivations;
+        let mut h = Harness::over_tls();
+        h.store.deny = true;
+        derivations::take();
+        let a = h.plain(b"\0alice\0pencil");
+        assert!(sent(&a).contains("<temporary-auth-failure/>"), "{a:?}");
+        assert!(a.contains(&Action::AuthThrottled(alice())));
+        assert_eq!(derivations::take(), (0, 0), "no password was checked");
+        let (_, first) = ScramClient::new(ScramHash::Sha256, "alice", "pencil").unwrap();
+        let a = h.feed(&format!(
+            "<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>{}</auth>",
+            B64.encode(first)
+        ));
+        assert_eq!(
+            sent(&a),
+            format!("<failure xmlns='{NS_SASL}'><temporary-auth-failure/></failure>"),
+            "no salt is revealed"
+        );
+        h.store.deny = false;
+        let a = h.plain(b"\0alice\0pencil");
+        assert!(sent(&a).starts_with("<success"), "{a:?}");
+    }
+
+    #[test]
+    fn a_failing_random_generator_refuses_scram_with_temporary_auth_failure() {
+        let mut h = Harness::new(false);
+        h.feed(HEADER);
+        let (_, first) = ScramClient::new(ScramHash::Sha256, "alice", "pencil").unwrap();
+        let a = crate::random::failing::with(|| {
+            h.feed(&format!(
+                "<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256'>{}</auth>",
+                B64.encode(first)
+            ))
+        });
+        assert!(sent(&a).contains("<temporary-auth-failure/>"), "{a:?}");
+        assert!(!sent(&a).contains("challenge"));
+    }
+
+    #[test]
+    fn scram_usernames_with_bad_escapes_or_huge_nonces_are_malformed_requests() {
+        for first in [
+            "n,,n=al=2Dice,r=abcdef".to_owned(),
+            "n,,n=alice=,r=abcdef".to_owned(),
+            format!("n,,n=alice,r={}", "n".repeat(8 * 1024)),
+        ] {
+            let mut h = Harness::new(false);
+            h.feed(HEADER);
+            let a = h.feed(&format!(
+                "<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-1'>{}</auth>",
+                B64.encode(&first)
+            ));
+            assert!(
+                sent(&a).contains("<malformed-request/>"),
+                "{first:.40}: {a:?}"
+            );
+            assert!(a.contains(&Action::AuthFailed(None)));
+        }
     }
 }

@@ -16,12 +16,11 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::OnceLock;
 
-use aws_lc_rs::{constant_time, digest, hmac, pbkdf2, rand};
+use aws_lc_rs::{constant_time, digest, hmac, pbkdf2};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-/// RFC 7677 §4: the iteration count SHOULD be at least 4096.
-pub const DEFAULT_ITERATIONS: u32 = 4096;
+use crate::random::{self, RandomUnavailable};
 
 /// The most iterations a [`ScramClient`] will compute for a server. A
 /// hostile server could otherwise pin a client's CPU with `i=4294967295`.
@@ -92,6 +91,8 @@ impl ScramHash {
 
     /// `Hi()` of RFC 5802 §2.2, which is PBKDF2 with one output block.
     fn salted_password(self, password: &[u8], salt: &[u8], iterations: NonZeroU32) -> Vec<u8> {
+        #[cfg(test)]
+        derivations::record(iterations.get());
         let mut out = vec![0u8; self.output_len()];
         pbkdf2::derive(self.pbkdf2_alg(), iterations, salt, password, &mut out);
         out
@@ -126,6 +127,10 @@ pub enum ScramError {
     /// A message arrived at the wrong step.
     #[error("SCRAM message out of order")]
     OutOfOrder,
+    /// No salt or nonce could be made: the exchange is refused rather
+    /// than run with predictable values.
+    #[error("{0}")]
+    Random(#[from] RandomUnavailable),
 }
 
 impl ScramError {
@@ -140,6 +145,7 @@ impl ScramError {
             | ScramError::Saslprep
             | ScramError::OutOfOrder => "malformed-request",
             ScramError::InvalidProof => "not-authorized",
+            ScramError::Random(_) => "temporary-auth-failure",
             ScramError::BadServerSignature
             | ScramError::ServerError(_)
             | ScramError::TooManyIterations(_) => "aborted",
@@ -177,13 +183,13 @@ impl Credentials {
             sha1: ScramKeys::derive(
                 ScramHash::Sha1,
                 &prepared,
-                &random_bytes(SALT_LEN),
+                &random::bytes(SALT_LEN)?,
                 iterations,
             )?,
             sha256: ScramKeys::derive(
                 ScramHash::Sha256,
                 &prepared,
-                &random_bytes(SALT_LEN),
+                &random::bytes(SALT_LEN)?,
                 iterations,
             )?,
         })
@@ -198,16 +204,41 @@ impl Credentials {
 
     /// For SASL PLAIN (only over TLS): recompute and compare in constant time.
     pub fn verify_plain(&self, password: &str) -> bool {
-        let Ok(prepared) = prep_password(password) else {
-            return false;
-        };
-        let keys = &self.sha256;
-        match ScramKeys::derive(ScramHash::Sha256, &prepared, &keys.salt, keys.iterations) {
-            Ok(fresh) => {
-                constant_time::verify_slices_are_equal(&fresh.stored_key, &keys.stored_key).is_ok()
-            }
-            Err(_) => false,
+        plain_matches(&self.sha256, password)
+    }
+}
+
+/// SASL PLAIN's check of `password` for `username`, whose stored
+/// credentials are `stored` (`None`: no such user). An unknown user costs
+/// what a known one does: the same derivation runs, against the keys
+/// [`ScramServerAwaitingKeys::server_first`] would show for that name
+/// (`unknown_iterations`, the count new credentials get), and fails. So
+/// neither the answer nor the time it takes says whether the user exists.
+pub fn verify_plain(
+    stored: Option<&Credentials>,
+    username: &str,
+    password: &str,
+    unknown_iterations: u32,
+) -> Result<bool, ScramError> {
+    match stored {
+        Some(c) => Ok(c.verify_plain(password)),
+        None => {
+            let fake = fake_keys(ScramHash::Sha256, username, unknown_iterations)?;
+            let _ = plain_matches(&fake, password);
+            Ok(false)
         }
+    }
+}
+
+fn plain_matches(keys: &ScramKeys, password: &str) -> bool {
+    let Ok(prepared) = prep_password(password) else {
+        return false;
+    };
+    match ScramKeys::derive(ScramHash::Sha256, &prepared, &keys.salt, keys.iterations) {
+        Ok(fresh) => {
+            constant_time::verify_slices_are_equal(&fresh.stored_key, &keys.stored_key).is_ok()
+        }
+        Err(_) => false,
     }
 }
 
@@ -219,43 +250,50 @@ fn prep_password(password: &str) -> Result<String, ScramError> {
     Ok(p.into_owned())
 }
 
-fn random_bytes(n: usize) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    // The system RNG failing is not something a login can recover from,
-    // and continuing with predictable salts or nonces would be worse.
-    rand::fill(&mut v).expect("system random number generator failed");
-    v
+// The system RNG failing is not something a login can recover from, and
+// continuing with predictable salts or nonces would be worse: callers get
+// an error and refuse the exchange.
+fn random_nonce() -> Result<String, ScramError> {
+    Ok(B64.encode(random::bytes(NONCE_BYTES)?))
 }
 
-fn random_nonce() -> String {
-    B64.encode(random_bytes(NONCE_BYTES))
-}
-
-/// Per-process key for the fake salts of unknown users: stable for the
+/// Per-process key for the fake keys of unknown users: stable for the
 /// process lifetime, so repeated probes of one name see the same salt.
-fn fake_salt_secret() -> &'static [u8; 32] {
+/// Made on first use; if the generator fails then, the next use tries again.
+fn fake_salt_secret() -> Result<&'static [u8; 32], ScramError> {
     static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
-    SECRET.get_or_init(|| {
-        let mut k = [0u8; 32];
-        rand::fill(&mut k).expect("system random number generator failed");
-        k
-    })
+    if let Some(k) = SECRET.get() {
+        return Ok(k);
+    }
+    let mut k = [0u8; 32];
+    random::fill(&mut k)?;
+    Ok(SECRET.get_or_init(|| k))
 }
 
-fn fake_keys(hash: ScramHash, username: &str) -> ScramKeys {
-    let mut msg = Vec::with_capacity(username.len() + 16);
-    msg.extend_from_slice(hash.mechanism_name().as_bytes());
-    msg.push(0);
-    msg.extend_from_slice(username.as_bytes());
-    let mut salt = ScramHash::Sha256.hmac(fake_salt_secret(), &msg);
-    salt.truncate(SALT_LEN);
-    ScramKeys {
-        salt,
-        iterations: DEFAULT_ITERATIONS,
-        // Random keys: no proof can match them.
-        stored_key: random_bytes(hash.output_len()),
-        server_key: random_bytes(hash.output_len()),
-    }
+/// The keys an unknown user appears to have: every part derived from the
+/// username and the per-process secret, so each probe of one name sees
+/// the same salt and count, as it would for a real account. No proof can
+/// match the stored key, and [`ScramServerFinal::finish`] refuses unknown
+/// users whatever the proof.
+fn fake_keys(hash: ScramHash, username: &str, iterations: u32) -> Result<ScramKeys, ScramError> {
+    let secret = fake_salt_secret()?;
+    let part = |label: &[u8], len: usize| {
+        let mut msg = Vec::with_capacity(label.len() + username.len() + 16);
+        msg.extend_from_slice(label);
+        msg.push(0);
+        msg.extend_from_slice(hash.mechanism_name().as_bytes());
+        msg.push(0);
+        msg.extend_from_slice(username.as_bytes());
+        let mut v = ScramHash::Sha256.hmac(secret, &msg);
+        v.truncate(len);
+        v
+    };
+    Ok(ScramKeys {
+        salt: part(b"salt", SALT_LEN),
+        iterations,
+        stored_key: part(b"stored", hash.output_len()),
+        server_key: part(b"server", hash.output_len()),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -311,9 +349,14 @@ fn encode_saslname(s: &str) -> String {
     s.replace('=', "=3D").replace(',', "=2C")
 }
 
+/// The longest nonce accepted. RFC 5802 sets no limit; real clients send
+/// 20 to 40 characters, and the server echoes the nonce and keeps it for
+/// the exchange, so a hostile one stays small whatever the stanza limit.
+const MAX_NONCE_LEN: usize = 1024;
+
 fn check_nonce(n: &str) -> Result<(), ScramError> {
     // printable = %x21-2B / %x2D-7E (the comma is excluded by splitting)
-    if n.is_empty() || !n.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+    if n.is_empty() || n.len() > MAX_NONCE_LEN || !n.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
         return Err(ScramError::Malformed("bad nonce"));
     }
     Ok(())
@@ -394,10 +437,11 @@ impl ScramServer {
         check_nonce(client_nonce)?;
         // Optional extensions after the nonce are ignored (RFC 5802 §5.1).
 
-        let nonce = format!(
-            "{client_nonce}{}",
-            server_nonce.unwrap_or_else(random_nonce)
-        );
+        let server_nonce = match server_nonce {
+            Some(n) => n,
+            None => random_nonce()?,
+        };
+        let nonce = format!("{client_nonce}{server_nonce}");
         Ok((
             ScramServerAwaitingKeys {
                 hash,
@@ -424,13 +468,21 @@ pub struct ScramServerAwaitingKeys {
 
 impl ScramServerAwaitingKeys {
     /// `None` keys means an unknown user: we still answer with a plausible
-    /// salt and iteration count, derived from the username and a
-    /// per-process secret, so the answer does not reveal whether the user
-    /// exists. Verification then always fails.
-    pub fn server_first(self, keys: Option<&ScramKeys>) -> (ScramServerFinal, Vec<u8>) {
+    /// salt, derived from the username and a per-process secret, and
+    /// `unknown_iterations` (the count new credentials get), so the answer
+    /// does not reveal whether the user exists. Verification then always
+    /// fails.
+    pub fn server_first(
+        self,
+        keys: Option<&ScramKeys>,
+        unknown_iterations: u32,
+    ) -> Result<(ScramServerFinal, Vec<u8>), ScramError> {
         let (keys, known) = match keys {
             Some(k) => (k.clone(), true),
-            None => (fake_keys(self.hash, &self.username), false),
+            None => (
+                fake_keys(self.hash, &self.username, unknown_iterations)?,
+                false,
+            ),
         };
         let server_first = format!(
             "r={},s={},i={}",
@@ -439,7 +491,7 @@ impl ScramServerAwaitingKeys {
             keys.iterations
         );
         let out = server_first.clone().into_bytes();
-        (
+        Ok((
             ScramServerFinal {
                 hash: self.hash,
                 gs2_header: self.gs2_header,
@@ -450,7 +502,7 @@ impl ScramServerAwaitingKeys {
                 known,
             },
             out,
-        )
+        ))
     }
 }
 
@@ -552,7 +604,7 @@ impl ScramClient {
         username: &str,
         password: &str,
     ) -> Result<(ScramClient, Vec<u8>), ScramError> {
-        Self::with_nonce(hash, username, password, &random_nonce())
+        Self::with_nonce(hash, username, password, &random_nonce()?)
     }
 
     /// As [`new`](Self::new) with a fixed client nonce (tests only).
@@ -654,6 +706,29 @@ impl ScramClient {
     }
 }
 
+/// Counts key derivations on this thread, so tests can check that a path
+/// runs the same PBKDF2 work as another without timing anything.
+#[cfg(test)]
+pub(crate) mod derivations {
+    use std::cell::Cell;
+
+    thread_local! {
+        static SEEN: Cell<(u32, u64)> = const { Cell::new((0, 0)) };
+    }
+
+    pub fn record(iterations: u32) {
+        SEEN.with(|c| {
+            let (n, total) = c.get();
+            c.set((n + 1, total + u64::from(iterations)));
+        });
+    }
+
+    /// (derivations, total iterations) since the last call.
+    pub fn take() -> (u32, u64) {
+        SEEN.with(|c| c.replace((0, 0)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,7 +752,7 @@ mod tests {
         let (server, user, authz) = ScramServer::start_with_nonce(hash, &c1, snonce).unwrap();
         assert_eq!(user, "user");
         assert_eq!(authz, None);
-        let (server, s1) = server.server_first(Some(&keys));
+        let (server, s1) = server.server_first(Some(&keys), TEST_ITERS).unwrap();
         assert_eq!(s1, b(transcript[1]));
 
         let c2 = client.handle_server_first(&s1).unwrap();
@@ -728,7 +803,7 @@ mod tests {
     ) -> Result<(), ScramError> {
         let (mut client, c1) = ScramClient::new(hash, user, password)?;
         let (server, _, _) = ScramServer::start(hash, &c1)?;
-        let (server, s1) = server.server_first(creds.map(|c| c.keys(hash)));
+        let (server, s1) = server.server_first(creds.map(|c| c.keys(hash)), TEST_ITERS)?;
         let c2 = client.handle_server_first(&s1)?;
         let s2 = server.finish(&c2)?;
         client.verify_server_final(&s2)
@@ -766,7 +841,7 @@ mod tests {
         let first = |user: &str, h| {
             let (_, c1) = ScramClient::new(h, user, "pw").unwrap();
             let (server, _, _) = ScramServer::start(h, &c1).unwrap();
-            let (_, s1) = server.server_first(None);
+            let (_, s1) = server.server_first(None, 10_000).unwrap();
             let s1 = String::from_utf8(s1).unwrap();
             // Drop the nonce, which is fresh every time.
             s1.split_once(',').unwrap().1.to_owned()
@@ -775,9 +850,53 @@ mod tests {
         assert_eq!(a, first("nobody", ScramHash::Sha256));
         assert_ne!(a, first("somebody", ScramHash::Sha256));
         assert_ne!(a, first("nobody", ScramHash::Sha1));
-        assert!(a.ends_with(&format!(",i={DEFAULT_ITERATIONS}")), "{a}");
+        assert!(a.ends_with(",i=10000"), "{a}");
         let salt = a.strip_prefix("s=").unwrap().split(',').next().unwrap();
         assert_eq!(B64.decode(salt).unwrap().len(), SALT_LEN);
+    }
+
+    #[test]
+    fn plain_for_an_unknown_user_runs_the_same_derivation_as_for_a_known_one() {
+        let creds = Credentials::from_password("pencil", TEST_ITERS).unwrap();
+        derivations::take();
+        assert!(!verify_plain(Some(&creds), "alice", "wrong", TEST_ITERS).unwrap());
+        let known = derivations::take();
+        assert!(!verify_plain(None, "mallory", "wrong", TEST_ITERS).unwrap());
+        let unknown = derivations::take();
+        assert_eq!(known, (1, u64::from(TEST_ITERS)));
+        assert_eq!(
+            unknown, known,
+            "an unknown user must cost what a known one does"
+        );
+        // The right password of a known user, for contrast.
+        assert!(verify_plain(Some(&creds), "alice", "pencil", TEST_ITERS).unwrap());
+        assert_eq!(derivations::take(), known);
+    }
+
+    #[test]
+    fn an_unknown_users_fake_keys_are_deterministic_and_use_the_configured_count() {
+        let a = fake_keys(ScramHash::Sha256, "nobody", 12_345).unwrap();
+        assert_eq!(a, fake_keys(ScramHash::Sha256, "nobody", 12_345).unwrap());
+        assert_eq!(a.iterations, 12_345);
+        assert_eq!(a.stored_key.len(), 32);
+        let b = fake_keys(ScramHash::Sha256, "nobody2", 12_345).unwrap();
+        assert_ne!(a.salt, b.salt);
+        assert_ne!(a.stored_key, b.stored_key);
+        assert_eq!(
+            fake_keys(ScramHash::Sha1, "nobody", 1).unwrap().salt.len(),
+            SALT_LEN
+        );
+    }
+
+    #[test]
+    fn without_random_bytes_no_credentials_salts_or_nonces_are_made() {
+        crate::random::failing::with(|| {
+            let e = Credentials::from_password("pencil", TEST_ITERS).unwrap_err();
+            assert!(matches!(e, ScramError::Random(_)), "{e:?}");
+            let e = ScramServer::start(ScramHash::Sha256, b"n,,n=user,r=abc").unwrap_err();
+            assert_eq!(e.sasl_condition(), "temporary-auth-failure");
+            assert!(ScramClient::new(ScramHash::Sha1, "user", "pencil").is_err());
+        });
     }
 
     #[test]
@@ -830,7 +949,7 @@ mod tests {
         let keys = ScramKeys::derive(ScramHash::Sha1, "pencil", b"salt", 16).unwrap();
         let (server, _, _) =
             ScramServer::start_with_nonce(ScramHash::Sha1, b"y,,n=user,r=abc", "def").unwrap();
-        let (server, _) = server.server_first(Some(&keys));
+        let (server, _) = server.server_first(Some(&keys), TEST_ITERS).unwrap();
         let err = server
             .finish(b"c=biws,r=abcdef,p=AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
             .unwrap_err();
@@ -860,6 +979,12 @@ mod tests {
             b"n,,n=user,r=",
             b"n,,m=ext,n=user,r=abc",
             b"n,,n=\xff,r=abc",
+            // Escapes other than =2C and =3D, and a dangling `=`.
+            b"n,,n=a=2Db,r=abc",
+            b"n,,n=ab=,r=abc",
+            b"n,,n=ab=2,r=abc",
+            b"n,,n=a=2cb,r=abc",
+            b"y,a=x=,n=user,r=abc",
         ] {
             let r = ScramServer::start(ScramHash::Sha1, bad);
             assert!(r.is_err(), "{:?} accepted", String::from_utf8_lossy(bad));
@@ -867,11 +992,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_client_nonce_longer_than_the_limit_is_malformed() {
+        let at_limit = format!("n,,n=user,r={}", "x".repeat(MAX_NONCE_LEN));
+        assert!(ScramServer::start(ScramHash::Sha256, at_limit.as_bytes()).is_ok());
+        let huge = format!("n,,n=user,r={}", "x".repeat(8 * 1024));
+        let e = ScramServer::start(ScramHash::Sha256, huge.as_bytes()).unwrap_err();
+        assert_eq!(e.sasl_condition(), "malformed-request");
+    }
+
     fn server_after_first() -> (ScramServerFinal, Vec<u8>) {
         let keys = ScramKeys::derive(ScramHash::Sha1, "pencil", b"salt", 16).unwrap();
         let (server, _, _) =
             ScramServer::start_with_nonce(ScramHash::Sha1, b"n,,n=user,r=abc", "def").unwrap();
-        server.server_first(Some(&keys))
+        server.server_first(Some(&keys), TEST_ITERS).unwrap()
     }
 
     #[test]

@@ -293,6 +293,11 @@ impl Connection {
     pub fn is_tls(&self) -> bool {
         matches!(self.io, Io::Tls(_))
     }
+
+    /// Expects a new stream on the same transport, as after SASL success.
+    pub fn restart(&mut self) {
+        self.framer.reset();
+    }
 }
 
 fn parse_stream_error(s: &Stanza) -> StreamError {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fedrouter::config::Config;
 use fedrouter::xml::Stanza;
 use fedrouter::{Daemon, admin};
-use testkit::client::{Client, ClientConfig, ClientError, Connection};
+use testkit::client::{Client, ClientConfig, ClientError, Connection, Mechanism};
 
 pub const DOMAIN: &str = "localhost";
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,10 +32,25 @@ impl TestServer {
     /// Starts serving `domain`. `server_extra` goes into `[server]`; `extra`
     /// is appended (whole tables). s2s listens on a loopback port.
     pub async fn start_domain(domain: &str, server_extra: &str, extra: &str) -> TestServer {
+        Self::start_full(domain, server_extra, "", extra).await
+    }
+
+    /// Starts with extra keys in `[c2s]` (the login settings), and `extra`
+    /// appended as in [`TestServer::start_with`].
+    pub async fn start_with_c2s(c2s_extra: &str, extra: &str) -> TestServer {
+        Self::start_full(DOMAIN, "", c2s_extra, extra).await
+    }
+
+    async fn start_full(
+        domain: &str,
+        server_extra: &str,
+        c2s_extra: &str,
+        extra: &str,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = format!(
             "[server]\ndomains = [\"{domain}\"]\ndata_dir = \"{}\"\nworkers = 2\n{server_extra}\n\
-             [c2s]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n{extra}",
+             [c2s]\nlisten = [\"127.0.0.1:0\"]\n{c2s_extra}\n[metrics]\nlisten = \"127.0.0.1:0\"\n{extra}",
             dir.path().join("data").display()
         );
         let text = if text.contains("[s2s]") {
@@ -66,7 +81,13 @@ impl TestServer {
             std::slice::from_ref(&self.domain),
         )
         .unwrap();
-        admin::add_user(&*self.daemon.store, &jid, password).unwrap();
+        admin::add_user(
+            &*self.daemon.store,
+            &jid,
+            password,
+            self.daemon.config.c2s.scram_iterations,
+        )
+        .unwrap();
     }
 
     pub fn config(&self, local: &str, password: &str) -> ClientConfig {
@@ -92,6 +113,21 @@ impl TestServer {
         Client::connect(&c)
             .await
             .unwrap_or_else(|e| panic!("{local}/{resource} could not sign in: {e}"))
+    }
+
+    /// Signs in as `local` from the loopback address `from` (127.0.0.x),
+    /// returning the error when refused.
+    pub async fn sign_in_from(
+        &self,
+        from: &str,
+        local: &str,
+        password: &str,
+        mechanism: Mechanism,
+    ) -> Result<Client, ClientError> {
+        let mut c = self.config(local, password);
+        c.bind = Some(from.parse().expect("a loopback address"));
+        c.mechanism = mechanism;
+        Client::connect(&c).await
     }
 
     /// A raw TCP connection to the c2s port, for hostile input.

@@ -232,6 +232,8 @@ pub struct Bind {
 pub enum BindError {
     #[error("invalid resource: {0}")]
     BadResource(crate::jid::JidError),
+    #[error("{0}")]
+    Random(crate::random::RandomUnavailable),
 }
 
 /// The session is gone.
@@ -311,7 +313,7 @@ impl Message<Bind> for Shard {
     async fn handle(&mut self, m: Bind, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
         let resource = match m.requested.as_deref().filter(|r| !r.trim().is_empty()) {
             Some(r) => r.to_string(),
-            None => random_resource(),
+            None => random_resource()?,
         };
         let jid = m
             .user
@@ -495,10 +497,20 @@ impl Message<OfflineBatch> for Shard {
     }
 }
 
-fn random_resource() -> String {
-    let mut b = [0u8; 8];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    format!("fr-{}", hex::encode(b))
+/// A resource the client did not choose: unguessable, so that a full JID
+/// says nothing about its session. Refused (not made of zeros) when the
+/// generator fails.
+fn random_resource() -> Result<String, BindError> {
+    match crate::random::hex(8) {
+        Ok(h) => Ok(format!("fr-{h}")),
+        Err(e) => {
+            crate::events::daemon::RandomUnavailable {
+                what: "resource name",
+            }
+            .emit();
+            Err(BindError::Random(e))
+        }
+    }
 }
 
 /// Queues `frame` on one session. False when nothing was queued: a full
