@@ -15,6 +15,8 @@ use common::*;
 use fedrouter::error::{StreamCondition, StreamError};
 use fedrouter::pki::PeerVerifier;
 use fedrouter::stream::s2s::{AuthMethod, FailReason, Negotiate, PeerPolicy};
+use fedrouter::xml::Element;
+use fedrouter::xml::ns::{NS_CLIENT, NS_DIALBACK, NS_STREAMS};
 use rustls::RootCertStore;
 use testkit::ca::{TestCa, self_signed};
 use testkit::client::Client;
@@ -195,6 +197,36 @@ async fn a_stream_authenticated_as_one_domain_is_closed_with_invalid_from_when_i
         .unwrap();
     a.send(message("x@a.test", "legit")).await.unwrap();
     next_message_is(&mut user, "x@a.test", "legit").await;
+}
+
+#[tokio::test]
+async fn a_stanza_using_prefixes_bound_on_the_peers_stream_header_reaches_the_user_namespace_well_formed()
+ {
+    let site = site("").await;
+    let mut user = site.user().await;
+    let mut cfg = site.peer_with_cert("a.test", "a.test");
+    cfg.header_prefixes = vec![("foo".into(), "urn:x".into())];
+    let mut a = S2sPeer::connect(&cfg).await.unwrap();
+    // `foo` and `db` are bound on the peer's header only; the user's
+    // stream binds neither.
+    a.send(format!(
+        "<message from='x@a.test' to='user@{HOME}' type='chat'><body>prefixed</body>\
+         <foo:bar foo:attr='1'><db:x/></foo:bar></message>"
+    ))
+    .await
+    .unwrap();
+    // The user's framer refuses undeclared prefixes (not-well-formed), so
+    // getting the stanza at all shows it arrived namespace-well-formed.
+    let m = expect(&mut user, "the prefixed message", |s| s.name() == "message").await;
+    let el = Element::parse(m.bytes(), NS_CLIENT, &[("stream", NS_STREAMS)])
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&m)));
+    let bar = el.child("bar", "urn:x").expect("foo:bar in urn:x");
+    assert_eq!(bar.attr("foo:attr"), Some("1"));
+    assert_eq!(bar.prefixes, vec![("foo".to_string(), "urn:x".to_string())]);
+    assert!(bar.child("x", NS_DIALBACK).is_some(), "{}", text(&m));
+    // Both streams stay up.
+    a.send(message("x@a.test", "still up")).await.unwrap();
+    next_message_is(&mut user, "x@a.test", "still up").await;
 }
 
 #[tokio::test]
