@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use fedrouter::error::StreamCondition;
+use fedrouter::xml::escape::escape_text;
 use testkit::client::Connection;
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' \
@@ -118,4 +119,309 @@ async fn a_client_that_never_finishes_negotiation_is_timed_out() {
     c.send_raw(HEADER).await.unwrap();
     let e = c.expect_stream_error().await.unwrap();
     assert_eq!(e.condition, StreamCondition::ConnectionTimeout);
+}
+
+/// How a parser case is sent.
+enum Input {
+    /// On a fresh unauthenticated TCP connection, each piece written (and
+    /// flushed) on its own.
+    Raw(Vec<Vec<u8>>),
+    /// On a fresh authenticated session, each piece written on its own.
+    Signed(Vec<Vec<u8>>),
+    /// From alice to bob, each piece written on its own.
+    ToBob(Vec<Vec<u8>>),
+}
+
+/// What the daemon must do with it.
+enum Want {
+    Error(StreamCondition),
+    /// Close the stream without an error.
+    Close,
+    /// Deliver it to bob with this body.
+    Body(&'static str),
+}
+
+fn bytes(s: impl Into<String>) -> Vec<Vec<u8>> {
+    vec![s.into().into_bytes()]
+}
+
+fn pieces(p: &[&str]) -> Vec<Vec<u8>> {
+    p.iter().map(|s| s.as_bytes().to_vec()).collect()
+}
+
+fn one_byte_each(s: &str) -> Vec<Vec<u8>> {
+    s.bytes().map(|b| vec![b]).collect()
+}
+
+fn in_stream(body: &str) -> Vec<Vec<u8>> {
+    bytes(format!("{HEADER}{body}"))
+}
+
+/// A stanza to bob whose start tag is `size` bytes of attributes full of
+/// `>`, so that every read of it might be the one completing the tag.
+fn gt_laden(size: usize) -> String {
+    let mut s = format!("<message to='bob@{DOMAIN}'");
+    let mut i = 0;
+    while s.len() < size {
+        s.push_str(&format!(" a{i}='>>>>>>>>'"));
+        i += 1;
+    }
+    s + "><body>trickled</body></message>"
+}
+
+fn attributes(n: usize) -> String {
+    (0..n).map(|i| format!(" a{i}=''")).collect()
+}
+
+fn declarations(n: usize) -> String {
+    (0..n).map(|i| format!(" xmlns:p{i}='urn:p:{i}'")).collect()
+}
+
+fn nested(depth: usize, body: &str) -> String {
+    // The message itself is level 1.
+    let inner = depth - 1;
+    format!(
+        "<message to='bob@{DOMAIN}'><body>{body}</body>{}{}</message>",
+        "<a>".repeat(inner),
+        "</a>".repeat(inner)
+    )
+}
+
+async fn error_after_login(server: &TestServer, input: &[Vec<u8>]) -> StreamCondition {
+    let mut carol = server.client("carol", "c").await;
+    for p in input {
+        if carol.send(p).await.is_err() {
+            // Closed while we wrote: the error is on its way.
+            break;
+        }
+    }
+    match carol.conn.expect_stream_error().await {
+        Ok(e) => e.condition,
+        Err(e) => panic!("no stream error after login: {e}"),
+    }
+}
+
+async fn outcome_raw(server: &TestServer, input: &[Vec<u8>]) -> Result<StreamCondition, String> {
+    let mut c: Connection = server.raw().await;
+    for p in input {
+        if c.send_raw(p).await.is_err() {
+            break;
+        }
+    }
+    match c.expect_stream_error().await {
+        Ok(e) => Ok(e.condition),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn each_hostile_parser_input_gets_its_exact_outcome_and_logins_and_messages_keep_working() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "a");
+    server.add_user("bob", "b");
+    server.add_user("carol", "c");
+    server.add_user("dave", "d");
+    let mut alice = server.client("alice", "a").await;
+    let mut bob = server.client("bob", "b").await;
+    bob.send("<presence/>").await.unwrap();
+
+    use StreamCondition::*;
+    let header_over_limit = format!(
+        "<stream:stream to='{DOMAIN}' xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams'{}>",
+        (0..900).map(|i| format!(" a{i}='>>'")).collect::<String>()
+    );
+    assert!(header_over_limit.len() > 8192);
+    let cases: Vec<(&str, Input, Want)> = vec![
+        (
+            "a stanza whose tag is trickled one byte at a time",
+            Input::ToBob(one_byte_each(&gt_laden(2048))),
+            Want::Body("trickled"),
+        ),
+        (
+            "a stream header over the size limit trickled one byte at a time",
+            Input::Raw(one_byte_each(&header_over_limit)),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "20k namespace declarations in a stanza",
+            Input::Signed(bytes(format!("<message{}/>", declarations(20_000)))),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "one namespace declaration more than the limit in a stanza",
+            Input::Signed(bytes(format!(
+                "<message{}/>",
+                declarations(fedrouter::xml::MAX_PREFIX_DECLARATIONS + 1)
+            ))),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "20k namespace declarations on the stream header",
+            Input::Raw(bytes(format!(
+                "<stream:stream to='{DOMAIN}' xmlns='jabber:client' \
+                 xmlns:stream='http://etherx.jabber.org/streams'{}>",
+                declarations(20_000)
+            ))),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "100k attributes",
+            Input::Signed(bytes(format!("<message{}/>", attributes(100_000)))),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "one attribute more than the limit",
+            Input::Signed(bytes(format!(
+                "<message{}/>",
+                attributes(fedrouter::xml::MAX_ATTRIBUTES + 1)
+            ))),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "nesting at the depth limit (64)",
+            Input::ToBob(bytes(nested(fedrouter::xml::MAX_DEPTH, "depth 64"))),
+            Want::Body("depth 64"),
+        ),
+        (
+            "nesting one deeper than the limit (65)",
+            Input::Signed(bytes(nested(fedrouter::xml::MAX_DEPTH + 1, "depth 65"))),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "a CDATA section and its ]]> split across reads",
+            Input::ToBob(pieces(&[
+                &format!("<message to='bob@{DOMAIN}'><body><![CDA"),
+                "TA[<x> & ]]",
+                "]>",
+                " ok</body></message>",
+            ])),
+            Want::Body("<x> & ] ok"),
+        ),
+        (
+            "]]> in text split across reads",
+            Input::Raw(pieces(&[
+                HEADER,
+                "<message><body>a]]",
+                ">b</body></message>",
+            ])),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "&#0;",
+            Input::Raw(in_stream("<message><body>&#0;</body></message>")),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "&#xD800;",
+            Input::Raw(in_stream("<message><body>&#xD800;</body></message>")),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "&#x110000;",
+            Input::Raw(in_stream("<message><body>&#x110000;</body></message>")),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "&#0; in an attribute value",
+            Input::Raw(in_stream("<message id='&#0;'/>")),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "an undeclared entity in an attribute value",
+            Input::Raw(in_stream("<message id='&foo;'/>")),
+            Want::Error(RestrictedXml),
+        ),
+        (
+            "a control character in an attribute value",
+            Input::Raw(in_stream("<message id='a\u{1}b'/>")),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "a duplicate to on the stream header",
+            Input::Raw(bytes(format!(
+                "<stream:stream to='{DOMAIN}' to='elsewhere.example' version='1.0' \
+                 xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+            ))),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "a duplicate attribute in a stanza",
+            Input::Raw(in_stream("<message id='1' id=\"2\"/>")),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "an undeclared prefix in a stanza",
+            Input::Raw(in_stream("<message><foo:bar/></message>")),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "a prefix bound to the empty namespace",
+            Input::Raw(in_stream("<message xmlns:p=''/>")),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "a UTF-16 encoding declaration",
+            Input::Raw(bytes(format!(
+                "<?xml version='1.0' encoding='UTF-16'?>{}",
+                &HEADER["<?xml version='1.0'?>".len()..]
+            ))),
+            Want::Error(UnsupportedEncoding),
+        ),
+        (
+            "an XML declaration inside the stream",
+            Input::Raw(in_stream("<?xml version='1.0'?>")),
+            Want::Error(RestrictedXml),
+        ),
+        (
+            "a byte order mark before the stream header",
+            Input::Raw(bytes(format!(
+                "\u{FEFF}{}",
+                &HEADER["<?xml version='1.0'?>".len()..]
+            ))),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "bytes after </stream:stream>",
+            Input::Raw(in_stream("</stream:stream><message>&#0;<garbage")),
+            Want::Close,
+        ),
+    ];
+    for (what, input, want) in cases {
+        match (input, want) {
+            (Input::Raw(input), Want::Error(want)) => {
+                assert_eq!(outcome_raw(&server, &input).await, Ok(want), "{what}");
+            }
+            (Input::Raw(input), Want::Close) => {
+                let got = outcome_raw(&server, &input).await;
+                assert_eq!(got, Err("the server closed the stream".into()), "{what}");
+            }
+            (Input::Signed(input), Want::Error(want)) => {
+                assert_eq!(error_after_login(&server, &input).await, want, "{what}");
+            }
+            (Input::ToBob(input), Want::Body(want)) => {
+                for p in &input {
+                    alice.send(p).await.unwrap();
+                }
+                let m = expect(&mut bob, what, |s| s.name() == "message").await;
+                assert_eq!(body(&m).as_deref(), Some(want), "{what}: {}", text(&m));
+            }
+            _ => unreachable!("{what}: no such combination"),
+        }
+        // A normal login still works, and a message still flows.
+        let dave = server.client("dave", "d").await;
+        dave.close().await.unwrap();
+        alice
+            .send(format!(
+                "<message to='bob@{DOMAIN}'><body>after {}</body></message>",
+                escape_text(what)
+            ))
+            .await
+            .unwrap();
+        let m = expect(&mut bob, "a message after an attack", |s| {
+            s.name() == "message"
+        })
+        .await;
+        assert_eq!(body(&m).as_deref(), Some(format!("after {what}").as_str()));
+    }
 }

@@ -255,7 +255,8 @@ impl Framer {
             self.buf = BytesMut::new();
             self.fill_chunk = FILL_CHUNK_MIN;
         }
-        if self.attrs.capacity() > 64 {
+        // The attributes of a tag still being scanned are kept, of course.
+        if self.attrs.capacity() > 64 && self.tag.is_none() {
             self.attrs = Vec::new();
         }
     }
@@ -1301,6 +1302,18 @@ mod tests {
             let mut f = Framer::new(NS_SERVER, 64 * 1024);
             assert_eq!(fill_events(&mut f, input, chunk), whole, "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn a_tag_with_many_attributes_survives_shrinking_between_reads() {
+        let attrs: String = (0..200).map(|i| format!(" a{i}='>'")).collect();
+        let input = format!("{HDR}<message{attrs} to='bob@b'><body>x</body></message>");
+        let mut f = Framer::new(NS_CLIENT, 8192);
+        let events = fill_events(&mut f, input.as_bytes(), 1);
+        let [_, FramerEvent::Stanza(s)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(s.to().as_deref(), Some("bob@b"));
     }
 
     #[test]
