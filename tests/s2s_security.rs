@@ -230,6 +230,66 @@ async fn a_stanza_using_prefixes_bound_on_the_peers_stream_header_reaches_the_us
 }
 
 #[tokio::test]
+async fn hostile_xml_from_a_peer_gets_its_exact_stream_error_and_federation_keeps_working() {
+    let site = site("").await;
+    let mut user = site.user().await;
+    let cfg = site.peer_with_cert("a.test", "a.test");
+    let deep = format!(
+        "<message from='x@a.test' to='user@{HOME}'>{}",
+        "<a>".repeat(fedrouter::xml::MAX_DEPTH)
+    );
+    let many: String = (0..=fedrouter::xml::MAX_ATTRIBUTES)
+        .map(|i| format!(" a{i}=''"))
+        .collect();
+    let cases: Vec<(&str, Vec<String>, StreamCondition)> = vec![
+        (
+            "&#0;",
+            vec![message("x@a.test", "&#0;")],
+            StreamCondition::NotWellFormed,
+        ),
+        (
+            "&#x110000; in an attribute",
+            vec![format!(
+                "<message from='x@a.test' to='user@{HOME}' id='&#x110000;'/>"
+            )],
+            StreamCondition::NotWellFormed,
+        ),
+        ("depth 65", vec![deep], StreamCondition::PolicyViolation),
+        (
+            "one attribute more than the limit",
+            vec![format!("<message{many}/>")],
+            StreamCondition::PolicyViolation,
+        ),
+        (
+            "]]> in text split across reads",
+            vec![
+                format!("<message from='x@a.test' to='user@{HOME}'><body>a]]"),
+                ">b</body></message>".into(),
+            ],
+            StreamCondition::NotWellFormed,
+        ),
+    ];
+    for (i, (what, input, want)) in cases.into_iter().enumerate() {
+        let mut a = connect_eventually(&cfg).await;
+        for piece in input {
+            if a.send(piece).await.is_err() {
+                break;
+            }
+        }
+        let e = a.expect_stream_error().await.unwrap();
+        assert_eq!(e.condition, want, "{what}: {e}");
+        // A new stream from the same peer still delivers, even a stanza
+        // trickled in one byte at a time.
+        let mut a = connect_eventually(&cfg).await;
+        let body = format!("after case {i}");
+        for b in message("x@a.test", &body).bytes() {
+            a.send([b]).await.unwrap();
+        }
+        next_message_is(&mut user, "x@a.test", &body).await;
+    }
+}
+
+#[tokio::test]
 async fn a_stanza_to_a_domain_the_daemon_does_not_serve_is_closed_with_host_unknown() {
     let site = site("").await;
     let mut a = S2sPeer::connect(&site.peer_with_cert("a.test", "a.test"))
