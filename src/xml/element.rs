@@ -267,23 +267,13 @@ impl Element {
         out.push('<');
         out.push_str(&self.name);
         if self.ns != parent_ns {
-            out.push_str(" xmlns='");
-            out.push_str(&escape_attr(&self.ns));
-            out.push('\'');
+            push_attr(out, ["xmlns", ""], &self.ns);
         }
         for (p, ns) in &self.prefixes {
-            out.push_str(" xmlns:");
-            out.push_str(p);
-            out.push_str("='");
-            out.push_str(&escape_attr(ns));
-            out.push('\'');
+            push_attr(out, ["xmlns:", p], ns);
         }
         for (k, v) in &self.attrs {
-            out.push(' ');
-            out.push_str(k);
-            out.push_str("='");
-            out.push_str(&escape_attr(v));
-            out.push('\'');
+            push_attr(out, [k, ""], v);
         }
         if self.children.is_empty() {
             out.push_str("/>");
@@ -306,6 +296,16 @@ impl Element {
         self.write_to(&mut s, parent_ns);
         s
     }
+}
+
+/// Writes ` name='value'`, the name in pieces, the value escaped.
+fn push_attr(out: &mut String, name: [&str; 2], value: &str) {
+    out.push(' ');
+    out.push_str(name[0]);
+    out.push_str(name[1]);
+    out.push_str("='");
+    out.push_str(&escape_attr(value));
+    out.push('\'');
 }
 
 fn close(stack: &mut [Element], root: &mut Option<Element>, el: Element) {
