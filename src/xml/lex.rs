@@ -247,6 +247,24 @@ pub(super) fn scan_name(b: &[u8], i: usize) -> Result<Option<usize>, StreamError
     Ok(scan_name_from(b, i, i)?.ok())
 }
 
+/// The end of the all-ASCII name at `i`, when an ASCII byte ends it: the
+/// common case, inlined. None leaves it to [`scan_name`].
+#[inline(always)]
+fn ascii_name(b: &[u8], i: usize) -> Option<usize> {
+    let first = *b.get(i)?;
+    if CLASS[first as usize] & C_NAME_START == 0 {
+        return None;
+    }
+    let mut j = i + 1;
+    while let Some(&c) = b.get(j) {
+        if CLASS[c as usize] & C_NAME == 0 {
+            return (c < 0x80).then_some(j);
+        }
+        j += 1;
+    }
+    None
+}
+
 /// Scans the XML Name that starts at `i`, resuming at `j` (bytes before `j`
 /// were scanned already). Ok(Ok(end)) when complete; Ok(Err(at)) when the
 /// buffer ends first: resume at `at`, the start of a character.
@@ -422,18 +440,25 @@ impl TagScan {
         let mut at = self.at;
         let result = loop {
             match at {
-                At::Name => match scan_name_from(b, self.start + 1, i)? {
-                    Err(j) => {
-                        i = j;
-                        break None;
+                At::Name => {
+                    let name_start = self.start + 1;
+                    let scanned = match ascii_name(b, i) {
+                        Some(end) if i == name_start => Ok(end),
+                        _ => scan_name_from(b, name_start, i)?,
+                    };
+                    match scanned {
+                        Err(j) => {
+                            i = j;
+                            break None;
+                        }
+                        Ok(end) => {
+                            check_qname(&b[name_start..end])?;
+                            self.name = Span::new(name_start, end);
+                            i = end;
+                            at = At::Between { ws: false };
+                        }
                     }
-                    Ok(end) => {
-                        check_qname(&b[self.start + 1..end])?;
-                        self.name = Span::new(self.start + 1, end);
-                        i = end;
-                        at = At::Between { ws: false };
-                    }
-                },
+                }
                 At::Between { ws } => {
                     let n = count_ws(&b[i..]);
                     i += n;
@@ -468,7 +493,15 @@ impl TagScan {
                                 "too many attributes",
                             ));
                         }
-                        _ => at = At::AttrName { start: i },
+                        _ => match whole_attr(b, i)? {
+                            // The common case: the whole attribute is here.
+                            Some((attr, next)) => {
+                                attrs.push(attr);
+                                i = next;
+                                at = At::Between { ws: false };
+                            }
+                            None => at = At::AttrName { start: i },
+                        },
                     }
                 }
                 At::Slash => match b.get(i) {
@@ -550,6 +583,43 @@ impl TagScan {
         self.at = at;
         Ok(result)
     }
+}
+
+/// A whole attribute at `i`, straight through (the state machine of
+/// [`TagScan::resume`] costs a third more per attribute); None when the
+/// buffer ends inside it, and the state machine takes over from `i`. Only
+/// the first attempt at an attribute comes here, so a trickled one is
+/// looked at twice at most.
+#[inline]
+fn whole_attr(b: &[u8], i: usize) -> Result<Option<(RawAttr, usize)>, StreamError> {
+    let name_end = match ascii_name(b, i) {
+        Some(end) => end,
+        None => match scan_name(b, i)? {
+            Some(end) => end,
+            None => return Ok(None),
+        },
+    };
+    let mut j = name_end + count_ws(&b[name_end..]);
+    if b.get(j) != Some(&b'=') {
+        return Ok(None);
+    }
+    j += 1;
+    j += count_ws(&b[j..]);
+    let Some(&quote @ (b'\'' | b'"')) = b.get(j) else {
+        return Ok(None);
+    };
+    let start = j + 1;
+    let Some(len) = memchr(quote, &b[start..]) else {
+        return Ok(None);
+    };
+    check_qname(&b[i..name_end])?;
+    let end = start + len;
+    check_attr_value(&b[start..end])?;
+    let attr = RawAttr {
+        name: Span::new(i, name_end),
+        value: Span::new(start, end),
+    };
+    Ok(Some((attr, end + 1)))
 }
 
 fn check_duplicates(b: &[u8], attrs: &[RawAttr]) -> Result<(), StreamError> {
