@@ -1536,6 +1536,30 @@ mod tests {
     }
 
     #[test]
+    fn many_header_prefixes_are_found_by_index_and_declared_again() {
+        let hdr = format!(
+            "<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}'{}>",
+            declarations(20, 0)
+        );
+        let mut f = Framer::new(NS_SERVER, 8192);
+        let ev = run(
+            &mut f,
+            [hdr.as_bytes(), b"<message><p19:x p3:a='1'/></message>"],
+        )
+        .expect("valid");
+        let FramerEvent::Stanza(s) = &ev[1] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            s.bytes().as_ref(),
+            b"<message xmlns:p19='urn:19' xmlns:p3='urn:3'><p19:x p3:a='1'/></message>"
+        );
+        let mut f = Framer::new(NS_SERVER, 8192);
+        let e = run(&mut f, [hdr.as_bytes(), b"<message><p20:x/></message>"]);
+        assert_eq!(e.map_err(|e| e.condition), Err(NotWellFormed));
+    }
+
+    #[test]
     fn prefixes_bound_only_on_the_header_are_declared_again_on_the_stanza() {
         let hdr = format!(
             "<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' \

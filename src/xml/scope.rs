@@ -29,6 +29,15 @@ pub const MAX_PREFIX_DECLARATIONS: usize = 1024;
 
 const NONE: u32 = u32::MAX;
 
+/// Up to this many header prefixes are looked up by a scan of the list:
+/// a constant bound, and no index allocated for the one or two prefixes of
+/// nearly every stream (an idle session should cost little).
+const HEADER_SCAN: usize = 8;
+
+/// `flags` bits of a header binding.
+const REDECLARE: u8 = 1;
+const USED: u8 = 2;
+
 /// A prefix declared inside the current stanza.
 #[derive(Clone, Copy)]
 struct Binding {
@@ -45,19 +54,20 @@ pub(super) struct Scope {
     hasher: RandomState,
     /// `xmlns:prefix` declarations of the stream header, in order.
     header: Vec<(String, String)>,
-    /// Prefix → index into `header`.
+    /// Prefix → index into `header`, when there are more than
+    /// [`HEADER_SCAN`].
     header_index: HashMap<Box<[u8]>, u32>,
-    /// Per header binding: must it be re-declared when a stanza uses it?
-    /// Not `stream` bound to the streams namespace, which every stream
-    /// fedrouter writes declares too.
-    header_redeclare: Vec<bool>,
+    /// Per header binding: REDECLARE when a stanza that uses it must
+    /// declare it again (not `stream` bound to the streams namespace, which
+    /// every stream fedrouter writes declares too); USED when the current
+    /// stanza did.
+    flags: Vec<u8>,
     /// Bindings declared inside the stanza, outermost first.
     inner: Vec<Binding>,
     /// Prefix hash → index in `inner` of the innermost binding with it.
     heads: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
     /// Header bindings the current stanza used and must re-declare.
     used: Vec<u32>,
-    used_mark: Vec<bool>,
 }
 
 impl Scope {
@@ -66,11 +76,10 @@ impl Scope {
             hasher: RandomState::new(),
             header: Vec::new(),
             header_index: HashMap::new(),
-            header_redeclare: Vec::new(),
+            flags: Vec::new(),
             inner: Vec::new(),
             heads: HashMap::default(),
             used: Vec::new(),
-            used_mark: Vec::new(),
         }
     }
 
@@ -79,8 +88,7 @@ impl Scope {
         self.end_stanza();
         self.header.clear();
         self.header_index.clear();
-        self.header_redeclare.clear();
-        self.used_mark.clear();
+        self.flags.clear();
     }
 
     /// Binds the header's prefixes for the rest of the stream. The caller
@@ -92,13 +100,23 @@ impl Scope {
             return Err(too_many());
         }
         for (i, (p, uri)) in prefixes.iter().enumerate() {
-            self.header_index.insert(p.as_bytes().into(), i as u32);
-            self.header_redeclare
-                .push(!(p == "stream" && uri == NS_STREAMS));
+            if prefixes.len() > HEADER_SCAN {
+                self.header_index.insert(p.as_bytes().into(), i as u32);
+            }
+            let always_there = p == "stream" && uri == NS_STREAMS;
+            self.flags.push(if always_there { 0 } else { REDECLARE });
         }
-        self.used_mark.resize(prefixes.len(), false);
         self.header.extend_from_slice(prefixes);
         Ok(())
+    }
+
+    /// Where `prefix` is in `header`.
+    fn header_position(&self, prefix: &[u8]) -> Option<usize> {
+        if self.header.len() > HEADER_SCAN {
+            self.header_index.get(prefix).map(|&i| i as usize)
+        } else {
+            self.header.iter().position(|(p, _)| p.as_bytes() == prefix)
+        }
     }
 
     /// The header's declarations.
@@ -108,8 +126,8 @@ impl Scope {
 
     /// The namespace a header prefix is bound to, if it is.
     pub(super) fn header_ns(&self, prefix: &[u8]) -> Option<&str> {
-        let i = *self.header_index.get(prefix)?;
-        self.header.get(i as usize).map(|(_, uri)| uri.as_str())
+        let i = self.header_position(prefix)?;
+        self.header.get(i).map(|(_, uri)| uri.as_str())
     }
 
     /// Number of bindings declared inside the stanza (for [`Scope::truncate`]).
@@ -155,12 +173,13 @@ impl Scope {
                 at = d.prev;
             }
         }
-        let Some(&i) = self.header_index.get(prefix) else {
+        let Some(i) = self.header_position(prefix) else {
             return false;
         };
-        let i = i as usize;
-        if self.header_redeclare[i] && !self.used_mark[i] {
-            self.used_mark[i] = true;
+        if let Some(f) = self.flags.get_mut(i)
+            && *f == REDECLARE
+        {
+            *f |= USED;
             self.used.push(i as u32);
         }
         true
@@ -212,8 +231,8 @@ impl Scope {
             self.heads.clear();
         }
         for i in self.used.drain(..) {
-            if let Some(m) = self.used_mark.get_mut(i as usize) {
-                *m = false;
+            if let Some(f) = self.flags.get_mut(i as usize) {
+                *f &= !USED;
             }
         }
     }
