@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BufMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fedrouter::xml::ns::NS_SERVER;
+use fedrouter::xml::ns::{NS_CLIENT, NS_SERVER};
 use fedrouter::xml::{Framer, FramerEvent};
 use quick_xml::Reader;
 use quick_xml::events::Event;
@@ -187,9 +187,83 @@ fn framing(c: &mut Criterion) {
     g.finish();
 }
 
+const CLIENT_HEADER: &[u8] = b"<stream:stream xmlns='jabber:client' \
+    xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+
+/// A framer past the stream header, with a limit no hostile case reaches.
+fn open_framer() -> Framer {
+    let mut f = Framer::new(NS_CLIENT, 1 << 20);
+    f.feed(CLIENT_HEADER);
+    assert!(matches!(f.next(), Ok(Some(FramerEvent::StreamOpen(_)))));
+    f
+}
+
+/// Feeds `stanza` `chunk` bytes per read and returns the one stanza.
+fn trickle(stanza: &[u8], chunk: usize) -> usize {
+    let mut f = open_framer();
+    let mut got = 0;
+    for piece in stanza.chunks(chunk) {
+        f.feed(piece);
+        while let Some(ev) = f.next().expect("valid stanza") {
+            if let FramerEvent::Stanza(s) = ev {
+                got += s.bytes().len();
+            }
+        }
+    }
+    got
+}
+
+/// A start tag of `size` bytes whose attribute values are full of `>`, so
+/// that every read of a trickled tag may be the one that completes it.
+fn gt_tag(size: usize) -> Vec<u8> {
+    let mut s = String::from("<message to='bob@localhost'");
+    let mut i = 0;
+    while s.len() + 40 < size {
+        s.push_str(&format!(" a{i}='{}'", ">".repeat(24)));
+        i += 1;
+    }
+    s.push_str("><body>hi</body></message>");
+    s.into_bytes()
+}
+
+/// One element declaring `n` prefixes and using each on an attribute.
+fn prefixed(n: usize) -> Vec<u8> {
+    let mut s = String::from("<message to='bob@localhost'><x");
+    for i in 0..n {
+        s.push_str(&format!(" xmlns:p{i}='urn:p:{i}'"));
+    }
+    for i in 0..n {
+        s.push_str(&format!(" p{i}:a='v'"));
+    }
+    s.push_str("/></message>");
+    s.into_bytes()
+}
+
+/// Hostile shapes that must cost time linear in their size: compare the
+/// per-byte figures of the two sizes of each case.
+fn hostile(c: &mut Criterion) {
+    let mut g = c.benchmark_group("framing_hostile");
+    g.sample_size(10);
+    for size in [8 * 1024, 64 * 1024] {
+        let tag = gt_tag(size);
+        g.throughput(Throughput::Bytes(tag.len() as u64));
+        g.bench_function(format!("trickled_1_byte/{}KiB", size / 1024), |b| {
+            b.iter(|| assert_eq!(trickle(black_box(&tag), 1), tag.len()))
+        });
+    }
+    for n in [100, 1000] {
+        let s = prefixed(n);
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("prefixed_names/{n}"), |b| {
+            b.iter(|| assert_eq!(trickle(black_box(&s), READ), s.len()))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-    targets = framing
+    targets = framing, hostile
 }
 criterion_main!(benches);

@@ -10,6 +10,7 @@ use fedrouter::error::StreamCondition;
 use fedrouter::stream::scram::{ScramClient, ScramHash};
 use fedrouter::xml::Stanza;
 use fedrouter::xml::element::{Element, Node};
+use fedrouter::xml::escape::escape_text;
 use fedrouter::xml::ns::{NS_BIND, NS_CLIENT, NS_SASL};
 use testkit::client::{Connection, TlsTrust};
 
@@ -428,4 +429,314 @@ async fn an_8_kib_scram_nonce_is_refused_by_the_stanza_limit_or_as_malformed() {
     // The stream stays open for another try.
     assert_eq!(sasl(&mut c, &plain(b"\0alice\0a")).await, "success");
     normal_login_still_works(&server, "an 8 KiB nonce, allowed in size").await;
+}
+
+/// How a parser case is sent.
+enum Input {
+    /// On a fresh unauthenticated TCP connection, each piece written (and
+    /// flushed) on its own.
+    Raw(Vec<Vec<u8>>),
+    /// On a fresh authenticated session, each piece written on its own.
+    Signed(Vec<Vec<u8>>),
+    /// From alice to bob, each piece written on its own.
+    ToBob(Vec<Vec<u8>>),
+}
+
+/// What the daemon must do with it.
+enum Want {
+    Error(StreamCondition),
+    /// Close the stream without an error.
+    Close,
+    /// Deliver it to bob with this body.
+    Body(&'static str),
+}
+
+fn bytes(s: impl Into<String>) -> Vec<Vec<u8>> {
+    vec![s.into().into_bytes()]
+}
+
+fn pieces(p: &[&str]) -> Vec<Vec<u8>> {
+    p.iter().map(|s| s.as_bytes().to_vec()).collect()
+}
+
+fn one_byte_each(s: &str) -> Vec<Vec<u8>> {
+    s.bytes().map(|b| vec![b]).collect()
+}
+
+fn in_stream(body: &str) -> Vec<Vec<u8>> {
+    bytes(format!("{HEADER}{body}"))
+}
+
+/// A stanza to bob whose start tag is `size` bytes of attributes full of
+/// `>`, so that every read of it might be the one completing the tag.
+fn gt_laden(size: usize) -> String {
+    let mut s = format!("<message to='bob@{DOMAIN}'");
+    let mut i = 0;
+    while s.len() < size {
+        s.push_str(&format!(" a{i}='>>>>>>>>'"));
+        i += 1;
+    }
+    s + "><body>trickled</body></message>"
+}
+
+/// A stream header with `extra` attributes.
+fn header_with(extra: &str) -> String {
+    format!(
+        "<stream:stream to='{DOMAIN}' version='1.0' xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams'{extra}>"
+    )
+}
+
+/// An empty message with `attrs`, after login.
+fn signed_message_with(attrs: String) -> Input {
+    Input::Signed(bytes(format!("<message{attrs}/>")))
+}
+
+fn attributes(n: usize) -> String {
+    (0..n).map(|i| format!(" a{i}=''")).collect()
+}
+
+fn declarations(n: usize) -> String {
+    (0..n).map(|i| format!(" xmlns:p{i}='urn:p:{i}'")).collect()
+}
+
+fn nested(depth: usize, body: &str) -> String {
+    // The message itself is level 1.
+    let inner = depth - 1;
+    format!(
+        "<message to='bob@{DOMAIN}'><body>{body}</body>{}{}</message>",
+        "<a>".repeat(inner),
+        "</a>".repeat(inner)
+    )
+}
+
+async fn error_after_login(server: &TestServer, input: &[Vec<u8>]) -> StreamCondition {
+    let mut carol = server.client("carol", "c").await;
+    for p in input {
+        if carol.send(p).await.is_err() {
+            // Closed while we wrote: the error is on its way.
+            break;
+        }
+    }
+    match carol.conn.expect_stream_error().await {
+        Ok(e) => e.condition,
+        Err(e) => panic!("no stream error after login: {e}"),
+    }
+}
+
+async fn outcome_raw(server: &TestServer, input: &[Vec<u8>]) -> Result<StreamCondition, String> {
+    let mut c: Connection = server.raw().await;
+    for p in input {
+        if c.send_raw(p).await.is_err() {
+            break;
+        }
+    }
+    match c.expect_stream_error().await {
+        Ok(e) => Ok(e.condition),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn each_hostile_parser_input_gets_its_exact_outcome_and_logins_and_messages_keep_working() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "a");
+    server.add_user("bob", "b");
+    server.add_user("carol", "c");
+    server.add_user("dave", "d");
+    let mut alice = server.client("alice", "a").await;
+    let mut bob = server.client("bob", "b").await;
+    bob.send("<presence/>").await.unwrap();
+
+    use StreamCondition::*;
+    let header_over_limit =
+        header_with(&(0..900).map(|i| format!(" a{i}='>>'")).collect::<String>());
+    assert!(header_over_limit.len() > 8192);
+    let mut cases: Vec<(&str, Input, Want)> = vec![
+        (
+            "a stanza whose tag is trickled one byte at a time",
+            Input::ToBob(one_byte_each(&gt_laden(2048))),
+            Want::Body("trickled"),
+        ),
+        (
+            "a stream header over the size limit trickled one byte at a time",
+            Input::Raw(one_byte_each(&header_over_limit)),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "20k namespace declarations in a stanza",
+            signed_message_with(declarations(20_000)),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "one namespace declaration more than the limit in a stanza",
+            signed_message_with(declarations(fedrouter::xml::MAX_PREFIX_DECLARATIONS + 1)),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "20k namespace declarations on the stream header",
+            Input::Raw(bytes(header_with(&declarations(20_000)))),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "100k attributes",
+            signed_message_with(attributes(100_000)),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "one attribute more than the limit",
+            signed_message_with(attributes(fedrouter::xml::MAX_ATTRIBUTES + 1)),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "nesting at the depth limit (64)",
+            Input::ToBob(bytes(nested(fedrouter::xml::MAX_DEPTH, "depth 64"))),
+            Want::Body("depth 64"),
+        ),
+        (
+            "nesting one deeper than the limit (65)",
+            Input::Signed(bytes(nested(fedrouter::xml::MAX_DEPTH + 1, "depth 65"))),
+            Want::Error(PolicyViolation),
+        ),
+        (
+            "a CDATA section and its ]]> split across reads",
+            Input::ToBob(pieces(&[
+                &format!("<message to='bob@{DOMAIN}'><body><![CDA"),
+                "TA[<x> & ]]",
+                "]>",
+                " ok</body></message>",
+            ])),
+            Want::Body("<x> & ] ok"),
+        ),
+        (
+            "]]> in text split across reads",
+            Input::Raw(pieces(&[
+                HEADER,
+                "<message><body>a]]",
+                ">b</body></message>",
+            ])),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "a duplicate to on the stream header",
+            Input::Raw(bytes(header_with(" to='elsewhere.example'"))),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "a UTF-16 encoding declaration",
+            Input::Raw(bytes(format!(
+                "<?xml version='1.0' encoding='UTF-16'?>{}",
+                &HEADER["<?xml version='1.0'?>".len()..]
+            ))),
+            Want::Error(UnsupportedEncoding),
+        ),
+        (
+            "a byte order mark before the stream header",
+            Input::Raw(bytes(format!(
+                "\u{FEFF}{}",
+                &HEADER["<?xml version='1.0'?>".len()..]
+            ))),
+            Want::Error(NotWellFormed),
+        ),
+        (
+            "bytes after </stream:stream>",
+            Input::Raw(in_stream("</stream:stream><message>&#0;<garbage")),
+            Want::Close,
+        ),
+    ];
+    // After a valid header, on an unauthenticated stream: the framer
+    // refuses them before any stanza reaches the session.
+    let in_stream_cases = [
+        (
+            "&#0;",
+            "<message><body>&#0;</body></message>",
+            NotWellFormed,
+        ),
+        (
+            "&#xD800;",
+            "<message><body>&#xD800;</body></message>",
+            NotWellFormed,
+        ),
+        (
+            "&#x110000;",
+            "<message><body>&#x110000;</body></message>",
+            NotWellFormed,
+        ),
+        (
+            "&#0; in an attribute value",
+            "<message id='&#0;'/>",
+            NotWellFormed,
+        ),
+        (
+            "an undeclared entity in an attribute value",
+            "<message id='&foo;'/>",
+            RestrictedXml,
+        ),
+        (
+            "a control character in an attribute value",
+            "<message id='a\u{1}b'/>",
+            NotWellFormed,
+        ),
+        (
+            "a duplicate attribute in a stanza",
+            "<message id='1' id=\"2\"/>",
+            NotWellFormed,
+        ),
+        (
+            "an undeclared prefix in a stanza",
+            "<message><foo:bar/></message>",
+            NotWellFormed,
+        ),
+        (
+            "a prefix bound to the empty namespace",
+            "<message xmlns:p=''/>",
+            NotWellFormed,
+        ),
+        (
+            "an XML declaration inside the stream",
+            "<?xml version='1.0'?>",
+            RestrictedXml,
+        ),
+    ];
+    cases.extend(
+        in_stream_cases
+            .map(|(what, body, want)| (what, Input::Raw(in_stream(body)), Want::Error(want))),
+    );
+    for (what, input, want) in cases {
+        match (input, want) {
+            (Input::Raw(input), Want::Error(want)) => {
+                assert_eq!(outcome_raw(&server, &input).await, Ok(want), "{what}");
+            }
+            (Input::Raw(input), Want::Close) => {
+                let got = outcome_raw(&server, &input).await;
+                assert_eq!(got, Err("the server closed the stream".into()), "{what}");
+            }
+            (Input::Signed(input), Want::Error(want)) => {
+                assert_eq!(error_after_login(&server, &input).await, want, "{what}");
+            }
+            (Input::ToBob(input), Want::Body(want)) => {
+                for p in &input {
+                    alice.send(p).await.unwrap();
+                }
+                let m = expect(&mut bob, what, |s| s.name() == "message").await;
+                assert_eq!(body(&m).as_deref(), Some(want), "{what}: {}", text(&m));
+            }
+            _ => unreachable!("{what}: no such combination"),
+        }
+        // A normal login still works, and a message still flows.
+        let dave = server.client("dave", "d").await;
+        dave.close().await.unwrap();
+        alice
+            .send(format!(
+                "<message to='bob@{DOMAIN}'><body>after {}</body></message>",
+                escape_text(what)
+            ))
+            .await
+            .unwrap();
+        let m = expect(&mut bob, "a message after an attack", |s| {
+            s.name() == "message"
+        })
+        .await;
+        assert_eq!(body(&m).as_deref(), Some(format!("after {what}").as_str()));
+    }
 }

@@ -15,6 +15,8 @@ use common::*;
 use fedrouter::error::{StreamCondition, StreamError};
 use fedrouter::pki::PeerVerifier;
 use fedrouter::stream::s2s::{AuthMethod, FailReason, Negotiate, PeerPolicy};
+use fedrouter::xml::Element;
+use fedrouter::xml::ns::{NS_CLIENT, NS_DIALBACK, NS_STREAMS};
 use rustls::RootCertStore;
 use rustls::sign::CertifiedKey;
 use testkit::ca::{TestCa, self_signed};
@@ -207,6 +209,96 @@ async fn a_stream_authenticated_as_one_domain_is_closed_with_invalid_from_when_i
         .unwrap();
     a.send(message("x@a.test", "legit")).await.unwrap();
     next_message_is(&mut user, "x@a.test", "legit").await;
+}
+
+#[tokio::test]
+async fn a_stanza_using_prefixes_bound_on_the_peers_stream_header_reaches_the_user_namespace_well_formed()
+ {
+    let site = site("").await;
+    let mut user = site.user().await;
+    let mut cfg = site.peer_with_cert("a.test", "a.test");
+    cfg.header_prefixes = vec![("foo".into(), "urn:x".into())];
+    let mut a = S2sPeer::connect(&cfg).await.unwrap();
+    // `foo` and `db` are bound on the peer's header only; the user's
+    // stream binds neither.
+    a.send(format!(
+        "<message from='x@a.test' to='user@{HOME}' type='chat'><body>prefixed</body>\
+         <foo:bar foo:attr='1'><db:x/></foo:bar></message>"
+    ))
+    .await
+    .unwrap();
+    // The user's framer refuses undeclared prefixes (not-well-formed), so
+    // getting the stanza at all shows it arrived namespace-well-formed.
+    let m = expect(&mut user, "the prefixed message", |s| s.name() == "message").await;
+    let el = Element::parse(m.bytes(), NS_CLIENT, &[("stream", NS_STREAMS)])
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&m)));
+    let bar = el.child("bar", "urn:x").expect("foo:bar in urn:x");
+    assert_eq!(bar.attr("foo:attr"), Some("1"));
+    assert_eq!(bar.prefixes, vec![("foo".to_string(), "urn:x".to_string())]);
+    assert!(bar.child("x", NS_DIALBACK).is_some(), "{}", text(&m));
+    // Both streams stay up.
+    a.send(message("x@a.test", "still up")).await.unwrap();
+    next_message_is(&mut user, "x@a.test", "still up").await;
+}
+
+#[tokio::test]
+async fn hostile_xml_from_a_peer_gets_its_exact_stream_error_and_federation_keeps_working() {
+    let site = site("").await;
+    let mut user = site.user().await;
+    let cfg = site.peer_with_cert("a.test", "a.test");
+    let deep = format!(
+        "<message from='x@a.test' to='user@{HOME}'>{}",
+        "<a>".repeat(fedrouter::xml::MAX_DEPTH)
+    );
+    let many: String = (0..=fedrouter::xml::MAX_ATTRIBUTES)
+        .map(|i| format!(" a{i}=''"))
+        .collect();
+    let cases: Vec<(&str, Vec<String>, StreamCondition)> = vec![
+        (
+            "&#0;",
+            vec![message("x@a.test", "&#0;")],
+            StreamCondition::NotWellFormed,
+        ),
+        (
+            "&#x110000; in an attribute",
+            vec![format!(
+                "<message from='x@a.test' to='user@{HOME}' id='&#x110000;'/>"
+            )],
+            StreamCondition::NotWellFormed,
+        ),
+        ("depth 65", vec![deep], StreamCondition::PolicyViolation),
+        (
+            "one attribute more than the limit",
+            vec![format!("<message{many}/>")],
+            StreamCondition::PolicyViolation,
+        ),
+        (
+            "]]> in text split across reads",
+            vec![
+                format!("<message from='x@a.test' to='user@{HOME}'><body>a]]"),
+                ">b</body></message>".into(),
+            ],
+            StreamCondition::NotWellFormed,
+        ),
+    ];
+    for (i, (what, input, want)) in cases.into_iter().enumerate() {
+        let mut a = connect_eventually(&cfg).await;
+        for piece in input {
+            if a.send(piece).await.is_err() {
+                break;
+            }
+        }
+        let e = a.expect_stream_error().await.unwrap();
+        assert_eq!(e.condition, want, "{what}: {e}");
+        // A new stream from the same peer still delivers, even a stanza
+        // trickled in one byte at a time.
+        let mut a = connect_eventually(&cfg).await;
+        let body = format!("after case {i}");
+        for b in message("x@a.test", &body).bytes() {
+            a.send([b]).await.unwrap();
+        }
+        next_message_is(&mut user, "x@a.test", &body).await;
+    }
 }
 
 #[tokio::test]

@@ -8,9 +8,10 @@
 //!
 //! Names are kept as local name + resolved namespace; serialisation writes
 //! unprefixed names with an `xmlns` wherever the namespace changes.
-//! Attributes keep their qualified name as written (`xml:lang`); prefixed
-//! attributes in other namespaces are kept but are not re-declared when
-//! written.
+//! Attributes keep their qualified name as written (`xml:lang`); the
+//! element keeps the bindings of the prefixes its attributes use (other
+//! than `xml`) and writes them again, so what it writes is
+//! namespace-well-formed wherever it goes.
 
 use quick_xml::XmlVersion;
 use quick_xml::escape::resolve_predefined_entity;
@@ -18,7 +19,7 @@ use quick_xml::events::Event;
 use quick_xml::name::{Namespace, PrefixDeclaration, ResolveResult};
 use quick_xml::reader::NsReader;
 
-use crate::xml::escape::{escape_attr, escape_text};
+use crate::xml::escape::{escape_attr, escape_text, unescape};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Element {
@@ -28,6 +29,9 @@ pub struct Element {
     pub ns: String,
     /// Unescaped values; namespace declarations are not included.
     pub attrs: Vec<(String, String)>,
+    /// `(prefix, namespace)` for each prefix the attributes use, but `xml`:
+    /// declared again on this element when it is written.
+    pub prefixes: Vec<(String, String)>,
     pub children: Vec<Node>,
 }
 
@@ -74,6 +78,7 @@ impl Element {
             name: name.into(),
             ns: ns.into(),
             attrs: Vec::new(),
+            prefixes: Vec::new(),
             children: Vec::new(),
         }
     }
@@ -136,10 +141,22 @@ impl Element {
                         if key == "xmlns" || key.starts_with("xmlns:") {
                             continue;
                         }
-                        if let ResolveResult::Unknown(p) =
-                            reader.resolver().resolve_attribute(a.key).0
-                        {
-                            return Err(ElementError::UnknownPrefix(p));
+                        match reader.resolver().resolve_attribute(a.key).0 {
+                            ResolveResult::Unknown(p) => {
+                                return Err(ElementError::UnknownPrefix(p));
+                            }
+                            ResolveResult::Bound(ns) => {
+                                if let Some((p, _)) = key.split_once(':')
+                                    && p != "xml"
+                                    && !el.prefixes.iter().any(|(q, _)| q == p)
+                                {
+                                    // The resolver keeps the raw value.
+                                    let ns = unescape(ns.0)
+                                        .map_err(|_| ElementError::Xml("bad reference".into()))?;
+                                    el.prefixes.push((p.to_owned(), ns.into_owned()));
+                                }
+                            }
+                            ResolveResult::Unbound => {}
                         }
                         let v = a.normalized_value(XmlVersion::Implicit1_0)?;
                         el.attrs.push((key.to_owned(), v.into_owned()));
@@ -250,16 +267,13 @@ impl Element {
         out.push('<');
         out.push_str(&self.name);
         if self.ns != parent_ns {
-            out.push_str(" xmlns='");
-            out.push_str(&escape_attr(&self.ns));
-            out.push('\'');
+            push_attr(out, ["xmlns", ""], &self.ns);
+        }
+        for (p, ns) in &self.prefixes {
+            push_attr(out, ["xmlns:", p], ns);
         }
         for (k, v) in &self.attrs {
-            out.push(' ');
-            out.push_str(k);
-            out.push_str("='");
-            out.push_str(&escape_attr(v));
-            out.push('\'');
+            push_attr(out, [k, ""], v);
         }
         if self.children.is_empty() {
             out.push_str("/>");
@@ -282,6 +296,16 @@ impl Element {
         self.write_to(&mut s, parent_ns);
         s
     }
+}
+
+/// Writes ` name='value'`, the name in pieces, the value escaped.
+fn push_attr(out: &mut String, name: [&str; 2], value: &str) {
+    out.push(' ');
+    out.push_str(name[0]);
+    out.push_str(name[1]);
+    out.push_str("='");
+    out.push_str(&escape_attr(value));
+    out.push('\'');
 }
 
 fn close(stack: &mut [Element], root: &mut Option<Element>, el: Element) {
@@ -353,6 +377,32 @@ mod tests {
         );
         assert!(Element::parse(b"<a><b></a>", NS_CLIENT, &[]).is_err());
         assert!(Element::parse(b"<a>", NS_CLIENT, &[]).is_err());
+    }
+
+    #[test]
+    fn prefixed_attributes_keep_their_declarations_when_written() {
+        // One prefix declared on the element, one on the stream header,
+        // one on an ancestor; `xml:` needs none.
+        let xml = b"<presence xmlns:p='urn:p&amp;q'><x xmlns='urn:x' xmlns:a='urn:a'>\
+            <y a:k='1' p:k='2' h:k='3' xml:lang='en'/></x></presence>";
+        let e = Element::parse(xml, NS_CLIENT, &[("h", "urn:h")]).expect("parses");
+        let y = e
+            .child("x", "urn:x")
+            .and_then(|x| x.child("y", "urn:x"))
+            .expect("y");
+        assert_eq!(
+            y.prefixes,
+            vec![
+                ("a".into(), "urn:a".into()),
+                ("p".into(), "urn:p&q".into()),
+                ("h".into(), "urn:h".into())
+            ]
+        );
+        // Written alone, with no stream header around it, it still parses
+        // to the same tree.
+        let s = e.to_string_in(NS_CLIENT);
+        assert!(s.contains("xmlns:p='urn:p&amp;q'"), "{s}");
+        assert_eq!(Element::parse(s.as_bytes(), NS_CLIENT, &[]), Ok(e));
     }
 
     #[test]

@@ -17,18 +17,21 @@
 //! - State kept between calls: the scan position `pos` inside the buffered,
 //!   incomplete top-level element; the stack of open element names (as spans
 //!   into the buffer, which is never split while a stanza is open); prefix
-//!   declarations in scope; whether we are inside a CDATA section.
+//!   declarations in scope (`Scope`); the state of an incomplete start tag
+//!   (`TagScan`: where it stopped, in which attribute, inside which
+//!   quote); whether we are inside a CDATA section.
 //! - Text and CDATA are consumed incrementally: the scan stops before an
 //!   incomplete UTF-8 sequence, entity reference or `]]>` and resumes there,
 //!   so every byte of character data is scanned once (amortised O(n)).
-//! - Markup (start tag, end tag, XML declaration) is scanned as a whole once
-//!   its closing `>` may have arrived. An incomplete tag is re-scanned only
-//!   after a read brings a new `>` (`wait_gt`), so a peer trickling a tag in
-//!   byte by byte costs one `memchr` over the new bytes per read, and the
-//!   worst case (a `>` inside attribute values in every read) is re-scanning
-//!   one tag, bounded by the stanza size limit. A consequence: a syntax
-//!   error inside an incomplete tag may be reported only once the next `>`
-//!   arrives (or the size limit is hit); events never depend on chunking.
+//! - A start tag is scanned incrementally too, so a tag trickled in byte by
+//!   byte, even one full of `>` inside attribute values, costs O(new bytes)
+//!   per read. End tags and the XML declaration cannot hide a `>` that does
+//!   not end them (but `?>` for the declaration), so they are scanned once a
+//!   read brings a `>` (`wait_gt`); a syntax error inside an incomplete one
+//!   may be reported only once it arrives (or the size limit is hit).
+//!   Events never depend on chunking.
+//! - Prefix lookups are O(1) each (`Scope`), so a stanza costs
+//!   O(declarations + uses), not their product.
 //! - Between stanzas only whitespace is allowed; it is dropped from the buffer
 //!   at once, so a stanza always starts at buffer offset 0, its size is
 //!   `buf.len()` while incomplete, and [`Framer::read_buf`] can cap each read
@@ -39,8 +42,15 @@
 //! U+FEFF must be read as a character, and a character before the root is
 //! not well-formed); an XML declaration anywhere but the very start of a
 //! stream is a processing instruction (`restricted-xml`); nesting deeper
-//! than [`MAX_DEPTH`] elements inside one stanza is `policy-violation`;
-//! bytes after `</stream:stream>` are ignored. Duplicate attributes are found
+//! than [`MAX_DEPTH`] elements inside one stanza, more than
+//! [`MAX_ATTRIBUTES`](crate::xml::MAX_ATTRIBUTES) attributes on one element and more than
+//! [`MAX_PREFIX_DECLARATIONS`](crate::xml::MAX_PREFIX_DECLARATIONS) prefix declarations in scope (on the header,
+//! or inside one stanza) are `policy-violation` (RFC 6120 §4.9.3.17, a
+//! local service policy like the size limit); bytes after
+//! `</stream:stream>` are ignored. A stanza that uses a prefix declared
+//! only on the stream header gets that declaration on its own start tag
+//! (other than `stream` for the streams namespace, which every stream has),
+//! so it stays namespace-well-formed wherever it is forwarded. Duplicate attributes are found
 //! by qualified name; two prefixes bound to the same namespace with the same
 //! local name are not detected.
 
@@ -49,13 +59,15 @@ use bytes::{Buf, BufMut, BytesMut};
 use memchr::{memchr, memmem};
 
 use crate::error::{StreamCondition, StreamError};
+use crate::xml::escape::escape_attr;
 use crate::xml::escape::unescape;
 use crate::xml::lex::{
-    RawAttr, Span, Tag, bad_prefix, char_error, check_prefix_declaration, count_ws, is_ws,
-    not_well_formed, parse_xml_declaration, restricted, scan_cdata, scan_name, scan_start_tag,
-    scan_text, span_of, split_qname, str_of, too_large,
+    RawAttr, Span, Tag, TagScan, bad_prefix, char_error, check_prefix_declaration, count_ws, is_ws,
+    not_well_formed, parse_xml_declaration, restricted, scan_cdata, scan_name, scan_text, span_of,
+    split_qname, str_of, too_large,
 };
 use crate::xml::ns::{NS_STREAMS, NS_XML};
+use crate::xml::scope::Scope;
 use crate::xml::stanza::{HeadSpans, Stanza};
 
 /// Deepest element nesting allowed inside one stanza, the stanza itself
@@ -122,14 +134,6 @@ enum State {
     Closed,
 }
 
-/// A prefix declared inside the current stanza: the prefix as a span into
-/// the buffer and the depth of the element that declared it.
-#[derive(Clone, Copy)]
-struct InnerPrefix {
-    prefix: Span,
-    depth: u32,
-}
-
 /// The incremental framer. See the module documentation.
 pub struct Framer {
     buf: BytesMut,
@@ -141,12 +145,14 @@ pub struct Framer {
     pos: usize,
     /// Names of the open elements of the current stanza.
     stack: Vec<Span>,
-    inner_prefixes: Vec<InnerPrefix>,
-    stream_prefixes: Vec<(String, String)>,
+    /// Prefixes declared on the header and inside the stanza.
+    scope: Scope,
     root_name: String,
     in_cdata: bool,
-    /// An incomplete piece of markup can only complete with a `>` at or
-    /// after this index.
+    /// The start tag being read, resumed where the last read ended.
+    tag: Option<TagScan>,
+    /// An incomplete end tag or XML declaration can only complete with a
+    /// `>` at or after this index.
     wait_gt: Option<usize>,
     /// Reused for every tag so scanning allocates nothing once warm.
     attrs: Vec<RawAttr>,
@@ -168,10 +174,10 @@ impl Framer {
             dead: None,
             pos: 0,
             stack: Vec::new(),
-            inner_prefixes: Vec::new(),
-            stream_prefixes: Vec::new(),
+            scope: Scope::new(),
             root_name: String::new(),
             in_cdata: false,
+            tag: None,
             wait_gt: None,
             attrs: Vec::new(),
             head: HeadSpans::new(Span::NONE, false),
@@ -249,7 +255,8 @@ impl Framer {
             self.buf = BytesMut::new();
             self.fill_chunk = FILL_CHUNK_MIN;
         }
-        if self.attrs.capacity() > 64 {
+        // The attributes of a tag still being scanned are kept, of course.
+        if self.attrs.capacity() > 64 && self.tag.is_none() {
             self.attrs = Vec::new();
         }
     }
@@ -260,16 +267,16 @@ impl Framer {
         self.state = State::Start;
         self.pos = 0;
         self.stack.clear();
-        self.inner_prefixes.clear();
-        self.stream_prefixes.clear();
+        self.scope.reset();
         self.root_name.clear();
         self.in_cdata = false;
+        self.tag = None;
         self.wait_gt = None;
     }
 
     /// The prefixes declared on the current stream header.
     pub fn stream_prefixes(&self) -> &[(String, String)] {
-        &self.stream_prefixes
+        self.scope.header()
     }
 
     /// The next complete event, or `Ok(None)` when more bytes are needed.
@@ -342,16 +349,21 @@ impl Framer {
             return Ok(false);
         }
         let b = &self.buf[..];
-        let Some(close) = memmem::find(&b[DECL.len()..], b"?>") else {
+        // Search on from the last attempt (less one byte: `?` may have
+        // ended it), so a declaration full of `>` is searched once.
+        let from = self
+            .wait_gt
+            .map_or(DECL.len(), |w| w.saturating_sub(1).max(DECL.len()));
+        let Some(close) = memmem::find(&b[from..], b"?>") else {
             self.wait_gt = Some(b.len());
             return Ok(false);
         };
         self.wait_gt = None;
-        let end = DECL.len() + close + 2;
+        let end = from + close + 2;
         if end > self.max {
             return Err(too_large());
         }
-        parse_xml_declaration(&b[DECL.len()..DECL.len() + close])?;
+        parse_xml_declaration(&b[DECL.len()..end - 2])?;
         self.buf.advance(end);
         Ok(true)
     }
@@ -375,15 +387,9 @@ impl Framer {
             b'/' => return Err(not_well_formed("end tag before the stream header")),
             _ => {}
         }
-        if self.waiting_for_gt() {
-            return self.need_more();
-        }
-        let b = &self.buf[..];
-        let Some(tag) = scan_start_tag(b, 0, &mut self.attrs)? else {
-            self.wait_gt = Some(b.len());
+        let Some(tag) = self.scan_tag(0)? else {
             return self.need_more();
         };
-        self.wait_gt = None;
         if tag.end > self.max {
             return Err(too_large());
         }
@@ -417,12 +423,15 @@ impl Framer {
                 h.prefixes.push((p.to_owned(), uri));
             }
         }
+        // Indexes the prefixes (and caps their number), so that resolving
+        // each use below costs O(1).
+        self.scope.set_header(&h.prefixes)?;
 
         let qname = text(tag.name);
         let (prefix, local) = split_qname(qname);
         let ns = match prefix {
-            Some(p) => match h.prefixes.iter().find(|(q, _)| q == p) {
-                Some((_, uri)) => Some(uri.as_str()),
+            Some(p) => match self.scope.header_ns(p.as_bytes()) {
+                Some(uri) => Some(uri),
                 None if p == "xml" => Some(NS_XML),
                 None => return Err(bad_prefix(p)),
             },
@@ -454,7 +463,7 @@ impl Framer {
                 (Some("xml"), "lang") => h.lang = Some(value(a.value)?),
                 (Some("xml"), _) => {}
                 (Some(p), _) => {
-                    if !h.prefixes.iter().any(|(q, _)| q == p) {
+                    if self.scope.header_ns(p.as_bytes()).is_none() {
                         return Err(bad_prefix(p));
                     }
                 }
@@ -480,7 +489,6 @@ impl Framer {
 
         self.root_name.clear();
         self.root_name.push_str(qname);
-        self.stream_prefixes.clone_from(&h.prefixes);
         Ok(h)
     }
 
@@ -587,9 +595,7 @@ impl Framer {
         }
         let depth = self.stack.len() as u32;
         self.stack.pop();
-        while self.inner_prefixes.last().is_some_and(|p| p.depth >= depth) {
-            self.inner_prefixes.pop();
-        }
+        self.scope.end_element(depth);
         if self.stack.is_empty() {
             return self.emit_stanza(end);
         }
@@ -597,15 +603,26 @@ impl Framer {
         Ok(Step::Continue)
     }
 
-    fn start_tag(&mut self, at: usize) -> Result<Step, StreamError> {
-        if self.waiting_for_gt() {
-            return Ok(Step::NeedMore);
+    /// Scans the start tag at `at` on from where the last read left it.
+    fn scan_tag(&mut self, at: usize) -> Result<Option<Tag>, StreamError> {
+        let mut scan = match self.tag.take() {
+            Some(scan) if scan.start() == at => scan,
+            _ => {
+                self.attrs.clear();
+                TagScan::new(at)
+            }
+        };
+        let tag = scan.resume(&self.buf, &mut self.attrs)?;
+        if tag.is_none() {
+            self.tag = Some(scan);
         }
-        let Some(tag) = scan_start_tag(&self.buf, at, &mut self.attrs)? else {
-            self.wait_gt = Some(self.buf.len());
+        Ok(tag)
+    }
+
+    fn start_tag(&mut self, at: usize) -> Result<Step, StreamError> {
+        let Some(tag) = self.scan_tag(at)? else {
             return Ok(Step::NeedMore);
         };
-        self.wait_gt = None;
         let depth = self.stack.len() + 1;
         if depth > MAX_DEPTH {
             return Err(StreamError::with_text(
@@ -613,7 +630,7 @@ impl Framer {
                 "elements nested too deeply",
             ));
         }
-        let mark = self.inner_prefixes.len();
+        let mark = self.scope.mark();
         self.check_namespaces(&tag, depth as u32)?;
         if depth == 1 {
             self.head = HeadSpans::new(tag.name, tag.empty);
@@ -628,7 +645,7 @@ impl Framer {
             if depth == 1 {
                 return self.emit_stanza(tag.end);
             }
-            self.inner_prefixes.truncate(mark);
+            self.scope.truncate(mark);
         } else {
             self.stack.push(tag.name);
         }
@@ -644,24 +661,13 @@ impl Framer {
             let name = span_of(b, a.name);
             if let Some(p) = name.strip_prefix(b"xmlns:") {
                 check_prefix_declaration(p, span_of(b, a.value))?;
-                self.inner_prefixes.push(InnerPrefix {
-                    prefix: Span::new(a.name.start as usize + 6, a.name.end as usize),
-                    depth,
-                });
+                let prefix = Span::new(a.name.start as usize + 6, a.name.end as usize);
+                self.scope.declare(b, prefix, depth)?;
             }
         }
-        let in_scope = |p: &[u8]| {
-            p == b"xml"
-                || self
-                    .inner_prefixes
-                    .iter()
-                    .rev()
-                    .any(|d| span_of(b, d.prefix) == p)
-                || self.stream_prefixes.iter().any(|(q, _)| q.as_bytes() == p)
-        };
         let name = span_of(b, tag.name);
         if let Some(colon) = memchr(b':', name)
-            && !in_scope(&name[..colon])
+            && !self.scope.resolve(b, &name[..colon])
         {
             return Err(not_well_formed("undeclared namespace prefix"));
         }
@@ -669,7 +675,7 @@ impl Framer {
             let name = span_of(b, a.name);
             if let Some(colon) = memchr(b':', name) {
                 let p = &name[..colon];
-                if p != b"xmlns" && !in_scope(p) {
+                if p != b"xmlns" && !self.scope.resolve(b, p) {
                     return Err(not_well_formed("undeclared namespace prefix"));
                 }
             }
@@ -681,13 +687,38 @@ impl Framer {
         if end > self.max {
             return Err(too_large());
         }
-        let bytes = self.buf.split_to(end).freeze();
+        let bytes = self.buf.split_to(end);
         self.pos = 0;
         self.stack.clear();
-        self.inner_prefixes.clear();
-        Ok(Step::Event(FramerEvent::Stanza(Stanza::from_parts(
-            bytes, self.head,
-        ))))
+        let stanza = if self.scope.uses_header() {
+            self.redeclared(&bytes)
+        } else {
+            Stanza::from_parts(bytes.freeze(), self.head)
+        };
+        self.scope.end_stanza();
+        Ok(Step::Event(FramerEvent::Stanza(stanza)))
+    }
+
+    /// The stanza with the header prefixes it uses declared on its own
+    /// start tag, right after the name: forwarded into another stream, it
+    /// must not depend on this stream's header (Namespaces in XML; a
+    /// receiver would drop the stream). Only stanzas that use header
+    /// prefixes pay for the copy.
+    fn redeclared(&self, bytes: &[u8]) -> Stanza {
+        let name_end = self.head.name.end as usize;
+        let mut decls = String::new();
+        for (p, uri) in self.scope.used() {
+            decls.push_str(" xmlns:");
+            decls.push_str(p);
+            decls.push_str("='");
+            decls.push_str(&escape_attr(uri));
+            decls.push('\'');
+        }
+        let mut out = BytesMut::with_capacity(bytes.len() + decls.len());
+        out.extend_from_slice(&bytes[..name_end]);
+        out.extend_from_slice(decls.as_bytes());
+        out.extend_from_slice(&bytes[name_end..]);
+        Stanza::from_parts(out.freeze(), self.head.shifted(name_end, decls.len()))
     }
 }
 
@@ -702,6 +733,7 @@ mod tests {
     use super::*;
     use crate::error::StreamCondition::*;
     use crate::xml::ns::{NS_CLIENT, NS_SERVER};
+    use crate::xml::{MAX_ATTRIBUTES, MAX_PREFIX_DECLARATIONS};
 
     const SERVER_STREAM: &str = concat!(
         "<?xml version='1.0' encoding='UTF-8'?>\n",
@@ -722,7 +754,8 @@ mod tests {
     );
 
     const SERVER_STANZAS: [&str; 4] = [
-        "<db:result from='a.example' to='b.example'>abc</db:result>",
+        // `db` is bound on the header only: the stanza re-declares it.
+        "<db:result xmlns:db='jabber:server:dialback' from='a.example' to='b.example'>abc</db:result>",
         concat!(
             "<message from='juliet@a.example/balcony' to=\"romeo@b.example\" type='chat' id='m1'>",
             "<body>Wherefore &amp; why &#x263A; &#9731; Grüße 日本語 😀 a>b</body>",
@@ -1272,6 +1305,18 @@ mod tests {
     }
 
     #[test]
+    fn a_tag_with_many_attributes_survives_shrinking_between_reads() {
+        let attrs: String = (0..200).map(|i| format!(" a{i}='>'")).collect();
+        let input = format!("{HDR}<message{attrs} to='bob@b'><body>x</body></message>");
+        let mut f = Framer::new(NS_CLIENT, 8192);
+        let events = fill_events(&mut f, input.as_bytes(), 1);
+        let [_, FramerEvent::Stanza(s)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(s.to().as_deref(), Some("bob@b"));
+    }
+
+    #[test]
     fn an_idle_framer_holds_no_read_buffer() {
         let mut f = Framer::new(NS_CLIENT, 8192);
         f.fill_from(HDR.as_bytes());
@@ -1382,7 +1427,9 @@ mod tests {
         // Quadratic rescanning would make this take minutes.
         let mut f = Framer::new(NS_CLIENT, 1024 * 1024);
         run(&mut f, [HDR.as_bytes()]).expect("header");
-        let attrs: String = (0..10_000).map(|i| format!(" a{i}='v'")).collect();
+        // Every attribute value is full of `>`, so every read may be the
+        // one that completes the tag: only a resumed scan stays linear.
+        let attrs: String = (0..4000).map(|i| format!(" a{i}='>>>>>>>>'")).collect();
         let s = format!(
             "<message{attrs}><body>{}&amp;{}</body></message>",
             "t".repeat(200_000),
@@ -1394,13 +1441,169 @@ mod tests {
             panic!("{ev:?}")
         };
         assert_eq!(st.bytes().len(), s.len());
-        // Linear work is ~0.1 s in a debug build; rescanning the tag from its
-        // start on every byte took 7 s here before `wait_gt` moved forward.
+        // Linear work is ~0.1 s in a debug build; rescanning the tag from
+        // its start on every `>` took far longer before the scan resumed.
         assert!(
             started.elapsed() < std::time::Duration::from_secs(3),
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn a_tag_split_anywhere_gives_the_same_stanza_and_the_same_errors() {
+        let tag =
+            "<message to='bé&amp;c' xmlns:p=\"urn:p\" p:a = '&#x263A;>' élé='1'><p:x/></message>";
+        let whole = run(
+            &mut Framer::new(NS_CLIENT, 8192),
+            [HDR.as_bytes(), tag.as_bytes()],
+        )
+        .expect("valid");
+        for chunk in 1..8 {
+            let mut f = Framer::new(NS_CLIENT, 8192);
+            run(&mut f, [HDR.as_bytes()]).expect("header");
+            let ev = run(&mut f, tag.as_bytes().chunks(chunk)).expect("valid");
+            assert_eq!(ev, whole[1..], "chunk {chunk}");
+        }
+        for bad in [
+            "<message a='1'b='2'/>",
+            "<message a='&#0;'/>",
+            "<message a='x\u{1}'/>",
+        ] {
+            let mut f = Framer::new(NS_CLIENT, 8192);
+            run(&mut f, [HDR.as_bytes()]).expect("header");
+            let e = run(&mut f, bad.as_bytes().chunks(1)).map_err(|e| e.condition);
+            assert_eq!(e, Err(NotWellFormed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn more_attributes_than_the_limit_are_a_policy_violation_before_the_tag_ends() {
+        let ok: String = (0..MAX_ATTRIBUTES).map(|i| format!(" a{i}=''")).collect();
+        let mut f = Framer::new(NS_CLIENT, 1 << 20);
+        let ev = run(
+            &mut f,
+            [HDR.as_bytes(), format!("<message{ok}/>").as_bytes()],
+        );
+        assert_eq!(ev.expect("at the limit").len(), 2);
+        // One more is refused as soon as it starts, the tag still open.
+        let mut f = Framer::new(NS_CLIENT, 1 << 20);
+        let e = run(
+            &mut f,
+            [HDR.as_bytes(), format!("<message{ok} b").as_bytes()],
+        );
+        assert_eq!(e.map_err(|e| e.condition), Err(PolicyViolation));
+    }
+
+    fn declarations(n: usize, from: usize) -> String {
+        (from..from + n)
+            .map(|i| format!(" xmlns:p{i}='urn:{i}'"))
+            .collect()
+    }
+
+    fn frames_big(input: &[u8]) -> Result<usize, StreamCondition> {
+        let mut f = Framer::new(NS_CLIENT, 1 << 20);
+        run(&mut f, [input])
+            .map(|e| e.len())
+            .map_err(|e| e.condition)
+    }
+
+    #[test]
+    fn more_prefix_declarations_than_the_limit_are_a_policy_violation() {
+        let half = MAX_PREFIX_DECLARATIONS / 2;
+        // At the limit, spread over two nested elements: fine.
+        let ok = format!(
+            "{HDR}<message{}><a{}/></message>",
+            declarations(half, 0),
+            declarations(half, half)
+        );
+        assert_eq!(frames_big(ok.as_bytes()), Ok(2));
+        // Siblings do not add up: each one's declarations end with it.
+        let sibling = format!("<a{}/>", declarations(MAX_PREFIX_DECLARATIONS, 0));
+        let siblings = format!("{HDR}<message>{}</message>", sibling.repeat(3));
+        assert_eq!(frames_big(siblings.as_bytes()), Ok(2));
+        let over = format!(
+            "{HDR}<message{}><a{}/></message>",
+            declarations(half, 0),
+            declarations(half + 1, half)
+        );
+        assert_eq!(frames_big(over.as_bytes()), Err(PolicyViolation));
+        let header = format!(
+            "<stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAMS}'{}>",
+            declarations(MAX_PREFIX_DECLARATIONS, 0)
+        );
+        assert_eq!(frames_big(header.as_bytes()), Err(PolicyViolation));
+    }
+
+    #[test]
+    fn many_header_prefixes_are_found_by_index_and_declared_again() {
+        let hdr = format!(
+            "<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}'{}>",
+            declarations(20, 0)
+        );
+        let mut f = Framer::new(NS_SERVER, 8192);
+        let ev = run(
+            &mut f,
+            [hdr.as_bytes(), b"<message><p19:x p3:a='1'/></message>"],
+        )
+        .expect("valid");
+        let FramerEvent::Stanza(s) = &ev[1] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            s.bytes().as_ref(),
+            b"<message xmlns:p19='urn:19' xmlns:p3='urn:3'><p19:x p3:a='1'/></message>"
+        );
+        let mut f = Framer::new(NS_SERVER, 8192);
+        let e = run(&mut f, [hdr.as_bytes(), b"<message><p20:x/></message>"]);
+        assert_eq!(e.map_err(|e| e.condition), Err(NotWellFormed));
+    }
+
+    #[test]
+    fn prefixes_bound_only_on_the_header_are_declared_again_on_the_stanza() {
+        let hdr = format!(
+            "<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' \
+             xmlns:foo='urn:x&amp;y' xmlns:bar='urn:bar' xmlns:db='jabber:server:dialback'>"
+        );
+        let stanzas = [
+            "<message to='a@b' id='1'><foo:x foo:a='1'/><foo:y/><bar:z/></message>",
+            // `stream` bound to the streams namespace: every stream has it.
+            "<message to='a@b'><stream:x/></message>",
+            // Shadowed by a declaration inside: nothing to add.
+            "<message to='a@b'><foo:x xmlns:foo='urn:other'/></message>",
+            "<presence/>",
+            "<iq to='a@b' type='get' id='2'><q xmlns:foo='urn:q'><foo:q/></q><db:x/></iq>",
+        ];
+        let mut f = Framer::new(NS_SERVER, 8192);
+        let ev = run(&mut f, [hdr.as_bytes(), stanzas.concat().as_bytes()]).expect("valid");
+        let got: Vec<Stanza> = ev[1..]
+            .iter()
+            .map(|e| match e {
+                FramerEvent::Stanza(s) => s.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let text = |s: &Stanza| String::from_utf8_lossy(s.bytes()).into_owned();
+        assert_eq!(
+            text(&got[0]),
+            "<message xmlns:foo='urn:x&amp;y' xmlns:bar='urn:bar' to='a@b' id='1'>\
+             <foo:x foo:a='1'/><foo:y/><bar:z/></message>"
+        );
+        // The header spans moved with the bytes.
+        assert_eq!(got[0].to().as_deref(), Some("a@b"));
+        assert_eq!(got[0].id().as_deref(), Some("1"));
+        assert_eq!(got[0].kind(), crate::xml::StanzaKind::Message);
+        assert_eq!(text(&got[1]), stanzas[1]);
+        assert_eq!(text(&got[2]), stanzas[2]);
+        assert_eq!(text(&got[3]), stanzas[3]);
+        assert!(text(&got[4]).starts_with("<iq xmlns:db='jabber:server:dialback' to='a@b'"));
+        assert_eq!(got[4].type_().as_deref(), Some("get"));
+        // Each one now frames on a stream that declares nothing but `stream`.
+        let bare = format!("<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}'>");
+        for s in &got {
+            let mut g = Framer::new(NS_SERVER, 8192);
+            run(&mut g, [bare.as_bytes(), s.bytes().as_ref()]).expect("self-contained");
+        }
     }
 
     /// Deterministic xorshift64*, enough for mutation fuzzing.

@@ -244,10 +244,36 @@ fn is_name_char(c: char) -> bool {
 /// buffer ends before the name does.
 #[inline]
 pub(super) fn scan_name(b: &[u8], i: usize) -> Result<Option<usize>, StreamError> {
-    let mut j = i;
+    Ok(scan_name_from(b, i, i)?.ok())
+}
+
+/// The end of the all-ASCII name at `i`, when an ASCII byte ends it: the
+/// common case, inlined. None leaves it to [`scan_name`].
+#[inline(always)]
+fn ascii_name(b: &[u8], i: usize) -> Option<usize> {
+    let first = *b.get(i)?;
+    if CLASS[first as usize] & C_NAME_START == 0 {
+        return None;
+    }
+    let mut j = i + 1;
+    while let Some(&c) = b.get(j) {
+        if CLASS[c as usize] & C_NAME == 0 {
+            return (c < 0x80).then_some(j);
+        }
+        j += 1;
+    }
+    None
+}
+
+/// Scans the XML Name that starts at `i`, resuming at `j` (bytes before `j`
+/// were scanned already). Ok(Ok(end)) when complete; Ok(Err(at)) when the
+/// buffer ends first: resume at `at`, the start of a character.
+#[inline]
+fn scan_name_from(b: &[u8], i: usize, j: usize) -> Result<Result<usize, usize>, StreamError> {
+    let mut j = j;
     loop {
         let Some(&c) = b.get(j) else {
-            return Ok(None);
+            return Ok(Err(j));
         };
         let first = j == i;
         if c < 0x80 {
@@ -261,13 +287,13 @@ pub(super) fn scan_name(b: &[u8], i: usize) -> Result<Option<usize>, StreamError
                 return if first {
                     Err(char_error(b, j, "bad name"))
                 } else {
-                    Ok(Some(j))
+                    Ok(Ok(j))
                 };
             }
             j += 1;
         } else {
             match decode_char(&b[j..]) {
-                Decoded::Incomplete => return Ok(None),
+                Decoded::Incomplete => return Ok(Err(j)),
                 Decoded::Invalid => return Err(bad_utf8()),
                 Decoded::Char(ch, n) => {
                     let ok = if first {
@@ -279,7 +305,7 @@ pub(super) fn scan_name(b: &[u8], i: usize) -> Result<Option<usize>, StreamError
                         return if first {
                             Err(not_well_formed("bad name"))
                         } else {
-                            Ok(Some(j))
+                            Ok(Ok(j))
                         };
                     }
                     j += n;
@@ -319,6 +345,14 @@ pub(super) fn check_prefix_declaration(prefix: &[u8], uri: &[u8]) -> Result<(), 
     }
 }
 
+/// Most attributes one element may carry, namespace declarations
+/// included. Real stanzas carry a handful; the cap bounds the attribute
+/// list and the duplicate check a hostile tag can cost. Beyond it the
+/// stream fails with `policy-violation` (RFC 6120 §4.9.3.17: a local
+/// service policy, like the stanza size limit), as soon as the attribute
+/// arrives.
+pub const MAX_ATTRIBUTES: usize = 4096;
+
 /// Scans a complete start tag at `start` (which holds `<`), checking names,
 /// attribute syntax, values and duplicates. `attrs` receives the attributes.
 /// Ok(None) when the buffer ends inside the tag.
@@ -329,81 +363,263 @@ pub(super) fn scan_start_tag(
     attrs: &mut Vec<RawAttr>,
 ) -> Result<Option<Tag>, StreamError> {
     attrs.clear();
-    if b.get(start) != Some(&b'<') {
-        return Err(not_well_formed("expected a start tag"));
+    TagScan::new(start).resume(b, attrs)
+}
+
+/// A start tag being scanned: where the scan stopped and in what state, so
+/// that a tag arriving in pieces is scanned once, whatever the chunking
+/// (each read costs O(new bytes), not O(tag)). Only the bytes of an
+/// unfinished name character, reference or closing quote are looked at
+/// again, a bounded few.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TagScan {
+    start: usize,
+    name: Span,
+    pos: usize,
+    at: At,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum At {
+    /// In the element name.
+    Name,
+    /// After the name or a value; `ws`: whitespace seen since.
+    Between {
+        ws: bool,
+    },
+    /// After `/`, before the `>` that must follow.
+    Slash,
+    AttrName {
+        start: usize,
+    },
+    /// After an attribute name, before `=`.
+    Eq {
+        name: Span,
+    },
+    /// After `=`, before the opening quote.
+    Quote {
+        name: Span,
+    },
+    /// In a value; `pos` is how far it was checked.
+    Value {
+        name: Span,
+        quote: u8,
+        start: usize,
+    },
+}
+
+impl TagScan {
+    /// A scan of the tag whose `<` is at `start`. The caller clears the
+    /// attribute list it will pass to every [`TagScan::resume`].
+    pub(crate) fn new(start: usize) -> TagScan {
+        TagScan {
+            start,
+            name: Span::NONE,
+            pos: start + 1,
+            at: At::Name,
+        }
     }
-    let name_start = start + 1;
-    let Some(name_end) = scan_name(b, name_start)? else {
+
+    pub(crate) fn start(&self) -> usize {
+        self.start
+    }
+
+    /// Scans on from where the last call stopped. `b` must hold the same
+    /// bytes as before, and maybe more. Ok(None): the buffer ends inside the
+    /// tag; call again with more.
+    #[inline]
+    pub(crate) fn resume(
+        &mut self,
+        b: &[u8],
+        attrs: &mut Vec<RawAttr>,
+    ) -> Result<Option<Tag>, StreamError> {
+        if self.pos == self.start + 1 && b.get(self.start) != Some(&b'<') {
+            return Err(not_well_formed("expected a start tag"));
+        }
+        let mut i = self.pos;
+        let mut at = self.at;
+        let result = loop {
+            match at {
+                At::Name => {
+                    let name_start = self.start + 1;
+                    let scanned = match ascii_name(b, i) {
+                        Some(end) if i == name_start => Ok(end),
+                        _ => scan_name_from(b, name_start, i)?,
+                    };
+                    match scanned {
+                        Err(j) => {
+                            i = j;
+                            break None;
+                        }
+                        Ok(end) => {
+                            check_qname(&b[name_start..end])?;
+                            self.name = Span::new(name_start, end);
+                            i = end;
+                            at = At::Between { ws: false };
+                        }
+                    }
+                }
+                At::Between { ws } => {
+                    let n = count_ws(&b[i..]);
+                    i += n;
+                    let ws = ws || n > 0;
+                    at = At::Between { ws };
+                    let Some(&c) = b.get(i) else {
+                        break None;
+                    };
+                    match c {
+                        b'>' => {
+                            check_duplicates(b, attrs)?;
+                            break Some(Tag {
+                                name: self.name,
+                                end: i + 1,
+                                empty: false,
+                            });
+                        }
+                        b'/' => {
+                            i += 1;
+                            at = At::Slash;
+                        }
+                        _ if !ws => {
+                            return Err(char_error(
+                                b,
+                                i,
+                                "attributes must be separated by whitespace",
+                            ));
+                        }
+                        _ if attrs.len() >= MAX_ATTRIBUTES => {
+                            return Err(StreamError::with_text(
+                                StreamCondition::PolicyViolation,
+                                "too many attributes",
+                            ));
+                        }
+                        _ => match whole_attr(b, i)? {
+                            // The common case: the whole attribute is here.
+                            Some((attr, next)) => {
+                                attrs.push(attr);
+                                i = next;
+                                at = At::Between { ws: false };
+                            }
+                            None => at = At::AttrName { start: i },
+                        },
+                    }
+                }
+                At::Slash => match b.get(i) {
+                    None => break None,
+                    Some(b'>') => {
+                        check_duplicates(b, attrs)?;
+                        break Some(Tag {
+                            name: self.name,
+                            end: i + 1,
+                            empty: true,
+                        });
+                    }
+                    Some(_) => return Err(char_error(b, i, "bad empty-element tag")),
+                },
+                At::AttrName { start } => match scan_name_from(b, start, i)? {
+                    Err(j) => {
+                        i = j;
+                        break None;
+                    }
+                    Ok(end) => {
+                        check_qname(&b[start..end])?;
+                        i = end;
+                        at = At::Eq {
+                            name: Span::new(start, end),
+                        };
+                    }
+                },
+                At::Eq { name } => {
+                    i += count_ws(&b[i..]);
+                    match b.get(i) {
+                        None => break None,
+                        Some(b'=') => {
+                            i += 1;
+                            at = At::Quote { name };
+                        }
+                        Some(_) => {
+                            return Err(char_error(b, i, "expected '=' after an attribute name"));
+                        }
+                    }
+                }
+                At::Quote { name } => {
+                    i += count_ws(&b[i..]);
+                    match b.get(i) {
+                        None => break None,
+                        Some(&quote @ (b'\'' | b'"')) => {
+                            i += 1;
+                            at = At::Value {
+                                name,
+                                quote,
+                                start: i,
+                            };
+                        }
+                        Some(_) => {
+                            return Err(char_error(b, i, "attribute values must be quoted"));
+                        }
+                    }
+                }
+                At::Value { name, quote, start } => match memchr(quote, &b[i..]) {
+                    Some(len) => {
+                        // `i` is a character boundary: what lies before it
+                        // was checked by earlier calls.
+                        let end = i + len;
+                        check_attr_value(&b[i..end])?;
+                        attrs.push(RawAttr {
+                            name,
+                            value: Span::new(start, end),
+                        });
+                        i = end + 1;
+                        at = At::Between { ws: false };
+                    }
+                    None => {
+                        i += check_attr_chars(&b[i..], false)?;
+                        break None;
+                    }
+                },
+            }
+        };
+        self.pos = i;
+        self.at = at;
+        Ok(result)
+    }
+}
+
+/// A whole attribute at `i`, straight through (the state machine of
+/// [`TagScan::resume`] costs a third more per attribute); None when the
+/// buffer ends inside it, and the state machine takes over from `i`. Only
+/// the first attempt at an attribute comes here, so a trickled one is
+/// looked at twice at most.
+#[inline]
+fn whole_attr(b: &[u8], i: usize) -> Result<Option<(RawAttr, usize)>, StreamError> {
+    let name_end = match ascii_name(b, i) {
+        Some(end) => end,
+        None => match scan_name(b, i)? {
+            Some(end) => end,
+            None => return Ok(None),
+        },
+    };
+    let mut j = name_end + count_ws(&b[name_end..]);
+    if b.get(j) != Some(&b'=') {
+        return Ok(None);
+    }
+    j += 1;
+    j += count_ws(&b[j..]);
+    let Some(&quote @ (b'\'' | b'"')) = b.get(j) else {
         return Ok(None);
     };
-    check_qname(&b[name_start..name_end])?;
-    let name = Span::new(name_start, name_end);
-    let mut i = name_end;
-    loop {
-        let before_ws = i;
-        i += count_ws(&b[i..]);
-        let Some(&c) = b.get(i) else {
-            return Ok(None);
-        };
-        match c {
-            b'>' => {
-                check_duplicates(b, attrs)?;
-                return Ok(Some(Tag {
-                    name,
-                    end: i + 1,
-                    empty: false,
-                }));
-            }
-            b'/' => match b.get(i + 1) {
-                None => return Ok(None),
-                Some(b'>') => {
-                    check_duplicates(b, attrs)?;
-                    return Ok(Some(Tag {
-                        name,
-                        end: i + 2,
-                        empty: true,
-                    }));
-                }
-                Some(_) => return Err(char_error(b, i + 1, "bad empty-element tag")),
-            },
-            _ if i == before_ws => {
-                return Err(char_error(
-                    b,
-                    i,
-                    "attributes must be separated by whitespace",
-                ));
-            }
-            _ => {}
-        }
-        let an_start = i;
-        let Some(an_end) = scan_name(b, i)? else {
-            return Ok(None);
-        };
-        check_qname(&b[an_start..an_end])?;
-        i = an_end + count_ws(&b[an_end..]);
-        match b.get(i) {
-            None => return Ok(None),
-            Some(b'=') => i += 1,
-            Some(_) => return Err(char_error(b, i, "expected '=' after an attribute name")),
-        }
-        i += count_ws(&b[i..]);
-        let quote = match b.get(i) {
-            None => return Ok(None),
-            Some(&q @ (b'\'' | b'"')) => q,
-            Some(_) => return Err(char_error(b, i, "attribute values must be quoted")),
-        };
-        let v_start = i + 1;
-        let Some(len) = memchr(quote, &b[v_start..]) else {
-            return Ok(None);
-        };
-        let v_end = v_start + len;
-        check_attr_value(&b[v_start..v_end])?;
-        attrs.push(RawAttr {
-            name: Span::new(an_start, an_end),
-            value: Span::new(v_start, v_end),
-        });
-        i = v_end + 1;
-    }
+    let start = j + 1;
+    let Some(len) = memchr(quote, &b[start..]) else {
+        return Ok(None);
+    };
+    check_qname(&b[i..name_end])?;
+    let end = start + len;
+    check_attr_value(&b[start..end])?;
+    let attr = RawAttr {
+        name: Span::new(i, name_end),
+        value: Span::new(start, end),
+    };
+    Ok(Some((attr, end + 1)))
 }
 
 fn check_duplicates(b: &[u8], attrs: &[RawAttr]) -> Result<(), StreamError> {
@@ -428,6 +644,13 @@ fn check_duplicates(b: &[u8], attrs: &[RawAttr]) -> Result<(), StreamError> {
 /// A complete attribute value: no `<`, only legal references and
 /// characters, valid UTF-8.
 fn check_attr_value(v: &[u8]) -> Result<(), StreamError> {
+    check_attr_chars(v, true).map(|_| ())
+}
+
+/// Checks attribute value bytes; returns how many were checked. When the
+/// value is not `complete`, it stops before a reference or UTF-8 sequence
+/// the slice cuts short, so the caller can resume there.
+fn check_attr_chars(v: &[u8], complete: bool) -> Result<usize, StreamError> {
     let mut i = 0;
     while i < v.len() {
         let c = v[i];
@@ -439,16 +662,18 @@ fn check_attr_value(v: &[u8]) -> Result<(), StreamError> {
             b'<' => return Err(not_well_formed("'<' in an attribute value")),
             b'&' => match check_ref(v, i)? {
                 Some(end) => i = end,
-                None => return Err(not_well_formed("unterminated reference")),
+                None if complete => return Err(not_well_formed("unterminated reference")),
+                None => return Ok(i),
             },
             0x80.. => match utf8_char(v, i)? {
                 Some(n) => i += n,
-                None => return Err(bad_utf8()),
+                None if complete => return Err(bad_utf8()),
+                None => return Ok(i),
             },
             _ => return Err(not_well_formed("illegal control character")),
         }
     }
-    Ok(())
+    Ok(i)
 }
 
 /// Validates the multi-byte UTF-8 sequence starting at `b[i]` (Unicode

@@ -13,9 +13,12 @@ pub mod escape;
 pub mod framer;
 mod lex;
 pub mod ns;
+mod scope;
 pub mod stanza;
 
 pub use build::StanzaBuilder;
 pub use element::{Element, ElementError, Node};
-pub use framer::{Framer, FramerEvent, StreamHeader};
+pub use framer::{Framer, FramerEvent, MAX_DEPTH, StreamHeader};
+pub use lex::MAX_ATTRIBUTES;
+pub use scope::MAX_PREFIX_DECLARATIONS;
 pub use stanza::{Frame, Stanza, StanzaKind};

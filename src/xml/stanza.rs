@@ -42,6 +42,23 @@ impl HeadSpans {
         }
     }
 
+    /// The spans after `at` moved `by` bytes on (an insertion at `at`).
+    pub(crate) fn shifted(self, at: usize, by: usize) -> HeadSpans {
+        let move_span = |s: Span| match s.get() {
+            Some(r) if r.start >= at => Span::new(r.start + by, r.end + by),
+            _ => s,
+        };
+        HeadSpans {
+            name: move_span(self.name),
+            to: move_span(self.to),
+            from: move_span(self.from),
+            ty: move_span(self.ty),
+            id: move_span(self.id),
+            xmlns: move_span(self.xmlns),
+            empty: self.empty,
+        }
+    }
+
     /// Records the attribute if it is one routing cares about.
     #[inline]
     pub(crate) fn note_attr(&mut self, name: &[u8], value: Span) {

@@ -109,6 +109,9 @@ pub struct PeerConfig {
     pub secret: Arc<[u8]>,
     /// Bounds the whole negotiation, and each later receive.
     pub timeout: Duration,
+    /// Extra `xmlns:prefix='namespace'` declarations put on every stream
+    /// header we send, as some servers do.
+    pub header_prefixes: Vec<(String, String)>,
 }
 
 impl PeerConfig {
@@ -123,6 +126,7 @@ impl PeerConfig {
             policy: PeerPolicy::open_federation(),
             secret: random_secret(),
             timeout: Duration::from_secs(10),
+            header_prefixes: Vec::new(),
         }
     }
 }
@@ -398,6 +402,18 @@ impl PeerIdentity for DialedDaemon {
     }
 }
 
+/// `s` with the configured extra prefixes declared if it opens a stream.
+fn with_prefixes(cfg: &PeerConfig, s: String) -> String {
+    const OPEN: &str = "<stream:stream";
+    let Some(at) = s.find(OPEN) else { return s };
+    let mut decls = String::new();
+    for (p, ns) in &cfg.header_prefixes {
+        decls.push_str(&format!(" xmlns:{p}='{ns}'"));
+    }
+    let at = at + OPEN.len();
+    format!("{}{decls}{}", &s[..at], &s[at..])
+}
+
 /// Drives the outbound machine over a socket, the way `s2s::connect` does.
 async fn negotiate(cfg: &PeerConfig) -> Result<Attempt, PeerError> {
     let tcp = TcpStream::connect(cfg.addr).await?;
@@ -418,7 +434,7 @@ async fn negotiate(cfg: &PeerConfig) -> Result<Attempt, PeerError> {
     loop {
         while let Some(a) = pending.pop_front() {
             match a {
-                OutAction::Send(s) => write(&mut io, s.as_bytes()).await?,
+                OutAction::Send(s) => write(&mut io, with_prefixes(cfg, s).as_bytes()).await?,
                 OutAction::StartTls => {
                     if framer.buffered() > 0 {
                         return Err(PeerError::Tls("data after <proceed/>".into()));
