@@ -67,6 +67,8 @@ pub struct C2sShared {
     pub max_stanza_pre_auth: usize,
     pub max_stanza: usize,
     pub establishment_timeout: Duration,
+    /// `server.write_timeout`
+    pub write_timeout: Duration,
     pub next_id: AtomicU64,
     /// Failed logins per account and per address, across connections.
     pub throttle: LoginThrottle,
@@ -149,7 +151,8 @@ impl Actor for C2sSession {
                 NS_CLIENT,
                 shared.max_stanza_pre_auth,
                 shared.metrics.clone(),
-            ),
+            )
+            .with_write_timeout(shared.write_timeout),
             neg: C2sNegotiation::new(policy, sid.clone().unwrap_or_default()),
             header_sent: false,
             jid: None,

@@ -34,7 +34,12 @@ pub struct Connection {
     /// The framer's content namespace, for the fresh framer after TLS.
     ns: &'static str,
     metrics: Arc<Metrics>,
+    /// How long a write may make no progress before it fails.
+    write_timeout: Duration,
 }
+
+/// The write deadline of a connection no one set one for.
+const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Io {
     /// Negotiating: reads and writes on the whole transport.
@@ -109,7 +114,16 @@ impl Connection {
             framer: Framer::new(ns, max_stanza),
             ns,
             metrics,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
+    }
+
+    /// A write (here, or in the writer task after [`Connection::split`])
+    /// that makes no progress for `d` fails and closes the connection: a
+    /// peer that does not read cannot hold its session or a shutdown.
+    pub fn with_write_timeout(mut self, d: Duration) -> Connection {
+        self.write_timeout = d;
+        self
     }
 
     pub fn framer(&mut self) -> &mut Framer {
@@ -156,12 +170,14 @@ impl Connection {
         }
     }
 
-    /// Writes `b`: at once while whole (flushed, waiting as long as the
-    /// peer takes), through the writer's queue once split (waiting for
-    /// room). An error means the connection is unusable.
+    /// Writes `b`: at once while whole (flushed, failing with `TimedOut`
+    /// when the peer takes nothing for the write timeout), through the
+    /// writer's queue once split (waiting for room). An error means the
+    /// connection is unusable.
     pub async fn send(&mut self, b: Bytes) -> io::Result<()> {
         match &mut self.io {
             Io::Whole(t) => {
+                let mut t = super::WriteDeadline::new(t, self.write_timeout);
                 t.write_all(&b).await?;
                 t.flush().await?;
                 self.metrics.bytes_out.increment(b.len() as u64);
@@ -183,6 +199,7 @@ impl Connection {
             return None;
         };
         let (rd, wr) = super::split(t);
+        let wr = super::WriteDeadline::new(wr, self.write_timeout);
         let writer = Writer::spawn(wr, capacity, self.metrics.clone());
         let queue = writer.queue.clone();
         self.io = Io::Split { rd, writer };
