@@ -197,6 +197,11 @@ pub async fn start_with_connector(
         max_stanza: config.gateway.max_stanza_size,
         establishment_timeout: config.gateway.stream_establishment_timeout,
         write_timeout: config.server.write_timeout,
+        caps: transport::ConnCaps::new(
+            config.c2s.connection_limit,
+            config.c2s.connection_limit_per_ip,
+        ),
+        idle_timeout: config.c2s.idle_timeout,
         next_id: AtomicU64::new(1),
         throttle: c2s::throttle::LoginThrottle::new(c2s::throttle::Limits {
             per_account: config.c2s.max_auth_failures_per_account,
