@@ -710,3 +710,53 @@ async fn a_client_that_answers_the_idle_ping_stays_connected() {
         .expect("still connected");
     assert_eq!(pong.type_().as_deref(), Some("result"));
 }
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_once_a_write_makes_no_progress_for_write_timeout() {
+    let server = TestServer::start_domain(DOMAIN, "write_timeout = 1\n", "").await;
+    server.add_user("alice", "pw");
+    server.add_user("bob", "pw");
+    let alice = server.client("alice", "pw").await;
+    let to = alice.jid.to_string();
+    let mut bob = server.client("bob", "pw").await;
+    let before = server.scrape().await;
+    let timed_out = |m: &str| metric(m, "fedrouter_events_total", &[("event", "write_timed_out")]);
+    // 16 MiB for alice, far more than the loopback socket buffers hold,
+    // in few enough stanzas that her session's queue never fills: only the
+    // socket write can stall.
+    let body = "x".repeat(400 * 1024);
+    for i in 0..40 {
+        bob.send(format!(
+            "<message to='{to}' id='m{i}' type='chat'><body>{body}</body></message>"
+        ))
+        .await
+        .unwrap();
+    }
+    let sent = tokio::time::Instant::now();
+    let deadline = sent + TIMEOUT;
+    loop {
+        let m = server.scrape().await;
+        if timed_out(&m) > timed_out(&before) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no write timed out: {m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // And the connection is closed: reading it all reaches the end.
+    let (mut io, _) = alice.into_parts();
+    let mut sink = vec![0u8; 1 << 20];
+    let drained = tokio::time::timeout(TIMEOUT, async {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "alice's connection was never closed");
+}

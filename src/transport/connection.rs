@@ -48,6 +48,9 @@ enum Io {
     Split {
         rd: ReadHalf,
         writer: Writer,
+        /// Cancelled when the writer's write deadline passes: reading then
+        /// fails too, so the driver closes the connection.
+        write_failed: tokio_util::sync::CancellationToken,
     },
     Closed,
 }
@@ -157,7 +160,20 @@ impl Connection {
     /// `select!` beside a mailbox and timers. Cancel-safe: bytes are only
     /// taken from the socket in the poll that returns them.
     pub async fn read(&mut self) -> io::Result<usize> {
-        let n = std::future::poll_fn(|cx| self.poll_read(cx)).await?;
+        let write_failed = match &self.io {
+            Io::Split { write_failed, .. } => Some(write_failed.clone()),
+            _ => None,
+        };
+        let n = tokio::select! {
+            biased;
+            r = std::future::poll_fn(|cx| self.poll_read(cx)) => r?,
+            _ = async {
+                match &write_failed {
+                    Some(t) => t.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            } => return Err(io::ErrorKind::TimedOut.into()),
+        };
         self.metrics.bytes_in.increment(n as u64);
         Ok(n)
     }
@@ -199,10 +215,15 @@ impl Connection {
             return None;
         };
         let (rd, wr) = super::split(t);
-        let wr = super::WriteDeadline::new(wr, self.write_timeout);
+        let write_failed = tokio_util::sync::CancellationToken::new();
+        let wr = super::WriteDeadline::new(wr, self.write_timeout).signalling(write_failed.clone());
         let writer = Writer::spawn(wr, capacity, self.metrics.clone());
         let queue = writer.queue.clone();
-        self.io = Io::Split { rd, writer };
+        self.io = Io::Split {
+            rd,
+            writer,
+            write_failed,
+        };
         Some(queue)
     }
 
@@ -247,7 +268,9 @@ impl Connection {
                     .await;
                     drain(&mut t, linger).await;
                 }
-                Io::Split { mut rd, mut writer } => {
+                Io::Split {
+                    mut rd, mut writer, ..
+                } => {
                     writer.close(tail, linger.write).await;
                     drain(&mut rd, linger).await;
                 }

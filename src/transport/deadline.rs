@@ -15,12 +15,16 @@ use std::time::Duration;
 
 use tokio::io::AsyncWrite;
 use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
 
 pub struct WriteDeadline<W> {
     inner: W,
     limit: Duration,
     /// Armed when a write first returns `Pending`, dropped on progress.
     blocked: Option<Pin<Box<Sleep>>>,
+    /// Cancelled when the deadline passes, for whoever reads the same
+    /// connection (a writer task's failure is otherwise unseen).
+    on_timeout: Option<CancellationToken>,
 }
 
 impl<W> WriteDeadline<W> {
@@ -29,7 +33,14 @@ impl<W> WriteDeadline<W> {
             inner,
             limit,
             blocked: None,
+            on_timeout: None,
         }
+    }
+
+    /// Also cancels `token` when the deadline passes.
+    pub fn signalling(mut self, token: CancellationToken) -> WriteDeadline<W> {
+        self.on_timeout = Some(token);
+        self
     }
 
     /// Passes on a ready result (progress: disarm), or arms the timer on
@@ -46,6 +57,9 @@ impl<W> WriteDeadline<W> {
         if timer.as_mut().poll(cx).is_ready() {
             self.blocked = None;
             crate::events::daemon::WriteTimedOut { limit }.emit();
+            if let Some(t) = &self.on_timeout {
+                t.cancel();
+            }
             return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
         }
         Poll::Pending
