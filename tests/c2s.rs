@@ -644,10 +644,7 @@ async fn client_connections_over_the_global_or_per_ip_cap_get_resource_constrain
         "c2s_connection_limit_reached",
         "c2s_connection_limit_per_ip_reached",
     ] {
-        assert!(
-            metric(&m, "fedrouter_events_total", &[("event", event)]) >= 1.0,
-            "{event}: {m}"
-        );
+        assert!(event_count(&m, event) >= 1.0, "{event}: {m}");
     }
 }
 
@@ -720,7 +717,7 @@ async fn a_client_that_never_reads_is_closed_once_a_write_makes_no_progress_for_
     let to = alice.jid.to_string();
     let mut bob = server.client("bob", "pw").await;
     let before = server.scrape().await;
-    let timed_out = |m: &str| metric(m, "fedrouter_events_total", &[("event", "write_timed_out")]);
+    let timed_out = |m: &str| event_count(m, "write_timed_out");
     // 16 MiB for alice, far more than the loopback socket buffers hold,
     // in few enough stanzas that her session's queue never fills: only the
     // socket write can stall.

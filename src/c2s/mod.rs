@@ -275,19 +275,18 @@ impl Session {
     }
 
     async fn on_deadline(&mut self) {
-        if self.deadline.is_some() {
+        let give_up = if self.deadline.is_some() {
+            Some("stream negotiation took too long")
+        } else if self.pinged.is_some() {
+            Some("no answer to the idle ping")
+        } else {
+            None
+        };
+        if let Some(text) = give_up {
             return self
                 .close(StreamError::with_text(
                     StreamCondition::ConnectionTimeout,
-                    "stream negotiation took too long",
-                ))
-                .await;
-        }
-        if self.pinged.is_some() {
-            return self
-                .close(StreamError::with_text(
-                    StreamCondition::ConnectionTimeout,
-                    "no answer to the idle ping",
+                    text,
                 ))
                 .await;
         }
