@@ -1,6 +1,8 @@
 //! The connection slots of `[gateway]`: `connection_limit` over every s2s
 //! link, and the per-partner limit over all of one `[[partner]]` entry's
-//! domains, inbound and outbound together.
+//! domains, inbound and outbound together; and the dialback
+//! verifications in flight over all inbound streams
+//! (`s2s.max_pending_dialback_total`).
 //!
 //! Counting only: which limit applies and which partner a domain belongs
 //! to are the caller's to say (from the policy in force), so a reload is

@@ -10,7 +10,8 @@
 //! writes it makes itself count in `bytes_out`, as the writer's do). It
 //! must not decide anything XMPP: which error to close with, whether a
 //! STARTTLS injection is a stream error or a failed attempt, and every
-//! timeout are the driver's.
+//! timeout but the write deadline (given by the driver, enforced here and in
+//! the writer task) are the driver's.
 
 use std::future::Future;
 use std::io;
