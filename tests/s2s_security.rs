@@ -898,3 +898,75 @@ async fn a_thousand_db_verify_floods_that_never_read_neither_stop_federation_nor
     );
     drop(held);
 }
+
+#[tokio::test]
+async fn a_stream_with_more_dialback_keys_in_flight_than_allowed_gets_policy_violation() {
+    let site = site_with("", "max_pending_dialback = 2\n", "").await;
+    // The authoritative servers accept and never answer: every key stays
+    // in flight.
+    let silent = SilentServer::start().await.unwrap();
+    for i in 0..3 {
+        site.register(&format!("p{i}.test"), silent.addr());
+    }
+    let mut cfg = site.peer("d.test");
+    cfg.policy.dialback = false;
+    let mut r = refused(&cfg).await;
+    for i in 0..3 {
+        r.send(format!(
+            "<db:result xmlns:db='jabber:server:dialback' from='p{i}.test' to='{HOME}'>abcd</db:result>"
+        ))
+        .await
+        .unwrap();
+    }
+    let e = r.expect_stream_error().await.unwrap();
+    assert_eq!(e.condition, StreamCondition::PolicyViolation, "{e}");
+    let m = site.server.scrape().await;
+    assert!(
+        event_count(&m, "s2s_pending_dialback_exceeded") >= 1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_dialback_key_past_the_global_in_flight_cap_is_answered_resource_constraint() {
+    let site = site_with(
+        "",
+        "max_pending_dialback = 2\nmax_pending_dialback_total = 2\n",
+        "",
+    )
+    .await;
+    let silent = SilentServer::start().await.unwrap();
+    for i in 0..3 {
+        site.register(&format!("q{i}.test"), silent.addr());
+    }
+    let mut cfg = site.peer("d.test");
+    cfg.policy.dialback = false;
+    let key = |i: usize| {
+        format!(
+            "<db:result xmlns:db='jabber:server:dialback' from='q{i}.test' to='{HOME}'>abcd</db:result>"
+        )
+    };
+    let mut a = refused(&cfg).await;
+    a.send(key(0)).await.unwrap();
+    a.send(key(1)).await.unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while silent.connections() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the two verifications never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut b = refused(&cfg).await;
+    b.send(key(2)).await.unwrap();
+    let s = b.recv().await.unwrap();
+    assert_eq!(s.local_name(), "result", "{}", text(&s));
+    assert_eq!(s.type_().as_deref(), Some("error"), "{}", text(&s));
+    assert!(text(&s).contains("resource-constraint"), "{}", text(&s));
+    assert_eq!(silent.connections(), 2, "no connection for the third key");
+    let m = site.server.scrape().await;
+    assert!(
+        event_count(&m, "s2s_pending_dialback_total_reached") >= 1.0,
+        "{m}"
+    );
+}
