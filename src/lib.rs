@@ -196,6 +196,12 @@ pub async fn start_with_connector(
         max_stanza_pre_auth: config.gateway.max_stanza_size_pre_auth,
         max_stanza: config.gateway.max_stanza_size,
         establishment_timeout: config.gateway.stream_establishment_timeout,
+        write_timeout: config.server.write_timeout,
+        caps: transport::ConnCaps::new(
+            config.c2s.connection_limit,
+            config.c2s.connection_limit_per_ip,
+        ),
+        idle_timeout: config.c2s.idle_timeout,
         next_id: AtomicU64::new(1),
         throttle: c2s::throttle::LoginThrottle::new(c2s::throttle::Limits {
             per_account: config.c2s.max_auth_failures_per_account,
@@ -263,6 +269,10 @@ pub async fn start_with_connector(
         },
         slots: Default::default(),
         inbound: Default::default(),
+        pre_auth: transport::ConnCaps::new(
+            config.s2s.max_unauthenticated,
+            config.s2s.max_unauthenticated_per_ip,
+        ),
         connector,
         policy: policy.clone(),
         audit: match &config.log.audit_file {
@@ -372,13 +382,22 @@ pub async fn start_with_connector(
 
 impl Daemon {
     /// Stops listening, closes every session with `<system-shutdown/>`, and
-    /// flushes storage.
+    /// flushes storage. Closing the connections is bounded by
+    /// `server.shutdown_grace` (peers that do not read, dialback checks in
+    /// flight): what is still closing then is abandoned, and storage is
+    /// flushed all the same.
     pub async fn shutdown(self) {
         for t in &self.tasks {
             t.abort();
         }
-        self.reloader.s2s.shutdown().await;
-        self.router.shutdown().await;
+        let grace = self.config.server.shutdown_grace;
+        let close = async {
+            self.reloader.s2s.shutdown().await;
+            self.router.shutdown().await;
+        };
+        if tokio::time::timeout(grace, close).await.is_err() {
+            events::daemon::ShutdownTimedOut { grace }.emit();
+        }
         self.writer.shutdown();
         let _ = std::fs::remove_file(&self.control_path);
     }

@@ -101,7 +101,7 @@ fn run(config: Config) -> Result<(), String> {
         .thread_name("fedrouter")
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    rt.block_on(async move {
+    let ran = rt.block_on(async move {
         events::daemon::DaemonStarting {
             config: config.source.as_deref(),
         }
@@ -131,7 +131,10 @@ fn run(config: Config) -> Result<(), String> {
         events::daemon::ShuttingDown.emit();
         daemon.shutdown().await;
         Ok(())
-    })
+    });
+    // Whatever shutdown_grace abandoned must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    ran
 }
 
 async fn wait_for_shutdown_signal() {

@@ -7,6 +7,19 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
+/// The address a client or peer is counted under: IPv4 as is (and
+/// IPv4-mapped IPv6 as IPv4), IPv6 by its /64, the block one host usually
+/// holds.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
+
 /// An IP network in CIDR form (`10.0.0.0/8`, `::1/128`); a bare address
 /// is the network of that one address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

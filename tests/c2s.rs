@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use fedrouter::error::StreamCondition;
+use fedrouter::error::{StreamCondition, StreamError};
 use testkit::client::{ClientError, Mechanism};
 
 async fn subscribe_both_ways(
@@ -586,4 +586,174 @@ async fn new_passwords_get_the_configured_iterations_and_old_4096_ones_still_sig
             .await
             .unwrap_or_else(|e| panic!("{user}: {e}"));
     }
+}
+
+// ---- connection caps and the idle timeout (issue 9 item 5) ----
+
+/// A raw connection from `from` (127.0.0.x): the stream error the daemon
+/// answers it with at once, or `None` when it is let in (it waits for our
+/// stream header and says nothing).
+async fn refused_from(server: &TestServer, from: &str) -> Option<StreamError> {
+    let mut c = testkit::client::Connection::tcp_from(
+        server.addr(),
+        Some(from.parse().expect("loopback")),
+        std::time::Duration::from_millis(500),
+    )
+    .await
+    .expect("connect");
+    match c.expect_stream_error().await {
+        Ok(e) => Some(e),
+        Err(ClientError::Timeout) => None,
+        Err(e) => panic!("from {from}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn client_connections_over_the_global_or_per_ip_cap_get_resource_constraint() {
+    let server =
+        TestServer::start_with_c2s("connection_limit = 4\nconnection_limit_per_ip = 2\n", "").await;
+    server.add_user("alice", "pw");
+    let sign_in =
+        |from: &'static str| server.sign_in_from(from, "alice", "pw", Mechanism::BestScram);
+    let mut held = vec![
+        sign_in("127.0.0.2").await.unwrap(),
+        sign_in("127.0.0.2").await.unwrap(),
+    ];
+    let e = refused_from(&server, "127.0.0.2")
+        .await
+        .expect("over the per-IP cap");
+    assert_eq!(e.condition, StreamCondition::ResourceConstraint, "{e}");
+    held.push(sign_in("127.0.0.3").await.unwrap());
+    held.push(sign_in("127.0.0.4").await.unwrap());
+    let e = refused_from(&server, "127.0.0.5")
+        .await
+        .expect("over the global cap");
+    assert_eq!(e.condition, StreamCondition::ResourceConstraint, "{e}");
+    // A closed session gives its slot back.
+    held.pop().expect("held").close().await.unwrap();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while sign_in("127.0.0.5").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let m = server.scrape().await;
+    for event in [
+        "c2s_connection_limit_reached",
+        "c2s_connection_limit_per_ip_reached",
+    ] {
+        assert!(event_count(&m, event) >= 1.0, "{event}: {m}");
+    }
+}
+
+fn is_idle_ping(s: &fedrouter::xml::Stanza) -> bool {
+    s.name() == "iq"
+        && s.type_().as_deref() == Some("get")
+        && std::str::from_utf8(s.bytes()).is_ok_and(|t| t.contains("urn:xmpp:ping"))
+}
+
+#[tokio::test]
+async fn a_silent_client_is_pinged_after_idle_timeout_and_closed_when_it_does_not_answer() {
+    let server = TestServer::start_with_c2s("idle_timeout = 1\n", "").await;
+    server.add_user("alice", "pw");
+    let mut alice = server.client("alice", "pw").await;
+    let silent_since = tokio::time::Instant::now();
+    let ping = alice.recv().await.expect("a ping");
+    assert!(
+        is_idle_ping(&ping),
+        "{}",
+        String::from_utf8_lossy(ping.bytes())
+    );
+    let e = match alice.recv().await {
+        Err(ClientError::Stream(e)) => e,
+        other => panic!("expected a stream error, got {other:?}"),
+    };
+    let waited = silent_since.elapsed();
+    assert_eq!(e.condition, StreamCondition::ConnectionTimeout, "{e}");
+    assert!(
+        waited >= std::time::Duration::from_millis(1800)
+            && waited < std::time::Duration::from_secs(5),
+        "closed after {waited:?}, expected about 2 s (idle_timeout twice)"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_answers_the_idle_ping_stays_connected() {
+    let server = TestServer::start_with_c2s("idle_timeout = 1\n", "").await;
+    server.add_user("alice", "pw");
+    let mut alice = server.client("alice", "pw").await;
+    // Three rounds: 3 s, well past the 2 s an unanswered ping gets.
+    for _ in 0..3 {
+        let ping = alice.recv().await.expect("a ping");
+        assert!(
+            is_idle_ping(&ping),
+            "{}",
+            String::from_utf8_lossy(ping.bytes())
+        );
+        let id = ping.id().unwrap_or_default().into_owned();
+        alice
+            .send(format!("<iq type='result' id='{id}'/>"))
+            .await
+            .unwrap();
+    }
+    let pong = alice
+        .iq(
+            "p1",
+            "<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await
+        .expect("still connected");
+    assert_eq!(pong.type_().as_deref(), Some("result"));
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_once_a_write_makes_no_progress_for_write_timeout() {
+    let server = TestServer::start_domain(DOMAIN, "write_timeout = 1\n", "").await;
+    server.add_user("alice", "pw");
+    server.add_user("bob", "pw");
+    let alice = server.client("alice", "pw").await;
+    let to = alice.jid.to_string();
+    let mut bob = server.client("bob", "pw").await;
+    let before = server.scrape().await;
+    let timed_out = |m: &str| event_count(m, "write_timed_out");
+    // 16 MiB for alice, far more than the loopback socket buffers hold,
+    // in few enough stanzas that her session's queue never fills: only the
+    // socket write can stall.
+    let body = "x".repeat(400 * 1024);
+    for i in 0..40 {
+        bob.send(format!(
+            "<message to='{to}' id='m{i}' type='chat'><body>{body}</body></message>"
+        ))
+        .await
+        .unwrap();
+    }
+    let sent = tokio::time::Instant::now();
+    let deadline = sent + TIMEOUT;
+    loop {
+        let m = server.scrape().await;
+        if timed_out(&m) > timed_out(&before) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no write timed out: {m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // And the connection is closed: reading it all reaches the end.
+    let (mut io, _) = alice.into_parts();
+    let mut sink = vec![0u8; 1 << 20];
+    let drained = tokio::time::timeout(TIMEOUT, async {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "alice's connection was never closed");
 }

@@ -67,9 +67,16 @@ pub struct C2sShared {
     pub max_stanza_pre_auth: usize,
     pub max_stanza: usize,
     pub establishment_timeout: Duration,
+    /// `server.write_timeout`
+    pub write_timeout: Duration,
     pub next_id: AtomicU64,
     /// Failed logins per account and per address, across connections.
     pub throttle: LoginThrottle,
+    /// `connection_limit` and `connection_limit_per_ip`.
+    pub caps: Arc<crate::transport::ConnCaps>,
+    /// `idle_timeout`: silence after bind before a ping, and as long again
+    /// for anything to come back.
+    pub idle_timeout: Duration,
 }
 
 /// The store as the negotiation sees it, with the failed-login throttle
@@ -99,9 +106,33 @@ impl CredentialSource for Guarded<'_> {
 }
 
 /// Accepts connections on `listener` until the task is dropped.
+/// A connection over `connection_limit` or `connection_limit_per_ip` is
+/// answered `<resource-constraint/>` (if the socket takes it at once) and
+/// closed, before any actor exists for it.
 pub async fn accept_loop(listener: TcpListener, shared: Arc<C2sShared>) {
     crate::transport::accept_loop(listener, "c2s", |tcp, peer| {
-        C2sSession::spawn((tcp, peer, shared.clone()));
+        match shared.caps.acquire(peer.ip()) {
+            Ok(slot) => {
+                C2sSession::spawn((tcp, peer, shared.clone(), slot));
+            }
+            Err(over) => {
+                use crate::events::daemon::{Cap, CapReached};
+                let cap = match over {
+                    crate::transport::Over::Total => Cap::C2sGlobal,
+                    crate::transport::Over::PerIp => Cap::C2sPerIp,
+                };
+                CapReached { cap, peer: &peer }.emit();
+                let e = StreamError::with_text(
+                    StreamCondition::ResourceConstraint,
+                    "too many connections",
+                );
+                let tail = format!(
+                    "<?xml version='1.0'?><stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}' version='1.0'>{}</stream:stream>",
+                    e.to_xml()
+                );
+                let _ = tcp.try_write(tail.as_bytes());
+            }
+        }
     })
     .await
 }
@@ -125,15 +156,26 @@ struct Session {
     jid_str: Option<Arc<str>>,
     /// Negotiation must finish by then.
     deadline: Option<Instant>,
+    /// The last time anything was read (for `idle_timeout`).
+    last_read: Instant,
+    /// When the idle ping went out, unanswered so far.
+    pinged: Option<Instant>,
+    /// This connection's `connection_limit` slot, given back on drop.
+    _slot: crate::transport::CapSlot,
     done: bool,
 }
 
 impl Actor for C2sSession {
-    type Args = (TcpStream, SocketAddr, Arc<C2sShared>);
+    type Args = (
+        TcpStream,
+        SocketAddr,
+        Arc<C2sShared>,
+        crate::transport::CapSlot,
+    );
     type Error = Infallible;
 
     async fn on_start(
-        (tcp, peer, shared): Self::Args,
+        (tcp, peer, shared, slot): Self::Args,
         me: ActorRef<Self>,
     ) -> Result<Self, Infallible> {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -149,12 +191,16 @@ impl Actor for C2sSession {
                 NS_CLIENT,
                 shared.max_stanza_pre_auth,
                 shared.metrics.clone(),
-            ),
+            )
+            .with_write_timeout(shared.write_timeout),
             neg: C2sNegotiation::new(policy, sid.clone().unwrap_or_default()),
             header_sent: false,
             jid: None,
             jid_str: None,
             deadline: Some(Instant::now() + shared.establishment_timeout),
+            last_read: Instant::now(),
+            pinged: None,
+            _slot: slot,
             done: false,
             shared,
         });
@@ -203,20 +249,63 @@ impl Session {
             if self.done {
                 return Ok(None);
             }
-            let deadline = self.deadline;
+            let deadline = self.deadline.or_else(|| self.idle_deadline());
             tokio::select! {
                 biased;
                 sig = rx.recv() => return Ok(sig),
                 // Boxed: the handling future is large (TLS handshake, bind)
                 // and would otherwise sit in every idle session's task.
                 r = self.conn.read() => Box::pin(self.on_read(r)).await,
-                _ = sleep_until(deadline) => {
-                    Box::pin(self.close(StreamError::with_text(
-                        StreamCondition::ConnectionTimeout,
-                        "stream negotiation took too long",
-                    ))).await;
-                }
+                _ = sleep_until(deadline) => Box::pin(self.on_deadline()).await,
             }
+        }
+    }
+
+    /// After bind: when the idle ping is due, or, once it went out, when
+    /// the session is given up.
+    fn idle_deadline(&self) -> Option<Instant> {
+        if !self.neg.is_established() {
+            return None;
+        }
+        let idle = self.shared.idle_timeout;
+        Some(match self.pinged {
+            None => self.last_read + idle,
+            Some(at) => at + idle,
+        })
+    }
+
+    async fn on_deadline(&mut self) {
+        let give_up = if self.deadline.is_some() {
+            Some("stream negotiation took too long")
+        } else if self.pinged.is_some() {
+            Some("no answer to the idle ping")
+        } else {
+            None
+        };
+        if let Some(text) = give_up {
+            return self
+                .close(StreamError::with_text(
+                    StreamCondition::ConnectionTimeout,
+                    text,
+                ))
+                .await;
+        }
+        self.pinged = Some(Instant::now());
+        events::IdlePing { peer: &self.peer }.emit();
+        let (to, from) = match &self.jid {
+            Some(j) => (j.to_string(), j.domain().to_owned()),
+            None => return,
+        };
+        let ping = format!(
+            "<iq type='get' id='idle-{}' from='{}' to='{}'><ping xmlns='{NS_PING}'/></iq>",
+            self.id,
+            escape_attr(&from),
+            escape_attr(&to)
+        );
+        // Never waits: a client whose queue is full is not reading, and the
+        // close after the grace (or the write deadline) settles it.
+        if let Some(q) = self.conn.queue() {
+            let _ = q.try_send(Bytes::from(ping).into());
         }
     }
 
@@ -250,7 +339,10 @@ impl Session {
                 self.conn.close(Bytes::new(), GONE).await;
                 return;
             }
-            Ok(_) => {}
+            Ok(_) => {
+                self.last_read = Instant::now();
+                self.pinged = None;
+            }
         }
         while !self.done {
             match self.conn.framer().next() {

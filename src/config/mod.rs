@@ -65,6 +65,27 @@ pub mod defaults {
     pub const C2S_MAX_AUTH_FAILURES_PER_ACCOUNT: u32 = 5;
     pub const C2S_MAX_AUTH_FAILURES_PER_IP: u32 = 20;
     pub const C2S_AUTH_FAILURE_WINDOW_SECS: u32 = 60;
+    /// Client connections open at once, and from one address (IPv6 per
+    /// /64). Loopback counts like any other address.
+    pub const C2S_CONNECTION_LIMIT: u32 = 10_000;
+    pub const C2S_CONNECTION_LIMIT_PER_IP: u32 = 100;
+    /// Silence after bind before a XEP-0199 ping; as long again for the
+    /// answer before `<connection-timeout/>`.
+    pub const C2S_IDLE_TIMEOUT_SECS: u32 = 300;
+    /// Inbound s2s streams not yet authenticated, at once and per address.
+    pub const S2S_MAX_UNAUTHENTICATED: u32 = 200;
+    pub const S2S_MAX_UNAUTHENTICATED_PER_IP: u32 = 10;
+    /// Elements one inbound stream may send before it is authenticated
+    /// (a dialback or SASL exchange takes a handful).
+    pub const S2S_MAX_PRE_AUTH_ELEMENTS: u32 = 100;
+    /// Dialback verifications in flight per inbound stream and in all.
+    pub const S2S_MAX_PENDING_DIALBACK: u32 = 10;
+    pub const S2S_MAX_PENDING_DIALBACK_TOTAL: u32 = 1000;
+    /// The bound on the whole of a shutdown.
+    pub const SHUTDOWN_GRACE_SECS: u32 = 10;
+    /// A socket write that makes no progress for this long closes the
+    /// connection (a peer that does not read).
+    pub const WRITE_TIMEOUT_SECS: u32 = 30;
     /// `s2s.listen` when a config file is used: federation is public.
     pub const S2S_LISTEN: &[&str] = &["0.0.0.0:5269"];
     /// `s2s.listen` of the embedded default (no file at all): the daemon
@@ -141,6 +162,11 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Router shards; already resolved, never 0.
     pub workers: usize,
+    /// The bound on the whole of a shutdown; at least 1 s.
+    pub shutdown_grace: Duration,
+    /// A socket write making no progress for this long fails and closes
+    /// its connection; at least 1 s.
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -170,6 +196,11 @@ pub struct C2sConfig {
     pub max_auth_failures_per_account: u32,
     pub max_auth_failures_per_ip: u32,
     pub auth_failure_window: Duration,
+    /// Connections at once, and from one address; per-IP ≤ global, ≥ 1.
+    pub connection_limit: u32,
+    pub connection_limit_per_ip: u32,
+    /// After bind: silence before a ping, and the wait for its answer.
+    pub idle_timeout: Duration,
 }
 
 /// Server-to-server (federation) listeners and name resolution.
@@ -192,6 +223,16 @@ pub struct S2sConfig {
     pub unlisted_domains: Unlisted,
     /// The trust level of unlisted domains when they are allowed.
     pub unlisted_partner_type: PartnerType,
+    /// Inbound streams not yet authenticated, at once and per address
+    /// (per-IP ≤ global); authenticated streams count against
+    /// `gateway.connection_limit` instead.
+    pub max_unauthenticated: u32,
+    pub max_unauthenticated_per_ip: u32,
+    /// Elements a stream may send before it is authenticated.
+    pub max_pre_auth_elements: u32,
+    /// Dialback verifications in flight per stream (≤ total) and in all.
+    pub max_pending_dialback: u32,
+    pub max_pending_dialback_total: u32,
 }
 
 /// `s2s.unlisted_domains`: what happens to a remote domain that is not a

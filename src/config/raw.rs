@@ -49,6 +49,8 @@ pub(super) struct RawServer {
     pub domains: Vec<String>,
     pub data_dir: String,
     pub workers: usize,
+    pub shutdown_grace: u32,
+    pub write_timeout: u32,
 }
 
 impl Default for RawServer {
@@ -57,6 +59,8 @@ impl Default for RawServer {
             domains: strings(d::DOMAINS),
             data_dir: d::DATA_DIR.to_owned(),
             workers: d::WORKERS,
+            shutdown_grace: d::SHUTDOWN_GRACE_SECS,
+            write_timeout: d::WRITE_TIMEOUT_SECS,
         }
     }
 }
@@ -86,6 +90,9 @@ pub(super) struct RawC2s {
     pub max_auth_failures_per_account: u32,
     pub max_auth_failures_per_ip: u32,
     pub auth_failure_window: u32,
+    pub connection_limit: u32,
+    pub connection_limit_per_ip: u32,
+    pub idle_timeout: u32,
 }
 
 impl Default for RawC2s {
@@ -97,6 +104,9 @@ impl Default for RawC2s {
             max_auth_failures_per_account: d::C2S_MAX_AUTH_FAILURES_PER_ACCOUNT,
             max_auth_failures_per_ip: d::C2S_MAX_AUTH_FAILURES_PER_IP,
             auth_failure_window: d::C2S_AUTH_FAILURE_WINDOW_SECS,
+            connection_limit: d::C2S_CONNECTION_LIMIT,
+            connection_limit_per_ip: d::C2S_CONNECTION_LIMIT_PER_IP,
+            idle_timeout: d::C2S_IDLE_TIMEOUT_SECS,
         }
     }
 }
@@ -110,6 +120,11 @@ pub(super) struct RawS2s {
     pub allow_private_targets: Vec<String>,
     pub unlisted_domains: Unlisted,
     pub unlisted_partner_type: PartnerType,
+    pub max_unauthenticated: u32,
+    pub max_unauthenticated_per_ip: u32,
+    pub max_pre_auth_elements: u32,
+    pub max_pending_dialback: u32,
+    pub max_pending_dialback_total: u32,
 }
 
 impl Default for RawS2s {
@@ -121,6 +136,11 @@ impl Default for RawS2s {
             allow_private_targets: Vec::new(),
             unlisted_domains: d::UNLISTED_DOMAINS,
             unlisted_partner_type: d::UNLISTED_PARTNER_TYPE,
+            max_unauthenticated: d::S2S_MAX_UNAUTHENTICATED,
+            max_unauthenticated_per_ip: d::S2S_MAX_UNAUTHENTICATED_PER_IP,
+            max_pre_auth_elements: d::S2S_MAX_PRE_AUTH_ELEMENTS,
+            max_pending_dialback: d::S2S_MAX_PENDING_DIALBACK,
+            max_pending_dialback_total: d::S2S_MAX_PENDING_DIALBACK_TOTAL,
         }
     }
 }

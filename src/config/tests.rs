@@ -74,6 +74,16 @@ fn the_embedded_default_serves_localhost_on_loopback() {
     assert_eq!(c.c2s.max_auth_failures_per_account, 5);
     assert_eq!(c.c2s.max_auth_failures_per_ip, 20);
     assert_eq!(c.c2s.auth_failure_window, Duration::from_secs(60));
+    assert_eq!(c.c2s.connection_limit, 10_000);
+    assert_eq!(c.c2s.connection_limit_per_ip, 100);
+    assert_eq!(c.c2s.idle_timeout, Duration::from_secs(300));
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(10));
+    assert_eq!(c.server.write_timeout, Duration::from_secs(30));
+    assert_eq!(c.s2s.max_unauthenticated, 200);
+    assert_eq!(c.s2s.max_unauthenticated_per_ip, 10);
+    assert_eq!(c.s2s.max_pre_auth_elements, 100);
+    assert_eq!(c.s2s.max_pending_dialback, 10);
+    assert_eq!(c.s2s.max_pending_dialback_total, 1000);
     assert_eq!(c.metrics.listen, Some(addr("127.0.0.1:9269")));
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Text);
@@ -212,6 +222,11 @@ fn every_key_is_read() {
             ],
             unlisted_domains: Unlisted::Allow,
             unlisted_partner_type: PartnerType::PublicVerified,
+            max_unauthenticated: 200,
+            max_unauthenticated_per_ip: 10,
+            max_pre_auth_elements: 100,
+            max_pending_dialback: 10,
+            max_pending_dialback_total: 1000,
         }
     );
     assert_eq!(
@@ -2066,4 +2081,82 @@ fn user_limits_default_and_zero_is_refused_with_line_and_key() {
         "user_limits.max_inbound_subscriptions_per_domain",
         "must be at least 1",
     );
+}
+
+#[test]
+fn the_connection_and_time_bounds_are_read_and_checked() {
+    let c = parse(
+        "[server]\nshutdown_grace = 3\nwrite_timeout = 4\n\
+         [c2s]\nconnection_limit = 50\nconnection_limit_per_ip = 5\nidle_timeout = 9\n\
+         [s2s]\nmax_unauthenticated = 20\nmax_unauthenticated_per_ip = 2\n\
+         max_pre_auth_elements = 7\nmax_pending_dialback = 3\nmax_pending_dialback_total = 30\n",
+    );
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(3));
+    assert_eq!(c.server.write_timeout, Duration::from_secs(4));
+    assert_eq!(
+        (c.c2s.connection_limit, c.c2s.connection_limit_per_ip),
+        (50, 5)
+    );
+    assert_eq!(c.c2s.idle_timeout, Duration::from_secs(9));
+    assert_eq!(
+        (c.s2s.max_unauthenticated, c.s2s.max_unauthenticated_per_ip),
+        (20, 2)
+    );
+    assert_eq!(c.s2s.max_pre_auth_elements, 7);
+    assert_eq!(
+        (c.s2s.max_pending_dialback, c.s2s.max_pending_dialback_total),
+        (3, 30)
+    );
+    for (text, line, key, needle) in [
+        (
+            "[server]\nshutdown_grace = 0\n",
+            2,
+            "server.shutdown_grace",
+            "at least 1 second",
+        ),
+        (
+            "[server]\nwrite_timeout = 0\n",
+            2,
+            "server.write_timeout",
+            "at least 1 second",
+        ),
+        (
+            "[c2s]\nidle_timeout = 0\n",
+            2,
+            "c2s.idle_timeout",
+            "at least 1 second",
+        ),
+        (
+            "[c2s]\nconnection_limit = 0\n",
+            2,
+            "c2s.connection_limit",
+            "at least 1",
+        ),
+        (
+            "[c2s]\nconnection_limit = 10\nconnection_limit_per_ip = 11\n",
+            3,
+            "c2s.connection_limit_per_ip",
+            "must not exceed c2s.connection_limit",
+        ),
+        (
+            "[s2s]\nmax_unauthenticated_per_ip = 201\n",
+            2,
+            "s2s.max_unauthenticated_per_ip",
+            "must not exceed s2s.max_unauthenticated (200)",
+        ),
+        (
+            "[s2s]\nmax_pre_auth_elements = 0\n",
+            2,
+            "s2s.max_pre_auth_elements",
+            "at least 1",
+        ),
+        (
+            "[s2s]\nmax_pending_dialback_total = 5\n",
+            2,
+            "s2s.max_pending_dialback_total",
+            "s2s.max_pending_dialback (10) must not exceed",
+        ),
+    ] {
+        assert_error(&error(text), ConfigErrorKind::Invalid, line, key, needle);
+    }
 }

@@ -124,6 +124,8 @@ fn server(raw: RawServer, base: Option<&Path>) -> Result<ServerConfig, Invalid> 
         domains,
         data_dir,
         workers,
+        shutdown_grace: seconds("server.shutdown_grace", raw.shutdown_grace)?,
+        write_timeout: seconds("server.write_timeout", raw.write_timeout)?,
     })
 }
 
@@ -252,19 +254,21 @@ fn c2s(raw: RawC2s, listeners: &mut Listeners) -> Result<C2sConfig, Invalid> {
             ));
         }
     }
-    if raw.auth_failure_window == 0 {
-        return Err(invalid(
-            "c2s.auth_failure_window",
-            "must be at least 1 second",
-        ));
-    }
+    let auth_failure_window = seconds("c2s.auth_failure_window", raw.auth_failure_window)?;
+    cap_pair(
+        ("c2s.connection_limit_per_ip", raw.connection_limit_per_ip),
+        ("c2s.connection_limit", raw.connection_limit),
+    )?;
     Ok(C2sConfig {
         listen,
         require_tls: raw.require_tls,
         scram_iterations: raw.scram_iterations,
         max_auth_failures_per_account: raw.max_auth_failures_per_account,
         max_auth_failures_per_ip: raw.max_auth_failures_per_ip,
-        auth_failure_window: Duration::from_secs(raw.auth_failure_window.into()),
+        auth_failure_window,
+        connection_limit: raw.connection_limit,
+        connection_limit_per_ip: raw.connection_limit_per_ip,
+        idle_timeout: seconds("c2s.idle_timeout", raw.idle_timeout)?,
     })
 }
 
@@ -315,6 +319,26 @@ fn s2s(raw: RawS2s, listeners: &mut Listeners) -> Result<S2sConfig, Invalid> {
                 .map_err(|m| invalid(format!("s2s.allow_private_targets[{i}]"), m))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    cap_pair(
+        (
+            "s2s.max_unauthenticated_per_ip",
+            raw.max_unauthenticated_per_ip,
+        ),
+        ("s2s.max_unauthenticated", raw.max_unauthenticated),
+    )?;
+    cap_pair(
+        ("s2s.max_pending_dialback", raw.max_pending_dialback),
+        (
+            "s2s.max_pending_dialback_total",
+            raw.max_pending_dialback_total,
+        ),
+    )?;
+    if raw.max_pre_auth_elements == 0 {
+        return Err(invalid(
+            "s2s.max_pre_auth_elements",
+            "must be at least 1 (no stream could authenticate)",
+        ));
+    }
     Ok(S2sConfig {
         listen,
         direct_tls_listen,
@@ -322,7 +346,40 @@ fn s2s(raw: RawS2s, listeners: &mut Listeners) -> Result<S2sConfig, Invalid> {
         allow_private_targets,
         unlisted_domains: raw.unlisted_domains,
         unlisted_partner_type: raw.unlisted_partner_type,
+        max_unauthenticated: raw.max_unauthenticated,
+        max_unauthenticated_per_ip: raw.max_unauthenticated_per_ip,
+        max_pre_auth_elements: raw.max_pre_auth_elements,
+        max_pending_dialback: raw.max_pending_dialback,
+        max_pending_dialback_total: raw.max_pending_dialback_total,
     })
+}
+
+/// A duration key in whole seconds, at least 1.
+fn seconds(key: &str, value: u32) -> Result<Duration, Invalid> {
+    if value == 0 {
+        return Err(invalid(key, "must be at least 1 second"));
+    }
+    Ok(Duration::from_secs(value.into()))
+}
+
+/// A per-part cap and the cap over the whole: both at least 1, the part
+/// no larger than the whole.
+fn cap_pair((part_key, part): (&str, u32), (whole_key, whole): (&str, u32)) -> Result<(), Invalid> {
+    for (key, value) in [(part_key, part), (whole_key, whole)] {
+        if value == 0 {
+            return Err(invalid(
+                key,
+                "must be at least 1 (0 would refuse everything)",
+            ));
+        }
+    }
+    if part > whole {
+        return Err(Invalid {
+            keys: vec![part_key.to_owned(), whole_key.to_owned()],
+            message: format!("{part_key} ({part}) must not exceed {whole_key} ({whole})"),
+        });
+    }
+    Ok(())
 }
 
 fn gateway(raw: RawGateway) -> Result<GatewayConfig, Invalid> {

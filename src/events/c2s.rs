@@ -92,3 +92,15 @@ impl TlsHandshakeFailed<'_> {
         count(EventName::C2sTlsHandshakeFailed);
     }
 }
+
+/// A bound session was silent for `c2s.idle_timeout` and got a XEP-0199
+/// ping.
+pub struct IdlePing<'a> {
+    pub peer: &'a dyn Display,
+}
+
+impl IdlePing<'_> {
+    pub fn emit(self) {
+        tracing::debug!(target: TARGET, peer = %self.peer, "idle client pinged");
+    }
+}

@@ -47,6 +47,16 @@ event_names! {
     FdLimitNotRaised => "fd_limit_not_raised",
     RandomUnavailable => "random_unavailable",
     ControlPeerRefused => "control_peer_refused",
+    WriteTimedOut => "write_timed_out",
+    ShutdownTimedOut => "shutdown_timed_out",
+    // connection caps
+    C2sConnectionLimitReached => "c2s_connection_limit_reached",
+    C2sConnectionLimitPerIpReached => "c2s_connection_limit_per_ip_reached",
+    S2sUnauthenticatedLimitReached => "s2s_unauthenticated_limit_reached",
+    S2sUnauthenticatedPerIpLimitReached => "s2s_unauthenticated_per_ip_limit_reached",
+    S2sPreAuthElementsExceeded => "s2s_pre_auth_elements_exceeded",
+    S2sPendingDialbackExceeded => "s2s_pending_dialback_exceeded",
+    S2sPendingDialbackTotalReached => "s2s_pending_dialback_total_reached",
     // store
     StoreWriterPanicked => "store_writer_panicked",
     StoreCallbackPanicked => "store_callback_panicked",

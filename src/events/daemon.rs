@@ -201,3 +201,100 @@ impl ControlPeerRefused {
         count(EventName::ControlPeerRefused);
     }
 }
+
+/// A socket write made no progress for `limit` (the peer does not read):
+/// the write fails and its connection closes as a slow consumer.
+pub struct WriteTimedOut {
+    pub limit: std::time::Duration,
+}
+
+impl WriteTimedOut {
+    pub fn emit(self) {
+        tracing::info!(
+            target: "fedrouter::transport",
+            limit_ms = self.limit.as_millis() as u64,
+            "write made no progress; closing the connection"
+        );
+        count(EventName::WriteTimedOut);
+    }
+}
+
+/// Shutdown did not finish within `server.shutdown_grace`: what was still
+/// closing is abandoned.
+pub struct ShutdownTimedOut {
+    pub grace: std::time::Duration,
+}
+
+impl ShutdownTimedOut {
+    pub fn emit(self) {
+        tracing::warn!(
+            target: TARGET,
+            grace_ms = self.grace.as_millis() as u64,
+            "shutdown grace ran out; remaining connections abandoned"
+        );
+        count(EventName::ShutdownTimedOut);
+    }
+}
+
+/// Which connection cap refused a connection or a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cap {
+    /// `c2s.connection_limit`
+    C2sGlobal,
+    /// `c2s.connection_limit_per_ip`
+    C2sPerIp,
+    /// `s2s.max_unauthenticated`
+    S2sUnauthenticated,
+    /// `s2s.max_unauthenticated_per_ip`
+    S2sUnauthenticatedPerIp,
+    /// `s2s.max_pre_auth_elements`
+    S2sPreAuthElements,
+    /// `s2s.max_pending_dialback`
+    S2sPendingDialback,
+    /// `s2s.max_pending_dialback_total`
+    S2sPendingDialbackTotal,
+}
+
+impl Cap {
+    pub fn key(self) -> &'static str {
+        match self {
+            Cap::C2sGlobal => "c2s.connection_limit",
+            Cap::C2sPerIp => "c2s.connection_limit_per_ip",
+            Cap::S2sUnauthenticated => "s2s.max_unauthenticated",
+            Cap::S2sUnauthenticatedPerIp => "s2s.max_unauthenticated_per_ip",
+            Cap::S2sPreAuthElements => "s2s.max_pre_auth_elements",
+            Cap::S2sPendingDialback => "s2s.max_pending_dialback",
+            Cap::S2sPendingDialbackTotal => "s2s.max_pending_dialback_total",
+        }
+    }
+
+    fn event(self) -> EventName {
+        match self {
+            Cap::C2sGlobal => EventName::C2sConnectionLimitReached,
+            Cap::C2sPerIp => EventName::C2sConnectionLimitPerIpReached,
+            Cap::S2sUnauthenticated => EventName::S2sUnauthenticatedLimitReached,
+            Cap::S2sUnauthenticatedPerIp => EventName::S2sUnauthenticatedPerIpLimitReached,
+            Cap::S2sPreAuthElements => EventName::S2sPreAuthElementsExceeded,
+            Cap::S2sPendingDialback => EventName::S2sPendingDialbackExceeded,
+            Cap::S2sPendingDialbackTotal => EventName::S2sPendingDialbackTotalReached,
+        }
+    }
+}
+
+/// A connection, stream or request from `peer` was refused by `cap`.
+pub struct CapReached<'a> {
+    pub cap: Cap,
+    pub peer: &'a SocketAddr,
+}
+
+impl CapReached<'_> {
+    pub fn emit(self) {
+        tracing::info!(
+            target: "fedrouter::limits",
+            peer = %self.peer,
+            cap = self.cap.key(),
+            "refused: limit reached"
+        );
+        count(self.cap.event());
+    }
+}

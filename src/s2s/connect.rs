@@ -197,6 +197,7 @@ async fn attempt(
             .connect_seconds
             .record(started.elapsed().as_secs_f64());
         let _ = tcp.set_nodelay(true);
+        crate::transport::keepalive(&tcp);
         let peer_addr = tcp
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -205,7 +206,8 @@ async fn attempt(
             NS_SERVER,
             shared.config.gateway.max_stanza_size,
             shared.metrics.clone(),
-        );
+        )
+        .with_write_timeout(shared.config.server.write_timeout);
         return negotiate(
             shared.clone(),
             conn,

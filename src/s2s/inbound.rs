@@ -43,11 +43,49 @@ const CLOSE: Linger = Linger {
 
 /// Accepts on an s2s listener; with `direct_tls` (XEP-0368) each
 /// connection starts with the TLS handshake.
+/// A connection over `max_unauthenticated` or `max_unauthenticated_per_ip`
+/// is refused before any actor or TLS exists for it.
 pub async fn accept_loop(listener: TcpListener, shared: Arc<S2sShared>, direct_tls: bool) {
     crate::transport::accept_loop(listener, "s2s", |tcp, peer| {
-        InboundS2s::spawn((tcp, peer, shared.clone(), direct_tls));
+        match shared.pre_auth.acquire(peer.ip()) {
+            Ok(slot) => {
+                InboundS2s::spawn((tcp, peer, shared.clone(), direct_tls, slot));
+            }
+            Err(over) => refuse(tcp, peer, over, direct_tls),
+        }
     })
     .await
+}
+
+/// Closes a connection over a pre-authentication cap: the stream error
+/// goes out if the socket takes it at once (never waited for), over plain
+/// TCP only (a Direct TLS peer could not read it before a handshake we will
+/// not spend on it).
+fn refuse(tcp: TcpStream, peer: SocketAddr, over: crate::transport::Over, direct_tls: bool) {
+    use crate::events::daemon::{Cap, CapReached};
+    let cap = match over {
+        crate::transport::Over::Total => Cap::S2sUnauthenticated,
+        crate::transport::Over::PerIp => Cap::S2sUnauthenticatedPerIp,
+    };
+    CapReached { cap, peer: &peer }.emit();
+    if !direct_tls {
+        let e = StreamError::with_text(StreamCondition::PolicyViolation, "too many connections");
+        let _ = tcp.try_write(stream_error_tail(&e, false).as_bytes());
+    }
+}
+
+/// A stream error and the stream's end, after a stream header when none
+/// was sent yet.
+fn stream_error_tail(e: &StreamError, header_sent: bool) -> String {
+    let mut tail = String::new();
+    if !header_sent {
+        tail.push_str(&format!(
+            "<?xml version='1.0'?><stream:stream xmlns='{NS_SERVER}' xmlns:stream='{NS_STREAMS}' version='1.0'>"
+        ));
+    }
+    tail.push_str(&e.to_xml());
+    tail.push_str("</stream:stream>");
+    tail
 }
 
 struct Ctx<'a>(&'a S2sShared);
@@ -77,6 +115,15 @@ struct DialbackChecked {
     originating: String,
     receiving: String,
     result: Result<bool, crate::error::StanzaCondition>,
+}
+
+/// One of `max_pending_dialback_total`, given back on drop.
+struct PendingDialback(Arc<S2sShared>);
+
+impl Drop for PendingDialback {
+    fn drop(&mut self) {
+        self.0.slots.release_dialback();
+    }
 }
 
 /// The inbound streams alive now, by a per-process id: reloads reach
@@ -129,16 +176,29 @@ pub struct InboundS2s {
     /// [`S2sShared::partner_key`]: one per partner, however many of its
     /// domains authenticated here.
     domains: Vec<String>,
+    /// A `connection_limit` slot, taken when the stream authenticates.
     holds_slot: bool,
+    /// The pre-authentication slot, held until the stream authenticates.
+    pre_auth: Option<crate::transport::CapSlot>,
+    /// Elements received before authentication (`max_pre_auth_elements`).
+    pre_auth_elements: u32,
+    /// Dialback verifications of this stream in flight.
+    pending_dialback: u32,
     done: bool,
 }
 
 impl Actor for InboundS2s {
-    type Args = (TcpStream, SocketAddr, Arc<S2sShared>, bool);
+    type Args = (
+        TcpStream,
+        SocketAddr,
+        Arc<S2sShared>,
+        bool,
+        crate::transport::CapSlot,
+    );
     type Error = Infallible;
 
     async fn on_start(
-        (tcp, peer, shared, direct_tls): Self::Args,
+        (tcp, peer, shared, direct_tls, pre_auth): Self::Args,
         me: ActorRef<Self>,
     ) -> Result<Self, Infallible> {
         // The stream id goes into dialback keys (XEP-0185): never a
@@ -146,7 +206,6 @@ impl Actor for InboundS2s {
         let sid = crate::random::hex(8);
         let mut metrics = shared.s2s_metrics.inbound(&shared.policy.get(), "");
         metrics.set_state("negotiating");
-        let holds_slot = shared.acquire_connection();
         let now = Instant::now();
         let id = shared.inbound.insert(me.clone());
         let mut me_ = InboundS2s {
@@ -158,7 +217,8 @@ impl Actor for InboundS2s {
                 NS_SERVER,
                 shared.config.gateway.max_stanza_size_pre_auth,
                 shared.metrics.clone(),
-            ),
+            )
+            .with_write_timeout(shared.config.server.write_timeout),
             direct_tls,
             neg: InboundNegotiation::new(sid.clone().unwrap_or_default(), true),
             metrics,
@@ -168,7 +228,10 @@ impl Actor for InboundS2s {
             last_write: now,
             keep_alive: false,
             domains: Vec::new(),
-            holds_slot,
+            holds_slot: false,
+            pre_auth: Some(pre_auth),
+            pre_auth_elements: 0,
+            pending_dialback: 0,
             done: false,
             shared,
         };
@@ -176,12 +239,6 @@ impl Actor for InboundS2s {
             crate::events::daemon::RandomUnavailable { what: "stream id" }.emit();
             me_.close(StreamError::new(StreamCondition::InternalServerError))
                 .await;
-        } else if !holds_slot {
-            me_.close(StreamError::with_text(
-                StreamCondition::PolicyViolation,
-                "connection limit reached",
-            ))
-            .await;
         }
         Ok(me_)
     }
@@ -334,6 +391,7 @@ impl Message<DialbackChecked> for InboundS2s {
     type Reply = ();
 
     async fn handle(&mut self, m: DialbackChecked, _: &mut Context<Self, ()>) {
+        self.pending_dialback = self.pending_dialback.saturating_sub(1);
         let input = match m.result {
             Ok(valid) => InInput::DialbackChecked {
                 originating: m.originating,
@@ -352,6 +410,27 @@ impl Message<DialbackChecked> for InboundS2s {
 }
 
 impl InboundS2s {
+    /// Counts one element received before authentication; false once over
+    /// `max_pre_auth_elements`.
+    fn count_pre_auth_element(&mut self) -> bool {
+        self.pre_auth_elements += 1;
+        self.pre_auth_elements <= self.shared.config.s2s.max_pre_auth_elements
+    }
+
+    /// Closes with `<policy-violation/>` for going over `cap`.
+    async fn over_cap(&mut self, cap: crate::events::daemon::Cap, text: &'static str) {
+        crate::events::daemon::CapReached {
+            cap,
+            peer: &self.peer,
+        }
+        .emit();
+        self.close(StreamError::with_text(
+            StreamCondition::PolicyViolation,
+            text,
+        ))
+        .await;
+    }
+
     async fn on_read(&mut self, r: std::io::Result<usize>) {
         match r {
             Ok(0) | Err(_) => {
@@ -369,7 +448,14 @@ impl InboundS2s {
                 }
                 Ok(Some(FramerEvent::Stanza(s))) => {
                     self.shared.metrics.stanza_in(s.kind());
-                    if s.kind() != StanzaKind::Other && !self.neg.authenticated().is_empty() {
+                    let authenticated = !self.neg.authenticated().is_empty();
+                    if !authenticated && !self.count_pre_auth_element() {
+                        self.over_cap(
+                            crate::events::daemon::Cap::S2sPreAuthElements,
+                            "too many elements before authentication",
+                        )
+                        .await;
+                    } else if s.kind() != StanzaKind::Other && authenticated {
                         self.route(s).await;
                     } else {
                         let actions = self.neg.handle(InInput::Element(&s), &Ctx(&self.shared));
@@ -452,11 +538,27 @@ impl InboundS2s {
     }
 
     async fn run(&mut self, actions: Vec<InAction>) {
-        // Take the partner_connection_limit slot before anything of the
-        // batch is sent: refusing after `<success/>` would put the stream
-        // error where the peer expects a restarted stream header.
+        // Take the connection_limit and partner_connection_limit slots
+        // before anything of the batch is sent: refusing after `<success/>`
+        // would put the stream error where the peer expects a restarted
+        // stream header. The pre-authentication slot goes back once the
+        // stream holds its connection slot.
         for a in &actions {
             if let InAction::Authenticated { remote, method, .. } = a {
+                if !self.holds_slot {
+                    if !self.shared.acquire_connection() {
+                        self.metrics.auth(Some(*method), false);
+                        crate::events::s2s::ConnectionLimitReached { remote }.emit();
+                        self.close(StreamError::with_text(
+                            StreamCondition::PolicyViolation,
+                            "connection limit reached",
+                        ))
+                        .await;
+                        return;
+                    }
+                    self.holds_slot = true;
+                    self.pre_auth = None;
+                }
                 if self.domains.contains(&self.shared.partner_key(remote)) {
                     continue;
                 }
@@ -491,7 +593,17 @@ impl InboundS2s {
                     receiving,
                     stream_id,
                     key,
-                } => queue.extend(self.verify_dialback(originating, receiving, stream_id, key)),
+                } => {
+                    if self.pending_dialback >= self.shared.config.s2s.max_pending_dialback {
+                        self.over_cap(
+                            crate::events::daemon::Cap::S2sPendingDialback,
+                            "too many dialback requests at once",
+                        )
+                        .await;
+                        return;
+                    }
+                    queue.extend(self.verify_dialback(originating, receiving, stream_id, key))
+                }
                 InAction::Authenticated {
                     remote,
                     local,
@@ -590,11 +702,31 @@ impl InboundS2s {
         // The verification connection is one of ours like any other: it
         // counts against connection_limit, so a flood of db:result from
         // many claimed domains cannot make us open connections without end.
-        let Some(slot) = shared.connection_slot() else {
-            crate::events::s2s::VerifyConnectionLimitReached {
-                originating: &originating,
+        // And it is one of max_pending_dialback_total, which bounds the
+        // tasks and messages a flood of keys can make however many
+        // connection slots are free.
+        let limit = shared.config.s2s.max_pending_dialback_total as usize;
+        let granted = if !shared.slots.acquire_dialback(limit) {
+            crate::events::daemon::CapReached {
+                cap: crate::events::daemon::Cap::S2sPendingDialbackTotal,
+                peer: &self.peer,
             }
             .emit();
+            None
+        } else {
+            let pending = PendingDialback(shared.clone());
+            match shared.connection_slot() {
+                Some(slot) => Some((pending, slot)),
+                None => {
+                    crate::events::s2s::VerifyConnectionLimitReached {
+                        originating: &originating,
+                    }
+                    .emit();
+                    None
+                }
+            }
+        };
+        let Some(slots) = granted else {
             let input = InInput::DialbackFailed {
                 originating,
                 receiving,
@@ -602,8 +734,9 @@ impl InboundS2s {
             };
             return self.neg.handle(input, &Ctx(&self.shared));
         };
+        self.pending_dialback += 1;
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = slots;
             let mode = OutMode::Verify {
                 receiving: receiving.clone(),
                 originating: originating.clone(),
@@ -642,14 +775,7 @@ impl InboundS2s {
         self.shared
             .metrics
             .stream_error(e.condition, &self.peer, e.text.as_deref());
-        let mut tail = String::new();
-        if !self.header_sent {
-            tail.push_str(&format!(
-                "<?xml version='1.0'?><stream:stream xmlns='{NS_SERVER}' xmlns:stream='{NS_STREAMS}' version='1.0'>"
-            ));
-        }
-        tail.push_str(&e.to_xml());
-        tail.push_str("</stream:stream>");
+        let tail = stream_error_tail(&e, self.header_sent);
         self.finish(Bytes::from(tail)).await;
     }
 

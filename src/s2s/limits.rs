@@ -1,6 +1,8 @@
 //! The connection slots of `[gateway]`: `connection_limit` over every s2s
 //! link, and the per-partner limit over all of one `[[partner]]` entry's
-//! domains, inbound and outbound together.
+//! domains, inbound and outbound together; and the dialback
+//! verifications in flight over all inbound streams
+//! (`s2s.max_pending_dialback_total`).
 //!
 //! Counting only: which limit applies and which partner a domain belongs
 //! to are the caller's to say (from the policy in force), so a reload is
@@ -16,24 +18,27 @@ pub struct Slots {
     connections: AtomicUsize,
     /// Open links per partner key.
     per_partner: DashMap<String, usize>,
+    /// Dialback verifications in flight, over all inbound streams.
+    dialback: AtomicUsize,
 }
 
 impl Slots {
     /// Takes a connection slot; false when `limit` are taken.
     pub fn acquire_connection(&self, limit: usize) -> bool {
-        self.connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .is_ok()
+        bounded_increment(&self.connections, limit)
     }
 
     pub fn release_connection(&self) {
-        let _ = self
-            .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_sub(1))
-            });
+        saturating_decrement(&self.connections);
+    }
+
+    /// Takes one of `limit` in-flight dialback verifications.
+    pub fn acquire_dialback(&self, limit: usize) -> bool {
+        bounded_increment(&self.dialback, limit)
+    }
+
+    pub fn release_dialback(&self) {
+        saturating_decrement(&self.dialback);
     }
 
     /// Takes one of `limit` slots of the partner counted under `key`.
@@ -59,6 +64,19 @@ impl Slots {
     }
 }
 
+fn bounded_increment(n: &AtomicUsize, limit: usize) -> bool {
+    n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        (n < limit).then_some(n + 1)
+    })
+    .is_ok()
+}
+
+fn saturating_decrement(n: &AtomicUsize) {
+    let _ = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        Some(n.saturating_sub(1))
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +95,16 @@ mod tests {
         }
         assert!(s.acquire_connection(1));
         assert!(!s.acquire_connection(1));
+    }
+
+    #[test]
+    fn dialback_verifications_stop_at_the_limit_and_come_back() {
+        let s = Slots::default();
+        assert!(s.acquire_dialback(1));
+        assert!(!s.acquire_dialback(1));
+        s.release_dialback();
+        s.release_dialback();
+        assert!(s.acquire_dialback(1));
     }
 
     #[test]

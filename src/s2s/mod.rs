@@ -52,6 +52,9 @@ pub struct S2sShared {
     pub audit: crate::audit::AuditLog,
     /// Live inbound connections, told of reloads and closed at shutdown.
     pub inbound: InboundStreams,
+    /// Inbound streams not yet authenticated (`s2s.max_unauthenticated`,
+    /// `max_unauthenticated_per_ip`).
+    pub pre_auth: Arc<crate::transport::ConnCaps>,
     /// Where outbound domain actors get their links ([`Network`] in the
     /// daemon).
     pub connector: Arc<dyn Connector>,
@@ -359,14 +362,25 @@ impl S2sRouter {
     /// Closes every s2s stream, both directions, with `<system-shutdown/>`
     /// (outbound queues are bounced).
     pub async fn shutdown(&self) {
-        let actors: Vec<_> = self.actors.iter().map(|e| e.value().clone()).collect();
-        for a in actors {
+        // Every link is told at once and closes in parallel: one after the
+        // other, a thousand peers that do not read would each take their
+        // whole close linger in turn.
+        let outbound: Vec<_> = self.actors.iter().map(|e| e.value().clone()).collect();
+        let inbound = self.shared.inbound.all();
+        for a in &outbound {
             let _ = a.stop_gracefully().await;
-            a.wait_for_shutdown().await;
         }
-        for a in self.shared.inbound.all() {
+        for a in &inbound {
             let _ = a.stop_gracefully().await;
-            a.wait_for_shutdown().await;
         }
+        let mut waits = tokio::task::JoinSet::new();
+        for a in outbound {
+            waits.spawn(async move { a.wait_for_shutdown().await });
+        }
+        for a in inbound {
+            waits.spawn(async move { a.wait_for_shutdown().await });
+        }
+        // Dropping the set (when the caller's grace runs out) aborts them.
+        while waits.join_next().await.is_some() {}
     }
 }

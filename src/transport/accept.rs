@@ -24,6 +24,7 @@ where
             Ok((tcp, peer)) => {
                 // Stanzas are small and latency-bound; the writer batches.
                 let _ = tcp.set_nodelay(true);
+                super::keepalive(&tcp);
                 spawn(tcp, peer);
             }
             Err(e) => {
@@ -39,12 +40,13 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn every_accepted_connection_is_handed_over_with_its_peer_address() {
+    async fn every_accepted_connection_is_handed_over_with_its_peer_address_and_keepalive_on() {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(accept_loop(l, "test", move |tcp, peer| {
-            let _ = tx.send((tcp.nodelay().unwrap_or(false), peer));
+            let ka = socket2::SockRef::from(&tcp).keepalive().unwrap_or(false);
+            let _ = tx.send((tcp.nodelay().unwrap_or(false) && ka, peer));
         }));
         let a = TcpStream::connect(addr).await.expect("connect");
         let b = TcpStream::connect(addr).await.expect("connect");

@@ -10,7 +10,8 @@
 //! writes it makes itself count in `bytes_out`, as the writer's do). It
 //! must not decide anything XMPP: which error to close with, whether a
 //! STARTTLS injection is a stream error or a failed attempt, and every
-//! timeout are the driver's.
+//! timeout but the write deadline (given by the driver, enforced here and in
+//! the writer task) are the driver's.
 
 use std::future::Future;
 use std::io;
@@ -34,7 +35,12 @@ pub struct Connection {
     /// The framer's content namespace, for the fresh framer after TLS.
     ns: &'static str,
     metrics: Arc<Metrics>,
+    /// How long a write may make no progress before it fails.
+    write_timeout: Duration,
 }
+
+/// The write deadline of a connection no one set one for.
+const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Io {
     /// Negotiating: reads and writes on the whole transport.
@@ -43,6 +49,9 @@ enum Io {
     Split {
         rd: ReadHalf,
         writer: Writer,
+        /// Cancelled when the writer's write deadline passes: reading then
+        /// fails too, so the driver closes the connection.
+        write_failed: tokio_util::sync::CancellationToken,
     },
     Closed,
 }
@@ -109,7 +118,16 @@ impl Connection {
             framer: Framer::new(ns, max_stanza),
             ns,
             metrics,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
+    }
+
+    /// A write (here, or in the writer task after [`Connection::split`])
+    /// that makes no progress for `d` fails and closes the connection: a
+    /// peer that does not read cannot hold its session or a shutdown.
+    pub fn with_write_timeout(mut self, d: Duration) -> Connection {
+        self.write_timeout = d;
+        self
     }
 
     pub fn framer(&mut self) -> &mut Framer {
@@ -143,7 +161,20 @@ impl Connection {
     /// `select!` beside a mailbox and timers. Cancel-safe: bytes are only
     /// taken from the socket in the poll that returns them.
     pub async fn read(&mut self) -> io::Result<usize> {
-        let n = std::future::poll_fn(|cx| self.poll_read(cx)).await?;
+        let write_failed = match &self.io {
+            Io::Split { write_failed, .. } => Some(write_failed.clone()),
+            _ => None,
+        };
+        let n = tokio::select! {
+            biased;
+            r = std::future::poll_fn(|cx| self.poll_read(cx)) => r?,
+            _ = async {
+                match &write_failed {
+                    Some(t) => t.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            } => return Err(io::ErrorKind::TimedOut.into()),
+        };
         self.metrics.bytes_in.increment(n as u64);
         Ok(n)
     }
@@ -156,12 +187,14 @@ impl Connection {
         }
     }
 
-    /// Writes `b`: at once while whole (flushed, waiting as long as the
-    /// peer takes), through the writer's queue once split (waiting for
-    /// room). An error means the connection is unusable.
+    /// Writes `b`: at once while whole (flushed, failing with `TimedOut`
+    /// when the peer takes nothing for the write timeout), through the
+    /// writer's queue once split (waiting for room). An error means the
+    /// connection is unusable.
     pub async fn send(&mut self, b: Bytes) -> io::Result<()> {
         match &mut self.io {
             Io::Whole(t) => {
+                let mut t = super::WriteDeadline::new(t, self.write_timeout);
                 t.write_all(&b).await?;
                 t.flush().await?;
                 self.metrics.bytes_out.increment(b.len() as u64);
@@ -183,9 +216,15 @@ impl Connection {
             return None;
         };
         let (rd, wr) = super::split(t);
+        let write_failed = tokio_util::sync::CancellationToken::new();
+        let wr = super::WriteDeadline::new(wr, self.write_timeout).signalling(write_failed.clone());
         let writer = Writer::spawn(wr, capacity, self.metrics.clone());
         let queue = writer.queue.clone();
-        self.io = Io::Split { rd, writer };
+        self.io = Io::Split {
+            rd,
+            writer,
+            write_failed,
+        };
         Some(queue)
     }
 
@@ -230,7 +269,9 @@ impl Connection {
                     .await;
                     drain(&mut t, linger).await;
                 }
-                Io::Split { mut rd, mut writer } => {
+                Io::Split {
+                    mut rd, mut writer, ..
+                } => {
                     writer.close(tail, linger.write).await;
                     drain(&mut rd, linger).await;
                 }

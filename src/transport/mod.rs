@@ -17,11 +17,15 @@
 //! close and with which error is the drivers' (and their machines') call.
 
 mod accept;
+pub mod caps;
 mod connection;
+mod deadline;
 pub mod writer;
 
 pub use accept::accept_loop;
+pub use caps::{CapSlot, ConnCaps, Over};
 pub use connection::{Connection, Linger, StartTlsError, injection_error};
+pub use deadline::WriteDeadline;
 
 use std::io;
 use std::pin::Pin;
@@ -32,6 +36,22 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::xml::Framer;
+
+/// The first TCP keepalive probe after this much silence, then one per
+/// [`KEEPALIVE_INTERVAL`]: a peer that vanished without a FIN or RST (a
+/// NAT dropped its state, its host lost power) is found by the kernel in
+/// minutes, not the hours of the system default.
+const KEEPALIVE_TIME: std::time::Duration = std::time::Duration::from_secs(120);
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sets TCP keepalive on an accepted or connected socket. Best effort: a
+/// socket that refuses it works as before.
+pub fn keepalive(tcp: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_TIME)
+        .with_interval(KEEPALIVE_INTERVAL);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka);
+}
 
 /// Raises this process's open-file limit to its hard limit: every socket
 /// is a descriptor, and the usual soft limit (1024) is far below what a

@@ -154,6 +154,11 @@ impl TestServer {
 
 /// The value of one metric series in a Prometheus text exposition
 /// (`name{labels}` exactly as rendered, labels in any order).
+/// `fedrouter_events_total{event}` in a scrape.
+pub fn event_count(text: &str, event: &str) -> f64 {
+    metric(text, "fedrouter_events_total", &[("event", event)])
+}
+
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     for line in text.lines() {
         if line.starts_with('#') {

@@ -225,6 +225,9 @@ key = "key.pem"
 [c2s]
 listen = ["{c2s}"]
 require_tls = true
+# Every simulated client comes from loopback.
+connection_limit = 1000000
+connection_limit_per_ip = 1000000
 
 [s2s]
 listen = ["{s2s}"]
@@ -232,6 +235,8 @@ dns_nameservers = ["{dns}"]
 allow_private_targets = ["127.0.0.0/8"]
 unlisted_domains = "allow"
 unlisted_partner_type = "federated"
+max_unauthenticated = 100000
+max_unauthenticated_per_ip = 100000
 
 [[access_policy]]
 name = "global"
