@@ -195,6 +195,10 @@ pub async fn start_with_connector(
         },
         max_stanza_pre_auth: config.gateway.max_stanza_size_pre_auth,
         max_stanza: config.gateway.max_stanza_size,
+        session_queue: transport::writer::QueueLimits {
+            frames: router::SESSION_QUEUE,
+            bytes: config.gateway.session_queue_bytes,
+        },
         establishment_timeout: config.gateway.stream_establishment_timeout,
         next_id: AtomicU64::new(1),
         throttle: c2s::throttle::LoginThrottle::new(c2s::throttle::Limits {

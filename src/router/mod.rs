@@ -15,7 +15,7 @@ use kameo::actor::{ActorRef, Recipient, Spawn};
 use kameo::error::SendError;
 use tokio::time::Instant;
 
-use crate::error::{StanzaCondition, StreamError};
+use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::events::Metrics;
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::storage::{Store, StoreWriter};
@@ -38,6 +38,15 @@ const SHARD_MAILBOX: usize = 8192;
 /// slow consumer, shutdown). Lives beside [`SessionHandle`], whose
 /// `control` carries it, so routing needs nothing from the session side.
 pub struct CloseSession(pub StreamError);
+
+/// The stream error a session gets when it does not read what it is sent
+/// (its writer queue is full).
+pub fn slow_consumer() -> StreamError {
+    StreamError::with_text(
+        StreamCondition::ResourceConstraint,
+        "the client does not read fast enough",
+    )
+}
 
 /// What a shard holds to reach a bound local session.
 #[derive(Clone)]

@@ -30,6 +30,7 @@ use crate::events::s2s::{
 };
 use crate::jid::Jid;
 use crate::router::Envelope;
+use crate::transport::writer::QueueLimits;
 use crate::transport::{Connection, Linger};
 use crate::xml::{Frame, FramerEvent, Stanza, StanzaKind};
 
@@ -434,7 +435,10 @@ impl OutboundDomain {
         }
         .emit(&self.metrics);
         let mut conn = est.conn;
-        conn.split(WRITE_QUEUE);
+        conn.split(QueueLimits {
+            frames: WRITE_QUEUE,
+            bytes: self.shared.config.gateway.s2s_queue_bytes,
+        });
         self.up(conn);
     }
 

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::writer::{Queue, Writer};
+use super::writer::{Queue, QueueLimits, Writer};
 use super::{ReadHalf, Transport};
 use crate::error::{StreamCondition, StreamError};
 use crate::events::Metrics;
@@ -176,14 +176,14 @@ impl Connection {
         }
     }
 
-    /// Hands writing to a writer task with a queue of `capacity` frames
+    /// Hands writing to a writer task with a queue bounded by `limits`
     /// and returns a sender for it; `None` if not whole.
-    pub fn split(&mut self, capacity: usize) -> Option<Queue> {
+    pub fn split(&mut self, limits: QueueLimits) -> Option<Queue> {
         let Io::Whole(t) = std::mem::replace(&mut self.io, Io::Closed) else {
             return None;
         };
         let (rd, wr) = super::split(t);
-        let writer = Writer::spawn(wr, capacity, self.metrics.clone());
+        let writer = Writer::spawn(wr, limits, self.metrics.clone());
         let queue = writer.queue.clone();
         self.io = Io::Split { rd, writer };
         Some(queue)
@@ -347,7 +347,7 @@ mod tests {
         assert!(conn.can_read());
         assert_eq!(conn.framer().max_stanza_size(), 1234);
         // Once split, it is no longer plain TCP to upgrade.
-        assert!(conn.split(4).is_some());
+        assert!(conn.split(QueueLimits::frames(4)).is_some());
         let r = conn
             .start_tls(|tcp| async move { Ok::<_, io::Error>(Transport::Plain(tcp)) })
             .await;
@@ -379,7 +379,7 @@ mod tests {
         client.write_all(HDR.as_bytes()).await.expect("write");
         let ev = events(&mut conn, 1).await;
         assert!(matches!(ev[0], FramerEvent::StreamOpen(_)));
-        let q = conn.split(8).expect("whole");
+        let q = conn.split(QueueLimits::frames(8)).expect("whole");
         q.try_send(Bytes::from_static(b"<a/>").into())
             .expect("room");
         conn.send(Bytes::from_static(b"<b/>")).await.expect("send");
@@ -468,7 +468,7 @@ mod tests {
             .start_tls(|tcp| async move { Ok::<_, io::Error>(Transport::Plain(tcp)) })
             .await;
         assert!(matches!(r, Err(StartTlsError::NotPlain)), "{r:?}");
-        assert!(conn.split(8).is_some());
+        assert!(conn.split(QueueLimits::frames(8)).is_some());
         conn.send(Bytes::from_static(b"<x/>")).await.expect("send");
         drop(pwr);
         conn.close(Bytes::from_static(b"</stream:stream>"), LINGER)
