@@ -72,7 +72,7 @@ pub struct Metrics {
     pub slow_consumer_closed: Counter,
     /// Stanzas shed by a full queue, by queue and kind
     /// (see [`router::Shed`]).
-    shed: [[Counter; 4]; 3],
+    shed: [[Counter; 4]; 4],
     pub stanzas_bounced: Counter,
     /// Refusals by the federation policy, by reason.
     pub refused_unlisted_out: Counter,

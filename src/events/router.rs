@@ -45,16 +45,24 @@ pub enum ShedQueue {
     Shard,
     /// A remote domain's pending queue, mailbox or link writer.
     S2s,
+    /// The store writer's pending writes (offline messages).
+    Store,
 }
 
 impl ShedQueue {
-    pub const ALL: [ShedQueue; 3] = [ShedQueue::Session, ShedQueue::Shard, ShedQueue::S2s];
+    pub const ALL: [ShedQueue; 4] = [
+        ShedQueue::Session,
+        ShedQueue::Shard,
+        ShedQueue::S2s,
+        ShedQueue::Store,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ShedQueue::Session => "session",
             ShedQueue::Shard => "shard",
             ShedQueue::S2s => "s2s",
+            ShedQueue::Store => "store",
         }
     }
 

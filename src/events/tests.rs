@@ -99,7 +99,7 @@ fn the_daemon_metrics_keep_their_names_labels_and_help() {
             expected.insert(format!("fedrouter_stanzas_total{{dir={dir},kind={kind}}}"));
         }
     }
-    for queue in ["session", "shard", "s2s"] {
+    for queue in ["session", "shard", "s2s", "store"] {
         for kind in ["message", "presence", "iq", "other"] {
             expected.insert(format!("fedrouter_shed_total{{queue={queue},kind={kind}}}"));
         }
