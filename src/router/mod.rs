@@ -5,6 +5,7 @@
 //! Shards never `ask` anything on the stanza path.
 
 mod envelope;
+mod overflow;
 mod remote;
 mod shard;
 
@@ -12,11 +13,11 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use kameo::actor::{ActorRef, Recipient, Spawn};
-use kameo::error::SendError;
 use tokio::time::Instant;
 
 use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::events::Metrics;
+use crate::events::router::{Shed, ShedQueue};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::storage::{Store, StoreWriter};
 use crate::xml::Stanza;
@@ -31,7 +32,8 @@ pub use shard::{Bind, BindError, Deliver, FromSession, RefreshProbes, Shard, Shu
 pub const SESSION_QUEUE: usize = 4096;
 
 /// Mailbox capacity of a shard. Sessions wait for space (backpressure onto
-/// their sockets); shards sending to shards never wait (see `Router::to_shard`).
+/// their sockets); shards sending to shards never wait: what the mailbox
+/// cannot take waits in the shard's [`overflow`], bounded in bytes.
 const SHARD_MAILBOX: usize = 8192;
 
 /// Close the session with this stream error (sent by shards: conflict,
@@ -62,6 +64,9 @@ pub struct SessionHandle {
 
 struct Inner {
     shards: Vec<ActorRef<Shard>>,
+    /// One per shard, beside `shards`.
+    overflow: Vec<Arc<overflow::Overflow>>,
+    metrics: Arc<Metrics>,
     domains: Vec<String>,
     /// Federation, once started (set after the shards exist, since the s2s
     /// side routes into them too).
@@ -104,6 +109,8 @@ impl Router {
         let router = Router {
             inner: Arc::new(Inner {
                 shards: prepared.iter().map(|p| p.actor_ref().clone()).collect(),
+                overflow: (0..n).map(|_| Arc::default()).collect(),
+                metrics: metrics.clone(),
                 domains: domains.clone(),
                 s2s: std::sync::OnceLock::new(),
                 hasher: Default::default(),
@@ -168,11 +175,30 @@ impl Router {
     }
 
     /// Routes from inside a shard: never waits, so shards can never wait on
-    /// each other in a cycle. A full mailbox hands the send to a task.
+    /// each other in a cycle. A full mailbox leaves the stanza in the
+    /// shard's byte-capped overflow; past that it is shed.
     pub fn route_nowait(&self, env: Envelope) {
         if let Some(env) = self.remote_or_local(env) {
-            let shard = self.shard(env.to.bare()).clone();
-            Self::to_shard(shard, Deliver(env));
+            let i = self.shard_index(env.to.bare());
+            let shard = &self.inner.shards[i];
+            if let Some(env) = self.inner.overflow[i].offer(shard, env, overflow::OVERFLOW_BYTES) {
+                self.shed(env);
+            }
+        }
+    }
+
+    /// A stanza no shard queue can take: presence is dropped, what expects
+    /// an answer is answered with `resource-constraint`; both counted.
+    fn shed(&self, env: Envelope) {
+        Shed {
+            queue: ShedQueue::Shard,
+            kind: env.kind(),
+        }
+        .emit(&self.inner.metrics);
+        if env.kind() != crate::xml::StanzaKind::Presence
+            && let Some(b) = env.bounce(StanzaCondition::ResourceConstraint, None)
+        {
+            self.route_nowait(b);
         }
     }
 
@@ -206,22 +232,6 @@ impl Router {
         }
         if !remote.is_empty() {
             s2s.send_many(stanza.clone(), from.clone(), remote);
-        }
-    }
-
-    fn to_shard<M>(shard: ActorRef<Shard>, msg: M)
-    where
-        Shard: kameo::message::Message<M>,
-        M: Send + 'static,
-    {
-        match shard.tell(msg).try_send() {
-            Ok(()) => {}
-            Err(SendError::MailboxFull(m)) => {
-                tokio::spawn(async move {
-                    let _ = shard.tell(m).await;
-                });
-            }
-            Err(_) => {}
         }
     }
 
