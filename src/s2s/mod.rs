@@ -18,9 +18,12 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use kameo::actor::{ActorRef, Spawn};
+use kameo::error::SendError;
 
 use crate::config::Config;
 use crate::dns::Resolver;
+use crate::error::StanzaCondition;
+use crate::events::router::{Shed, ShedQueue};
 use crate::events::{Metrics, S2sMetrics};
 use crate::jid::Jid;
 use crate::policy::admit::{
@@ -29,6 +32,11 @@ use crate::policy::admit::{
 use crate::router::{Envelope, Remote, Router};
 use crate::stream::s2s::PeerPolicy;
 use crate::xml::Stanza;
+
+/// Mailbox of a remote domain's actor, in messages (one stanza, or one
+/// broadcast to that domain, each). Its own queue is byte-capped behind
+/// it; the mailbox only has to absorb bursts between two of its turns.
+const OUTBOUND_MAILBOX: usize = 4096;
 
 pub use connect::{ConnectError, Established, connect_and_negotiate};
 pub use identity::Identity;
@@ -181,9 +189,10 @@ impl S2sRouter {
         &self.shared
     }
 
-    /// Queues a stanza for a remote domain. Never waits: the domain actor's
-    /// mailbox is unbounded and its own queue is bounded (a full queue
-    /// bounces with `resource-constraint`).
+    /// Queues a stanza for a remote domain. Never waits: when the domain
+    /// actor's bounded mailbox or its own byte-capped queue is full, the
+    /// stanza is shed (presence dropped, the rest answered with
+    /// `resource-constraint`).
     pub fn send(&self, mut env: Envelope) {
         let policy = self.shared.policy.get();
         let direction = if env.on_behalf {
@@ -214,8 +223,10 @@ impl S2sRouter {
             &env.to,
         );
         let actor = self.actor(env.from.domain(), env.to.domain());
-        if let Err(e) = actor.tell(SendRemote(env)).try_send() {
-            crate::events::s2s::DomainActorUnavailable { error: &e }.emit();
+        match actor.tell(SendRemote(env)).try_send() {
+            Ok(()) => {}
+            Err(SendError::MailboxFull(SendRemote(env))) => self.shed(&env),
+            Err(e) => crate::events::s2s::DomainActorUnavailable { error: &e }.emit(),
         }
     }
 
@@ -271,9 +282,30 @@ impl S2sRouter {
                 tos,
                 at,
             };
-            if let Err(e) = actor.tell(batch).try_send() {
-                crate::events::s2s::DomainActorUnavailable { error: &e }.emit();
+            match actor.tell(batch).try_send() {
+                Ok(()) => {}
+                Err(SendError::MailboxFull(b)) => {
+                    for to in b.tos {
+                        self.shed(&Envelope::new(b.stanza.clone(), b.from.clone(), to));
+                    }
+                }
+                Err(e) => crate::events::s2s::DomainActorUnavailable { error: &e }.emit(),
             }
+        }
+    }
+
+    /// What a domain actor's mailbox cannot take: presence is dropped, the
+    /// rest answered with `resource-constraint`; both counted.
+    fn shed(&self, env: &Envelope) {
+        Shed {
+            queue: ShedQueue::S2s,
+            kind: env.kind(),
+        }
+        .emit(&self.shared.metrics);
+        if env.kind() != crate::xml::StanzaKind::Presence
+            && let Some(b) = env.bounce(StanzaCondition::ResourceConstraint, None)
+        {
+            self.shared.router.route_nowait(b);
         }
     }
 
@@ -307,7 +339,7 @@ impl S2sRouter {
             None => {
                 let a = OutboundDomain::spawn_with_mailbox(
                     (key.0.clone(), key.1.clone(), self.shared.clone()),
-                    kameo::mailbox::unbounded(),
+                    kameo::mailbox::bounded(OUTBOUND_MAILBOX),
                 );
                 self.actors.insert(key, a.clone());
                 a
