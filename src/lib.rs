@@ -199,6 +199,7 @@ pub async fn start_with_connector(
             frames: router::SESSION_QUEUE,
             bytes: config.gateway.session_queue_bytes,
         },
+        rate_limit: config.gateway.c2s_rate_limit,
         establishment_timeout: config.gateway.stream_establishment_timeout,
         next_id: AtomicU64::new(1),
         throttle: c2s::throttle::LoginThrottle::new(c2s::throttle::Limits {

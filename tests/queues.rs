@@ -177,27 +177,31 @@ async fn a_client_that_never_reads_is_sent_512_kib_messages_flat_out_and_memory_
     let deadline = Instant::now() + Duration::from_secs(120);
     let tally = loop {
         let scrape = server.scrape().await;
-        let errors = errors.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        let bounced = metric(&scrape, "fedrouter_bounced_total", &[]);
         let t = Tally {
-            // Errors to alice are messages queued to her session too.
+            // Each bounce is a message queued to alice's session too.
             queued_to_sessions: metric(
                 &scrape,
                 "fedrouter_stanzas_total",
                 &[("dir", "out"), ("kind", "message")],
-            ) - errors,
+            ) - bounced,
             stored_offline: metric(
                 &scrape,
                 "fedrouter_offline_messages_total",
                 &[("event", "stored")],
             ),
-            errors,
+            errors: bounced,
         };
-        if t.queued_to_sessions + t.stored_offline + t.errors >= MESSAGES as f64 {
+        let received = errors.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        if t.queued_to_sessions + t.stored_offline + t.errors >= MESSAGES as f64
+            && received == bounced
+        {
             break t;
         }
         assert!(
             Instant::now() < deadline,
-            "messages unaccounted for: {} queued, {} offline, {} errors of {MESSAGES}",
+            "messages unaccounted for: {} queued, {} offline, {} bounced ({received} errors \
+             received) of {MESSAGES}",
             t.queued_to_sessions,
             t.stored_offline,
             t.errors
@@ -235,4 +239,54 @@ async fn a_client_that_never_reads_is_sent_512_kib_messages_flat_out_and_memory_
         peak >> 20,
         RSS_BOUND >> 20
     );
+}
+
+#[tokio::test]
+async fn a_client_sending_faster_than_c2s_rate_limit_is_slowed_down_not_disconnected() {
+    const RATE: usize = 64 * 1024;
+    let server = TestServer::start_with(&format!("[gateway]\nc2s_rate_limit = {RATE}\n")).await;
+    server.add_user("alice", "wonderland");
+    server.add_user("bob", "builder");
+    let mut bob = server.client("bob", "builder").await;
+    bob.send("<presence/>").await.expect("bob's presence");
+    let mut alice = server.client("alice", "wonderland").await;
+    bob.set_timeout(Duration::from_secs(30));
+
+    // Four times the rate, of which one second's worth is the burst.
+    let body = "y".repeat(RATE - 256);
+    let started = Instant::now();
+    for i in 0..4 {
+        alice
+            .send(format!(
+                "<message to='bob@{DOMAIN}' id='r{i}' type='chat'><body>{body}</body></message>"
+            ))
+            .await
+            .expect("alice writes");
+    }
+    for i in 0..4 {
+        let id = format!("r{i}");
+        let m = expect(&mut bob, "alice's message", |s| {
+            s.name() == "message" && s.id().as_deref() == Some(id.as_str())
+        })
+        .await;
+        assert_eq!(body_len(&m), RATE - 256);
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "4 x {RATE} B at {RATE} B/s with a one-second burst took only {took:?}"
+    );
+    // Slowed, not refused: alice is still connected and answered.
+    let pong = alice
+        .iq(
+            "after",
+            "<iq type='get' id='after'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await
+        .expect("alice still connected");
+    assert_eq!(pong.type_().as_deref(), Some("result"));
+}
+
+fn body_len(s: &fedrouter::xml::Stanza) -> usize {
+    body(s).map_or(0, |b| b.len())
 }

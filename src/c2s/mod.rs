@@ -70,6 +70,8 @@ pub struct C2sShared {
     pub max_stanza: usize,
     /// Bounds of each session's writer queue (`gateway.session_queue_bytes`).
     pub session_queue: QueueLimits,
+    /// Read shaping per client, bytes per second (`gateway.c2s_rate_limit`).
+    pub rate_limit: u64,
     pub establishment_timeout: Duration,
     pub next_id: AtomicU64,
     /// Failed logins per account and per address, across connections.
@@ -162,6 +164,7 @@ impl Actor for C2sSession {
             done: false,
             shared,
         });
+        session.conn.set_read_rate(session.shared.rate_limit);
         if sid.is_err() {
             // Fail closed: no stream with a predictable id.
             crate::events::daemon::RandomUnavailable { what: "stream id" }.emit();

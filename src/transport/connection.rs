@@ -22,6 +22,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::shaper::Shaper;
 use super::writer::{Queue, QueueLimits, Writer};
 use super::{ReadHalf, Transport};
 use crate::error::{StreamCondition, StreamError};
@@ -34,6 +35,8 @@ pub struct Connection {
     /// The framer's content namespace, for the fresh framer after TLS.
     ns: &'static str,
     metrics: Arc<Metrics>,
+    /// Read shaping (`gateway.c2s_rate_limit`, `s2s_rate_limit`).
+    shaper: Option<Shaper>,
 }
 
 enum Io {
@@ -109,7 +112,13 @@ impl Connection {
             framer: Framer::new(ns, max_stanza),
             ns,
             metrics,
+            shaper: None,
         }
+    }
+
+    /// Shapes reads to `rate` bytes per second (0: unshaped).
+    pub fn set_read_rate(&mut self, rate: u64) {
+        self.shaper = Shaper::new(rate, tokio::time::Instant::now());
     }
 
     pub fn framer(&mut self) -> &mut Framer {
@@ -143,7 +152,13 @@ impl Connection {
     /// `select!` beside a mailbox and timers. Cancel-safe: bytes are only
     /// taken from the socket in the poll that returns them.
     pub async fn read(&mut self) -> io::Result<usize> {
+        if let Some(at) = self.shaper.as_ref().and_then(Shaper::ready_at) {
+            tokio::time::sleep_until(at).await;
+        }
         let n = std::future::poll_fn(|cx| self.poll_read(cx)).await?;
+        if let Some(s) = &mut self.shaper {
+            s.consumed(n, tokio::time::Instant::now());
+        }
         self.metrics.bytes_in.increment(n as u64);
         Ok(n)
     }

@@ -18,6 +18,7 @@
 
 mod accept;
 mod connection;
+pub mod shaper;
 pub mod writer;
 
 pub use accept::accept_loop;
