@@ -26,9 +26,10 @@ pub use envelope::{Envelope, frame};
 pub use remote::Remote;
 pub use shard::{Bind, BindError, Deliver, FromSession, RefreshProbes, Shard, Shutdown, Unbind};
 
-/// Capacity of a session's outgoing queue, in stanzas. A session whose
-/// queue is full is a slow consumer: presence to it is dropped, and a
-/// message to it goes to offline storage while the session is closed.
+/// Capacity of a session's outgoing queue, in stanzas, beside its byte
+/// cap (`gateway.session_queue_bytes`). A session whose queue is full is a
+/// slow consumer: presence to it is shed, and a message to it goes to
+/// offline storage while the session is closed.
 pub const SESSION_QUEUE: usize = 4096;
 
 /// Mailbox capacity of a shard. Sessions wait for space (backpressure onto
@@ -182,16 +183,16 @@ impl Router {
             let i = self.shard_index(env.to.bare());
             let shard = &self.inner.shards[i];
             if let Some(env) = self.inner.overflow[i].offer(shard, env, overflow::OVERFLOW_BYTES) {
-                self.shed(env);
+                self.shed(env, ShedQueue::Shard);
             }
         }
     }
 
-    /// A stanza no shard queue can take: presence is dropped, what expects
-    /// an answer is answered with `resource-constraint`; both counted.
-    fn shed(&self, env: Envelope) {
+    /// A stanza `queue` cannot take: presence is dropped, what expects an
+    /// answer is answered with `resource-constraint`; both counted.
+    pub fn shed(&self, env: Envelope, queue: ShedQueue) {
         Shed {
-            queue: ShedQueue::Shard,
+            queue,
             kind: env.kind(),
         }
         .emit(&self.inner.metrics);

@@ -22,8 +22,7 @@ use kameo::error::SendError;
 
 use crate::config::Config;
 use crate::dns::Resolver;
-use crate::error::StanzaCondition;
-use crate::events::router::{Shed, ShedQueue};
+use crate::events::router::ShedQueue;
 use crate::events::{Metrics, S2sMetrics};
 use crate::jid::Jid;
 use crate::policy::admit::{
@@ -225,7 +224,9 @@ impl S2sRouter {
         let actor = self.actor(env.from.domain(), env.to.domain());
         match actor.tell(SendRemote(env)).try_send() {
             Ok(()) => {}
-            Err(SendError::MailboxFull(SendRemote(env))) => self.shed(&env),
+            Err(SendError::MailboxFull(SendRemote(env))) => {
+                self.shared.router.shed(env, ShedQueue::S2s)
+            }
             Err(e) => crate::events::s2s::DomainActorUnavailable { error: &e }.emit(),
         }
     }
@@ -286,26 +287,12 @@ impl S2sRouter {
                 Ok(()) => {}
                 Err(SendError::MailboxFull(b)) => {
                     for to in b.tos {
-                        self.shed(&Envelope::new(b.stanza.clone(), b.from.clone(), to));
+                        let env = Envelope::new(b.stanza.clone(), b.from.clone(), to);
+                        self.shared.router.shed(env, ShedQueue::S2s);
                     }
                 }
                 Err(e) => crate::events::s2s::DomainActorUnavailable { error: &e }.emit(),
             }
-        }
-    }
-
-    /// What a domain actor's mailbox cannot take: presence is dropped, the
-    /// rest answered with `resource-constraint`; both counted.
-    fn shed(&self, env: &Envelope) {
-        Shed {
-            queue: ShedQueue::S2s,
-            kind: env.kind(),
-        }
-        .emit(&self.shared.metrics);
-        if env.kind() != crate::xml::StanzaKind::Presence
-            && let Some(b) = env.bounce(StanzaCondition::ResourceConstraint, None)
-        {
-            self.shared.router.route_nowait(b);
         }
     }
 
