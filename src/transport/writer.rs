@@ -107,11 +107,12 @@ impl Queue {
 
     #[allow(clippy::result_large_err)]
     fn push(&self, f: Frame, will_wait: bool) -> Result<(), TrySendError<Frame>> {
+        // Outside the lock, which the writer task contends for.
+        let len = f.len();
         let mut st = self.0.lock();
         if st.rx_closed {
             return Err(TrySendError::Closed(f));
         }
-        let len = f.len();
         let full = st.frames.len() >= self.0.capacity
             || (!st.frames.is_empty() && st.bytes.saturating_add(len) > self.0.max_bytes);
         if full {
