@@ -195,6 +195,11 @@ pub async fn start_with_connector(
         },
         max_stanza_pre_auth: config.gateway.max_stanza_size_pre_auth,
         max_stanza: config.gateway.max_stanza_size,
+        session_queue: transport::writer::QueueLimits {
+            frames: router::SESSION_QUEUE,
+            bytes: config.gateway.session_queue_bytes,
+        },
+        rate_limit: config.gateway.c2s_rate_limit,
         establishment_timeout: config.gateway.stream_establishment_timeout,
         write_timeout: config.server.write_timeout,
         caps: transport::ConnCaps::new(

@@ -23,7 +23,10 @@ pub async fn bind(
     resource: &str,
     id: u64,
 ) -> (FullJid, fedrouter::transport::writer::QueueReceiver) {
-    let (tx, rx) = fedrouter::transport::writer::queue(SESSION_QUEUE);
+    let (tx, rx) = fedrouter::transport::writer::queue(fedrouter::transport::writer::QueueLimits {
+        frames: SESSION_QUEUE,
+        bytes: fedrouter::config::defaults::SESSION_QUEUE_BYTES,
+    });
     let control = NullSession::spawn(NullSession).recipient::<CloseSession>();
     let (jid, _) = router
         .shard(user)

@@ -37,6 +37,7 @@ async fn site(users: usize, extra: &str) -> Site {
     let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let text = format!(
         "[server]\ndomains = [\"{DOMAIN}\"]\ndata_dir = \"{}\"\nworkers = 2\n\
+         [gateway]\nc2s_rate_limit = 0\n\
          [c2s]\nlisten = [\"127.0.0.1:0\"]\nconnection_limit_per_ip = 10000\n\
          [metrics]\nlisten = \"127.0.0.1:0\"\n\
          [s2s]\nlisten = [\"127.0.0.1:0\"]\nmax_unauthenticated_per_ip = 200\ndns_nameservers = [\"{dns}\"]\nallow_private_targets = [\"127.0.0.0/8\"]\n\

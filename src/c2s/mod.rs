@@ -32,19 +32,21 @@ use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::events::Metrics;
 use crate::events::c2s as events;
 use crate::jid::{BareJid, FullJid, Jid};
-use crate::router::{Bind, CloseSession, Envelope, FromSession, Router, SESSION_QUEUE, Unbind};
+use crate::router::{Bind, CloseSession, Envelope, FromSession, Router, Unbind};
 use crate::storage::Store;
 use crate::stream::c2s::{
     Action, BindFailure, C2sNegotiation, C2sPolicy, CredentialSource, Input, bind_error,
     bind_result,
 };
 use crate::stream::scram::Credentials;
+use crate::transport::writer::QueueLimits;
 use crate::xml::build::error_reply;
 use crate::xml::element::Element;
 use crate::xml::escape::escape_attr;
 use crate::xml::ns::{NS_CLIENT, NS_DISCO_INFO, NS_PING, NS_ROSTER, NS_SESSION, NS_STREAMS};
 use crate::xml::{FramerEvent, Stanza, StanzaKind};
 use throttle::LoginThrottle;
+use tokio::sync::mpsc::error::TrySendError;
 
 /// A closing stream may take `write` (5 s) to flush to a peer that does
 /// not read, then keeps draining its peer for 2 s or 4 MiB.
@@ -66,6 +68,10 @@ pub struct C2sShared {
     pub policy: C2sPolicy,
     pub max_stanza_pre_auth: usize,
     pub max_stanza: usize,
+    /// Bounds of each session's writer queue (`gateway.session_queue_bytes`).
+    pub session_queue: QueueLimits,
+    /// Read shaping per client, bytes per second (`gateway.c2s_rate_limit`).
+    pub rate_limit: u64,
     pub establishment_timeout: Duration,
     /// `server.write_timeout`
     pub write_timeout: Duration,
@@ -204,6 +210,7 @@ impl Actor for C2sSession {
             done: false,
             shared,
         });
+        session.conn.set_read_rate(session.shared.rate_limit);
         if sid.is_err() {
             // Fail closed: no stream with a predictable id.
             crate::events::daemon::RandomUnavailable { what: "stream id" }.emit();
@@ -434,8 +441,24 @@ impl Session {
         }
     }
 
-    /// Writes bytes: directly while negotiating, through the writer once bound.
+    /// Writes bytes: directly while negotiating, through the writer once
+    /// bound. There it never waits: the session's own answers (pings,
+    /// roster results) share the queue with what shards deliver, and a
+    /// client that sends without reading would otherwise leave the session
+    /// parked on a full queue, deaf to `CloseSession` and to its own
+    /// stream. Such a client is a slow consumer and is closed.
     async fn send(&mut self, b: Bytes) {
+        if let Some(q) = self.conn.queue() {
+            match q.try_send(b.into()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    self.shared.metrics.slow_consumer_closed.increment(1);
+                    self.close(crate::router::slow_consumer()).await;
+                }
+                Err(TrySendError::Closed(_)) => self.done = true,
+            }
+            return;
+        }
         if self.conn.send(b).await.is_err() {
             self.done = true;
         }
@@ -483,7 +506,7 @@ impl Session {
 
     /// Binds through the user's shard; returns the machine's follow-up actions.
     async fn bind(&mut self, requested: Option<String>, iq_id: String) -> Vec<Action> {
-        let Some(out) = self.conn.split(SESSION_QUEUE) else {
+        let Some(out) = self.conn.split(self.shared.session_queue) else {
             self.done = true;
             return Vec::new();
         };

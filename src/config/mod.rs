@@ -107,6 +107,16 @@ pub mod defaults {
     // Lync documents no stanza limit; these are ejabberd's and Prosody's.
     pub const MAX_STANZA_SIZE_PRE_AUTH: usize = 8 * 1024;
     pub const MAX_STANZA_SIZE: usize = 512 * 1024;
+    /// What may wait to be written to one c2s session (a client that reads
+    /// slower than it is sent to), in bytes: four stanzas of the largest
+    /// size, or thousands of ordinary ones.
+    pub const SESSION_QUEUE_BYTES: usize = 2 * 1024 * 1024;
+    /// What may wait for, or in the writer of, one remote domain link.
+    pub const S2S_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+    /// Bytes per second read from one client; see README for the choice.
+    pub const C2S_RATE_LIMIT: u64 = 256 * 1024;
+    /// Bytes per second read from one partner link; 0 is unshaped.
+    pub const S2S_RATE_LIMIT: u64 = 0;
     /// Below this, stream headers, features and SASL exchanges stop fitting.
     pub const MIN_STANZA_SIZE_PRE_AUTH: usize = 1024;
     /// RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
@@ -316,6 +326,16 @@ pub struct GatewayConfig {
     pub enable_logging_all_message_bodies: bool,
     pub max_stanza_size_pre_auth: usize,
     pub max_stanza_size: usize,
+    /// Bytes a c2s session's writer queue holds before the session is a
+    /// slow consumer; at least `max_stanza_size`.
+    pub session_queue_bytes: usize,
+    /// Bytes queued per remote domain link (waiting for the stream and in
+    /// its writer); at least `max_stanza_size`.
+    pub s2s_queue_bytes: usize,
+    /// Read shaping per client connection, bytes per second; 0 is off.
+    pub c2s_rate_limit: u64,
+    /// Read shaping per inbound partner link, bytes per second; 0 is off.
+    pub s2s_rate_limit: u64,
 }
 
 impl Default for GatewayConfig {
@@ -339,6 +359,10 @@ impl Default for GatewayConfig {
             enable_logging_all_message_bodies: d::ENABLE_LOGGING_ALL_MESSAGE_BODIES,
             max_stanza_size_pre_auth: d::MAX_STANZA_SIZE_PRE_AUTH,
             max_stanza_size: d::MAX_STANZA_SIZE,
+            session_queue_bytes: d::SESSION_QUEUE_BYTES,
+            s2s_queue_bytes: d::S2S_QUEUE_BYTES,
+            c2s_rate_limit: d::C2S_RATE_LIMIT,
+            s2s_rate_limit: d::S2S_RATE_LIMIT,
         }
     }
 }
@@ -369,6 +393,10 @@ impl fmt::Debug for GatewayConfig {
             )
             .field("max_stanza_size_pre_auth", &self.max_stanza_size_pre_auth)
             .field("max_stanza_size", &self.max_stanza_size)
+            .field("session_queue_bytes", &self.session_queue_bytes)
+            .field("s2s_queue_bytes", &self.s2s_queue_bytes)
+            .field("c2s_rate_limit", &self.c2s_rate_limit)
+            .field("s2s_rate_limit", &self.s2s_rate_limit)
             .finish()
     }
 }

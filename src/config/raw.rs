@@ -161,6 +161,10 @@ pub(super) struct RawGateway {
     pub enable_logging_all_message_bodies: bool,
     pub max_stanza_size_pre_auth: usize,
     pub max_stanza_size: usize,
+    pub session_queue_bytes: usize,
+    pub s2s_queue_bytes: usize,
+    pub c2s_rate_limit: u64,
+    pub s2s_rate_limit: u64,
 }
 
 impl Default for RawGateway {
@@ -176,6 +180,10 @@ impl Default for RawGateway {
             enable_logging_all_message_bodies: d::ENABLE_LOGGING_ALL_MESSAGE_BODIES,
             max_stanza_size_pre_auth: d::MAX_STANZA_SIZE_PRE_AUTH,
             max_stanza_size: d::MAX_STANZA_SIZE,
+            session_queue_bytes: d::SESSION_QUEUE_BYTES,
+            s2s_queue_bytes: d::S2S_QUEUE_BYTES,
+            c2s_rate_limit: d::C2S_RATE_LIMIT,
+            s2s_rate_limit: d::S2S_RATE_LIMIT,
         }
     }
 }

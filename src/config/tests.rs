@@ -1160,6 +1160,41 @@ fn a_pre_auth_limit_above_the_stanza_limit_is_refused() {
 }
 
 #[test]
+fn queue_byte_caps_below_the_stanza_limit_are_refused_naming_both_keys() {
+    let e = error("[gateway]\nmax_stanza_size = 65536\nsession_queue_bytes = 65535\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        3,
+        "gateway.session_queue_bytes",
+        "must be at least max_stanza_size (65536)",
+    );
+    let e = error("[gateway]\ns2s_queue_bytes = 1000\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        2,
+        "gateway.s2s_queue_bytes",
+        "must be at least max_stanza_size (524288)",
+    );
+}
+
+#[test]
+fn queue_caps_and_rate_limits_default_to_2_mib_16_mib_256_kib_s_and_off() {
+    let g = Config::default_embedded().gateway;
+    assert_eq!(g.session_queue_bytes, 2 * 1024 * 1024);
+    assert_eq!(g.s2s_queue_bytes, 16 * 1024 * 1024);
+    assert_eq!(g.c2s_rate_limit, 256 * 1024);
+    assert_eq!(g.s2s_rate_limit, 0);
+    let c = parse(
+        "[gateway]\nc2s_rate_limit = 0\ns2s_rate_limit = 1048576\nsession_queue_bytes = 4194304\n",
+    );
+    assert_eq!(c.gateway.c2s_rate_limit, 0);
+    assert_eq!(c.gateway.s2s_rate_limit, 1_048_576);
+    assert_eq!(c.gateway.session_queue_bytes, 4 * 1024 * 1024);
+}
+
+#[test]
 fn stanza_limits_below_the_protocol_minimums_are_refused() {
     let e = error("[gateway]\nmax_stanza_size = 9999\n");
     assert_error(

@@ -470,6 +470,21 @@ fn gateway(raw: RawGateway) -> Result<GatewayConfig, Invalid> {
             ),
         });
     }
+    for (field, value) in [
+        ("session_queue_bytes", raw.session_queue_bytes),
+        ("s2s_queue_bytes", raw.s2s_queue_bytes),
+    ] {
+        if value < raw.max_stanza_size {
+            return Err(Invalid {
+                keys: vec![g(field), g("max_stanza_size")],
+                message: format!(
+                    "{field} ({value}) must be at least max_stanza_size ({}), \
+                     or one stanza of the largest size would not fit",
+                    raw.max_stanza_size
+                ),
+            });
+        }
+    }
     Ok(GatewayConfig {
         connection_limit: raw.connection_limit,
         partner_connection_limit: raw.partner_connection_limit,
@@ -481,6 +496,10 @@ fn gateway(raw: RawGateway) -> Result<GatewayConfig, Invalid> {
         enable_logging_all_message_bodies: raw.enable_logging_all_message_bodies,
         max_stanza_size_pre_auth: raw.max_stanza_size_pre_auth,
         max_stanza_size: raw.max_stanza_size,
+        session_queue_bytes: raw.session_queue_bytes,
+        s2s_queue_bytes: raw.s2s_queue_bytes,
+        c2s_rate_limit: raw.c2s_rate_limit,
+        s2s_rate_limit: raw.s2s_rate_limit,
     })
 }
 

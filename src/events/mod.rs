@@ -70,6 +70,9 @@ pub struct Metrics {
     pub auth_throttled: Counter,
     pub presence_dropped: Counter,
     pub slow_consumer_closed: Counter,
+    /// Stanzas shed by a full queue, by queue and kind
+    /// (see [`router::Shed`]).
+    shed: [[Counter; 4]; 4],
     pub stanzas_bounced: Counter,
     /// Refusals by the federation policy, by reason.
     pub refused_unlisted_out: Counter,
@@ -132,6 +135,10 @@ impl Metrics {
         );
         describe_counter!("fedrouter_stanzas_total", "Stanzas by direction and kind");
         describe_counter!(
+            "fedrouter_shed_total",
+            "Stanzas a full queue could not take, by queue and kind (messages and IQ requests are answered with resource-constraint)"
+        );
+        describe_counter!(
             "fedrouter_bytes_total",
             "Bytes read from and written to sockets"
         );
@@ -191,6 +198,9 @@ impl Metrics {
             auth_throttled: counter!("fedrouter_auth_total", "result" => "throttled"),
             presence_dropped: counter!("fedrouter_dropped_total", "reason" => "presence_queue_full"),
             slow_consumer_closed: counter!("fedrouter_dropped_total", "reason" => "slow_consumer"),
+            shed: router::ShedQueue::ALL.map(|q| {
+                KINDS.map(|k| counter!("fedrouter_shed_total", "queue" => q.as_str(), "kind" => k))
+            }),
             stanzas_bounced: counter!("fedrouter_bounced_total"),
             refused_unlisted_out: counter!("fedrouter_policy_refusals_total", "reason" => "unlisted_domain", "dir" => "out"),
             refused_unlisted_in: counter!("fedrouter_policy_refusals_total", "reason" => "unlisted_domain", "dir" => "in"),

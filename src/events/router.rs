@@ -36,6 +36,56 @@ impl PresenceShed {
     }
 }
 
+/// A bounded queue a stanza could not enter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShedQueue {
+    /// A local session's writer queue.
+    Session,
+    /// A router shard's mailbox and its byte-capped overflow.
+    Shard,
+    /// A remote domain's pending queue, mailbox or link writer.
+    S2s,
+    /// The store writer's pending writes (offline messages).
+    Store,
+}
+
+impl ShedQueue {
+    pub const ALL: [ShedQueue; 4] = [
+        ShedQueue::Session,
+        ShedQueue::Shard,
+        ShedQueue::S2s,
+        ShedQueue::Store,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedQueue::Session => "session",
+            ShedQueue::Shard => "shard",
+            ShedQueue::S2s => "s2s",
+            ShedQueue::Store => "store",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A stanza shed by a full queue: presence is dropped, a message or IQ
+/// request is answered with `resource-constraint` by the caller. Counted
+/// in `fedrouter_shed_total{queue,kind}`.
+pub struct Shed {
+    pub queue: ShedQueue,
+    pub kind: crate::xml::StanzaKind,
+}
+
+impl Shed {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::debug!(target: SHARD, queue = self.queue.as_str(), kind = ?self.kind, "queue full: stanza shed");
+        metrics.shed[self.queue.index()][super::kind_index(self.kind)].increment(1);
+    }
+}
+
 /// `delivered` offline messages (of `n` stored) were written to a session
 /// that came online.
 pub struct OfflineDelivered<'a> {

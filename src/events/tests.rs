@@ -99,6 +99,11 @@ fn the_daemon_metrics_keep_their_names_labels_and_help() {
             expected.insert(format!("fedrouter_stanzas_total{{dir={dir},kind={kind}}}"));
         }
     }
+    for queue in ["session", "shard", "s2s", "store"] {
+        for kind in ["message", "presence", "iq", "other"] {
+            expected.insert(format!("fedrouter_shed_total{{queue={queue},kind={kind}}}"));
+        }
+    }
     for c in StreamCondition::ALL {
         expected.insert(format!(
             "fedrouter_stream_errors_total{{condition={}}}",
@@ -117,6 +122,10 @@ fn the_daemon_metrics_keep_their_names_labels_and_help() {
             "Open connections by kind, authenticated or not",
         ),
         ("fedrouter_stanzas_total", "Stanzas by direction and kind"),
+        (
+            "fedrouter_shed_total",
+            "Stanzas a full queue could not take, by queue and kind (messages and IQ requests are answered with resource-constraint)",
+        ),
         (
             "fedrouter_bytes_total",
             "Bytes read from and written to sockets",

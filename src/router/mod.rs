@@ -5,6 +5,7 @@
 //! Shards never `ask` anything on the stanza path.
 
 mod envelope;
+mod overflow;
 mod remote;
 mod shard;
 
@@ -12,11 +13,11 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use kameo::actor::{ActorRef, Recipient, Spawn};
-use kameo::error::SendError;
 use tokio::time::Instant;
 
-use crate::error::{StanzaCondition, StreamError};
+use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::events::Metrics;
+use crate::events::router::{Shed, ShedQueue};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::storage::{Store, StoreWriter};
 use crate::xml::Stanza;
@@ -25,19 +26,30 @@ pub use envelope::{Envelope, frame};
 pub use remote::Remote;
 pub use shard::{Bind, BindError, Deliver, FromSession, RefreshProbes, Shard, Shutdown, Unbind};
 
-/// Capacity of a session's outgoing queue, in stanzas. A session whose
-/// queue is full is a slow consumer: presence to it is dropped, and a
-/// message to it goes to offline storage while the session is closed.
+/// Capacity of a session's outgoing queue, in stanzas, beside its byte
+/// cap (`gateway.session_queue_bytes`). A session whose queue is full is a
+/// slow consumer: presence to it is shed, and a message to it goes to
+/// offline storage while the session is closed.
 pub const SESSION_QUEUE: usize = 4096;
 
 /// Mailbox capacity of a shard. Sessions wait for space (backpressure onto
-/// their sockets); shards sending to shards never wait (see `Router::to_shard`).
+/// their sockets); shards sending to shards never wait: what the mailbox
+/// cannot take waits in the shard's [`overflow`], bounded in bytes.
 const SHARD_MAILBOX: usize = 8192;
 
 /// Close the session with this stream error (sent by shards: conflict,
 /// slow consumer, shutdown). Lives beside [`SessionHandle`], whose
 /// `control` carries it, so routing needs nothing from the session side.
 pub struct CloseSession(pub StreamError);
+
+/// The stream error a session gets when it does not read what it is sent
+/// (its writer queue is full).
+pub fn slow_consumer() -> StreamError {
+    StreamError::with_text(
+        StreamCondition::ResourceConstraint,
+        "the client does not read fast enough",
+    )
+}
 
 /// What a shard holds to reach a bound local session.
 #[derive(Clone)]
@@ -53,6 +65,9 @@ pub struct SessionHandle {
 
 struct Inner {
     shards: Vec<ActorRef<Shard>>,
+    /// One per shard, beside `shards`.
+    overflow: Vec<Arc<overflow::Overflow>>,
+    metrics: Arc<Metrics>,
     domains: Vec<String>,
     /// Federation, once started (set after the shards exist, since the s2s
     /// side routes into them too).
@@ -95,6 +110,8 @@ impl Router {
         let router = Router {
             inner: Arc::new(Inner {
                 shards: prepared.iter().map(|p| p.actor_ref().clone()).collect(),
+                overflow: (0..n).map(|_| Arc::default()).collect(),
+                metrics: metrics.clone(),
                 domains: domains.clone(),
                 s2s: std::sync::OnceLock::new(),
                 hasher: Default::default(),
@@ -159,11 +176,30 @@ impl Router {
     }
 
     /// Routes from inside a shard: never waits, so shards can never wait on
-    /// each other in a cycle. A full mailbox hands the send to a task.
+    /// each other in a cycle. A full mailbox leaves the stanza in the
+    /// shard's byte-capped overflow; past that it is shed.
     pub fn route_nowait(&self, env: Envelope) {
         if let Some(env) = self.remote_or_local(env) {
-            let shard = self.shard(env.to.bare()).clone();
-            Self::to_shard(shard, Deliver(env));
+            let i = self.shard_index(env.to.bare());
+            let shard = &self.inner.shards[i];
+            if let Some(env) = self.inner.overflow[i].offer(shard, env, overflow::OVERFLOW_BYTES) {
+                self.shed(env, ShedQueue::Shard);
+            }
+        }
+    }
+
+    /// A stanza `queue` cannot take: presence is dropped, what expects an
+    /// answer is answered with `resource-constraint`; both counted.
+    pub fn shed(&self, env: Envelope, queue: ShedQueue) {
+        Shed {
+            queue,
+            kind: env.kind(),
+        }
+        .emit(&self.inner.metrics);
+        if env.kind() != crate::xml::StanzaKind::Presence
+            && let Some(b) = env.bounce(StanzaCondition::ResourceConstraint, None)
+        {
+            self.route_nowait(b);
         }
     }
 
@@ -197,22 +233,6 @@ impl Router {
         }
         if !remote.is_empty() {
             s2s.send_many(stanza.clone(), from.clone(), remote);
-        }
-    }
-
-    fn to_shard<M>(shard: ActorRef<Shard>, msg: M)
-    where
-        Shard: kameo::message::Message<M>,
-        M: Send + 'static,
-    {
-        match shard.tell(msg).try_send() {
-            Ok(()) => {}
-            Err(SendError::MailboxFull(m)) => {
-                tokio::spawn(async move {
-                    let _ = shard.tell(m).await;
-                });
-            }
-            Err(_) => {}
         }
     }
 

@@ -235,6 +235,8 @@ impl Actor for InboundS2s {
             done: false,
             shared,
         };
+        me_.conn
+            .set_read_rate(me_.shared.config.gateway.s2s_rate_limit);
         if sid.is_err() {
             crate::events::daemon::RandomUnavailable { what: "stream id" }.emit();
             me_.close(StreamError::new(StreamCondition::InternalServerError))

@@ -18,9 +18,11 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use kameo::actor::{ActorRef, Spawn};
+use kameo::error::SendError;
 
 use crate::config::Config;
 use crate::dns::Resolver;
+use crate::events::router::ShedQueue;
 use crate::events::{Metrics, S2sMetrics};
 use crate::jid::Jid;
 use crate::policy::admit::{
@@ -29,6 +31,11 @@ use crate::policy::admit::{
 use crate::router::{Envelope, Remote, Router};
 use crate::stream::s2s::PeerPolicy;
 use crate::xml::Stanza;
+
+/// Mailbox of a remote domain's actor, in messages (one stanza, or one
+/// broadcast to that domain, each). Its own queue is byte-capped behind
+/// it; the mailbox only has to absorb bursts between two of its turns.
+const OUTBOUND_MAILBOX: usize = 4096;
 
 pub use connect::{ConnectError, Established, connect_and_negotiate};
 pub use identity::Identity;
@@ -184,9 +191,10 @@ impl S2sRouter {
         &self.shared
     }
 
-    /// Queues a stanza for a remote domain. Never waits: the domain actor's
-    /// mailbox is unbounded and its own queue is bounded (a full queue
-    /// bounces with `resource-constraint`).
+    /// Queues a stanza for a remote domain. Never waits: when the domain
+    /// actor's bounded mailbox or its own byte-capped queue is full, the
+    /// stanza is shed (presence dropped, the rest answered with
+    /// `resource-constraint`).
     pub fn send(&self, mut env: Envelope) {
         let policy = self.shared.policy.get();
         let direction = if env.on_behalf {
@@ -217,8 +225,12 @@ impl S2sRouter {
             &env.to,
         );
         let actor = self.actor(env.from.domain(), env.to.domain());
-        if let Err(e) = actor.tell(SendRemote(env)).try_send() {
-            crate::events::s2s::DomainActorUnavailable { error: &e }.emit();
+        match actor.tell(SendRemote(env)).try_send() {
+            Ok(()) => {}
+            Err(SendError::MailboxFull(SendRemote(env))) => {
+                self.shared.router.shed(env, ShedQueue::S2s)
+            }
+            Err(e) => crate::events::s2s::DomainActorUnavailable { error: &e }.emit(),
         }
     }
 
@@ -274,8 +286,15 @@ impl S2sRouter {
                 tos,
                 at,
             };
-            if let Err(e) = actor.tell(batch).try_send() {
-                crate::events::s2s::DomainActorUnavailable { error: &e }.emit();
+            match actor.tell(batch).try_send() {
+                Ok(()) => {}
+                Err(SendError::MailboxFull(b)) => {
+                    for to in b.tos {
+                        let env = Envelope::new(b.stanza.clone(), b.from.clone(), to);
+                        self.shared.router.shed(env, ShedQueue::S2s);
+                    }
+                }
+                Err(e) => crate::events::s2s::DomainActorUnavailable { error: &e }.emit(),
             }
         }
     }
@@ -310,7 +329,7 @@ impl S2sRouter {
             None => {
                 let a = OutboundDomain::spawn_with_mailbox(
                     (key.0.clone(), key.1.clone(), self.shared.clone()),
-                    kameo::mailbox::unbounded(),
+                    kameo::mailbox::bounded(OUTBOUND_MAILBOX),
                 );
                 self.actors.insert(key, a.clone());
                 a

@@ -24,17 +24,20 @@ use super::{ConnectError, Link, S2sShared, silence_limit};
 use crate::config::ProxyTarget;
 use crate::error::StanzaCondition;
 use crate::events::DomainMetrics;
+use crate::events::router::{Shed, ShedQueue};
 use crate::events::s2s::{
     ConnectionLimitReached, OutboundClose, OutboundClosed, OutboundFailed, OutboundPeerError,
     OutboundUp,
 };
 use crate::jid::Jid;
 use crate::router::Envelope;
+use crate::transport::writer::QueueLimits;
 use crate::transport::{Connection, Linger};
 use crate::xml::{Frame, FramerEvent, Stanza, StanzaKind};
 
-/// Stanzas waiting per domain while connecting; beyond it new ones bounce
-/// with `resource-constraint` (Prosody keeps 32 768; this is per pair).
+/// Stanzas waiting per domain while connecting, beside the byte cap
+/// `gateway.s2s_queue_bytes`; beyond either, presence is shed and the rest
+/// bounces with `resource-constraint` (Prosody keeps 32 768; this is per pair).
 pub const MAX_QUEUE: usize = 10_000;
 /// Writer queue of an established stream, in frames.
 const WRITE_QUEUE: usize = 4096;
@@ -73,8 +76,7 @@ impl Message<PolicyClose> for OutboundDomain {
         );
         let tail = format!("{}</stream:stream>", err.to_xml());
         self.disconnect(Some(&tail)).await;
-        let queued: Vec<Envelope> = self.queue.drain(..).collect();
-        self.metrics.set_queue(0);
+        let queued = self.take_queue();
         for env in queued {
             self.bounce(&env, StanzaCondition::PolicyViolation);
         }
@@ -122,6 +124,8 @@ pub struct OutboundDomain {
     metrics: DomainMetrics,
     state: State,
     queue: VecDeque<Envelope>,
+    /// Bytes of the stanzas in `queue` (`gateway.s2s_queue_bytes`).
+    queued_bytes: usize,
     failures: u32,
     last_attempt: Option<Instant>,
     retry_at: Option<Instant>,
@@ -169,6 +173,7 @@ impl Actor for OutboundDomain {
             metrics,
             state: State::Idle,
             queue: VecDeque::new(),
+            queued_bytes: 0,
             failures: 0,
             last_attempt: None,
             retry_at: None,
@@ -210,11 +215,10 @@ impl Actor for OutboundDomain {
         _r: ActorStopReason,
     ) -> Result<(), Infallible> {
         self.disconnect(Some("</stream:stream>")).await;
-        let queued: Vec<Envelope> = self.queue.drain(..).collect();
+        let queued = self.take_queue();
         for env in queued {
             self.bounce(&env, StanzaCondition::RemoteServerTimeout);
         }
-        self.metrics.set_queue(0);
         Ok(())
     }
 }
@@ -274,15 +278,45 @@ impl Message<SendMany> for OutboundDomain {
 }
 
 impl OutboundDomain {
+    /// Keeps `env` for the next stream, counting its bytes.
+    fn hold(&mut self, env: Envelope) {
+        self.queued_bytes += env.stanza.bytes().len();
+        self.queue.push_back(env);
+        self.metrics.set_queue(self.queue.len());
+    }
+
+    /// Everything held, oldest first; the queue is left empty.
+    fn take_queue(&mut self) -> Vec<Envelope> {
+        self.queued_bytes = 0;
+        self.metrics.set_queue(0);
+        self.queue.drain(..).collect()
+    }
+
+    /// A stanza no queue of this domain can take: presence is dropped,
+    /// the rest answered with `resource-constraint`; both counted.
+    fn shed(&mut self, env: &Envelope) {
+        Shed {
+            queue: ShedQueue::S2s,
+            kind: env.kind(),
+        }
+        .emit(&self.shared.metrics);
+        if env.kind() != StanzaKind::Presence {
+            self.bounce(env, StanzaCondition::ResourceConstraint);
+        }
+    }
+
     /// Holds a stanza until the stream is up, starting an attempt if none
     /// is under way; bounces it when the queue is full.
     fn enqueue(&mut self, env: Envelope) {
-        if self.queue.len() >= MAX_QUEUE {
-            self.bounce(&env, StanzaCondition::ResourceConstraint);
+        let len = env.stanza.bytes().len();
+        let max_bytes = self.shared.config.gateway.s2s_queue_bytes;
+        if self.queue.len() >= MAX_QUEUE
+            || (!self.queue.is_empty() && self.queued_bytes + len > max_bytes)
+        {
+            self.shed(&env);
             return;
         }
-        self.queue.push_back(env);
-        self.metrics.set_queue(self.queue.len());
+        self.hold(env);
         if matches!(self.state, State::Idle) {
             // A new stanza gets a fresh attempt soon, whatever the
             // backoff: at most MIN_ATTEMPT_GAP after the last one.
@@ -434,7 +468,10 @@ impl OutboundDomain {
         }
         .emit(&self.metrics);
         let mut conn = est.conn;
-        conn.split(WRITE_QUEUE);
+        conn.split(QueueLimits {
+            frames: WRITE_QUEUE,
+            bytes: self.shared.config.gateway.s2s_queue_bytes,
+        });
         self.up(conn);
     }
 
@@ -454,8 +491,7 @@ impl OutboundDomain {
         self.last_write = now;
         self.last_read = now;
         self.heard = false;
-        let queued: Vec<Envelope> = self.queue.drain(..).collect();
-        self.metrics.set_queue(0);
+        let queued = self.take_queue();
         for env in queued {
             self.write(env);
         }
@@ -489,11 +525,12 @@ impl OutboundDomain {
         let max_age = self.shared.config.gateway.stream_establishment_timeout;
         let now = Instant::now();
         let (bounce, keep): (Vec<Envelope>, Vec<Envelope>) = self
-            .queue
-            .drain(..)
+            .take_queue()
+            .into_iter()
             .partition(|env| hopeless || now.duration_since(env.at) >= max_age);
-        self.queue = keep.into();
-        self.metrics.set_queue(self.queue.len());
+        for env in keep {
+            self.hold(env);
+        }
         let reason = e.to_string();
         for env in bounce {
             self.bounce_with(&env, cond, Some(&reason));
@@ -526,8 +563,7 @@ impl OutboundDomain {
     fn write(&mut self, env: Envelope) {
         if self.link.is_none() {
             // The stream went down while flushing: back to the queue.
-            self.queue.push_back(env);
-            self.metrics.set_queue(self.queue.len());
+            self.hold(env);
             return;
         }
         let (frame, kind) = (env.frame(), env.kind());
@@ -552,8 +588,7 @@ impl OutboundDomain {
     ) -> bool {
         let Some(q) = self.link.as_ref().and_then(|c| c.queue()) else {
             // The stream went down earlier in this batch: back to the queue.
-            self.queue.push_back(env());
-            self.metrics.set_queue(self.queue.len());
+            self.hold(env());
             return false;
         };
         match q.try_send(frame) {
@@ -565,9 +600,8 @@ impl OutboundDomain {
                 // The peer does not read: presence may go, nothing else.
                 if kind == StanzaKind::Presence {
                     self.shared.metrics.presence_dropped.increment(1);
-                } else {
-                    self.bounce(&env(), StanzaCondition::ResourceConstraint);
                 }
+                self.shed(&env());
             }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
                 // The socket died under us: keep the stanza for the next
@@ -576,8 +610,7 @@ impl OutboundDomain {
                 self.release_slots();
                 self.state = State::Idle;
                 self.metrics.set_state("idle");
-                self.queue.push_back(env());
-                self.metrics.set_queue(self.queue.len());
+                self.hold(env());
                 self.connect();
             }
         }

@@ -24,7 +24,7 @@ mod writer;
 pub use credentials::{Credentials, ScramKeys};
 pub use mem::MemStore;
 pub use redb_store::{FILE_NAME as REDB_FILE_NAME, RedbStore};
-pub use writer::{MAX_BATCH_OPS, StoreWriter};
+pub use writer::{MAX_BATCH_OPS, MAX_PENDING_BYTES, StoreWriter};
 
 /// Offline messages kept per user; beyond it [`WriteOp::PushOffline`] is
 /// refused with [`StoreError::QuotaExceeded`] (the caller bounces the stanza

@@ -23,6 +23,22 @@ use crate::jid::BareJid;
 /// larger submission is still committed whole).
 pub const MAX_BATCH_OPS: usize = 512;
 
+/// Bytes of submissions waiting for the writer thread (offline stanzas
+/// mostly) beyond which [`StoreWriter::try_submit`] refuses: a flood to
+/// offline storage faster than the disk takes it must not grow memory.
+pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a submission holds in memory while it waits, roughly: stanza
+/// bytes plus a flat cost per op for the JIDs and the boxing.
+fn weight(ops: &[WriteOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            WriteOp::PushOffline { stanza, .. } => stanza.len() + 128,
+            _ => 256,
+        })
+        .sum()
+}
+
 pub type WriteDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 pub type TakeDone = Box<dyn FnOnce(Result<Vec<Bytes>, StoreError>) + Send>;
 
@@ -30,6 +46,8 @@ enum Request {
     Write {
         ops: Vec<WriteOp>,
         done: Option<WriteDone>,
+        /// [`weight`] of `ops`, given back to `pending` once committed.
+        bytes: usize,
     },
     Take {
         user: BareJid,
@@ -43,6 +61,8 @@ struct Shared {
     /// and be dropped without its callback.
     tx: RwLock<Option<Sender<Request>>>,
     depth: Arc<AtomicUsize>,
+    /// Bytes of write submissions not yet committed.
+    pending: Arc<AtomicUsize>,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: ThreadId,
 }
@@ -102,15 +122,18 @@ impl StoreWriter {
     pub fn spawn(store: Arc<dyn Store>) -> StoreWriter {
         let (tx, rx) = channel();
         let depth = Arc::new(AtomicUsize::new(0));
+        let pending = Arc::new(AtomicUsize::new(0));
         let thread_depth = depth.clone();
+        let thread_pending = pending.clone();
         let handle = std::thread::Builder::new()
             .name("fedrouter-store".into())
-            .spawn(move || run(&*store, &rx, &thread_depth))
+            .spawn(move || run(&*store, &rx, &thread_depth, &thread_pending))
             .expect("cannot spawn the store writer thread");
         StoreWriter {
             shared: Arc::new(Shared {
                 tx: RwLock::new(Some(tx)),
                 depth,
+                pending,
                 thread_id: handle.thread().id(),
                 thread: Mutex::new(Some(handle)),
             }),
@@ -125,7 +148,36 @@ impl StoreWriter {
     /// (nothing of the submission committed). Keep it short: it delays the
     /// next batch. After shutdown it runs at once with [`StoreError::Closed`].
     pub fn submit(&self, ops: Vec<WriteOp>, done: Option<WriteDone>) {
-        self.send(Request::Write { ops, done });
+        let bytes = weight(&ops);
+        self.shared.pending.fetch_add(bytes, Ordering::Relaxed);
+        self.send(Request::Write { ops, done, bytes });
+    }
+
+    /// [`submit`](Self::submit), unless more than `max_bytes` of
+    /// submissions already wait: then the ops come back, for the caller
+    /// to refuse what they carry. Something is always taken when nothing
+    /// waits.
+    // The refused ops come back by value, as a channel's try_send does.
+    #[allow(clippy::result_large_err)]
+    pub fn try_submit(
+        &self,
+        ops: Vec<WriteOp>,
+        done: Option<WriteDone>,
+        max_bytes: usize,
+    ) -> Result<(), Vec<WriteOp>> {
+        let bytes = weight(&ops);
+        let before = self.shared.pending.fetch_add(bytes, Ordering::Relaxed);
+        if before > 0 && before + bytes > max_bytes {
+            self.shared.pending.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(ops);
+        }
+        self.send(Request::Write { ops, done, bytes });
+        Ok(())
+    }
+
+    /// Bytes of write submissions not yet committed.
+    pub fn pending_bytes(&self) -> usize {
+        self.shared.pending.load(Ordering::Relaxed)
     }
 
     /// Submits and awaits the commit.
@@ -182,6 +234,9 @@ impl StoreWriter {
         };
         // Outside the lock: the callback may submit again.
         if let Some(req) = refused {
+            if let Request::Write { bytes, .. } = &req {
+                self.shared.pending.fetch_sub(*bytes, Ordering::Relaxed);
+            }
             fail(req, StoreError::Closed);
         }
     }
@@ -206,7 +261,7 @@ fn call(f: impl FnOnce()) {
     }
 }
 
-fn run(store: &dyn Store, rx: &Receiver<Request>, depth: &AtomicUsize) {
+fn run(store: &dyn Store, rx: &Receiver<Request>, depth: &AtomicUsize, pending: &AtomicUsize) {
     let recv = |r: Request| {
         depth.fetch_sub(1, Ordering::Relaxed);
         r
@@ -226,14 +281,16 @@ fn run(store: &dyn Store, rx: &Receiver<Request>, depth: &AtomicUsize) {
                 let r = guarded(|| store.take_offline(&user));
                 call(move || done(r));
             }
-            Request::Write { ops, done } => {
+            Request::Write { ops, done, bytes } => {
                 let mut batch = vec![(ops, done)];
                 let mut n_ops = batch[0].0.len();
+                let mut batch_bytes = bytes;
                 while n_ops < MAX_BATCH_OPS {
                     match rx.try_recv() {
-                        Ok(Request::Write { ops, done }) => {
+                        Ok(Request::Write { ops, done, bytes }) => {
                             depth.fetch_sub(1, Ordering::Relaxed);
                             n_ops += ops.len();
+                            batch_bytes += bytes;
                             batch.push((ops, done));
                         }
                         Ok(take) => {
@@ -245,6 +302,7 @@ fn run(store: &dyn Store, rx: &Receiver<Request>, depth: &AtomicUsize) {
                     }
                 }
                 commit_batch(store, batch);
+                pending.fetch_sub(batch_bytes, Ordering::Relaxed);
             }
         }
     }

@@ -23,7 +23,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::writer::{Queue, Writer};
+use super::shaper::Shaper;
+use super::writer::{Queue, QueueLimits, Writer};
 use super::{ReadHalf, Transport};
 use crate::error::{StreamCondition, StreamError};
 use crate::events::Metrics;
@@ -37,6 +38,8 @@ pub struct Connection {
     metrics: Arc<Metrics>,
     /// How long a write may make no progress before it fails.
     write_timeout: Duration,
+    /// Read shaping (`gateway.c2s_rate_limit`, `s2s_rate_limit`).
+    shaper: Option<Shaper>,
 }
 
 /// The write deadline of a connection no one set one for.
@@ -119,6 +122,7 @@ impl Connection {
             ns,
             metrics,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            shaper: None,
         }
     }
 
@@ -128,6 +132,11 @@ impl Connection {
     pub fn with_write_timeout(mut self, d: Duration) -> Connection {
         self.write_timeout = d;
         self
+    }
+
+    /// Shapes reads to `rate` bytes per second (0: unshaped).
+    pub fn set_read_rate(&mut self, rate: u64) {
+        self.shaper = Shaper::new(rate, tokio::time::Instant::now());
     }
 
     pub fn framer(&mut self) -> &mut Framer {
@@ -161,6 +170,9 @@ impl Connection {
     /// `select!` beside a mailbox and timers. Cancel-safe: bytes are only
     /// taken from the socket in the poll that returns them.
     pub async fn read(&mut self) -> io::Result<usize> {
+        if let Some(at) = self.shaper.as_ref().and_then(Shaper::ready_at) {
+            tokio::time::sleep_until(at).await;
+        }
         let write_failed = match &self.io {
             Io::Split { write_failed, .. } => Some(write_failed.clone()),
             _ => None,
@@ -175,6 +187,9 @@ impl Connection {
                 }
             } => return Err(io::ErrorKind::TimedOut.into()),
         };
+        if let Some(s) = &mut self.shaper {
+            s.consumed(n, tokio::time::Instant::now());
+        }
         self.metrics.bytes_in.increment(n as u64);
         Ok(n)
     }
@@ -209,16 +224,16 @@ impl Connection {
         }
     }
 
-    /// Hands writing to a writer task with a queue of `capacity` frames
+    /// Hands writing to a writer task with a queue bounded by `limits`
     /// and returns a sender for it; `None` if not whole.
-    pub fn split(&mut self, capacity: usize) -> Option<Queue> {
+    pub fn split(&mut self, limits: QueueLimits) -> Option<Queue> {
         let Io::Whole(t) = std::mem::replace(&mut self.io, Io::Closed) else {
             return None;
         };
         let (rd, wr) = super::split(t);
         let write_failed = tokio_util::sync::CancellationToken::new();
         let wr = super::WriteDeadline::new(wr, self.write_timeout).signalling(write_failed.clone());
-        let writer = Writer::spawn(wr, capacity, self.metrics.clone());
+        let writer = Writer::spawn(wr, limits, self.metrics.clone());
         let queue = writer.queue.clone();
         self.io = Io::Split {
             rd,
@@ -388,7 +403,7 @@ mod tests {
         assert!(conn.can_read());
         assert_eq!(conn.framer().max_stanza_size(), 1234);
         // Once split, it is no longer plain TCP to upgrade.
-        assert!(conn.split(4).is_some());
+        assert!(conn.split(QueueLimits::frames(4)).is_some());
         let r = conn
             .start_tls(|tcp| async move { Ok::<_, io::Error>(Transport::Plain(tcp)) })
             .await;
@@ -420,7 +435,7 @@ mod tests {
         client.write_all(HDR.as_bytes()).await.expect("write");
         let ev = events(&mut conn, 1).await;
         assert!(matches!(ev[0], FramerEvent::StreamOpen(_)));
-        let q = conn.split(8).expect("whole");
+        let q = conn.split(QueueLimits::frames(8)).expect("whole");
         q.try_send(Bytes::from_static(b"<a/>").into())
             .expect("room");
         conn.send(Bytes::from_static(b"<b/>")).await.expect("send");
@@ -509,7 +524,7 @@ mod tests {
             .start_tls(|tcp| async move { Ok::<_, io::Error>(Transport::Plain(tcp)) })
             .await;
         assert!(matches!(r, Err(StartTlsError::NotPlain)), "{r:?}");
-        assert!(conn.split(8).is_some());
+        assert!(conn.split(QueueLimits::frames(8)).is_some());
         conn.send(Bytes::from_static(b"<x/>")).await.expect("send");
         drop(pwr);
         conn.close(Bytes::from_static(b"</stream:stream>"), LINGER)

@@ -20,6 +20,7 @@ mod accept;
 pub mod caps;
 mod connection;
 mod deadline;
+pub mod shaper;
 pub mod writer;
 
 pub use accept::accept_loop;

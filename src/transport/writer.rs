@@ -28,17 +28,40 @@ const BATCH_FRAMES: usize = 128;
 /// Most slices handed to one `write_vectored` call (IOV_MAX is 1024).
 const MAX_IOV: usize = 256;
 
+/// How much a writer queue holds before it refuses more: a count of
+/// frames and a sum of their bytes, whichever is reached first. The byte
+/// cap is what bounds memory (a frame may be a 512 KiB stanza); an empty
+/// queue always takes one frame, however large, so a stanza the framer
+/// admitted can always be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+impl QueueLimits {
+    /// Bounded by count only, for tests of ordering and wakeups.
+    pub const fn frames(frames: usize) -> QueueLimits {
+        QueueLimits {
+            frames,
+            bytes: usize::MAX,
+        }
+    }
+}
+
 /// A bounded queue of frames: many senders (shards, the session), one
 /// receiver (the writer task). Same contract as tokio's bounded mpsc.
-pub fn queue(capacity: usize) -> (Queue, QueueReceiver) {
+pub fn queue(limits: QueueLimits) -> (Queue, QueueReceiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             frames: VecDeque::new(),
+            bytes: 0,
             rx_waker: None,
             rx_closed: false,
             sender_waiting: false,
         }),
-        capacity: capacity.max(1),
+        capacity: limits.frames.max(1),
+        max_bytes: limits.bytes.max(1),
         senders: AtomicUsize::new(1),
         space: Notify::new(),
     });
@@ -48,6 +71,7 @@ pub fn queue(capacity: usize) -> (Queue, QueueReceiver) {
 struct Shared {
     state: Mutex<State>,
     capacity: usize,
+    max_bytes: usize,
     senders: AtomicUsize,
     /// Senders waiting in [`Queue::send`] for room.
     space: Notify,
@@ -55,6 +79,8 @@ struct Shared {
 
 struct State {
     frames: VecDeque<Frame>,
+    /// Sum of the lengths of `frames`.
+    bytes: usize,
     rx_waker: Option<Waker>,
     rx_closed: bool,
     /// A sender found the queue full and waits on `space`.
@@ -81,14 +107,19 @@ impl Queue {
 
     #[allow(clippy::result_large_err)]
     fn push(&self, f: Frame, will_wait: bool) -> Result<(), TrySendError<Frame>> {
+        // Outside the lock, which the writer task contends for.
+        let len = f.len();
         let mut st = self.0.lock();
         if st.rx_closed {
             return Err(TrySendError::Closed(f));
         }
-        if st.frames.len() >= self.0.capacity {
+        let full = st.frames.len() >= self.0.capacity
+            || (!st.frames.is_empty() && st.bytes.saturating_add(len) > self.0.max_bytes);
+        if full {
             st.sender_waiting |= will_wait;
             return Err(TrySendError::Full(f));
         }
+        st.bytes += len;
         st.frames.push_back(f);
         let waker = st.rx_waker.take();
         drop(st);
@@ -147,6 +178,7 @@ impl QueueReceiver {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
         let mut st = self.0.lock();
         if let Some(f) = st.frames.pop_front() {
+            st.bytes -= f.len();
             let room = std::mem::take(&mut st.sender_waiting);
             drop(st);
             if room {
@@ -170,6 +202,9 @@ impl QueueReceiver {
         let (f, room) = {
             let mut st = self.0.lock();
             let f = st.frames.pop_front();
+            if let Some(f) = &f {
+                st.bytes -= f.len();
+            }
             let room = f.is_some() && std::mem::take(&mut st.sender_waiting);
             (f, room)
         };
@@ -189,6 +224,7 @@ impl Drop for QueueReceiver {
         let frames = {
             let mut st = self.0.lock();
             st.rx_closed = true;
+            st.bytes = 0;
             std::mem::take(&mut st.frames)
         };
         drop(frames);
@@ -204,11 +240,11 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn<W>(io: W, capacity: usize, metrics: Arc<Metrics>) -> Writer
+    pub fn spawn<W>(io: W, limits: QueueLimits, metrics: Arc<Metrics>) -> Writer
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (tx, rx) = queue(capacity);
+        let (tx, rx) = queue(limits);
         let (close_tx, close_rx) = oneshot::channel();
         let task = tokio::spawn(run(io, rx, close_rx, metrics));
         Writer {
@@ -335,8 +371,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_byte_cap_refuses_a_frame_that_would_pass_it_but_an_empty_queue_takes_any() {
+        let (tx, mut rx) = queue(QueueLimits {
+            frames: 100,
+            bytes: 10,
+        });
+        tx.try_send(frame("0123456789abcdef"))
+            .expect("an empty queue takes one oversize frame");
+        assert!(matches!(
+            tx.try_send(frame("x")),
+            Err(TrySendError::Full(_))
+        ));
+        assert!(rx.recv().await.is_some());
+        tx.try_send(frame("012345")).expect("room");
+        tx.try_send(frame("0123")).expect("exactly at the cap");
+        assert!(matches!(
+            tx.try_send(frame("x")),
+            Err(TrySendError::Full(_))
+        ));
+        assert!(rx.try_recv().is_ok());
+        tx.try_send(frame("x"))
+            .expect("the bytes of a received frame are given back");
+        assert_eq!(rx.0.lock().bytes, 5);
+    }
+
+    #[tokio::test]
     async fn the_queue_delivers_in_order_and_ends_when_every_sender_is_gone() {
-        let (tx, mut rx) = queue(8);
+        let (tx, mut rx) = queue(QueueLimits::frames(8));
         let tx2 = tx.clone();
         tx.try_send(frame("a")).expect("room");
         tx2.send(frame("b")).await.expect("room");
@@ -349,7 +410,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_refuses_try_send_and_makes_send_wait_for_room() {
-        let (tx, mut rx) = queue(2);
+        let (tx, mut rx) = queue(QueueLimits::frames(2));
         tx.try_send(frame("1")).expect("room");
         tx.try_send(frame("2")).expect("room");
         assert!(matches!(
@@ -370,7 +431,7 @@ mod tests {
 
     #[tokio::test]
     async fn senders_see_closed_once_the_writer_is_gone() {
-        let (tx, rx) = queue(2);
+        let (tx, rx) = queue(QueueLimits::frames(2));
         tx.try_send(frame("1")).expect("room");
         tx.try_send(frame("2")).expect("room");
         let waiting = tokio::spawn({
@@ -388,7 +449,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_queue_holds_no_ring() {
-        let (tx, mut rx) = queue(4096);
+        let (tx, mut rx) = queue(QueueLimits::frames(4096));
         for _ in 0..100 {
             tx.try_send(frame("x")).expect("room");
         }

@@ -9,7 +9,9 @@
 
 use super::{Need, OfflineBatch, Resource, Shard, offer};
 use crate::error::StanzaCondition;
-use crate::events::router::{OfflineDelivered, PresenceShed, StoreFailed, StoreOp, UserQueueFull};
+use crate::events::router::{
+    OfflineDelivered, PresenceShed, Shed, ShedQueue, StoreFailed, StoreOp, UserQueueFull,
+};
 use crate::jid::Jid;
 use crate::policy::PartnerType;
 use crate::policy::admit::{
@@ -20,7 +22,7 @@ use crate::roster::offline::with_delay;
 use crate::roster::presence::subscription_presence;
 use crate::roster::subscription::SubKind;
 use crate::router::Envelope;
-use crate::storage::WriteOp;
+use crate::storage::{MAX_PENDING_BYTES, WriteOp};
 use crate::xml::{Frame, StanzaKind};
 
 // ---- the rules ---------------------------------------------------------------
@@ -248,14 +250,23 @@ impl Shard {
     fn store_offline(&mut self, env: &Envelope) {
         let user = env.to.bare();
         let stamped = with_delay(&env.frame(), user.domain());
-        self.ctx.metrics.offline_stored.increment(1);
-        self.ctx.writer.submit(
-            vec![WriteOp::PushOffline {
-                user: user.clone(),
-                stanza: stamped,
-            }],
-            None,
-        );
+        let op = vec![WriteOp::PushOffline {
+            user: user.clone(),
+            stanza: stamped,
+        }];
+        // Offline storage slower than the flood: refuse, never queue
+        // without bound.
+        match self.ctx.writer.try_submit(op, None, MAX_PENDING_BYTES) {
+            Ok(()) => self.ctx.metrics.offline_stored.increment(1),
+            Err(_) => {
+                Shed {
+                    queue: ShedQueue::Store,
+                    kind: StanzaKind::Message,
+                }
+                .emit(&self.ctx.metrics);
+                self.bounce(env, StanzaCondition::ResourceConstraint);
+            }
+        }
     }
 
     fn deliver_iq(&mut self, env: Envelope) {

@@ -40,7 +40,7 @@ use kameo::message::{Context, Message};
 use super::{CloseSession, Envelope, SessionHandle, ShardContext};
 use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::events::Metrics;
-use crate::events::router::{StoreFailed, StoreOp};
+use crate::events::router::{Shed, ShedQueue, StoreFailed, StoreOp};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::roster::RosterItem;
 use crate::roster::iq;
@@ -525,15 +525,17 @@ fn offer(r: &Resource, frame: Frame, kind: StanzaKind, metrics: &Metrics) -> boo
         Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
             if kind == StanzaKind::Presence {
                 metrics.presence_dropped.increment(1);
+                Shed {
+                    queue: ShedQueue::Session,
+                    kind,
+                }
+                .emit(metrics);
             } else {
                 metrics.slow_consumer_closed.increment(1);
                 let _ = r
                     .handle
                     .control
-                    .tell(CloseSession(StreamError::with_text(
-                        StreamCondition::ResourceConstraint,
-                        "the client does not read fast enough",
-                    )))
+                    .tell(CloseSession(crate::router::slow_consumer()))
                     .try_send();
             }
             false
@@ -998,7 +1000,9 @@ mod tests {
     impl Site {
         async fn bind(&self, user: &str, resource: &str) -> (FullJid, QueueReceiver) {
             let user = bare(user);
-            let (out, rx) = crate::transport::writer::queue(crate::router::SESSION_QUEUE);
+            let (out, rx) = crate::transport::writer::queue(
+                crate::transport::writer::QueueLimits::frames(crate::router::SESSION_QUEUE),
+            );
             let control = NullSession::spawn(NullSession).recipient::<CloseSession>();
             let (jid, _) = self
                 .router

@@ -1,0 +1,126 @@
+//! Bounded queues against the real daemon: a client that does not read is
+//! closed as a slow consumer instead of holding the daemon's memory, and
+//! what cannot be queued is answered, never silently lost.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::time::Instant;
+
+/// A queue of one largest stanza, so the tests fill it quickly; shaping
+/// off, so the floods arrive flat out.
+const SMALL_QUEUES: &str =
+    "[gateway]\nmax_stanza_size = 65536\nsession_queue_bytes = 65536\nc2s_rate_limit = 0\n";
+
+fn slow_consumers(scrape: &str) -> f64 {
+    metric(
+        scrape,
+        "fedrouter_dropped_total",
+        &[("reason", "slow_consumer")],
+    )
+}
+
+#[tokio::test]
+async fn a_client_flooding_pings_without_reading_is_closed_as_a_slow_consumer() {
+    let server = TestServer::start_with(SMALL_QUEUES).await;
+    server.add_user("alice", "wonderland");
+    let mut alice = server.client("alice", "wonderland").await;
+    let batch: String = (0..1000)
+        .map(|i| format!("<iq type='get' id='p{i}'><ping xmlns='urn:xmpp:ping'/></iq>"))
+        .collect();
+
+    // Flood until the daemon says it closed the session. Before, the
+    // session waited for room in its own full writer queue forever.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut batches = 0u32;
+    loop {
+        if batches.is_multiple_of(20) && slow_consumers(&server.scrape().await) >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flooding client was not closed after {batches} batches of 1000 pings"
+        );
+        // A write that blocks means the daemon no longer reads: wait for the
+        // close instead.
+        let _ = tokio::time::timeout(Duration::from_millis(200), alice.send(&batch)).await;
+        batches += 1;
+    }
+
+    // The connection ends: the pongs still in the socket buffers, then the
+    // close, within a bounded wait.
+    alice.set_timeout(Duration::from_secs(15));
+    let end = loop {
+        match alice.recv().await {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        is_closed(&end)
+            || matches!(&end, testkit::client::ClientError::Stream(e)
+                if e.condition == fedrouter::error::StreamCondition::ResourceConstraint),
+        "the slow consumer's connection ended with {end:?}"
+    );
+    let scrape = server.scrape().await;
+    assert_eq!(slow_consumers(&scrape), 1.0);
+    assert!(
+        metric(
+            &scrape,
+            "fedrouter_stream_errors_total",
+            &[("condition", "resource-constraint")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_client_sending_faster_than_c2s_rate_limit_is_slowed_down_not_disconnected() {
+    const RATE: usize = 64 * 1024;
+    let server = TestServer::start_with(&format!("[gateway]\nc2s_rate_limit = {RATE}\n")).await;
+    server.add_user("alice", "wonderland");
+    server.add_user("bob", "builder");
+    let mut bob = server.client("bob", "builder").await;
+    bob.send("<presence/>").await.expect("bob's presence");
+    let mut alice = server.client("alice", "wonderland").await;
+    bob.set_timeout(Duration::from_secs(30));
+
+    // Four times the rate, of which one second's worth is the burst.
+    let body = "y".repeat(RATE - 256);
+    let started = Instant::now();
+    for i in 0..4 {
+        alice
+            .send(format!(
+                "<message to='bob@{DOMAIN}' id='r{i}' type='chat'><body>{body}</body></message>"
+            ))
+            .await
+            .expect("alice writes");
+    }
+    for i in 0..4 {
+        let id = format!("r{i}");
+        let m = expect(&mut bob, "alice's message", |s| {
+            s.name() == "message" && s.id().as_deref() == Some(id.as_str())
+        })
+        .await;
+        assert_eq!(body_len(&m), RATE - 256);
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "4 x {RATE} B at {RATE} B/s with a one-second burst took only {took:?}"
+    );
+    // Slowed, not refused: alice is still connected and answered.
+    let pong = alice
+        .iq(
+            "after",
+            "<iq type='get' id='after'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await
+        .expect("alice still connected");
+    assert_eq!(pong.type_().as_deref(), Some("result"));
+}
+
+fn body_len(s: &fedrouter::xml::Stanza) -> usize {
+    body(s).map_or(0, |b| b.len())
+}
