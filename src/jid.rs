@@ -130,9 +130,20 @@ fn prep_domain(domain: &str) -> Result<Cow<'_, str>, JidError> {
         }
     } else {
         let p = stringprep::nameprep(domain).map_err(|_| JidError::BadDomain)?;
-        if p.chars()
-            .any(|c| c.is_whitespace() || matches!(c, '@' | '/' | '<' | '>' | '\'' | '"' | '&'))
-        {
+        // Nameprep maps fullwidth letters and dots to ASCII ones, so what
+        // it yields must pass the checks an ASCII domain passes: else
+        // `ｗ｀．ｏｒｇ` became the domain "w`.org", and the normalised
+        // JID would not parse again (found by fuzz/jid).
+        if p.is_ascii() {
+            return prep_domain(&p).map(|d| Cow::Owned(d.into_owned()));
+        }
+        let labels_ok = p.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+        if !labels_ok || p.chars().any(char::is_whitespace) {
             return Err(JidError::BadDomain);
         }
         Cow::Owned(p.into_owned())
@@ -365,6 +376,26 @@ mod tests {
     fn non_ascii_parts_are_stringprepped() {
         let j = BareJid::parse("ÄLICE@Exämple.org").unwrap();
         assert_eq!(j.as_str(), "älice@exämple.org");
+    }
+
+    /// Reproducers from fuzz/corpus/jid: fullwidth forms nameprep turns
+    /// into ASCII.
+    #[test]
+    fn a_domain_that_nameprep_makes_ascii_is_checked_as_ascii() {
+        let j = Jid::parse("ｆｕｌｌ@ｗｉｄｔｈ．ｏｒｇ").unwrap();
+        assert_eq!(j.to_string(), "full@width.org");
+        assert_eq!(Jid::parse(&j.to_string()).unwrap(), j);
+        assert_eq!(Jid::parse("ａ．").unwrap().to_string(), "a");
+        assert_eq!(Jid::parse("［::1］").unwrap().to_string(), "[::1]");
+        for bad in [
+            "ｆｕｌｌ@ｗｉｄｔ｀．ｏｒｇ",
+            "ａ．．ｂ",
+            "ａ．．",
+            "é．．org",
+            "é`.org",
+        ] {
+            assert_eq!(Jid::parse(bad), Err(JidError::BadDomain), "{bad}");
+        }
     }
 
     #[test]
