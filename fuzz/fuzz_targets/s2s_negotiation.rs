@@ -127,35 +127,77 @@ enum Next {
     Close,
 }
 
+/// The connection side both drivers share, as the s2s actors handle it.
+struct Wire {
+    /// Reads the peer.
+    framer: Framer,
+    /// Reads what we send.
+    echo: Echo,
+    /// What the peer presents in the TLS handshake.
+    cert: Option<Arc<dyn PeerIdentity>>,
+    done: bool,
+}
+
+impl Wire {
+    fn new(cert: Option<Arc<dyn PeerIdentity>>) -> Wire {
+        Wire {
+            framer: Framer::new(NS_SERVER, 65536),
+            echo: Echo::new(),
+            cert,
+            done: false,
+        }
+    }
+
+    /// Does what a batch of actions asked for last. `Some(peer)`: the TLS
+    /// handshake ran and the machine must hear of it.
+    #[allow(clippy::option_option)]
+    fn apply(&mut self, next: Next) -> Option<Option<Arc<dyn PeerIdentity>>> {
+        match next {
+            Next::Read => None,
+            Next::RestartStream => {
+                self.framer.reset();
+                None
+            }
+            Next::Close => {
+                self.done = true;
+                None
+            }
+            Next::StartTls => {
+                // The actor refuses bytes buffered behind <starttls/>.
+                if self.framer.buffered() > 0 {
+                    self.done = true;
+                    return None;
+                }
+                self.framer = Framer::new(NS_SERVER, 65536);
+                Some(self.cert.clone())
+            }
+        }
+    }
+}
+
 struct Inbound {
     neg: InboundNegotiation,
-    framer: Framer,
-    echo: Echo,
-    cert: Option<Arc<dyn PeerIdentity>>,
+    wire: Wire,
     /// Verifications asked for, oldest first: (originating, receiving).
     pending: VecDeque<(String, String)>,
     /// Pairs the authoritative server said valid for.
     vouched: HashSet<(String, String)>,
-    done: bool,
 }
 
 impl Inbound {
     fn new(tls_available: bool, cert: Option<Arc<dyn PeerIdentity>>) -> Inbound {
         Inbound {
             neg: InboundNegotiation::new("sid-fuzz".into(), tls_available),
-            framer: Framer::new(NS_SERVER, 65536),
-            echo: Echo::new(),
-            cert,
+            wire: Wire::new(cert),
             pending: VecDeque::new(),
             vouched: HashSet::new(),
-            done: false,
         }
     }
 
     fn bytes(&mut self, data: &[u8]) {
-        self.framer.feed(data);
-        while !self.done {
-            let actions = match self.framer.next() {
+        self.wire.framer.feed(data);
+        while !self.wire.done {
+            let actions = match self.wire.framer.next() {
                 Ok(Some(FramerEvent::StreamOpen(h))) => {
                     self.neg.handle(InInput::StreamOpen(&h), &Ctx)
                 }
@@ -167,7 +209,7 @@ impl Inbound {
                 }
                 Ok(None) => return,
                 Ok(Some(FramerEvent::StreamClose)) | Err(_) => {
-                    self.done = true;
+                    self.wire.done = true;
                     return;
                 }
             };
@@ -179,7 +221,7 @@ impl Inbound {
         let mut next = Next::Read;
         for a in actions {
             match a {
-                InAction::Send(xml) => self.echo.read(&xml),
+                InAction::Send(xml) => self.wire.echo.read(&xml),
                 InAction::StartTls => next = Next::StartTls,
                 InAction::RestartStream => next = Next::RestartStream,
                 InAction::VerifyDialback {
@@ -197,7 +239,7 @@ impl Inbound {
                         AuthMethod::SaslExternal => {
                             assert!(self.neg.is_tls(), "EXTERNAL without TLS");
                             assert!(
-                                self.cert.as_ref().is_some_and(|c| c.is_valid_for(&remote)),
+                                self.wire.cert.as_ref().is_some_and(|c| c.is_valid_for(&remote)),
                                 "EXTERNAL for {remote} without a certificate for it"
                             );
                         }
@@ -213,21 +255,9 @@ impl Inbound {
                 InAction::Fail(_) | InAction::PeerStreamError(_) => next = Next::Close,
             }
         }
-        match next {
-            Next::Read => {}
-            Next::RestartStream => self.framer.reset(),
-            Next::Close => self.done = true,
-            Next::StartTls => {
-                // The actor refuses bytes buffered behind <starttls/>.
-                if self.framer.buffered() > 0 {
-                    self.done = true;
-                    return;
-                }
-                self.framer = Framer::new(NS_SERVER, 65536);
-                let peer = self.cert.clone();
-                let more = self.neg.handle(InInput::TlsEstablished { peer }, &Ctx);
-                self.perform(more);
-            }
+        if let Some(peer) = self.wire.apply(next) {
+            let more = self.neg.handle(InInput::TlsEstablished { peer }, &Ctx);
+            self.perform(more);
         }
     }
 
@@ -262,11 +292,8 @@ impl Inbound {
 
 struct Outbound {
     neg: OutboundNegotiation,
-    framer: Framer,
-    echo: Echo,
-    cert: Option<Arc<dyn PeerIdentity>>,
+    wire: Wire,
     verify: bool,
-    done: bool,
 }
 
 impl Outbound {
@@ -294,11 +321,8 @@ impl Outbound {
         );
         let mut out = Outbound {
             neg,
-            framer: Framer::new(NS_SERVER, 65536),
-            echo: Echo::new(),
-            cert: cert(mode >> 1),
+            wire: Wire::new(cert(mode >> 1)),
             verify,
-            done: false,
         };
         let start = out.neg.start();
         out.perform(start);
@@ -306,9 +330,9 @@ impl Outbound {
     }
 
     fn bytes(&mut self, data: &[u8]) {
-        self.framer.feed(data);
-        while !self.done {
-            let actions = match self.framer.next() {
+        self.wire.framer.feed(data);
+        while !self.wire.done {
+            let actions = match self.wire.framer.next() {
                 Ok(Some(FramerEvent::StreamOpen(h))) => self.neg.handle(OutInput::StreamOpen(&h)),
                 Ok(Some(FramerEvent::Stanza(s))) => self.neg.handle(OutInput::Element(&s)),
                 Ok(None) => return,
@@ -324,14 +348,14 @@ impl Outbound {
     fn closed(&mut self) {
         let actions = self.neg.handle(OutInput::StreamClosed);
         self.perform(actions);
-        self.done = true;
+        self.wire.done = true;
     }
 
     fn perform(&mut self, actions: Vec<OutAction>) {
         let mut next = Next::Read;
         for a in actions {
             match a {
-                OutAction::Send(xml) => self.echo.read(&xml),
+                OutAction::Send(xml) => self.wire.echo.read(&xml),
                 OutAction::StartTls => next = Next::StartTls,
                 OutAction::RestartStream => next = Next::RestartStream,
                 OutAction::Ready(method) => {
@@ -352,20 +376,9 @@ impl Outbound {
                 OutAction::Fail(_) => next = Next::Close,
             }
         }
-        match next {
-            Next::Read => {}
-            Next::RestartStream => self.framer.reset(),
-            Next::Close => self.done = true,
-            Next::StartTls => {
-                if self.framer.buffered() > 0 {
-                    self.done = true;
-                    return;
-                }
-                self.framer = Framer::new(NS_SERVER, 65536);
-                let peer = self.cert.clone();
-                let more = self.neg.handle(OutInput::TlsEstablished { peer });
-                self.perform(more);
-            }
+        if let Some(peer) = self.wire.apply(next) {
+            let more = self.neg.handle(OutInput::TlsEstablished { peer });
+            self.perform(more);
         }
     }
 }
@@ -383,7 +396,7 @@ fuzz_target!(|data: &[u8]| {
             inb.bytes(HEADER);
         }
         for segment in segments {
-            if inb.done {
+            if inb.wire.done {
                 break;
             }
             match segment {
@@ -398,7 +411,7 @@ fuzz_target!(|data: &[u8]| {
         let mut out = Outbound::new(*mode, setup);
         let segments = rest.split(|&b| b == 0);
         for segment in segments {
-            if out.done {
+            if out.wire.done {
                 break;
             }
             match segment {
