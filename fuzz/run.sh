@@ -68,8 +68,8 @@ for t in "${targets[@]}"; do
         | grep --line-buffered -E '^(stat::number_of_executed_units|#[0-9]+[[:space:]]+(INITED|DONE|pulse)|==[0-9]+==|thread .* panicked|SUMMARY)'
     status=${PIPESTATUS[0]}
     set -e -o pipefail
-    execs=$(grep -Eo 'stat::number_of_executed_units: [0-9]+' "$log" | awk '{print $2}' | tail -1)
-    rate=$(grep -Eo 'stat::average_exec_per_sec: [0-9]+' "$log" | awk '{print $2}' | tail -1)
+    execs=$(sed -n 's/^stat::number_of_executed_units: *\([0-9]*\).*/\1/p' "$log" | tail -1)
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *\([0-9]*\).*/\1/p' "$log" | tail -1)
     line="$t: ${execs:-?} executions"
     if [ "$mode" != --replay ]; then
         line="$line, ${rate:-?}/s"

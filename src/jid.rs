@@ -90,6 +90,10 @@ fn prep_local(local: &str) -> Result<Cow<'_, str>, JidError> {
         }
     } else {
         let p = stringprep::nodeprep(local).map_err(|_| JidError::BadLocal)?;
+        // Some characters map to nothing (U+FE02): "\u{fe02}@c" is not "@c".
+        if p.is_empty() {
+            return Err(JidError::EmptyLocal);
+        }
         Cow::Owned(p.into_owned())
     };
     if out.len() > MAX_PART {
@@ -165,6 +169,9 @@ fn prep_resource(res: &str) -> Result<Cow<'_, str>, JidError> {
         Cow::Borrowed(res)
     } else {
         let p = stringprep::resourceprep(res).map_err(|_| JidError::BadResource)?;
+        if p.is_empty() {
+            return Err(JidError::EmptyResource);
+        }
         Cow::Owned(p.into_owned())
     };
     if out.len() > MAX_PART {
@@ -396,6 +403,15 @@ mod tests {
         ] {
             assert_eq!(Jid::parse(bad), Err(JidError::BadDomain), "{bad}");
         }
+    }
+
+    /// Reproducer from fuzz/corpus/jid: a part that stringprep maps to
+    /// nothing is an empty part, not a shorter JID.
+    #[test]
+    fn a_part_that_stringprep_maps_to_nothing_is_empty() {
+        assert_eq!(Jid::parse("\u{fe02}@c"), Err(JidError::EmptyLocal));
+        assert_eq!(Jid::parse("a@c/\u{fe02}"), Err(JidError::EmptyResource));
+        assert_eq!(Jid::parse("a@\u{fe02}"), Err(JidError::EmptyDomain));
     }
 
     #[test]
