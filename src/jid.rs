@@ -90,6 +90,10 @@ fn prep_local(local: &str) -> Result<Cow<'_, str>, JidError> {
         }
     } else {
         let p = stringprep::nodeprep(local).map_err(|_| JidError::BadLocal)?;
+        // Some characters map to nothing (U+FE02): "\u{fe02}@c" is not "@c".
+        if p.is_empty() {
+            return Err(JidError::EmptyLocal);
+        }
         Cow::Owned(p.into_owned())
     };
     if out.len() > MAX_PART {
@@ -130,9 +134,20 @@ fn prep_domain(domain: &str) -> Result<Cow<'_, str>, JidError> {
         }
     } else {
         let p = stringprep::nameprep(domain).map_err(|_| JidError::BadDomain)?;
-        if p.chars()
-            .any(|c| c.is_whitespace() || matches!(c, '@' | '/' | '<' | '>' | '\'' | '"' | '&'))
-        {
+        // Nameprep maps fullwidth letters and dots to ASCII ones, so what
+        // it yields must pass the checks an ASCII domain passes: else
+        // `ｗ｀．ｏｒｇ` became the domain "w`.org", and the normalised
+        // JID would not parse again (found by fuzz/jid).
+        if p.is_ascii() {
+            return prep_domain(&p).map(|d| Cow::Owned(d.into_owned()));
+        }
+        let labels_ok = p.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+        if !labels_ok || p.chars().any(char::is_whitespace) {
             return Err(JidError::BadDomain);
         }
         Cow::Owned(p.into_owned())
@@ -154,6 +169,9 @@ fn prep_resource(res: &str) -> Result<Cow<'_, str>, JidError> {
         Cow::Borrowed(res)
     } else {
         let p = stringprep::resourceprep(res).map_err(|_| JidError::BadResource)?;
+        if p.is_empty() {
+            return Err(JidError::EmptyResource);
+        }
         Cow::Owned(p.into_owned())
     };
     if out.len() > MAX_PART {
@@ -365,6 +383,35 @@ mod tests {
     fn non_ascii_parts_are_stringprepped() {
         let j = BareJid::parse("ÄLICE@Exämple.org").unwrap();
         assert_eq!(j.as_str(), "älice@exämple.org");
+    }
+
+    /// Reproducers from fuzz/corpus/jid: fullwidth forms nameprep turns
+    /// into ASCII.
+    #[test]
+    fn a_domain_that_nameprep_makes_ascii_is_checked_as_ascii() {
+        let j = Jid::parse("ｆｕｌｌ@ｗｉｄｔｈ．ｏｒｇ").unwrap();
+        assert_eq!(j.to_string(), "full@width.org");
+        assert_eq!(Jid::parse(&j.to_string()).unwrap(), j);
+        assert_eq!(Jid::parse("ａ．").unwrap().to_string(), "a");
+        assert_eq!(Jid::parse("［::1］").unwrap().to_string(), "[::1]");
+        for bad in [
+            "ｆｕｌｌ@ｗｉｄｔ｀．ｏｒｇ",
+            "ａ．．ｂ",
+            "ａ．．",
+            "é．．org",
+            "é`.org",
+        ] {
+            assert_eq!(Jid::parse(bad), Err(JidError::BadDomain), "{bad}");
+        }
+    }
+
+    /// Reproducer from fuzz/corpus/jid: a part that stringprep maps to
+    /// nothing is an empty part, not a shorter JID.
+    #[test]
+    fn a_part_that_stringprep_maps_to_nothing_is_empty() {
+        assert_eq!(Jid::parse("\u{fe02}@c"), Err(JidError::EmptyLocal));
+        assert_eq!(Jid::parse("a@c/\u{fe02}"), Err(JidError::EmptyResource));
+        assert_eq!(Jid::parse("a@\u{fe02}"), Err(JidError::EmptyDomain));
     }
 
     #[test]
