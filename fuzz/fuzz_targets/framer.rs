@@ -5,7 +5,9 @@
 //! socket path, bounded) or `feed`; the rest is the stream.
 //!
 //! Invariants: no panic; every stanza is a slice of the input that starts
-//! with `<` and ends with `>`, in input order, no larger than the limit;
+//! with `<` and ends with `>`, in input order, no larger than the limit
+//! (or, when it uses prefixes bound only on the stream header, that slice
+//! with their declarations added right after its name);
 //! its header spans lie inside its bytes and agree with a re-parse of its
 //! first tag; nothing comes after `</stream:stream>`; an error is final.
 #![no_main]
@@ -103,9 +105,9 @@ impl<'a> Checker<'a> {
             "stanza of {} bytes over the limit",
             b.len()
         );
-        let at = find(&self.input[self.cursor..], b)
+        let (at, len) = original(&self.input[self.cursor..], b, s.name().len())
             .expect("stanza bytes are not a slice of the input after the previous stanza");
-        self.cursor += at + b.len();
+        self.cursor += at + len;
 
         let range = b.as_ptr() as usize..b.as_ptr() as usize + b.len();
         let within = |v: Option<&str>| {
@@ -136,6 +138,28 @@ impl<'a> Checker<'a> {
             .collect();
         let _ = Element::parse(b, NS_CLIENT, &prefixes);
     }
+}
+
+/// Where the stanza `b` came from in `hay`, and its length there: `b`
+/// itself, or `b` less the `xmlns:p='…'` declarations the framer adds
+/// right after the name for prefixes bound only on the stream header.
+fn original(hay: &[u8], b: &[u8], name_len: usize) -> Option<(usize, usize)> {
+    if let Some(at) = find(hay, b) {
+        return Some((at, b.len()));
+    }
+    let name_end = 1 + name_len;
+    let mut rest = &b[name_end..];
+    while let Some(r) = rest.strip_prefix(b" xmlns:") {
+        let q = r.iter().position(|&c| c == b'\'')?;
+        let close = r[q + 1..].iter().position(|&c| c == b'\'')?;
+        rest = &r[q + 1 + close + 1..];
+        let mut candidate = b[..name_end].to_vec();
+        candidate.extend_from_slice(rest);
+        if let Some(at) = find(hay, &candidate) {
+            return Some((at, candidate.len()));
+        }
+    }
+    None
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
