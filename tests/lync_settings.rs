@@ -567,3 +567,96 @@ async fn proxy_fqdn_routes_past_dns_and_follows_reload_as_do_partner_metric_labe
         "no series labelled px.test"
     );
 }
+
+/// Issue 9, item 7, end to end: a federated partner's users cannot grow a
+/// local user's roster past `[user_limits]`, each refused request is
+/// answered `<policy-violation/>` over federation, and the user's own
+/// roster set past the cap gets the same error.
+#[tokio::test]
+async fn a_partner_cannot_fill_a_roster_past_the_user_limits_and_the_user_is_refused_too() {
+    let site = site(&format!(
+        "{}[user_limits]\nmax_roster_items = 3\nmax_inbound_subscriptions_per_domain = 2\n",
+        federated("sub.test", "")
+    ))
+    .await;
+    let mut sub = site.listener("sub.test").await;
+    let mut user = site.user("user").await;
+    let mut peer = S2sPeer::connect(&site.peer_cfg("sub.test"))
+        .await
+        .expect("sub.test's stream into the daemon");
+    for n in 1..=3 {
+        peer.send(format!(
+            "<presence from='c{n}@sub.test' to='user@{HOME}' type='subscribe' id='s{n}'/>"
+        ))
+        .await
+        .unwrap();
+    }
+    // The daemon's answers come on its own stream to sub.test: two
+    // approvals (each followed by the user's presence) and one refusal,
+    // which may overtake them (an approval waits for its roster write).
+    let mut link = sub
+        .accept(TIMEOUT)
+        .await
+        .expect("the daemon's stream to sub.test");
+    let mut approved = Vec::new();
+    let mut refusal = None;
+    while approved.len() < 2 || refusal.is_none() {
+        let s = next_stanza(&mut link, "the answers to the subscription requests").await;
+        match s.type_().as_deref() {
+            Some("subscribed") => approved.push(s.to().map(|t| t.into_owned()).unwrap_or_default()),
+            Some("error") => refusal = Some(s),
+            _ => {}
+        }
+    }
+    let refusal = refusal.unwrap();
+    approved.sort();
+    assert_eq!(approved, ["c1@sub.test", "c2@sub.test"]);
+    assert_eq!(refusal.id().as_deref(), Some("s3"), "{}", text(&refusal));
+    assert_eq!(
+        refusal.to().as_deref(),
+        Some("c3@sub.test"),
+        "{}",
+        text(&refusal)
+    );
+    assert!(
+        text(&refusal).contains("policy-violation"),
+        "{}",
+        text(&refusal)
+    );
+
+    // The user's own roster set: a third item fits, a fourth does not.
+    for (id, jid) in [
+        ("add3", "friend@elsewhere.test"),
+        ("add4", "another@elsewhere.test"),
+    ] {
+        user.send(format!(
+            "<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'><item jid='{jid}'/></query></iq>"
+        ))
+        .await
+        .unwrap();
+    }
+    // add4's refusal may overtake add3's result (which waits for its write).
+    let (mut r3, mut r4) = (None, None);
+    while r3.is_none() || r4.is_none() {
+        let s = expect(&mut user, "the answers to add3 and add4", |s| {
+            s.name() == "iq"
+        })
+        .await;
+        match s.id().as_deref() {
+            Some("add3") => r3 = Some(s),
+            Some("add4") => r4 = Some(s),
+            _ => {}
+        }
+    }
+    let (r3, r4) = (r3.unwrap(), r4.unwrap());
+    assert_eq!(r3.type_().as_deref(), Some("result"), "{}", text(&r3));
+    assert_eq!(r4.type_().as_deref(), Some("error"), "{}", text(&r4));
+    assert!(text(&r4).contains("policy-violation"), "{}", text(&r4));
+    let scrape = site.server.scrape().await;
+    assert!(
+        scrape.contains(
+            "fedrouter_user_limit_refusals_total{limit=\"max_inbound_subscriptions_per_domain\"}"
+        ) && scrape.contains("fedrouter_user_limit_refusals_total{limit=\"max_roster_items\"}"),
+        "the refusals are counted"
+    );
+}

@@ -59,7 +59,9 @@ impl Limit {
     fn text(self) -> &'static str {
         match self {
             Limit::RosterItems => "the roster is full",
-            Limit::InboundPerDomain => "too many unanswered subscription requests from this domain",
+            Limit::InboundPerDomain => {
+                "too many subscriptions from this domain that the user has not returned"
+            }
         }
     }
 }
