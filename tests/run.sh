@@ -45,6 +45,11 @@ echo "tests: $passed passed, $failed failed"
 # fuzz/artifacts/. The instrumented build is most of the time (8 CPU
 # minutes from clean, about 5 min on 2 idle cores); the runs add 6 x
 # FUZZ_SECONDS.
+# libfuzzer-sys builds libFuzzer's C++ sources.
+if ! command -v g++ >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ </dev/null
+fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 fuzz/run.sh --replay
 fuzz/run.sh "${FUZZ_SECONDS:-10}"

@@ -239,7 +239,10 @@ impl Inbound {
                         AuthMethod::SaslExternal => {
                             assert!(self.neg.is_tls(), "EXTERNAL without TLS");
                             assert!(
-                                self.wire.cert.as_ref().is_some_and(|c| c.is_valid_for(&remote)),
+                                self.wire
+                                    .cert
+                                    .as_ref()
+                                    .is_some_and(|c| c.is_valid_for(&remote)),
                                 "EXTERNAL for {remote} without a certificate for it"
                             );
                         }
