@@ -710,7 +710,14 @@ async fn a_client_that_answers_the_idle_ping_stays_connected() {
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_closed_once_a_write_makes_no_progress_for_write_timeout() {
-    let server = TestServer::start_domain(DOMAIN, "write_timeout = 1\n", "").await;
+    // Bob's 16 MiB must not be slowed by read shaping (64 s at the default
+    // 256 KiB/s): only alice's side is under test.
+    let server = TestServer::start_domain(
+        DOMAIN,
+        "write_timeout = 1\n",
+        "[gateway]\nc2s_rate_limit = 0\n",
+    )
+    .await;
     server.add_user("alice", "pw");
     server.add_user("bob", "pw");
     let alice = server.client("alice", "pw").await;
