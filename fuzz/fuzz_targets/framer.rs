@@ -143,23 +143,28 @@ impl<'a> Checker<'a> {
 /// Where the stanza `b` came from in `hay`, and its length there: `b`
 /// itself, or `b` less the `xmlns:p='…'` declarations the framer adds
 /// right after the name for prefixes bound only on the stream header.
+/// The earliest match wins: the stream may repeat a stanza's bytes later.
 fn original(hay: &[u8], b: &[u8], name_len: usize) -> Option<(usize, usize)> {
-    if let Some(at) = find(hay, b) {
-        return Some((at, b.len()));
-    }
+    let mut best = find(hay, b).map(|at| (at, b.len()));
     let name_end = 1 + name_len;
     let mut rest = &b[name_end..];
     while let Some(r) = rest.strip_prefix(b" xmlns:") {
-        let q = r.iter().position(|&c| c == b'\'')?;
-        let close = r[q + 1..].iter().position(|&c| c == b'\'')?;
+        let Some(q) = r.iter().position(|&c| c == b'\'') else {
+            break;
+        };
+        let Some(close) = r[q + 1..].iter().position(|&c| c == b'\'') else {
+            break;
+        };
         rest = &r[q + 1 + close + 1..];
         let mut candidate = b[..name_end].to_vec();
         candidate.extend_from_slice(rest);
-        if let Some(at) = find(hay, &candidate) {
-            return Some((at, candidate.len()));
+        if let Some(at) = find(hay, &candidate)
+            && best.is_none_or(|(b, _)| at < b)
+        {
+            best = Some((at, candidate.len()));
         }
     }
-    None
+    best
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
