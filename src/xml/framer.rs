@@ -691,7 +691,13 @@ impl Framer {
         self.pos = 0;
         self.stack.clear();
         let stanza = if self.scope.uses_header() {
-            self.redeclared(&bytes)
+            // The declarations added must not take it past the limit either:
+            // what is forwarded is what the limit bounds.
+            let s = self.redeclared(&bytes);
+            if s.bytes().len() > self.max {
+                return Err(too_large());
+            }
+            s
         } else {
             Stanza::from_parts(bytes.freeze(), self.head)
         };
@@ -1557,6 +1563,21 @@ mod tests {
         let mut f = Framer::new(NS_SERVER, 8192);
         let e = run(&mut f, [hdr.as_bytes(), b"<message><p20:x/></message>"]);
         assert_eq!(e.map_err(|e| e.condition), Err(NotWellFormed));
+    }
+
+    #[test]
+    fn a_stanza_that_the_added_declarations_take_past_the_limit_is_a_policy_violation() {
+        // Found by fuzzing: within the limit as sent, over it as forwarded.
+        let hdr = format!(
+            "<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' \
+             xmlns:db='jabber:server:dialback:{}'>",
+            "x".repeat(600)
+        );
+        let stanza = format!("<db:result>{}</db:result>", "k".repeat(9_500));
+        assert!(stanza.len() <= 10_000);
+        let mut f = Framer::new(NS_SERVER, 10_000);
+        let e = run(&mut f, [hdr.as_bytes(), stanza.as_bytes()]);
+        assert_eq!(e.map_err(|e| e.condition), Err(PolicyViolation));
     }
 
     #[test]
