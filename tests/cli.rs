@@ -18,6 +18,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_fedrouter");
 struct Running {
     child: Child,
     c2s: SocketAddr,
+    /// The first s2s listener, when the configuration has one.
+    s2s: Option<SocketAddr>,
 }
 
 impl Drop for Running {
@@ -45,22 +47,27 @@ fn run_daemon(cwd: &Path, config: Option<&Path>) -> Running {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut addr = None;
+        let (mut c2s, mut s2s) = (None, None);
+        let first_word = |rest: &str| rest.split_whitespace().next().map(str::to_string);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("c2s listening addr=").nth(1) {
-                addr = rest.split_whitespace().next().map(str::to_string);
+                c2s = first_word(rest);
+            }
+            if let Some(rest) = line.split("s2s listening addr=").nth(1) {
+                s2s = s2s.or_else(|| first_word(rest));
             }
             if line.contains("fedrouter is running") {
-                let _ = tx.send(addr.take().unwrap_or_default());
+                let _ = tx.send((c2s.take().unwrap_or_default(), s2s.take()));
             }
         }
     });
-    let addr = rx
+    let (c2s, s2s) = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the daemon did not report its c2s address");
     Running {
         child,
-        c2s: addr.parse().expect("address"),
+        c2s: c2s.parse().expect("address"),
+        s2s: s2s.map(|a| a.parse().expect("address")),
     }
 }
 
@@ -425,4 +432,111 @@ async fn user_import_adds_many_users_from_standard_input_whether_the_daemon_runs
     }
     let (ok, out, _) = fedrouter(dir.path(), &["--config", c, "user", "list"], None);
     assert!(ok && out.lines().count() == 5, "{out}");
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_daemon_within_shutdown_grace_while_a_thousand_peers_flood_db_verify_and_never_read()
+ {
+    use tokio::io::AsyncWriteExt;
+    fedrouter::transport::raise_fd_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fedrouter.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\ndomains = [\"localhost\"]\ndata_dir = \"data\"\nshutdown_grace = 3\nwrite_timeout = 2\n\
+         [c2s]\nlisten = [\"127.0.0.1:0\"]\n[s2s]\nlisten = [\"127.0.0.1:0\"]\n\
+         max_unauthenticated = 200\nmax_unauthenticated_per_ip = 10\nmax_pre_auth_elements = 100\n\
+         [metrics]\nlisten = \"\"\n",
+    )
+    .unwrap();
+    let mut daemon = run_daemon(dir.path(), Some(&cfg));
+    let s2s = daemon.s2s.expect("the daemon reported its s2s address");
+    // 1,000 connections from ten addresses, each a stream header and 150
+    // db:verify (past the element cap), never reading a byte of the answers.
+    let mut flood = String::from(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+         xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
+         from='flood.test' to='localhost' version='1.0'>",
+    );
+    for i in 0..150 {
+        flood.push_str(&format!(
+            "<db:verify from='flood.test' to='localhost' id='f{i}'>{}</db:verify>",
+            "k".repeat(64)
+        ));
+    }
+    let flood: std::sync::Arc<[u8]> = flood.into_bytes().into();
+    let mut floods = tokio::task::JoinSet::new();
+    for c in 0..1000u32 {
+        let flood = flood.clone();
+        floods.spawn(async move {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(SocketAddr::from(([127, 0, 0, 2 + (c % 10) as u8], 0)))
+                .unwrap();
+            let mut s = tokio::time::timeout(TIMEOUT, sock.connect(s2s))
+                .await
+                .expect("connect timed out")
+                .expect("connect");
+            // The daemon may close first, or stop reading: either is fine.
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.write_all(&flood)).await;
+            s
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(s) = floods.join_next().await {
+        held.push(s.expect("flood task"));
+    }
+    assert_eq!(held.len(), 1000);
+    // The daemon still serves a local user through the flood.
+    let (ok, _, err) = fedrouter(
+        dir.path(),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "user",
+            "add",
+            "alice@localhost",
+            "--password",
+            "pw",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    sign_in(daemon.c2s, "alice@localhost", "pw")
+        .await
+        .expect("sign in during the flood");
+
+    // SIGTERM with every flood socket open and unread: the daemon ends, and
+    // cleanly, within shutdown_grace (3 s) plus 2 s.
+    let pid = daemon.child.id();
+    let started = std::time::Instant::now();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = std::mem::replace(
+        &mut daemon.child,
+        Command::new("true").spawn().expect("spawn true"),
+    );
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let exit = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+        panic!("the daemon was still running 5 s after SIGTERM (pid {pid})")
+    });
+    let exit = exit.expect("wait");
+    let took = started.elapsed();
+    eprintln!("SIGTERM to exit: {took:?}");
+    assert!(exit.success(), "the daemon exited with {exit}");
+    assert!(
+        took < Duration::from_secs(5),
+        "SIGTERM took {took:?} to end the daemon (shutdown_grace 3 s)"
+    );
+    drop(held);
 }
