@@ -124,3 +124,103 @@ async fn a_client_sending_faster_than_c2s_rate_limit_is_slowed_down_not_disconne
 fn body_len(s: &fedrouter::xml::Stanza) -> usize {
     body(s).map_or(0, |b| b.len())
 }
+
+/// A remote domain whose server accepts TCP and never says a word: what a
+/// local user sends it waits in the domain's queue (`s2s_queue_bytes`,
+/// here 16 KiB). Presence may fill only three quarters of it, so the
+/// messages sent after a presence flood still find room; what finds none
+/// is answered with `resource-constraint`, and everything shed is counted.
+#[tokio::test]
+async fn a_silent_remote_domain_sheds_presence_before_messages_and_answers_the_overflow_with_resource_constraint()
+ {
+    use std::net::Ipv4Addr;
+    let dns = testkit::dns::TestDns::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("test DNS");
+    let silent = testkit::s2s::SilentServer::start().await.unwrap();
+    dns.add_srv(
+        "_xmpp-server._tcp.silent.test",
+        10,
+        5,
+        silent.addr().port(),
+        "xmpp.silent.test",
+    );
+    dns.add_a("xmpp.silent.test", Ipv4Addr::LOCALHOST);
+    let server = TestServer::start_with(&format!(
+        "[s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n\
+         allow_private_targets = [\"127.0.0.0/8\"]\nunlisted_domains = \"allow\"\n\
+         unlisted_partner_type = \"federated\"\n\
+         [gateway]\nstream_establishment_timeout = 60\nmax_stanza_size = 16384\ns2s_queue_bytes = 16384\nc2s_rate_limit = 0\n{FEDERATION_ALLOWED}",
+        dns.addr()
+    ))
+    .await;
+    server.add_user("alice", "wonderland");
+    let mut alice = server.client("alice", "wonderland").await;
+    let shed = |scrape: &str, kind: &str| {
+        metric(
+            scrape,
+            "fedrouter_shed_total",
+            &[("queue", "s2s"), ("kind", kind)],
+        )
+    };
+    let before = server.scrape().await;
+
+    // 20 directed presences of about 1 KiB: some 12 fit in three quarters.
+    let status = "s".repeat(1000);
+    let mut flood = String::new();
+    for i in 0..20 {
+        flood.push_str(&format!(
+            "<presence to='bob@silent.test' id='p{i}'><status>{status}</status></presence>"
+        ));
+    }
+    alice.send(&flood).await.expect("presence flood");
+    // Directed presence reaches federation through the sender's shard,
+    // messages straight from the session: wait until the presence is in.
+    let deadline = Instant::now() + TIMEOUT;
+    while shed(&server.scrape().await, "presence") - shed(&before, "presence") < 5.0 {
+        assert!(
+            Instant::now() < deadline,
+            "presence past three quarters of the queue was not shed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Then ten messages of the same size: the first ones take the last
+    // quarter, the last ones find the queue full.
+    let body = "m".repeat(1000);
+    let mut msgs = String::new();
+    for i in 0..10 {
+        msgs.push_str(&format!(
+            "<message to='bob@silent.test' id='m{i}' type='chat'><body>{body}</body></message>"
+        ));
+    }
+    alice.send(&msgs).await.expect("messages");
+
+    // Bounces come back in the order the domain's queue refused them; the
+    // last message is always refused.
+    let mut refused = Vec::new();
+    while !refused.contains(&"m9".to_string()) {
+        let e = expect(&mut alice, "a bounced message", |s| {
+            s.name() == "message" && s.type_().as_deref() == Some("error")
+        })
+        .await;
+        assert!(
+            text(&e).contains("resource-constraint")
+                && (text(&e).contains("type=\"wait\"") || text(&e).contains("type='wait'")),
+            "{}",
+            text(&e)
+        );
+        refused.push(e.id().unwrap_or_default().to_string());
+    }
+    for kept in ["m0", "m1", "m2"] {
+        assert!(
+            !refused.iter().any(|r| r == kept),
+            "{kept} was refused although presence may fill only three quarters: {refused:?}"
+        );
+    }
+    let after = server.scrape().await;
+    assert_eq!(
+        shed(&after, "message") - shed(&before, "message"),
+        refused.len() as f64,
+        "every refused message is counted"
+    );
+}

@@ -14,6 +14,8 @@ use kameo::actor::ActorRef;
 use kameo::error::SendError;
 
 use super::{Deliver, Envelope, Shard};
+use crate::transport::writer::presence_share;
+use crate::xml::StanzaKind;
 
 /// Bytes of stanzas held per shard beyond its mailbox.
 pub const OVERFLOW_BYTES: usize = 32 * 1024 * 1024;
@@ -58,6 +60,11 @@ impl Overflow {
             env
         };
         let len = env.stanza.bytes().len();
+        let cap = if env.kind() == StanzaKind::Presence {
+            presence_share(cap)
+        } else {
+            cap
+        };
         if !st.queue.is_empty() && st.bytes + len > cap {
             return Some(env);
         }

@@ -31,7 +31,7 @@ use crate::events::s2s::{
 };
 use crate::jid::Jid;
 use crate::router::Envelope;
-use crate::transport::writer::QueueLimits;
+use crate::transport::writer::{QueueLimits, presence_share};
 use crate::transport::{Connection, Linger};
 use crate::xml::{Frame, FramerEvent, Stanza, StanzaKind};
 
@@ -309,8 +309,11 @@ impl OutboundDomain {
     /// is under way; bounces it when the queue is full.
     fn enqueue(&mut self, env: Envelope) {
         let len = env.stanza.bytes().len();
-        let max_bytes = self.shared.config.gateway.s2s_queue_bytes;
-        if self.queue.len() >= MAX_QUEUE
+        let (mut max_len, mut max_bytes) = (MAX_QUEUE, self.shared.config.gateway.s2s_queue_bytes);
+        if env.kind() == StanzaKind::Presence {
+            (max_len, max_bytes) = (presence_share(max_len), presence_share(max_bytes));
+        }
+        if self.queue.len() >= max_len
             || (!self.queue.is_empty() && self.queued_bytes + len > max_bytes)
         {
             self.shed(&env);
@@ -591,7 +594,7 @@ impl OutboundDomain {
             self.hold(env());
             return false;
         };
-        match q.try_send(frame) {
+        match q.try_send_as(frame, kind) {
             Ok(()) => {
                 self.shared.metrics.stanza_out(kind);
                 return true;

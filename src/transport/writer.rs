@@ -21,7 +21,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::events::Metrics;
-use crate::xml::Frame;
+use crate::xml::{Frame, StanzaKind};
 
 /// Most frames gathered into one write.
 const BATCH_FRAMES: usize = 128;
@@ -47,6 +47,13 @@ impl QueueLimits {
             bytes: usize::MAX,
         }
     }
+}
+
+/// The most of a queue's `limit` (frames or bytes) that presence may fill:
+/// three quarters. The last quarter is kept for messages and IQs, so under
+/// pressure presence is shed first and a message finds room after it.
+pub const fn presence_share(limit: usize) -> usize {
+    limit - limit / 4
 }
 
 /// A bounded queue of frames: many senders (shards, the session), one
@@ -102,19 +109,34 @@ impl Queue {
     // tokio's contract: a refused frame comes back by value, not boxed.
     #[allow(clippy::result_large_err)]
     pub fn try_send(&self, f: Frame) -> Result<(), TrySendError<Frame>> {
-        self.push(f, false)
+        self.push(f, false, false)
+    }
+
+    /// [`Queue::try_send`] for a stanza of `kind`: presence only into the
+    /// [`presence_share`] of the queue.
+    #[allow(clippy::result_large_err)]
+    pub fn try_send_as(&self, f: Frame, kind: StanzaKind) -> Result<(), TrySendError<Frame>> {
+        self.push(f, false, kind == StanzaKind::Presence)
     }
 
     #[allow(clippy::result_large_err)]
-    fn push(&self, f: Frame, will_wait: bool) -> Result<(), TrySendError<Frame>> {
+    fn push(&self, f: Frame, will_wait: bool, presence: bool) -> Result<(), TrySendError<Frame>> {
         // Outside the lock, which the writer task contends for.
         let len = f.len();
+        let (capacity, max_bytes) = if presence {
+            (
+                presence_share(self.0.capacity),
+                presence_share(self.0.max_bytes),
+            )
+        } else {
+            (self.0.capacity, self.0.max_bytes)
+        };
         let mut st = self.0.lock();
         if st.rx_closed {
             return Err(TrySendError::Closed(f));
         }
-        let full = st.frames.len() >= self.0.capacity
-            || (!st.frames.is_empty() && st.bytes.saturating_add(len) > self.0.max_bytes);
+        let full = st.frames.len() >= capacity
+            || (!st.frames.is_empty() && st.bytes.saturating_add(len) > max_bytes);
         if full {
             st.sender_waiting |= will_wait;
             return Err(TrySendError::Full(f));
@@ -137,7 +159,7 @@ impl Queue {
             // Registered before the attempt, so room made after a failed
             // attempt is not missed.
             space.as_mut().enable();
-            match self.push(f, true) {
+            match self.push(f, true, false) {
                 Ok(()) => return Ok(()),
                 Err(TrySendError::Closed(back)) => return Err(SendError(back)),
                 Err(TrySendError::Full(back)) => f = back,
@@ -393,6 +415,38 @@ mod tests {
         tx.try_send(frame("x"))
             .expect("the bytes of a received frame are given back");
         assert_eq!(rx.0.lock().bytes, 5);
+    }
+
+    #[tokio::test]
+    async fn presence_fills_three_quarters_of_the_queue_and_the_rest_is_kept_for_messages() {
+        let (tx, _rx) = queue(QueueLimits {
+            frames: 100,
+            bytes: 40,
+        });
+        for _ in 0..3 {
+            tx.try_send_as(frame("0123456789"), StanzaKind::Presence)
+                .expect("presence within its share");
+        }
+        assert!(
+            matches!(
+                tx.try_send_as(frame("x"), StanzaKind::Presence),
+                Err(TrySendError::Full(_))
+            ),
+            "presence past 30 of 40 bytes"
+        );
+        tx.try_send_as(frame("0123456789"), StanzaKind::Message)
+            .expect("a message takes the last quarter");
+        assert!(matches!(
+            tx.try_send_as(frame("x"), StanzaKind::Message),
+            Err(TrySendError::Full(_))
+        ));
+        let (tx, _rx) = queue(QueueLimits::frames(4));
+        for _ in 0..3 {
+            tx.try_send_as(frame("p"), StanzaKind::Presence).unwrap();
+        }
+        assert!(tx.try_send_as(frame("p"), StanzaKind::Presence).is_err());
+        tx.try_send_as(frame("m"), StanzaKind::Iq)
+            .expect("the last frame is an IQ's");
     }
 
     #[tokio::test]

@@ -517,7 +517,7 @@ fn random_resource() -> Result<String, BindError> {
 /// queue drops presence and closes a session that does not read fast
 /// enough for anything else (its message then goes offline).
 fn offer(r: &Resource, frame: Frame, kind: StanzaKind, metrics: &Metrics) -> bool {
-    match r.handle.out.try_send(frame) {
+    match r.handle.out.try_send_as(frame, kind) {
         Ok(()) => {
             metrics.stanza_out(kind);
             true
