@@ -96,9 +96,20 @@ fn routing(c: &mut Criterion) {
                         ))
                         .await;
                 }
-                while s.received.load(Ordering::Acquire) < start_count + iters {
+                let (mut seen, mut progress) = (0, Instant::now());
+                while seen < start_count + iters {
                     let _ =
                         tokio::time::timeout(Duration::from_millis(10), s.notify.notified()).await;
+                    let now = s.received.load(Ordering::Acquire);
+                    if now > seen {
+                        (seen, progress) = (now, Instant::now());
+                    }
+                    // A refused message must fail the bench, not hang it.
+                    assert!(
+                        progress.elapsed() < Duration::from_secs(10),
+                        "{seen} of {} messages reached the sessions, none for 10 s",
+                        start_count + iters
+                    );
                 }
                 t.elapsed()
             }
