@@ -162,7 +162,12 @@ pub async fn start_with_connector(
     for w in policy.get().warnings() {
         events::daemon::ConfigWarning { warning: w }.emit();
     }
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&data_dir)?);
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&data_dir)?.with_offline_quota(
+        storage::OfflineQuota {
+            messages: config.storage.offline_max_messages_per_user,
+            bytes: config.storage.offline_max_bytes_per_user,
+        },
+    ));
     // Bound before anything else listens, so an admin command that sees the
     // daemon's ports open always finds its control socket too.
     let control_path = control::socket_path(&data_dir);

@@ -540,3 +540,72 @@ async fn sigterm_ends_the_daemon_within_shutdown_grace_while_a_thousand_peers_fl
     );
     drop(held);
 }
+
+/// A crash (SIGKILL) after offline messages were read and written to the
+/// user's socket, before the session confirmed them: the restarted daemon
+/// still has every one of them.
+#[tokio::test]
+async fn offline_messages_read_when_the_daemon_is_killed_are_delivered_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fedrouter.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\ndomains = [\"localhost\"]\ndata_dir = \"data\"\n[c2s]\nlisten = [\"127.0.0.1:0\"]\n\
+         [s2s]\nlisten = []\n[metrics]\nlisten = \"\"\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    for (user, pw) in [("alice@localhost", "a-pass"), ("carol@localhost", "c-pass")] {
+        let (ok, _, err) = fedrouter(
+            dir.path(),
+            &["--config", c, "user", "add", user, "--password", pw],
+            None,
+        );
+        assert!(ok, "{err}");
+    }
+    let mut daemon = run_daemon(dir.path(), Some(&cfg));
+    let mut alice = sign_in(daemon.c2s, "alice@localhost", "a-pass")
+        .await
+        .unwrap();
+    for i in 0..5 {
+        alice
+            .send(format!(
+                "<message to='carol@localhost' type='chat'><body>kept {i}</body></message>"
+            ))
+            .await
+            .unwrap();
+    }
+    alice
+        .iq(
+            "sync",
+            "<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await
+        .unwrap();
+    let read_all = |mut carol: Client| async move {
+        carol.send("<presence/>").await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let m =
+                common::expect(&mut carol, "an offline message", |s| s.name() == "message").await;
+            got.push(common::body(&m).unwrap_or_default());
+        }
+        (carol, got)
+    };
+    let expected: Vec<String> = (0..5).map(|i| format!("kept {i}")).collect();
+    let carol = sign_in(daemon.c2s, "carol@localhost", "c-pass")
+        .await
+        .unwrap();
+    let (_carol, got) = read_all(carol).await;
+    assert_eq!(got, expected);
+    // Killed while the session is within its confirmation grace.
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+
+    let daemon = run_daemon(dir.path(), Some(&cfg));
+    let carol = sign_in(daemon.c2s, "carol@localhost", "c-pass")
+        .await
+        .unwrap();
+    let (_carol, got) = read_all(carol).await;
+    assert_eq!(got, expected, "every offline message survived the crash");
+}

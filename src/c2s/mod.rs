@@ -169,6 +169,8 @@ struct Session {
     /// This connection's `connection_limit` slot, given back on drop.
     _slot: crate::transport::CapSlot,
     done: bool,
+    /// The client ended the stream itself (`</stream:stream>`).
+    closed_by_client: bool,
 }
 
 impl Actor for C2sSession {
@@ -208,6 +210,7 @@ impl Actor for C2sSession {
             pinged: None,
             _slot: slot,
             done: false,
+            closed_by_client: false,
             shared,
         });
         session.conn.set_read_rate(session.shared.rate_limit);
@@ -325,7 +328,13 @@ impl Session {
         if let Some(jid) = self.jid.take() {
             self.shared.metrics.c2s_sessions.decrement(1.0);
             let shard = self.shared.router.shard(jid.bare()).clone();
-            let _ = shard.tell(Unbind { jid, id: self.id }).await;
+            let _ = shard
+                .tell(Unbind {
+                    jid,
+                    id: self.id,
+                    closed_by_client: self.closed_by_client,
+                })
+                .await;
         }
     }
 }
@@ -372,6 +381,7 @@ impl Session {
                     }
                 }
                 Ok(Some(FramerEvent::StreamClose)) => {
+                    self.closed_by_client = true;
                     self.close_clean().await;
                 }
                 Err(e) => self.close(e).await,

@@ -124,6 +124,8 @@ pub mod defaults {
     pub const MAX_ROSTER_ITEMS: usize = 10_000;
     pub const MAX_INBOUND_SUBSCRIPTIONS_PER_DOMAIN: usize = 1_000;
     pub const MAX_DIRECTED_PRESENCE: usize = 1_000;
+    pub const OFFLINE_MAX_MESSAGES_PER_USER: u64 = 1_000;
+    pub const OFFLINE_MAX_BYTES_PER_USER: u64 = 10 * 1024 * 1024;
     pub const METRICS_LISTEN: &str = "127.0.0.1:9269";
     pub const LOG_LEVEL: &str = "info";
     // Lync New-CsXmppAllowedPartner defaults; a partner's connection_limit
@@ -157,6 +159,7 @@ pub struct Config {
     /// has no `global` one. [`crate::policy::Policy`] resolves them.
     pub access_policies: Vec<AccessPolicyConfig>,
     pub user_limits: UserLimitsConfig,
+    pub storage: StorageConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     /// The file it came from; `None` for the embedded defaults or text.
@@ -423,6 +426,26 @@ impl Default for UserLimitsConfig {
             max_roster_items: defaults::MAX_ROSTER_ITEMS,
             max_inbound_subscriptions_per_domain: defaults::MAX_INBOUND_SUBSCRIPTIONS_PER_DOMAIN,
             max_directed_presence: defaults::MAX_DIRECTED_PRESENCE,
+        }
+    }
+}
+
+/// `[storage]`: what the embedded store keeps. Read at start (a reload
+/// does not change it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// Offline messages one user may have waiting; at least 1.
+    pub offline_max_messages_per_user: u64,
+    /// Bytes of offline messages one user may have waiting; at least
+    /// `gateway.max_stanza_size`, so any accepted message can be stored.
+    pub offline_max_bytes_per_user: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            offline_max_messages_per_user: defaults::OFFLINE_MAX_MESSAGES_PER_USER,
+            offline_max_bytes_per_user: defaults::OFFLINE_MAX_BYTES_PER_USER,
         }
     }
 }

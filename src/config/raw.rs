@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     #[serde(rename = "access_policy")]
     pub access_policies: Vec<RawAccessPolicy>,
     pub user_limits: RawUserLimits,
+    pub storage: RawStorage,
     pub metrics: RawMetrics,
     pub log: RawLog,
 }
@@ -301,6 +302,22 @@ impl Default for RawUserLimits {
             max_roster_items: d::MAX_ROSTER_ITEMS,
             max_inbound_subscriptions_per_domain: d::MAX_INBOUND_SUBSCRIPTIONS_PER_DOMAIN,
             max_directed_presence: d::MAX_DIRECTED_PRESENCE,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table")]
+pub(super) struct RawStorage {
+    pub offline_max_messages_per_user: u64,
+    pub offline_max_bytes_per_user: u64,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            offline_max_messages_per_user: d::OFFLINE_MAX_MESSAGES_PER_USER,
+            offline_max_bytes_per_user: d::OFFLINE_MAX_BYTES_PER_USER,
         }
     }
 }

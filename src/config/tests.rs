@@ -503,7 +503,7 @@ fn errors_in_text_without_a_file_say_config() {
     assert_eq!(e.file(), None);
     assert_eq!(
         e.to_string(),
-        "<config>:1:1: nope: unknown field `nope`, expected one of `server`, `tls`, `c2s`, `s2s`, `gateway`, `partner`, `access_policy`, `user_limits`, `metrics`, `log`"
+        "<config>:1:1: nope: unknown field `nope`, expected one of `server`, `tls`, `c2s`, `s2s`, `gateway`, `partner`, `access_policy`, `user_limits`, `storage`, `metrics`, `log`"
     );
 }
 
@@ -2115,6 +2115,41 @@ fn user_limits_default_and_zero_is_refused_with_line_and_key() {
         3,
         "user_limits.max_inbound_subscriptions_per_domain",
         "must be at least 1",
+    );
+}
+
+#[test]
+fn storage_quota_defaults_and_bad_values_are_refused_with_line_and_key() {
+    let s = Config::default_embedded().storage;
+    assert_eq!(
+        (
+            s.offline_max_messages_per_user,
+            s.offline_max_bytes_per_user
+        ),
+        (1_000, 10 * 1024 * 1024)
+    );
+    let c = parse(
+        "[storage]\noffline_max_messages_per_user = 5\noffline_max_bytes_per_user = 600000\n",
+    );
+    assert_eq!(c.storage.offline_max_messages_per_user, 5);
+    assert_eq!(c.storage.offline_max_bytes_per_user, 600_000);
+    let e = error("[storage]\noffline_max_messages_per_user = 0\n");
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        2,
+        "storage.offline_max_messages_per_user",
+        "must be at least 1",
+    );
+    let e = error(
+        "[gateway]\nmax_stanza_size = 20000\n[storage]\noffline_max_bytes_per_user = 19999\n",
+    );
+    assert_error(
+        &e,
+        ConfigErrorKind::Invalid,
+        4,
+        "storage.offline_max_bytes_per_user",
+        "at least gateway.max_stanza_size (20000)",
     );
 }
 

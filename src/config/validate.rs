@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use super::raw::{
     RawAccessPolicy, RawC2s, RawConfig, RawGateway, RawLog, RawMetrics, RawPartner, RawS2s,
-    RawServer, RawTls, RawUserLimits,
+    RawServer, RawStorage, RawTls, RawUserLimits,
 };
 use super::{
     AccessPolicyConfig, C2sConfig, CertificateConfig, Config, GatewayConfig, LogConfig,
-    MetricsConfig, PartnerConfig, ProxyTarget, S2sConfig, ServerConfig, TlsConfig,
+    MetricsConfig, PartnerConfig, ProxyTarget, S2sConfig, ServerConfig, StorageConfig, TlsConfig,
     UserLimitsConfig, defaults as d,
 };
 use crate::jid::BareJid;
@@ -55,6 +55,7 @@ pub(super) fn validate(
     let partners = partners(raw.partners, &server.domains, &gateway)?;
     let access_policies = access_policies(raw.access_policies, &server.domains)?;
     let user_limits = user_limits(raw.user_limits)?;
+    let storage = storage(raw.storage, &gateway)?;
     let metrics = metrics(raw.metrics, &mut listeners)?;
     let log = log(raw.log, base)?;
     Ok(Config {
@@ -66,6 +67,7 @@ pub(super) fn validate(
         partners,
         access_policies,
         user_limits,
+        storage,
         metrics,
         log,
         source: source.map(Path::to_path_buf),
@@ -905,6 +907,28 @@ fn user_limits(raw: RawUserLimits) -> Result<UserLimitsConfig, Invalid> {
         max_roster_items: raw.max_roster_items,
         max_inbound_subscriptions_per_domain: raw.max_inbound_subscriptions_per_domain,
         max_directed_presence: raw.max_directed_presence,
+    })
+}
+
+fn storage(raw: RawStorage, gateway: &GatewayConfig) -> Result<StorageConfig, Invalid> {
+    if raw.offline_max_messages_per_user == 0 {
+        return Err(invalid(
+            "storage.offline_max_messages_per_user",
+            "must be at least 1 (0 would refuse every offline message)",
+        ));
+    }
+    if raw.offline_max_bytes_per_user < gateway.max_stanza_size as u64 {
+        return Err(invalid(
+            "storage.offline_max_bytes_per_user",
+            format!(
+                "must be at least gateway.max_stanza_size ({}), or a message the daemon accepts could never be stored",
+                gateway.max_stanza_size
+            ),
+        ));
+    }
+    Ok(StorageConfig {
+        offline_max_messages_per_user: raw.offline_max_messages_per_user,
+        offline_max_bytes_per_user: raw.offline_max_bytes_per_user,
     })
 }
 

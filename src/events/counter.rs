@@ -92,6 +92,7 @@ event_names! {
     // router
     UserQueueFull => "user_queue_full",
     OfflineReadFailed => "offline_read_failed",
+    OfflineWriteFailed => "offline_write_failed",
     RosterLoadFailed => "roster_load_failed",
     RosterWriteFailed => "roster_write_failed",
     StoreReadFailed => "store_read_failed",

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub offline_stored: Counter,
     pub offline_delivered: Counter,
     pub offline_refused: Counter,
+    /// Offline messages deleted from storage as delivered.
+    pub offline_acked: Counter,
     pub auth_success: Counter,
     pub auth_failure: Counter,
     /// Attempts refused by the failed-login throttle.
@@ -193,6 +195,7 @@ impl Metrics {
             offline_stored: counter!("fedrouter_offline_messages_total", "event" => "stored"),
             offline_delivered: counter!("fedrouter_offline_messages_total", "event" => "delivered"),
             offline_refused: counter!("fedrouter_offline_messages_total", "event" => "refused"),
+            offline_acked: counter!("fedrouter_offline_messages_total", "event" => "acknowledged"),
             auth_success: counter!("fedrouter_auth_total", "result" => "success"),
             auth_failure: counter!("fedrouter_auth_total", "result" => "failure"),
             auth_throttled: counter!("fedrouter_auth_total", "result" => "throttled"),

@@ -101,10 +101,44 @@ impl OfflineDelivered<'_> {
     }
 }
 
+/// A message for an offline user refused by the user's offline quota
+/// (`[storage] offline_max_messages_per_user` / `_bytes_per_user`); the
+/// sender is answered with `resource-constraint`.
+pub struct OfflineRefused<'a> {
+    pub user: &'a dyn Display,
+}
+
+impl OfflineRefused<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::debug!(target: DELIVER, user = %self.user, "offline quota full: message refused");
+        metrics.offline_refused.increment(1);
+    }
+}
+
+/// Offline messages confirmed delivered, about to be deleted from storage;
+/// or kept, because their session ended before confirming.
+pub struct OfflineConfirmed<'a> {
+    pub user: &'a dyn Display,
+    pub upto: u64,
+    pub delivered: bool,
+}
+
+impl OfflineConfirmed<'_> {
+    pub fn emit(self, metrics: &Metrics, n: u64) {
+        if self.delivered {
+            tracing::debug!(target: DELIVER, user = %self.user, upto = self.upto, n, "offline messages confirmed delivered");
+            metrics.offline_acked.increment(n);
+        } else {
+            tracing::debug!(target: DELIVER, user = %self.user, upto = self.upto, "session ended before confirming offline messages: kept for the next one");
+        }
+    }
+}
+
 /// What a shard asked of the store when it failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreOp {
     ReadOffline,
+    WriteOffline,
     LoadRoster,
     WriteRoster,
     /// The read task itself failed (a panicking store).
@@ -125,6 +159,11 @@ impl StoreFailed<'_> {
                 DELIVER,
                 "reading offline messages failed",
                 EventName::OfflineReadFailed,
+            ),
+            StoreOp::WriteOffline => (
+                DELIVER,
+                "storing an offline message failed; the sender was told",
+                EventName::OfflineWriteFailed,
             ),
             StoreOp::LoadRoster => (SHARD, "loading roster failed", EventName::RosterLoadFailed),
             StoreOp::WriteRoster => (SHARD, "roster write failed", EventName::RosterWriteFailed),

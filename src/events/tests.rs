@@ -72,6 +72,7 @@ fn the_daemon_metrics_keep_their_names_labels_and_help() {
         "fedrouter_bytes_total{dir=out}",
         "fedrouter_route_seconds{}",
         "fedrouter_offline_messages_total{event=stored}",
+        "fedrouter_offline_messages_total{event=acknowledged}",
         "fedrouter_offline_messages_total{event=delivered}",
         "fedrouter_offline_messages_total{event=refused}",
         "fedrouter_auth_total{result=success}",

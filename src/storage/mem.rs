@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use bytes::Bytes;
-
-use super::{OFFLINE_LIMIT, OpResults, Store, StoreError, WriteOp};
+use super::{OfflineMessage, OfflineQuota, OpResults, Store, StoreError, WriteOp};
 use crate::jid::BareJid;
 use crate::roster::RosterItem;
 use crate::storage::Credentials;
@@ -16,12 +14,21 @@ use crate::storage::Credentials;
 struct Inner {
     accounts: BTreeMap<BareJid, Credentials>,
     rosters: HashMap<BareJid, BTreeMap<String, RosterItem>>,
-    offline: HashMap<BareJid, VecDeque<Bytes>>,
+    offline: HashMap<BareJid, Offline>,
+}
+
+/// One user's offline queue: the next sequence number (never reused while
+/// the account lives) and the messages with theirs.
+#[derive(Default)]
+struct Offline {
+    next: u64,
+    bytes: u64,
+    queue: VecDeque<OfflineMessage>,
 }
 
 pub struct MemStore {
     inner: Mutex<Inner>,
-    offline_limit: u64,
+    quota: OfflineQuota,
 }
 
 impl Default for MemStore {
@@ -34,13 +41,21 @@ impl MemStore {
     pub fn new() -> MemStore {
         MemStore {
             inner: Mutex::new(Inner::default()),
-            offline_limit: OFFLINE_LIMIT,
+            quota: OfflineQuota::default(),
         }
     }
 
-    pub fn with_offline_limit(mut self, limit: u64) -> MemStore {
-        self.offline_limit = limit;
+    pub fn with_offline_quota(mut self, quota: OfflineQuota) -> MemStore {
+        self.quota = quota;
         self
+    }
+
+    /// [`MemStore::with_offline_quota`] bounding the count only.
+    pub fn with_offline_limit(self, messages: u64) -> MemStore {
+        self.with_offline_quota(OfflineQuota {
+            messages,
+            bytes: u64::MAX,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -103,7 +118,11 @@ impl Store for MemStore {
     }
 
     fn offline_count(&self, user: &BareJid) -> Result<u64, StoreError> {
-        Ok(self.lock().offline.get(user).map_or(0, |q| q.len() as u64))
+        Ok(self
+            .lock()
+            .offline
+            .get(user)
+            .map_or(0, |q| q.queue.len() as u64))
     }
 
     fn apply(&self, ops: &[WriteOp]) -> Result<OpResults, StoreError> {
@@ -132,10 +151,25 @@ impl Store for MemStore {
                     }
                     WriteOp::PushOffline { stanza, .. } => {
                         let q = g.offline.entry(user.clone()).or_default();
-                        if q.len() as u64 >= self.offline_limit {
+                        let len = stanza.len() as u64;
+                        if !self.quota.admits(q.queue.len() as u64, q.bytes, len) {
                             return Err(StoreError::QuotaExceeded);
                         }
-                        q.push_back(stanza.clone());
+                        q.queue.push_back(OfflineMessage {
+                            seq: q.next,
+                            stanza: stanza.clone(),
+                        });
+                        q.next += 1;
+                        q.bytes += len;
+                    }
+                    WriteOp::AckOffline { upto, .. } => {
+                        if let Some(q) = g.offline.get_mut(user) {
+                            while q.queue.front().is_some_and(|m| m.seq <= *upto) {
+                                if let Some(m) = q.queue.pop_front() {
+                                    q.bytes -= m.stanza.len() as u64;
+                                }
+                            }
+                        }
                     }
                 }
                 Ok(())
@@ -144,12 +178,12 @@ impl Store for MemStore {
         Ok(results)
     }
 
-    fn take_offline(&self, user: &BareJid) -> Result<Vec<Bytes>, StoreError> {
+    fn read_offline(&self, user: &BareJid) -> Result<Vec<OfflineMessage>, StoreError> {
         Ok(self
             .lock()
             .offline
-            .remove(user)
-            .map(Vec::from)
+            .get(user)
+            .map(|q| q.queue.iter().cloned().collect())
             .unwrap_or_default())
     }
 }

@@ -24,12 +24,48 @@ mod writer;
 pub use credentials::{Credentials, ScramKeys};
 pub use mem::MemStore;
 pub use redb_store::{FILE_NAME as REDB_FILE_NAME, RedbStore};
-pub use writer::{MAX_BATCH_OPS, MAX_PENDING_BYTES, StoreWriter};
+pub use writer::{MAX_BATCH_OPS, MAX_PENDING_BYTES, ReadDone, StoreWriter, WriteDone};
 
-/// Offline messages kept per user; beyond it [`WriteOp::PushOffline`] is
-/// refused with [`StoreError::QuotaExceeded`] (the caller bounces the stanza
-/// with `<service-unavailable/>`, RFC 6121 §8.5.2.1.1).
+/// Offline messages kept per user by default; beyond it
+/// [`WriteOp::PushOffline`] is refused with [`StoreError::QuotaExceeded`]
+/// (the caller answers the sender with `<resource-constraint/>`, type
+/// `wait`).
 pub const OFFLINE_LIMIT: u64 = 1000;
+/// Bytes of offline messages kept per user by default.
+pub const OFFLINE_MAX_BYTES: u64 = 10 * 1024 * 1024;
+
+/// How much offline storage one user may hold: a message that would pass
+/// either bound is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfflineQuota {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+impl Default for OfflineQuota {
+    fn default() -> Self {
+        OfflineQuota {
+            messages: OFFLINE_LIMIT,
+            bytes: OFFLINE_MAX_BYTES,
+        }
+    }
+}
+
+impl OfflineQuota {
+    /// Whether a user holding `count` messages of `bytes` may take one of
+    /// `len` bytes more.
+    pub fn admits(&self, count: u64, bytes: u64, len: u64) -> bool {
+        count < self.messages && bytes.saturating_add(len) <= self.bytes
+    }
+}
+
+/// An offline message as stored: its place in the user's queue (increasing,
+/// never reused) and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineMessage {
+    pub seq: u64,
+    pub stanza: Bytes,
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -66,6 +102,9 @@ pub enum WriteOp {
     RemoveRosterItem { user: BareJid, contact: String },
     /// Appends to the user's offline queue.
     PushOffline { user: BareJid, stanza: Bytes },
+    /// Deletes the user's offline messages up to and including `upto`
+    /// (their [`OfflineMessage::seq`]): they were delivered.
+    AckOffline { user: BareJid, upto: u64 },
 }
 
 impl WriteOp {
@@ -73,7 +112,8 @@ impl WriteOp {
         match self {
             WriteOp::PutRosterItem { user, .. }
             | WriteOp::RemoveRosterItem { user, .. }
-            | WriteOp::PushOffline { user, .. } => user,
+            | WriteOp::PushOffline { user, .. }
+            | WriteOp::AckOffline { user, .. } => user,
         }
     }
 }
@@ -114,9 +154,26 @@ pub trait Store: Send + Sync + 'static {
     ///   [`StoreError::NotFound`] (no such account). Refusal is decided
     ///   inside the transaction, so quota checks cannot race.
     fn apply(&self, ops: &[WriteOp]) -> Result<OpResults, StoreError>;
-    /// Removes and returns the user's offline messages, oldest first, in one
-    /// durable transaction. No account, or no messages: an empty Vec.
-    fn take_offline(&self, user: &BareJid) -> Result<Vec<Bytes>, StoreError>;
+    /// The user's offline messages, oldest first; nothing is removed (that
+    /// is [`WriteOp::AckOffline`], once they are delivered). No account, or
+    /// no messages: an empty Vec.
+    fn read_offline(&self, user: &BareJid) -> Result<Vec<OfflineMessage>, StoreError>;
+
+    /// Removes and returns the user's offline messages, oldest first (for
+    /// tests and tools; delivery reads, then acknowledges).
+    fn take_offline(&self, user: &BareJid) -> Result<Vec<Bytes>, StoreError> {
+        let msgs = self.read_offline(user)?;
+        if let Some(last) = msgs.last() {
+            let ack = WriteOp::AckOffline {
+                user: user.clone(),
+                upto: last.seq,
+            };
+            if let Some(r) = self.apply(&[ack])?.pop() {
+                r?;
+            }
+        }
+        Ok(msgs.into_iter().map(|m| m.stanza).collect())
+    }
 }
 
 #[cfg(test)]
@@ -156,7 +213,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn all_ok(r: OpResults) {
+    pub(crate) fn all_ok(r: OpResults) {
         assert!(r.iter().all(Result::is_ok), "{r:?}");
     }
 
@@ -298,6 +355,88 @@ pub(crate) mod tests {
         assert!(s.take_offline(&a).unwrap().is_empty());
         all_ok(s.apply(&[push(&a, "4")]).unwrap());
         assert_eq!(s.take_offline(&a).unwrap(), vec!["4"]);
+    }
+
+    /// Reading leaves the messages; acknowledging up to a sequence number
+    /// deletes those and no later ones; numbers are never reused.
+    pub(crate) fn offline_stays_until_acknowledged(s: &dyn Store) {
+        let a = jid("a@x");
+        s.create_account(&a, &creds()).unwrap();
+        all_ok(
+            s.apply(&[push(&a, "1"), push(&a, "2"), push(&a, "3")])
+                .unwrap(),
+        );
+        let read = s.read_offline(&a).unwrap();
+        assert_eq!(read, s.read_offline(&a).unwrap(), "reading removes nothing");
+        let texts: Vec<_> = read.iter().map(|m| m.stanza.clone()).collect();
+        assert_eq!(texts, vec!["1", "2", "3"]);
+        assert!(read.windows(2).all(|w| w[0].seq < w[1].seq));
+        let ack = |upto| WriteOp::AckOffline {
+            user: a.clone(),
+            upto,
+        };
+        all_ok(s.apply(&[ack(read[1].seq)]).unwrap());
+        assert_eq!(s.offline_count(&a).unwrap(), 1);
+        all_ok(s.apply(&[push(&a, "4")]).unwrap());
+        let left = s.read_offline(&a).unwrap();
+        assert_eq!(left[0], read[2]);
+        assert_eq!(left[1].stanza, "4");
+        assert!(
+            left[1].seq > read[2].seq,
+            "a sequence number is never reused"
+        );
+        // Acknowledging again, or beyond what exists, is harmless.
+        all_ok(s.apply(&[ack(read[1].seq), ack(left[1].seq)]).unwrap());
+        assert!(s.read_offline(&a).unwrap().is_empty());
+        all_ok(s.apply(&[push(&a, "5")]).unwrap());
+        assert!(s.read_offline(&a).unwrap()[0].seq > left[1].seq);
+    }
+
+    /// A store whose quota is 3 messages and 10 bytes.
+    pub(crate) fn byte_quota_refuses_what_would_pass_it(s: &dyn Store) {
+        let a = jid("a@x");
+        s.create_account(&a, &creds()).unwrap();
+        let r = s
+            .apply(&[push(&a, "12345"), push(&a, "123456"), push(&a, "12345")])
+            .unwrap();
+        assert!(r[0].is_ok() && r[2].is_ok(), "exactly 10 bytes fit");
+        assert!(
+            matches!(r[1], Err(StoreError::QuotaExceeded)),
+            "11 would not"
+        );
+        assert!(matches!(
+            s.apply(&[push(&a, "x")]).unwrap()[0],
+            Err(StoreError::QuotaExceeded)
+        ));
+        let first = s.read_offline(&a).unwrap()[0].seq;
+        all_ok(
+            s.apply(&[WriteOp::AckOffline {
+                user: a.clone(),
+                upto: first,
+            }])
+            .unwrap(),
+        );
+        let r = s
+            .apply(&[push(&a, "1"), push(&a, "2"), push(&a, "3")])
+            .unwrap();
+        assert!(r[0].is_ok() && r[1].is_ok(), "acknowledged bytes are freed");
+        assert!(
+            matches!(r[2], Err(StoreError::QuotaExceeded)),
+            "the count bound holds too"
+        );
+    }
+
+    #[test]
+    fn mem_store_offline_stays_until_acknowledged() {
+        offline_stays_until_acknowledged(&MemStore::new());
+    }
+
+    #[test]
+    fn mem_store_byte_quota_refuses_what_would_pass_it() {
+        byte_quota_refuses_what_would_pass_it(&MemStore::new().with_offline_quota(OfflineQuota {
+            messages: 3,
+            bytes: 10,
+        }));
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //! | `roster`       | `user \0 contact`                | postcard [`RosterItem`]         |
 //! | `offline`      | `user \0 seq` (u64 big-endian)   | raw stanza bytes                |
 //! | `offline_meta` | bare JID                         | `(next seq, count)`             |
+//! | `offline_bytes`| bare JID                         | `u64` bytes of offline messages |
+//!
+//! Offline messages stay until they are acknowledged as delivered
+//! ([`WriteOp::AckOffline`]); a user's sequence numbers only grow, so an
+//! acknowledgement can never delete a message stored after the read it
+//! answers. Schema 1 (before `offline_bytes`) is upgraded on open.
 //!
 //! A normalised JID never contains NUL, so `user\0` .. `user\x01` holds
 //! exactly that user's rows, never those of `user` + more characters
@@ -21,7 +27,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{OFFLINE_LIMIT, OpResults, Store, StoreError, WriteOp};
+use super::{OfflineMessage, OfflineQuota, OpResults, Store, StoreError, WriteOp};
 use crate::jid::BareJid;
 use crate::roster::RosterItem;
 use crate::storage::Credentials;
@@ -31,13 +37,14 @@ const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 const ROSTER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("roster");
 const OFFLINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("offline");
 const OFFLINE_META: TableDefinition<&str, (u64, u64)> = TableDefinition::new("offline_meta");
+const OFFLINE_BYTES: TableDefinition<&str, u64> = TableDefinition::new("offline_bytes");
 
-const SCHEMA_VERSION: u64 = 1;
+const SCHEMA_VERSION: u64 = 2;
 pub const FILE_NAME: &str = "fedrouter.redb";
 
 pub struct RedbStore {
     db: Database,
-    offline_limit: u64,
+    quota: OfflineQuota,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -124,6 +131,10 @@ impl RedbStore {
                     meta.insert("schema", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
+                Some(1) => {
+                    upgrade_from_1(&txn)?;
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
                 Some(v) => {
                     return Err(StoreError::Corrupt(format!(
                         "schema version {v}, this build reads {SCHEMA_VERSION}"
@@ -135,18 +146,54 @@ impl RedbStore {
             txn.open_table(ROSTER)?;
             txn.open_table(OFFLINE)?;
             txn.open_table(OFFLINE_META)?;
+            txn.open_table(OFFLINE_BYTES)?;
         }
         txn.commit()?;
         Ok(RedbStore {
             db,
-            offline_limit: OFFLINE_LIMIT,
+            quota: OfflineQuota::default(),
         })
     }
 
-    pub fn with_offline_limit(mut self, limit: u64) -> RedbStore {
-        self.offline_limit = limit;
+    pub fn with_offline_quota(mut self, quota: OfflineQuota) -> RedbStore {
+        self.quota = quota;
         self
     }
+
+    /// [`RedbStore::with_offline_quota`] bounding the count only.
+    pub fn with_offline_limit(self, messages: u64) -> RedbStore {
+        self.with_offline_quota(OfflineQuota {
+            messages,
+            bytes: u64::MAX,
+        })
+    }
+}
+
+/// Schema 1 had no `offline_bytes`: each user's is summed from the stored
+/// messages.
+fn upgrade_from_1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let users: Vec<String> = {
+        let meta = txn.open_table(OFFLINE_META)?;
+        let mut users = Vec::new();
+        for row in meta.iter()? {
+            users.push(row?.0.value().to_string());
+        }
+        users
+    };
+    let offline = txn.open_table(OFFLINE)?;
+    let mut bytes = txn.open_table(OFFLINE_BYTES)?;
+    for user in users {
+        let mut lo = user.as_bytes().to_vec();
+        lo.push(0);
+        let mut hi = user.as_bytes().to_vec();
+        hi.push(1);
+        let mut sum = 0u64;
+        for row in offline.range(lo.as_slice()..hi.as_slice())? {
+            sum += row?.1.value().len() as u64;
+        }
+        bytes.insert(user.as_str(), sum)?;
+    }
+    Ok(())
 }
 
 impl Store for RedbStore {
@@ -191,6 +238,7 @@ impl Store for RedbStore {
             txn.open_table(OFFLINE)?
                 .retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
             txn.open_table(OFFLINE_META)?.remove(user.as_str())?;
+            txn.open_table(OFFLINE_BYTES)?.remove(user.as_str())?;
         }
         txn.commit()?;
         Ok(())
@@ -253,6 +301,7 @@ impl Store for RedbStore {
             let mut roster = txn.open_table(ROSTER)?;
             let mut offline = txn.open_table(OFFLINE)?;
             let mut meta = txn.open_table(OFFLINE_META)?;
+            let mut sizes = txn.open_table(OFFLINE_BYTES)?;
             // Batches are usually many ops for few users.
             let mut known: Option<&BareJid> = None;
             for op in ops {
@@ -278,12 +327,35 @@ impl Store for RedbStore {
                     }
                     WriteOp::PushOffline { stanza, .. } => {
                         let (next, count) = meta.get(user.as_str())?.map_or((0, 0), |v| v.value());
-                        if count >= self.offline_limit {
+                        let bytes = sizes.get(user.as_str())?.map_or(0, |v| v.value());
+                        let len = stanza.len() as u64;
+                        if !self.quota.admits(count, bytes, len) {
                             results.push(Err(StoreError::QuotaExceeded));
                             continue;
                         }
                         offline.insert(offline_key(user, next).as_slice(), stanza.as_ref())?;
                         meta.insert(user.as_str(), (next + 1, count + 1))?;
+                        sizes.insert(user.as_str(), bytes + len)?;
+                    }
+                    WriteOp::AckOffline { upto, .. } => {
+                        let (lo, _) = user_range(user);
+                        let hi = offline_key(user, *upto);
+                        let (mut n, mut freed) = (0u64, 0u64);
+                        for row in
+                            offline.extract_from_if(lo.as_slice()..=hi.as_slice(), |_, _| true)?
+                        {
+                            freed += row?.1.value().len() as u64;
+                            n += 1;
+                        }
+                        if n > 0 {
+                            let (next, count) =
+                                meta.get(user.as_str())?.map_or((0, 0), |v| v.value());
+                            // The sequence goes on: an acknowledgement in
+                            // flight must never meet a reused number.
+                            meta.insert(user.as_str(), (next, count.saturating_sub(n)))?;
+                            let bytes = sizes.get(user.as_str())?.map_or(0, |v| v.value());
+                            sizes.insert(user.as_str(), bytes.saturating_sub(freed))?;
+                        }
                     }
                 }
                 results.push(Ok(()));
@@ -293,24 +365,23 @@ impl Store for RedbStore {
         Ok(results)
     }
 
-    fn take_offline(&self, user: &BareJid) -> Result<Vec<Bytes>, StoreError> {
+    fn read_offline(&self, user: &BareJid) -> Result<Vec<OfflineMessage>, StoreError> {
         let (lo, hi) = user_range(user);
-        let txn = self.db.begin_write()?;
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(OFFLINE)?;
         let mut out = Vec::new();
-        {
-            let mut offline = txn.open_table(OFFLINE)?;
-            for row in offline.extract_from_if(lo.as_slice()..hi.as_slice(), |_, _| true)? {
-                let (_, v) = row?;
-                out.push(Bytes::copy_from_slice(v.value()));
-            }
-            // The sequence restarts at 0: nothing is left to order against.
-            txn.open_table(OFFLINE_META)?.remove(user.as_str())?;
-        }
-        if out.is_empty() {
-            // Nothing changed; skip the fsync.
-            txn.abort()?;
-        } else {
-            txn.commit()?;
+        for row in t.range(lo.as_slice()..hi.as_slice())? {
+            let (k, v) = row?;
+            let key = k.value();
+            let seq = key
+                .get(key.len().saturating_sub(8)..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt(format!("offline key {key:?}")))?;
+            out.push(OfflineMessage {
+                seq,
+                stanza: Bytes::copy_from_slice(v.value()),
+            });
         }
         Ok(out)
     }
@@ -357,12 +428,55 @@ mod tests {
     #[test]
     fn redb_store_default_quota_is_the_offline_limit() {
         let (_d, s) = open();
-        quota_refuses_only_the_excess(&s, OFFLINE_LIMIT);
+        quota_refuses_only_the_excess(&s, crate::storage::OFFLINE_LIMIT);
     }
 
     #[test]
     fn redb_store_offline_is_fifo() {
         offline_is_fifo(&open().1);
+    }
+
+    #[test]
+    fn redb_store_offline_stays_until_acknowledged() {
+        offline_stays_until_acknowledged(&open().1);
+    }
+
+    #[test]
+    fn redb_store_byte_quota_refuses_what_would_pass_it() {
+        let (_d, s) = open();
+        byte_quota_refuses_what_would_pass_it(&s.with_offline_quota(OfflineQuota {
+            messages: 3,
+            bytes: 10,
+        }));
+    }
+
+    #[test]
+    fn a_schema_1_store_is_upgraded_with_each_users_offline_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = jid("a@x");
+        {
+            let s = RedbStore::open(dir.path()).unwrap();
+            s.create_account(&a, &creds()).unwrap();
+            s.apply(&[push(&a, "12345"), push(&a, "678")]).unwrap();
+            // As schema 1 left it: no offline_bytes.
+            let txn = s.db.begin_write().unwrap();
+            txn.delete_table(OFFLINE_BYTES).unwrap();
+            txn.open_table(META).unwrap().insert("schema", 1).unwrap();
+            txn.commit().unwrap();
+        }
+        let s = RedbStore::open(dir.path())
+            .unwrap()
+            .with_offline_quota(OfflineQuota {
+                messages: 10,
+                bytes: 10,
+            });
+        // 8 bytes were counted: 2 more fit, 3 would not.
+        assert!(matches!(
+            s.apply(&[push(&a, "abc")]).unwrap()[0],
+            Err(StoreError::QuotaExceeded)
+        ));
+        all_ok(s.apply(&[push(&a, "ab")]).unwrap());
+        assert_eq!(s.take_offline(&a).unwrap(), vec!["12345", "678", "ab"]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! alone, at once.
 //!
 //! Requests run strictly in submission order. Write submissions are merged
-//! into a batch in that order; a `take_offline` ends the batch it meets, so
+//! into a batch in that order; a `read_offline` ends the batch it meets, so
 //! it sees every write submitted before it and none after.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -13,9 +13,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{JoinHandle, ThreadId};
 
-use bytes::Bytes;
-
-use super::{Store, StoreError, WriteOp};
+use super::{OfflineMessage, Store, StoreError, WriteOp};
 use crate::events;
 use crate::jid::BareJid;
 
@@ -40,7 +38,7 @@ fn weight(ops: &[WriteOp]) -> usize {
 }
 
 pub type WriteDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-pub type TakeDone = Box<dyn FnOnce(Result<Vec<Bytes>, StoreError>) + Send>;
+pub type ReadDone = Box<dyn FnOnce(Result<Vec<OfflineMessage>, StoreError>) + Send>;
 
 enum Request {
     Write {
@@ -49,9 +47,9 @@ enum Request {
         /// [`weight`] of `ops`, given back to `pending` once committed.
         bytes: usize,
     },
-    Take {
+    Read {
         user: BareJid,
-        done: TakeDone,
+        done: ReadDone,
     },
 }
 
@@ -192,10 +190,11 @@ impl StoreWriter {
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Takes the user's offline messages, after every write submitted before
-    /// this call. `done` runs exactly once, on the writer thread.
-    pub fn take_offline(&self, user: BareJid, done: TakeDone) {
-        self.send(Request::Take { user, done });
+    /// Reads the user's offline messages (removing nothing), after every
+    /// write submitted before this call. `done` runs exactly once, on the
+    /// writer thread.
+    pub fn read_offline(&self, user: BareJid, done: ReadDone) {
+        self.send(Request::Read { user, done });
     }
 
     /// Requests submitted and not yet started.
@@ -249,7 +248,7 @@ fn fail(req: Request, e: StoreError) {
                 call(move || done(Err(e)));
             }
         }
-        Request::Take { done, .. } => call(move || done(Err(e))),
+        Request::Read { done, .. } => call(move || done(Err(e))),
     }
 }
 
@@ -277,8 +276,8 @@ fn run(store: &dyn Store, rx: &Receiver<Request>, depth: &AtomicUsize, pending: 
             },
         };
         match first {
-            Request::Take { user, done } => {
-                let r = guarded(|| store.take_offline(&user));
+            Request::Read { user, done } => {
+                let r = guarded(|| store.read_offline(&user));
                 call(move || done(r));
             }
             Request::Write { ops, done, bytes } => {
@@ -293,9 +292,9 @@ fn run(store: &dyn Store, rx: &Receiver<Request>, depth: &AtomicUsize, pending: 
                             batch_bytes += bytes;
                             batch.push((ops, done));
                         }
-                        Ok(take) => {
+                        Ok(read) => {
                             // Runs after this batch, before anything newer.
-                            carried = Some(recv(take));
+                            carried = Some(recv(read));
                             break;
                         }
                         Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
@@ -461,8 +460,8 @@ mod tests {
             }
             self.inner.apply(ops)
         }
-        fn take_offline(&self, u: &BareJid) -> Result<Vec<Bytes>, StoreError> {
-            self.inner.take_offline(u)
+        fn read_offline(&self, u: &BareJid) -> Result<Vec<OfflineMessage>, StoreError> {
+            self.inner.read_offline(u)
         }
     }
 
@@ -536,7 +535,7 @@ mod tests {
     }
 
     #[test]
-    fn take_offline_sees_writes_submitted_before_it_and_not_after() {
+    fn read_offline_sees_writes_submitted_before_it_and_not_after() {
         let store = Arc::new(Counting::new());
         let a = jid("a@x");
         store.create_account(&a, &creds()).unwrap();
@@ -546,13 +545,18 @@ mod tests {
         entered.recv().unwrap();
         w.submit(vec![push(&a, "2")], None);
         let (tx, rx) = channel();
-        w.take_offline(a.clone(), Box::new(move |r| tx.send(r.unwrap()).unwrap()));
+        w.read_offline(a.clone(), Box::new(move |r| tx.send(r.unwrap()).unwrap()));
         w.submit(vec![push(&a, "3")], None);
         release.send(()).unwrap();
-        let taken = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_eq!(taken, vec!["1", "2"]);
+        let read: Vec<_> = rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .into_iter()
+            .map(|m| m.stanza)
+            .collect();
+        assert_eq!(read, vec!["1", "2"]);
         w.shutdown();
-        assert_eq!(store.take_offline(&a).unwrap(), vec!["3"]);
+        assert_eq!(store.take_offline(&a).unwrap(), vec!["1", "2", "3"]);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -66,10 +66,14 @@ pub fn queue(limits: QueueLimits) -> (Queue, QueueReceiver) {
             rx_waker: None,
             rx_closed: false,
             sender_waiting: false,
+            pushed: 0,
+            marks: Vec::new(),
         }),
         capacity: limits.frames.max(1),
         max_bytes: limits.bytes.max(1),
         senders: AtomicUsize::new(1),
+        written: AtomicU64::new(0),
+        marked: AtomicBool::new(false),
         space: Notify::new(),
     });
     (Queue(shared.clone()), QueueReceiver(shared))
@@ -80,6 +84,10 @@ struct Shared {
     capacity: usize,
     max_bytes: usize,
     senders: AtomicUsize,
+    /// Frames the writer task has written to the socket.
+    written: AtomicU64,
+    /// `State::marks` is not empty: the writer takes the lock to fire them.
+    marked: AtomicBool,
     /// Senders waiting in [`Queue::send`] for room.
     space: Notify,
 }
@@ -92,6 +100,11 @@ struct State {
     rx_closed: bool,
     /// A sender found the queue full and waits on `space`.
     sender_waiting: bool,
+    /// Frames ever queued.
+    pushed: u64,
+    /// [`Queue::when_written`] waiters: fired once the writer has written
+    /// this many frames.
+    marks: Vec<(u64, oneshot::Sender<()>)>,
 }
 
 impl Shared {
@@ -99,6 +112,30 @@ impl Shared {
     /// half-updated by a panic while it is held.
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fires the marks the writer has passed.
+    fn fire(&self, st: &mut State) {
+        let written = self.written.load(Ordering::SeqCst);
+        let (done, left): (Vec<_>, Vec<_>) = std::mem::take(&mut st.marks)
+            .into_iter()
+            .partition(|(at, _)| *at <= written);
+        st.marks = left;
+        for (_, tx) in done {
+            let _ = tx.send(());
+        }
+        if st.marks.is_empty() {
+            self.marked.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// The writer task wrote `n` more frames.
+    fn wrote(&self, n: u64) {
+        self.written.fetch_add(n, Ordering::SeqCst);
+        if self.marked.load(Ordering::SeqCst) {
+            let mut st = self.lock();
+            self.fire(&mut st);
+        }
     }
 }
 
@@ -142,6 +179,7 @@ impl Queue {
             return Err(TrySendError::Full(f));
         }
         st.bytes += len;
+        st.pushed += 1;
         st.frames.push_back(f);
         let waker = st.rx_waker.take();
         drop(st);
@@ -149,6 +187,27 @@ impl Queue {
             w.wake();
         }
         Ok(())
+    }
+
+    /// Resolves once everything queued so far has been written to the
+    /// socket (handed to the kernel, or to TLS and then the kernel); fails
+    /// (the sender is dropped) if the writer stops first.
+    pub fn when_written(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.0.lock();
+        if st.rx_closed {
+            return rx;
+        }
+        let at = st.pushed;
+        if self.0.written.load(Ordering::SeqCst) >= at {
+            let _ = tx.send(());
+            return rx;
+        }
+        st.marks.push((at, tx));
+        self.0.marked.store(true, Ordering::SeqCst);
+        // The writer may have passed `at` before it could see the mark.
+        self.0.fire(&mut st);
+        rx
     }
 
     /// Waits for room, then queues.
@@ -247,6 +306,8 @@ impl Drop for QueueReceiver {
             let mut st = self.0.lock();
             st.rx_closed = true;
             st.bytes = 0;
+            // Nothing more will be written: every waiter hears so.
+            st.marks.clear();
             std::mem::take(&mut st.frames)
         };
         drop(frames);
@@ -327,17 +388,22 @@ async fn run<W: AsyncWrite + Unpin>(
                     if write_all(&mut io, &mut batch, &metrics).await.is_err() {
                         return;
                     }
+                    rx.0.wrote(n as u64);
                 }
                 None => break,
             },
             tail = &mut close_rx => {
+                let mut n = 0;
                 while let Ok(f) = rx.try_recv() {
                     push(&mut batch, f);
+                    n += 1;
                 }
                 if let Ok(tail) = tail {
                     batch.push(tail);
                 }
-                let _ = write_all(&mut io, &mut batch, &metrics).await;
+                if write_all(&mut io, &mut batch, &metrics).await.is_ok() {
+                    rx.0.wrote(n);
+                }
                 break;
             }
         }
@@ -447,6 +513,45 @@ mod tests {
         assert!(tx.try_send_as(frame("p"), StanzaKind::Presence).is_err());
         tx.try_send_as(frame("m"), StanzaKind::Iq)
             .expect("the last frame is an IQ's");
+    }
+
+    #[tokio::test]
+    async fn when_written_resolves_once_the_writer_has_written_what_was_queued_before_it() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let w = Writer::spawn(client, QueueLimits::frames(16), Metrics::get());
+        let q = w.queue.clone();
+        assert!(q.when_written().await.is_ok(), "nothing queued: at once");
+        // 100 bytes into a 64-byte pipe nobody reads: not written yet.
+        q.try_send(frame("0123456789012345678901234567890123456789"))
+            .unwrap();
+        q.try_send(frame(
+            "0123456789012345678901234567890123456789012345678901234567890",
+        ))
+        .unwrap();
+        let mut marked = q.when_written();
+        let after = q.when_written();
+        q.try_send(frame("later")).unwrap();
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut marked)
+                .await
+                .is_err(),
+            "the peer has not taken the bytes"
+        );
+        let mut buf = vec![0u8; 101];
+        tokio::io::AsyncReadExt::read_exact(&mut server, &mut buf)
+            .await
+            .unwrap();
+        marked.await.expect("written once the peer read");
+        after.await.expect("a second mark at the same place too");
+        // A writer that stops (its socket gone) fails the marks left.
+        drop(server);
+        q.try_send(frame("lost")).unwrap();
+        let lost = q.when_written();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), lost)
+            .await
+            .expect("the mark is settled when the writer stops");
+        assert!(r.is_err(), "nothing was written after the peer left");
+        drop(w);
     }
 
     #[tokio::test]

@@ -7,12 +7,15 @@
 //! The pure helpers at the top decide; the `Shard` methods below do the
 //! writing, bouncing and storing.
 
-use super::{Need, OfflineBatch, Resource, Shard, offer};
+use super::{
+    InFlight, Need, OfflineBatch, OfflineRefusedMsg, OfflineWritten, Resource, Shard, offer,
+};
 use crate::error::StanzaCondition;
 use crate::events::router::{
-    OfflineDelivered, PresenceShed, Shed, ShedQueue, StoreFailed, StoreOp, UserQueueFull,
+    OfflineConfirmed, OfflineDelivered, OfflineRefused, PresenceShed, Shed, ShedQueue, StoreFailed,
+    StoreOp, UserQueueFull,
 };
-use crate::jid::Jid;
+use crate::jid::{BareJid, FullJid, Jid};
 use crate::policy::PartnerType;
 use crate::policy::admit::{
     self, Admission, Case, Direction, Kind, Reason, Refusal, Reply, RosterState, UserAccess,
@@ -22,7 +25,14 @@ use crate::roster::offline::with_delay;
 use crate::roster::presence::subscription_presence;
 use crate::roster::subscription::SubKind;
 use crate::router::Envelope;
-use crate::storage::{MAX_PENDING_BYTES, WriteOp};
+use crate::storage::{MAX_PENDING_BYTES, StoreError, WriteDone, WriteOp};
+
+/// How long a session must stay up after its offline messages were written
+/// to its socket before they are deleted from storage: a connection cut
+/// sooner may not have delivered them, and they are sent again next time.
+pub(super) const OFFLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+/// The longest the confirmation waits for the session's writer.
+const OFFLINE_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 use crate::xml::{Frame, StanzaKind};
 
 // ---- the rules ---------------------------------------------------------------
@@ -254,10 +264,30 @@ impl Shard {
             user: user.clone(),
             stanza: stamped,
         }];
+        // A full quota or a failed write is known only once the write is
+        // tried: the sender's answer comes back through the shard. Counted
+        // as stored once committed.
+        let (me, metrics) = (self.me.clone(), self.ctx.metrics.clone());
+        let refused = Envelope::new(env.stanza.clone(), env.from.clone(), env.to.clone());
+        let done: WriteDone = Box::new(move |r| match r {
+            Ok(()) => metrics.offline_stored.increment(1),
+            Err(error) => {
+                let _ = me
+                    .tell(OfflineRefusedMsg {
+                        env: refused,
+                        error,
+                    })
+                    .blocking_send();
+            }
+        });
         // Offline storage slower than the flood: refuse, never queue
         // without bound.
-        match self.ctx.writer.try_submit(op, None, MAX_PENDING_BYTES) {
-            Ok(()) => self.ctx.metrics.offline_stored.increment(1),
+        match self
+            .ctx
+            .writer
+            .try_submit(op, Some(done), MAX_PENDING_BYTES)
+        {
+            Ok(()) => {}
             Err(_) => {
                 Shed {
                     queue: ShedQueue::Store,
@@ -305,41 +335,47 @@ impl Shard {
         }
     }
 
-    /// Offline messages fetched for the resource that came online; then
-    /// the live messages that waited behind them.
+    /// Offline messages read for the resource that came online; then the
+    /// live messages that waited behind them. The messages stay stored
+    /// until the session has written them and survived a grace
+    /// ([`OFFLINE_GRACE`]): a crash or a cut connection before that loses
+    /// none of them (the next session gets them again).
     pub(super) fn offline_batch(&mut self, m: OfflineBatch) {
-        let held = match self.users.get_mut(&m.user) {
+        let (held, skip) = match self.users.get_mut(&m.user) {
             Some(u) => {
                 u.flushing = false;
-                std::mem::take(&mut u.held)
+                (
+                    std::mem::take(&mut u.held),
+                    u.offline_in_flight.map(|f| f.upto),
+                )
             }
-            None => Vec::new(),
+            None => (Vec::new(), None),
         };
         match m.result {
             Ok(msgs) => {
+                let msgs: Vec<_> = msgs
+                    .into_iter()
+                    .filter(|o| skip.is_none_or(|s| o.seq > s))
+                    .collect();
                 let n = msgs.len() as u64;
                 let mut delivered = 0;
-                for bytes in msgs {
-                    if self.write_to(
+                let mut upto = None;
+                for o in msgs {
+                    // A resource gone meanwhile leaves the rest stored, in
+                    // order, for the next one.
+                    if !self.write_to(
                         &m.user,
                         Some(m.resource.resource()),
-                        bytes.clone().into(),
+                        o.stanza.into(),
                         StanzaKind::Message,
                     ) {
-                        delivered += 1;
-                    } else {
-                        // The resource went away meanwhile: keep the
-                        // message, as the bytes storage gave back (they
-                        // were a stanza when stored; nothing here reads
-                        // them, so they are not parsed).
-                        self.ctx.writer.submit(
-                            vec![WriteOp::PushOffline {
-                                user: m.user.clone(),
-                                stanza: bytes,
-                            }],
-                            None,
-                        );
+                        break;
                     }
+                    delivered += 1;
+                    upto = Some(o.seq);
+                }
+                if let Some(upto) = upto {
+                    self.confirm_offline(&m.user, &m.resource, upto, delivered);
                 }
                 OfflineDelivered {
                     user: &m.user,
@@ -360,6 +396,100 @@ impl Shard {
             self.deliver_message(env);
         }
         self.gc(&m.user);
+    }
+
+    /// Waits (off the shard) until the session has written everything
+    /// queued for it, then for [`OFFLINE_GRACE`], then tells the shard.
+    fn confirm_offline(&mut self, user: &BareJid, resource: &FullJid, upto: u64, n: u64) {
+        let Some(u) = self.users.get_mut(user) else {
+            return;
+        };
+        let Some(r) = u.resources.iter().find(|r| r.handle.jid == *resource) else {
+            return;
+        };
+        let (me, user, session) = (self.me.clone(), user.clone(), r.handle.id);
+        let written = r.handle.out.when_written();
+        u.offline_in_flight = Some(InFlight {
+            upto,
+            n,
+            session,
+            closed_by_client: false,
+        });
+        tokio::spawn(async move {
+            // The writer gives up on a peer that does not read after
+            // write_timeout, which ends the wait too.
+            let written = matches!(
+                tokio::time::timeout(OFFLINE_WRITE_WAIT, written).await,
+                Ok(Ok(()))
+            );
+            if written {
+                tokio::time::sleep(OFFLINE_GRACE).await;
+            }
+            let _ = me
+                .tell(OfflineWritten {
+                    user,
+                    session,
+                    upto,
+                    written,
+                })
+                .await;
+        });
+    }
+
+    /// Deletes the offline messages a session received and survived.
+    pub(super) fn offline_written(&mut self, m: OfflineWritten) {
+        let Some(u) = self.users.get_mut(&m.user) else {
+            return;
+        };
+        let Some(f) = u
+            .offline_in_flight
+            .take_if(|f| f.session == m.session && f.upto == m.upto)
+        else {
+            return;
+        };
+        // Delivered: written, and the session either still up after the
+        // grace or closed by the client itself after reading on.
+        let alive = u.resources.iter().any(|r| r.handle.id == m.session);
+        let delivered = m.written && (alive || f.closed_by_client);
+        OfflineConfirmed {
+            user: &m.user,
+            upto: m.upto,
+            delivered,
+        }
+        .emit(&self.ctx.metrics, f.n);
+        if delivered {
+            self.ctx.writer.submit(
+                vec![WriteOp::AckOffline {
+                    user: m.user.clone(),
+                    upto: m.upto,
+                }],
+                None,
+            );
+        }
+        self.gc(&m.user);
+    }
+
+    /// A message the store did not keep (the user's offline quota is full,
+    /// or the write failed): the sender hears `resource-constraint` (type
+    /// wait), never nothing.
+    pub(super) fn offline_refused(&mut self, env: Envelope, error: StoreError) {
+        match error {
+            StoreError::QuotaExceeded => OfflineRefused {
+                user: env.to.bare(),
+            }
+            .emit(&self.ctx.metrics),
+            // The account was removed meanwhile: as for a missing user.
+            StoreError::NotFound => {
+                return self.bounce(&env, StanzaCondition::ServiceUnavailable);
+            }
+            e => StoreFailed {
+                op: StoreOp::WriteOffline,
+                user: env.to.bare(),
+                error: &e,
+            }
+            .emit(),
+        }
+        self.bounce(&env, StanzaCondition::ResourceConstraint);
     }
 }
 

@@ -44,7 +44,7 @@ use crate::events::router::{Shed, ShedQueue, StoreFailed, StoreOp};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::roster::RosterItem;
 use crate::roster::iq;
-use crate::storage::{Store, WriteOp};
+use crate::storage::{OfflineMessage, Store, StoreError, WriteOp};
 use crate::xml::{Frame, Stanza, StanzaKind};
 
 /// Most stanzas one user's queue holds while a storage read is out; more
@@ -60,6 +60,17 @@ struct Resource {
     presence: Option<Stanza>,
     /// Targets of directed available presence, told when we go offline.
     directed: Vec<Jid>,
+}
+
+/// Offline messages up to `upto` written to session `session`.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    upto: u64,
+    /// How many messages that is.
+    n: u64,
+    session: u64,
+    /// The session ended by the client's own `</stream:stream>`.
+    closed_by_client: bool,
 }
 
 #[derive(Default)]
@@ -81,6 +92,9 @@ struct User {
     inbound_by_domain: Option<HashMap<String, usize>>,
     /// Writes submitted and not yet committed: the cache must outlive them.
     pending_writes: usize,
+    /// Offline messages handed to a session, waiting for its confirmation
+    /// before they are deleted; a second read meanwhile skips them.
+    offline_in_flight: Option<InFlight>,
     /// A storage read is out on the blocking pool.
     loading: bool,
     /// What arrived while a read it needed was out, in arrival order.
@@ -240,6 +254,9 @@ pub enum BindError {
 pub struct Unbind {
     pub jid: FullJid,
     pub id: u64,
+    /// The client ended its stream itself: what was written to it before
+    /// counts as delivered.
+    pub closed_by_client: bool,
 }
 
 /// A stanza from a local session that its own user's shard processes:
@@ -271,7 +288,22 @@ struct Committed {
 struct OfflineBatch {
     user: BareJid,
     resource: FullJid,
-    result: Result<Vec<Bytes>, String>,
+    result: Result<Vec<OfflineMessage>, String>,
+}
+
+/// Offline messages up to `upto` were written to session `session`'s
+/// socket (`written`) and the grace after it has passed.
+struct OfflineWritten {
+    user: BareJid,
+    session: u64,
+    upto: u64,
+    written: bool,
+}
+
+/// A message the store did not keep, to answer.
+struct OfflineRefusedMsg {
+    env: Envelope,
+    error: StoreError,
 }
 
 /// A storage read for a user, done (`None`: not asked for).
@@ -497,6 +529,22 @@ impl Message<OfflineBatch> for Shard {
     }
 }
 
+impl Message<OfflineWritten> for Shard {
+    type Reply = ();
+
+    async fn handle(&mut self, m: OfflineWritten, _: &mut Context<Self, ()>) {
+        self.offline_written(m);
+    }
+}
+
+impl Message<OfflineRefusedMsg> for Shard {
+    type Reply = ();
+
+    async fn handle(&mut self, m: OfflineRefusedMsg, _: &mut Context<Self, ()>) {
+        self.offline_refused(m.env, m.error);
+    }
+}
+
 /// A resource the client did not choose: unguessable, so that a full JID
 /// says nothing about its session. Refused (not made of zeros) when the
 /// generator fails.
@@ -656,6 +704,7 @@ impl Shard {
         if let Some(u) = self.users.get(user)
             && u.resources.is_empty()
             && u.pending_writes == 0
+            && u.offline_in_flight.is_none()
             && !u.flushing
             && u.held.is_empty()
             && !u.loading
@@ -851,9 +900,30 @@ impl Shard {
             return;
         };
         let res = user.resources.remove(pos);
+        let mut resend_offline = None;
+        if let Some(f) = &mut user.offline_in_flight
+            && f.session == m.id
+        {
+            if m.closed_by_client {
+                // Confirmed once the writer has written them.
+                f.closed_by_client = true;
+            } else {
+                // Cut off: they were not delivered. They go to another
+                // available session at once, if there is one.
+                user.offline_in_flight = None;
+                resend_offline = user
+                    .resources
+                    .iter()
+                    .find(|r| r.available && r.priority >= 0)
+                    .map(|r| r.handle.jid.clone());
+            }
+        }
         if res.available {
             let unavailable = presence::unavailable_from(&res.handle.jid_str);
             self.broadcast_unavailable(&bare, &res, unavailable);
+        }
+        if let Some(to) = resend_offline {
+            self.read_offline_for(&bare, &to);
         }
         self.gc(&bare);
     }
@@ -943,8 +1013,8 @@ mod tests {
         fn apply(&self, ops: &[WriteOp]) -> Result<OpResults, StoreError> {
             self.inner.apply(ops)
         }
-        fn take_offline(&self, u: &BareJid) -> Result<Vec<Bytes>, StoreError> {
-            self.inner.take_offline(u)
+        fn read_offline(&self, u: &BareJid) -> Result<Vec<OfflineMessage>, StoreError> {
+            self.inner.read_offline(u)
         }
     }
 
@@ -1204,9 +1274,18 @@ mod tests {
             "{b}"
         );
         site.store.open();
-        // The queued ones go offline, up to the offline quota.
+        // The queued ones go offline, up to the offline quota; the sender
+        // hears of each one past it.
         let stored = crate::storage::OFFLINE_LIMIT.min(MAX_WAITING as u64);
         site.offline("juliet@example.com", stored).await;
+        for i in stored..MAX_WAITING as u64 {
+            let b = next(&mut romeo).await;
+            assert!(
+                b.contains(&format!("id='f{i}'"))
+                    && b.contains("<error type='wait'><resource-constraint"),
+                "{b}"
+            );
+        }
         nothing(&mut romeo).await;
     }
 

@@ -317,17 +317,25 @@ impl Shard {
         }
         // Offline messages go to the first resource that becomes available
         // with a non-negative priority (XEP-0160).
+        if priority >= 0 {
+            self.read_offline_for(bare, from);
+        }
+    }
+
+    /// Reads the user's offline messages for `resource`, unless a read is
+    /// already out.
+    pub(super) fn read_offline_for(&mut self, bare: &BareJid, resource: &FullJid) {
         let Some(u) = self.users.get_mut(bare) else {
             return;
         };
-        if priority < 0 || u.flushing {
+        if u.flushing {
             return;
         }
         u.flushing = true;
         let me = self.me.clone();
         let user = bare.clone();
-        let resource = from.clone();
-        self.ctx.writer.take_offline(
+        let resource = resource.clone();
+        self.ctx.writer.read_offline(
             bare.clone(),
             Box::new(move |result| {
                 let _ = me
