@@ -125,14 +125,17 @@ fn body_len(s: &fedrouter::xml::Stanza) -> usize {
     body(s).map_or(0, |b| b.len())
 }
 
-/// A remote domain whose server accepts TCP and never says a word: what a
-/// local user sends it waits in the domain's queue (`s2s_queue_bytes`,
-/// here 16 KiB). Presence may fill only three quarters of it, so the
-/// messages sent after a presence flood still find room; what finds none
-/// is answered with `resource-constraint`, and everything shed is counted.
-#[tokio::test]
-async fn a_silent_remote_domain_sheds_presence_before_messages_and_answers_the_overflow_with_resource_constraint()
- {
+/// A daemon with user alice/wonderland, and DNS that sends `silent.test`
+/// to a server that accepts TCP and never says a word. `server_extra` goes
+/// in `[server]`, `gateway` in `[gateway]`.
+async fn silent_domain_site(
+    server_extra: &str,
+    gateway: &str,
+) -> (
+    TestServer,
+    testkit::dns::TestDns,
+    testkit::s2s::SilentServer,
+) {
     use std::net::Ipv4Addr;
     let dns = testkit::dns::TestDns::start("127.0.0.1:0".parse().unwrap())
         .await
@@ -146,15 +149,82 @@ async fn a_silent_remote_domain_sheds_presence_before_messages_and_answers_the_o
         "xmpp.silent.test",
     );
     dns.add_a("xmpp.silent.test", Ipv4Addr::LOCALHOST);
-    let server = TestServer::start_with(&format!(
-        "[s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n\
-         allow_private_targets = [\"127.0.0.0/8\"]\nunlisted_domains = \"allow\"\n\
-         unlisted_partner_type = \"federated\"\n\
-         [gateway]\nstream_establishment_timeout = 60\nmax_stanza_size = 16384\ns2s_queue_bytes = 16384\nc2s_rate_limit = 0\n{FEDERATION_ALLOWED}",
-        dns.addr()
-    ))
+    let server = TestServer::start_domain(
+        DOMAIN,
+        server_extra,
+        &format!(
+            "[s2s]\nlisten = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\n\
+             allow_private_targets = [\"127.0.0.0/8\"]\nunlisted_domains = \"allow\"\n\
+             unlisted_partner_type = \"federated\"\n\
+             [gateway]\nstream_establishment_timeout = 60\n{gateway}{FEDERATION_ALLOWED}",
+            dns.addr()
+        ),
+    )
     .await;
     server.add_user("alice", "wonderland");
+    (server, dns, silent)
+}
+
+/// A graceful stop answers what waits for a remote domain with
+/// `remote-server-timeout`, and only then closes the sender's session, with
+/// `<system-shutdown/>`.
+#[tokio::test]
+async fn a_graceful_stop_bounces_what_waits_for_a_remote_domain_then_closes_with_system_shutdown() {
+    let (server, _dns, _silent) = silent_domain_site("shutdown_grace = 10\n", "").await;
+    let mut alice = server.client("alice", "wonderland").await;
+    for i in 0..3 {
+        alice
+            .send(format!(
+                "<message to='bob@silent.test' id='w{i}' type='chat'><body>{i}</body></message>"
+            ))
+            .await
+            .unwrap();
+    }
+    alice
+        .iq(
+            "sync",
+            "<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await
+        .unwrap();
+    let TestServer { daemon, .. } = server;
+    let stop = tokio::spawn(daemon.shutdown());
+    let mut bounced = Vec::new();
+    let end = loop {
+        match alice.recv().await {
+            Ok(s) if s.name() == "message" && s.type_().as_deref() == Some("error") => {
+                assert!(text(&s).contains("remote-server-timeout"), "{}", text(&s));
+                bounced.push(s.id().unwrap_or_default().to_string());
+            }
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(bounced, ["w0", "w1", "w2"]);
+    assert!(
+        matches!(&end, testkit::client::ClientError::Stream(e)
+            if e.condition == fedrouter::error::StreamCondition::SystemShutdown),
+        "{end:?}"
+    );
+    tokio::time::timeout(TIMEOUT, stop)
+        .await
+        .expect("shutdown within its grace")
+        .unwrap();
+}
+
+/// A remote domain whose server accepts TCP and never says a word: what a
+/// local user sends it waits in the domain's queue (`s2s_queue_bytes`,
+/// here 16 KiB). Presence may fill only three quarters of it, so the
+/// messages sent after a presence flood still find room; what finds none
+/// is answered with `resource-constraint`, and everything shed is counted.
+#[tokio::test]
+async fn a_silent_remote_domain_sheds_presence_before_messages_and_answers_the_overflow_with_resource_constraint()
+ {
+    let (server, _dns, _silent) = silent_domain_site(
+        "",
+        "max_stanza_size = 16384\ns2s_queue_bytes = 16384\nc2s_rate_limit = 0\n",
+    )
+    .await;
     let mut alice = server.client("alice", "wonderland").await;
     let shed = |scrape: &str, kind: &str| {
         metric(

@@ -32,7 +32,7 @@ use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::events::Metrics;
 use crate::events::c2s as events;
 use crate::jid::{BareJid, FullJid, Jid};
-use crate::router::{Bind, CloseSession, Envelope, FromSession, Router, Unbind};
+use crate::router::{Bind, CloseSession, Envelope, FromSession, Router, Unbind, Unsent};
 use crate::storage::Store;
 use crate::stream::c2s::{
     Action, BindFailure, C2sNegotiation, C2sPolicy, CredentialSource, Input, bind_error,
@@ -600,7 +600,20 @@ impl Session {
 
     async fn finish(&mut self, tail: Bytes) {
         self.done = true;
-        self.conn.close(tail, LINGER).await;
+        let unsent = self.conn.close(tail, LINGER).await;
+        // Messages the client never got go back to its shard (before the
+        // unbind, on the same mailbox) to be stored offline.
+        if let Some(jid) = &self.jid
+            && !unsent.is_empty()
+        {
+            let shard = self.shared.router.shard(jid.bare()).clone();
+            let _ = shard
+                .tell(Unsent {
+                    jid: jid.clone(),
+                    frames: unsent,
+                })
+                .await;
+        }
     }
 
     // ---- the live session ----

@@ -134,6 +134,20 @@ impl OfflineConfirmed<'_> {
     }
 }
 
+/// Messages a closing session never wrote to its client, stored offline.
+pub struct UnsentKept<'a> {
+    pub user: &'a dyn Display,
+    pub n: u64,
+}
+
+impl UnsentKept<'_> {
+    pub fn emit(self) {
+        if self.n > 0 {
+            tracing::debug!(target: DELIVER, user = %self.user, n = self.n, "messages a closed session never wrote kept offline");
+        }
+    }
+}
+
 /// What a shard asked of the store when it failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreOp {

@@ -24,7 +24,9 @@ use crate::xml::Stanza;
 
 pub use envelope::{Envelope, frame};
 pub use remote::Remote;
-pub use shard::{Bind, BindError, Deliver, FromSession, RefreshProbes, Shard, Shutdown, Unbind};
+pub use shard::{
+    Bind, BindError, Deliver, FromSession, RefreshProbes, Shard, Shutdown, Unbind, Unsent,
+};
 
 /// Capacity of a session's outgoing queue, in stanzas, beside its byte
 /// cap (`gateway.session_queue_bytes`). A session whose queue is full is a
@@ -153,10 +155,18 @@ impl Router {
         &self.inner.shards
     }
 
-    /// Closes every bound session, then stops the shards.
+    /// Closes every bound session and waits until all have unbound (each
+    /// hands its shard the messages it never wrote, which are stored
+    /// offline), then stops the shards. The caller bounds the wait.
     pub async fn shutdown(&self) {
+        let mut drained = Vec::new();
         for s in &self.inner.shards {
-            let _ = s.ask(Shutdown).await;
+            if let Ok(rx) = s.ask(Shutdown).await {
+                drained.push(rx);
+            }
+        }
+        for rx in drained {
+            let _ = rx.await;
         }
         for s in &self.inner.shards {
             let _ = s.stop_gracefully().await;

@@ -214,7 +214,10 @@ impl Actor for OutboundDomain {
         _me: WeakActorRef<Self>,
         _r: ActorStopReason,
     ) -> Result<(), Infallible> {
-        self.disconnect(Some("</stream:stream>")).await;
+        // The daemon is stopping: say so, and answer what never left.
+        let err = crate::error::StreamError::new(crate::error::StreamCondition::SystemShutdown);
+        let tail = format!("{}</stream:stream>", err.to_xml());
+        self.disconnect(Some(&tail)).await;
         let queued = self.take_queue();
         for env in queued {
             self.bounce(&env, StanzaCondition::RemoteServerTimeout);
@@ -283,6 +286,28 @@ impl OutboundDomain {
         self.queued_bytes += env.stanza.bytes().len();
         self.queue.push_back(env);
         self.metrics.set_queue(self.queue.len());
+    }
+
+    /// What a closed link's writer never wrote goes back to the head of
+    /// the queue, in order, ahead of what waited for the link: sent on the
+    /// next stream, or bounced with the rest.
+    fn keep_unsent(&mut self, frames: Vec<Frame>) {
+        let mut kept = 0;
+        for frame in frames.into_iter().rev() {
+            let Ok(stanza) = Stanza::parse(Bytes::from(frame.to_vec())) else {
+                continue;
+            };
+            let jid = |a: Option<std::borrow::Cow<'_, str>>| a.and_then(|a| Jid::parse(&a).ok());
+            let (Some(from), Some(to)) = (jid(stanza.from()), jid(stanza.to())) else {
+                continue;
+            };
+            self.queued_bytes += stanza.bytes().len();
+            self.queue.push_front(Envelope::new(stanza, from, to));
+            kept += 1;
+        }
+        if kept > 0 {
+            self.metrics.set_queue(self.queue.len());
+        }
     }
 
     /// Everything held, oldest first; the queue is left empty.
@@ -682,7 +707,8 @@ impl OutboundDomain {
     async fn disconnect(&mut self, tail: Option<&str>) {
         if let Some(mut c) = self.link.take() {
             let tail = Bytes::from(tail.unwrap_or_default().to_string());
-            c.close(tail, CLOSE).await;
+            let unsent = c.close(tail, CLOSE).await;
+            self.keep_unsent(unsent);
         }
         if matches!(self.state, State::Up) {
             self.state = State::Idle;

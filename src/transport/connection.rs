@@ -28,7 +28,7 @@ use super::writer::{Queue, QueueLimits, Writer};
 use super::{ReadHalf, Transport};
 use crate::error::{StreamCondition, StreamError};
 use crate::events::Metrics;
-use crate::xml::Framer;
+use crate::xml::{Frame, Framer};
 
 pub struct Connection {
     io: Io,
@@ -270,9 +270,12 @@ impl Connection {
 
     /// Writes what is queued, then `tail` (a stream error and
     /// `</stream:stream>`, or nothing), shuts the socket down, lingers as
-    /// `linger` says, and drops the connection. Closing a closed
-    /// connection does nothing.
-    pub async fn close(&mut self, tail: Bytes, linger: Linger) {
+    /// `linger` says, and drops the connection. Returns the frames the
+    /// writer never wrote (the peer did not read, or the socket died), for
+    /// the caller to keep or bounce. Closing a closed connection does
+    /// nothing.
+    pub async fn close(&mut self, tail: Bytes, linger: Linger) -> Vec<Frame> {
+        let queue = self.queue().cloned();
         let io = std::mem::replace(&mut self.io, Io::Closed);
         let _ = tokio::time::timeout(linger.total, async move {
             match io {
@@ -294,6 +297,7 @@ impl Connection {
             }
         })
         .await;
+        queue.map(|q| q.take_unwritten()).unwrap_or_default()
     }
 }
 

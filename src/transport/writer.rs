@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, Bytes};
+use std::time::Duration;
+
+use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::error::{SendError, TryRecvError, TrySendError};
 use tokio::sync::{Notify, oneshot};
@@ -129,6 +131,17 @@ impl Shared {
         }
     }
 
+    /// Puts `frames` (not written) back at the head of the queue, in
+    /// order. The receiver is going away: nothing will pop them but
+    /// [`Queue::take_unwritten`].
+    fn unwrite(&self, frames: Vec<Frame>) {
+        let mut st = self.lock();
+        for f in frames.into_iter().rev() {
+            st.bytes += f.len();
+            st.frames.push_front(f);
+        }
+    }
+
     /// The writer task wrote `n` more frames.
     fn wrote(&self, n: u64) {
         self.written.fetch_add(n, Ordering::SeqCst);
@@ -187,6 +200,15 @@ impl Queue {
             w.wake();
         }
         Ok(())
+    }
+
+    /// Takes the frames still queued and not yet taken by the writer: what
+    /// a closed or dead connection never wrote, for its owner to keep
+    /// (store offline, queue for the next link) or bounce.
+    pub fn take_unwritten(&self) -> Vec<Frame> {
+        let mut st = self.0.lock();
+        st.bytes = 0;
+        std::mem::take(&mut st.frames).into()
     }
 
     /// Resolves once everything queued so far has been written to the
@@ -305,10 +327,10 @@ impl Drop for QueueReceiver {
         let frames = {
             let mut st = self.0.lock();
             st.rx_closed = true;
-            st.bytes = 0;
-            // Nothing more will be written: every waiter hears so.
-            st.marks.clear();
-            std::mem::take(&mut st.frames)
+            // Nothing more will be written: every waiter hears so. The
+            // frames stay for `take_unwritten` (bounded by the queue's
+            // limits, freed with the last sender).
+            std::mem::take(&mut st.marks)
         };
         drop(frames);
         self.0.space.notify_waiters();
@@ -318,7 +340,7 @@ impl Drop for QueueReceiver {
 /// The session's side of its writer task.
 pub struct Writer {
     pub queue: Queue,
-    close: Option<oneshot::Sender<Bytes>>,
+    close: Option<oneshot::Sender<(Bytes, Duration)>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -339,14 +361,20 @@ impl Writer {
 
     /// Writes what is queued, then `tail` (e.g. a stream error and
     /// `</stream:stream>`), then shuts the socket down. Waits at most
-    /// `timeout` for a peer that does not read.
-    pub async fn close(&mut self, tail: Bytes, timeout: std::time::Duration) {
+    /// `timeout` for a peer that does not read; what was not written by
+    /// then stays in the queue ([`Queue::take_unwritten`]), a frame the
+    /// peer got only part of included.
+    pub async fn close(&mut self, tail: Bytes, timeout: Duration) {
         if let Some(c) = self.close.take() {
-            let _ = c.send(tail);
+            let _ = c.send((tail, timeout));
         }
         if let Some(t) = self.task.take() {
+            // The task keeps the deadline itself; this is the backstop.
             let abort = t.abort_handle();
-            if tokio::time::timeout(timeout, t).await.is_err() {
+            if tokio::time::timeout(timeout + Duration::from_secs(1), t)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -364,69 +392,166 @@ impl Drop for Writer {
     }
 }
 
+/// Frames popped from the queue for one write: their parts back to back,
+/// and how many parts each frame has.
+#[derive(Default)]
+struct Batch {
+    parts: Vec<Bytes>,
+    /// Parts per frame; parts past them (a closing tail) are never given
+    /// back.
+    counts: Vec<u8>,
+}
+
+impl Batch {
+    fn push(&mut self, f: Frame) {
+        let before = self.parts.len();
+        self.parts.extend(f.into_parts());
+        self.counts.push((self.parts.len() - before) as u8);
+    }
+
+    fn frames(&self) -> u64 {
+        self.counts.len() as u64
+    }
+
+    /// The frames not wholly written when the write stopped at part
+    /// `first`, rebuilt whole (a frame the peer got part of is of no use
+    /// to it).
+    fn unwritten(self, first: usize) -> Vec<Frame> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut parts = self.parts.into_iter();
+        for n in self.counts {
+            let n = n as usize;
+            let frame: Vec<Bytes> = parts.by_ref().take(n).collect();
+            if at + n > first {
+                out.push(Frame::from_parts(frame));
+            }
+            at += n;
+        }
+        out
+    }
+}
+
+/// How far a write got: the first part not wholly written, and how much of
+/// it was.
+#[derive(Default)]
+struct Progress {
+    part: usize,
+    offset: usize,
+}
+
 async fn run<W: AsyncWrite + Unpin>(
     mut io: W,
     mut rx: QueueReceiver,
-    mut close_rx: oneshot::Receiver<Bytes>,
+    mut close_rx: oneshot::Receiver<(Bytes, Duration)>,
     metrics: Arc<Metrics>,
 ) {
+    // Set once a close is asked for: nothing is written past it.
+    let mut deadline: Option<tokio::time::Instant> = None;
+    // A close that came while a write was blocked: its tail goes next.
+    let mut pending_tail: Option<Bytes> = None;
     loop {
         // Per wakeup, so an idle session keeps no batch allocated.
-        let mut batch: Vec<Bytes> = Vec::new();
-        tokio::select! {
-            biased;
-            f = rx.recv() => match f {
-                Some(f) => {
-                    push(&mut batch, f);
-                    let mut n = 1;
-                    while n < BATCH_FRAMES {
-                        match rx.try_recv() {
-                            Ok(f) => { push(&mut batch, f); n += 1; }
-                            Err(_) => break,
+        let mut batch = Batch::default();
+        let mut last = false;
+        if let Some(tail) = pending_tail.take() {
+            while let Ok(f) = rx.try_recv() {
+                batch.push(f);
+            }
+            if !tail.is_empty() {
+                batch.parts.push(tail);
+            }
+            last = true;
+        } else {
+            tokio::select! {
+                biased;
+                f = rx.recv() => match f {
+                    Some(f) => {
+                        batch.push(f);
+                        while batch.counts.len() < BATCH_FRAMES {
+                            match rx.try_recv() {
+                                Ok(f) => batch.push(f),
+                                Err(_) => break,
+                            }
                         }
                     }
-                    if write_all(&mut io, &mut batch, &metrics).await.is_err() {
-                        return;
+                    None => break,
+                },
+                close = &mut close_rx, if deadline.is_none() => {
+                    while let Ok(f) = rx.try_recv() {
+                        batch.push(f);
                     }
-                    rx.0.wrote(n as u64);
+                    if let Ok((tail, linger)) = close {
+                        deadline = Some(tokio::time::Instant::now() + linger);
+                        if !tail.is_empty() {
+                            batch.parts.push(tail);
+                        }
+                    }
+                    last = true;
                 }
-                None => break,
-            },
-            tail = &mut close_rx => {
-                let mut n = 0;
-                while let Ok(f) = rx.try_recv() {
-                    push(&mut batch, f);
-                    n += 1;
-                }
-                if let Ok(tail) = tail {
-                    batch.push(tail);
-                }
-                if write_all(&mut io, &mut batch, &metrics).await.is_ok() {
-                    rx.0.wrote(n);
-                }
-                break;
             }
+        }
+        let mut progress = Progress::default();
+        let done = {
+            let write = write_all(&mut io, &batch.parts, &mut progress, &metrics);
+            tokio::pin!(write);
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, write)
+                    .await
+                    .unwrap_or(Err(timed_out())),
+                None => tokio::select! {
+                    biased;
+                    r = &mut write => r,
+                    // A close while the peer is not reading: this write,
+                    // then the rest and the tail, by the close's deadline.
+                    close = &mut close_rx => {
+                        let (tail, linger) = close.unwrap_or_default();
+                        let d = tokio::time::Instant::now() + linger;
+                        deadline = Some(d);
+                        pending_tail = Some(tail);
+                        tokio::time::timeout_at(d, write).await.unwrap_or(Err(timed_out()))
+                    }
+                },
+            }
+        };
+        match done {
+            Ok(()) => rx.0.wrote(batch.frames()),
+            Err(_) => {
+                // Given back, ahead of anything still queued, for the owner
+                // to keep or bounce.
+                rx.0.unwrite(batch.unwritten(progress.part));
+                return;
+            }
+        }
+        if last {
+            break;
         }
     }
     let _ = io.shutdown().await;
 }
 
-fn push(batch: &mut Vec<Bytes>, f: Frame) {
-    batch.extend(f.into_parts());
+fn timed_out() -> std::io::Error {
+    std::io::ErrorKind::TimedOut.into()
 }
 
+/// Writes `parts` from `progress` on. `progress` moves only past bytes a
+/// flush has pushed to the socket: a TLS stream takes more than the socket
+/// will (its own buffer), and what sits there when a write times out never
+/// reaches the peer, so it must count as unwritten.
 async fn write_all<W: AsyncWrite + Unpin>(
     io: &mut W,
-    batch: &mut Vec<Bytes>,
+    parts: &[Bytes],
+    progress: &mut Progress,
     metrics: &Metrics,
 ) -> std::io::Result<()> {
-    let mut first = 0;
-    while first < batch.len() {
+    let (mut part, mut offset) = (progress.part, progress.offset);
+    while part < parts.len() {
         let n = {
-            let slices: Vec<IoSlice<'_>> = batch[first..]
-                .iter()
+            let first = &parts[part][offset..];
+            let slices: Vec<IoSlice<'_>> = std::iter::once(first)
+                .chain(parts[part + 1..].iter().map(|b| &b[..]))
                 .take(MAX_IOV)
-                .map(|b| IoSlice::new(b))
+                .map(IoSlice::new)
                 .collect();
             io.write_vectored(&slices).await?
         };
@@ -436,18 +561,20 @@ async fn write_all<W: AsyncWrite + Unpin>(
         metrics.bytes_out.increment(n as u64);
         let mut left = n;
         while left > 0 {
-            let b = &mut batch[first];
-            if b.len() <= left {
-                left -= b.len();
-                first += 1;
+            let rest = parts[part].len() - offset;
+            if rest <= left {
+                left -= rest;
+                part += 1;
+                offset = 0;
             } else {
-                b.advance(left);
+                offset += left;
                 left = 0;
             }
         }
+        io.flush().await?;
+        (progress.part, progress.offset) = (part, offset);
     }
-    batch.clear();
-    io.flush().await
+    Ok(())
 }
 
 #[cfg(test)]
@@ -552,6 +679,60 @@ mod tests {
             .expect("the mark is settled when the writer stops");
         assert!(r.is_err(), "nothing was written after the peer left");
         drop(w);
+    }
+
+    #[tokio::test]
+    async fn a_close_by_deadline_gives_back_every_frame_not_wholly_written_in_order() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut w = Writer::spawn(client, QueueLimits::frames(16), Metrics::get());
+        let q = w.queue.clone();
+        let (a, b, c) = ("a".repeat(40), "b".repeat(40), "c".repeat(40));
+        for f in [&a, &b, &c] {
+            q.try_send(Bytes::from(f.clone()).into()).unwrap();
+        }
+        let marked = q.when_written();
+        // The peer reads nothing: 64 bytes fit, a whole and 24 bytes of b.
+        w.close(
+            Bytes::from_static(b"</x>"),
+            std::time::Duration::from_millis(200),
+        )
+        .await;
+        let back: Vec<String> = q
+            .take_unwritten()
+            .iter()
+            .map(|f| String::from_utf8(f.to_vec()).unwrap())
+            .collect();
+        assert_eq!(
+            back,
+            vec![b.clone(), c.clone()],
+            "b whole, though 24 bytes went"
+        );
+        assert!(marked.await.is_err(), "not everything was written");
+        let mut got = vec![0u8; 64];
+        tokio::io::AsyncReadExt::read_exact(&mut server, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, format!("{a}{}", &b[..24]).into_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_close_writes_what_is_queued_then_the_tail_and_gives_nothing_back() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let mut w = Writer::spawn(client, QueueLimits::frames(16), Metrics::get());
+        let q = w.queue.clone();
+        q.try_send(frame("<m1/>")).unwrap();
+        q.try_send(frame("<m2/>")).unwrap();
+        w.close(
+            Bytes::from_static(b"</x>"),
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+        assert!(q.take_unwritten().is_empty());
+        let mut got = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut server, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, "<m1/><m2/></x>");
     }
 
     #[tokio::test]

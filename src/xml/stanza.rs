@@ -458,6 +458,19 @@ impl Frame {
         }
     }
 
+    /// A frame of up to five slices (more are joined into the fifth).
+    pub fn from_parts(parts: Vec<Bytes>) -> Frame {
+        let mut f = Frame::empty();
+        if parts.len() <= FRAME_PARTS {
+            for p in parts {
+                f.push(p);
+            }
+        } else {
+            f.push(Bytes::from(parts.concat()));
+        }
+        f
+    }
+
     pub fn parts(&self) -> &[Bytes] {
         &self.parts[..self.n as usize]
     }

@@ -7,13 +7,15 @@
 //! The pure helpers at the top decide; the `Shard` methods below do the
 //! writing, bouncing and storing.
 
+use bytes::Bytes;
+
 use super::{
-    InFlight, Need, OfflineBatch, OfflineRefusedMsg, OfflineWritten, Resource, Shard, offer,
+    InFlight, Need, OfflineBatch, OfflineRefusedMsg, OfflineWritten, Resource, Shard, Unsent, offer,
 };
 use crate::error::StanzaCondition;
 use crate::events::router::{
     OfflineConfirmed, OfflineDelivered, OfflineRefused, PresenceShed, Shed, ShedQueue, StoreFailed,
-    StoreOp, UserQueueFull,
+    StoreOp, UnsentKept, UserQueueFull,
 };
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::policy::PartnerType;
@@ -33,7 +35,7 @@ use crate::storage::{MAX_PENDING_BYTES, StoreError, WriteDone, WriteOp};
 pub(super) const OFFLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// The longest the confirmation waits for the session's writer.
 const OFFLINE_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
-use crate::xml::{Frame, StanzaKind};
+use crate::xml::{Frame, Stanza, StanzaKind};
 
 // ---- the rules ---------------------------------------------------------------
 
@@ -396,6 +398,41 @@ impl Shard {
             self.deliver_message(env);
         }
         self.gc(&m.user);
+    }
+
+    /// Delivers again the messages a closing session never wrote: chat and
+    /// normal ones, which RFC 6121 §8.5.2 would store for an offline user;
+    /// the rest of what it never wrote (presence, IQ results, groupchat)
+    /// has no later use.
+    pub(super) fn unsent(&mut self, m: Unsent) {
+        let mut kept = 0;
+        for frame in m.frames {
+            let Ok(stanza) = Stanza::parse(Bytes::from(frame.to_vec())) else {
+                continue;
+            };
+            if stanza.kind() != StanzaKind::Message
+                || !matches!(
+                    MessageType::from_attr(stanza.type_().as_deref()),
+                    MessageType::Normal | MessageType::Chat
+                )
+            {
+                continue;
+            }
+            let from = stanza
+                .from()
+                .and_then(|f| Jid::parse(&f).ok())
+                .unwrap_or_else(|| Jid::Bare(m.jid.bare().clone()));
+            // As for a message to a resource that is gone: to the user's
+            // other sessions by priority, or offline (RFC 6121 §8.5.3.2.1).
+            let env = Envelope::new(stanza, from, Jid::Bare(m.jid.bare().clone()));
+            self.deliver_message(env);
+            kept += 1;
+        }
+        UnsentKept {
+            user: m.jid.bare(),
+            n: kept,
+        }
+        .emit();
     }
 
     /// Waits (off the shard) until the session has written everything

@@ -198,6 +198,8 @@ pub struct Shard {
     me: ActorRef<Shard>,
     users: HashMap<BareJid, User>,
     push_seq: u64,
+    /// Shutdown: told once the last session has unbound.
+    drained: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Actor for Shard {
@@ -211,6 +213,7 @@ impl Actor for Shard {
             me,
             users: HashMap::new(),
             push_seq: 0,
+            drained: Vec::new(),
         })
     }
 
@@ -257,6 +260,13 @@ pub struct Unbind {
     /// The client ended its stream itself: what was written to it before
     /// counts as delivered.
     pub closed_by_client: bool,
+}
+
+/// What a closing session's writer never wrote to its client: the
+/// messages among it are stored offline.
+pub struct Unsent {
+    pub jid: FullJid,
+    pub frames: Vec<Frame>,
 }
 
 /// A stanza from a local session that its own user's shard processes:
@@ -446,9 +456,18 @@ impl Message<RefreshProbes> for Shard {
 }
 
 impl Message<Shutdown> for Shard {
-    type Reply = ();
+    /// Resolves once every session has unbound (having handed back what it
+    /// never wrote), so the shard can store it before it stops.
+    type Reply = tokio::sync::oneshot::Receiver<()>;
 
-    async fn handle(&mut self, _: Shutdown, _: &mut Context<Self, ()>) {
+    async fn handle(
+        &mut self,
+        _: Shutdown,
+        _: &mut Context<Self, Self::Reply>,
+    ) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.drained.push(tx);
+        self.fire_drained();
         for u in self.users.values() {
             for r in &u.resources {
                 let _ = r
@@ -458,6 +477,18 @@ impl Message<Shutdown> for Shard {
                         StreamCondition::SystemShutdown,
                     )))
                     .try_send();
+            }
+        }
+        rx
+    }
+}
+
+impl Shard {
+    /// Tells shutdown that no session is left.
+    fn fire_drained(&mut self) {
+        if !self.drained.is_empty() && self.users.values().all(|u| u.resources.is_empty()) {
+            for tx in self.drained.drain(..) {
+                let _ = tx.send(());
             }
         }
     }
@@ -518,6 +549,14 @@ impl Message<Committed> for Shard {
             self.run(e);
         }
         self.gc(&m.user);
+    }
+}
+
+impl Message<Unsent> for Shard {
+    type Reply = ();
+
+    async fn handle(&mut self, m: Unsent, _: &mut Context<Self, ()>) {
+        self.unsent(m);
     }
 }
 
@@ -926,6 +965,7 @@ impl Shard {
             self.read_offline_for(&bare, &to);
         }
         self.gc(&bare);
+        self.fire_drained();
     }
 
     fn session_stanza(&mut self, m: FromSession) {
