@@ -89,7 +89,7 @@ fn prep_local(local: &str) -> Result<Cow<'_, str>, JidError> {
             Cow::Borrowed(local)
         }
     } else {
-        let p = stringprep::nodeprep(local).map_err(|_| JidError::BadLocal)?;
+        let p = to_fixed_point(local, stringprep::nodeprep).ok_or(JidError::BadLocal)?;
         // Some characters map to nothing (U+FE02): "\u{fe02}@c" is not "@c".
         if p.is_empty() {
             return Err(JidError::EmptyLocal);
@@ -100,6 +100,30 @@ fn prep_local(local: &str) -> Result<Cow<'_, str>, JidError> {
         return Err(JidError::TooLong);
     }
     Ok(out)
+}
+
+/// Applies a stringprep profile until its output no longer changes.
+/// Stringprep case-folds before NFKC, and NFKC can make what folding
+/// would map again: nameprep turns U+03F9 into U+03C2 (final sigma),
+/// which a second pass folds to U+03C3. A JID must normalise to a fixed
+/// point (found by fuzz/jid), so the profile runs again, a few times at
+/// most; what does not settle is refused.
+fn to_fixed_point<'a, E>(
+    s: &'a str,
+    profile: impl Fn(&str) -> Result<Cow<'_, str>, E>,
+) -> Option<Cow<'a, str>> {
+    let mut cur: Cow<'a, str> = match profile(s).ok()? {
+        Cow::Borrowed(b) if b.len() == s.len() => Cow::Borrowed(s),
+        other => Cow::Owned(other.into_owned()),
+    };
+    for _ in 0..4 {
+        let next = profile(&cur).ok()?;
+        if next == cur {
+            return Some(cur);
+        }
+        cur = Cow::Owned(next.into_owned());
+    }
+    None
 }
 
 fn prep_domain(domain: &str) -> Result<Cow<'_, str>, JidError> {
@@ -133,7 +157,7 @@ fn prep_domain(domain: &str) -> Result<Cow<'_, str>, JidError> {
             Cow::Borrowed(domain)
         }
     } else {
-        let p = stringprep::nameprep(domain).map_err(|_| JidError::BadDomain)?;
+        let p = to_fixed_point(domain, stringprep::nameprep).ok_or(JidError::BadDomain)?;
         // Nameprep maps fullwidth letters and dots to ASCII ones, so what
         // it yields must pass the checks an ASCII domain passes: else
         // `ｗ｀．ｏｒｇ` became the domain "w`.org", and the normalised
@@ -168,7 +192,7 @@ fn prep_resource(res: &str) -> Result<Cow<'_, str>, JidError> {
         }
         Cow::Borrowed(res)
     } else {
-        let p = stringprep::resourceprep(res).map_err(|_| JidError::BadResource)?;
+        let p = to_fixed_point(res, stringprep::resourceprep).ok_or(JidError::BadResource)?;
         if p.is_empty() {
             return Err(JidError::EmptyResource);
         }
@@ -412,6 +436,18 @@ mod tests {
         assert_eq!(Jid::parse("\u{fe02}@c"), Err(JidError::EmptyLocal));
         assert_eq!(Jid::parse("a@c/\u{fe02}"), Err(JidError::EmptyResource));
         assert_eq!(Jid::parse("a@\u{fe02}"), Err(JidError::EmptyDomain));
+    }
+
+    /// Reproducer from fuzz/jid: nameprep alone is not idempotent here
+    /// (U+03F9 folds to U+03F2, which NFKC makes a final sigma that a
+    /// second pass folds to U+03C3).
+    #[test]
+    fn a_domain_normalises_to_a_fixed_point_where_one_nameprep_pass_does_not() {
+        let j = Jid::parse("J.pq\u{3f9}").unwrap();
+        assert_eq!(j.to_string(), "j.pq\u{3c3}");
+        assert_eq!(Jid::parse(&j.to_string()).unwrap(), j);
+        let j = Jid::parse("\u{3f9}x@a.org/r").unwrap();
+        assert_eq!(Jid::parse(&j.to_string()).unwrap(), j);
     }
 
     #[test]
