@@ -43,8 +43,8 @@ use crate::transport::writer::QueueLimits;
 use crate::xml::build::error_reply;
 use crate::xml::element::Element;
 use crate::xml::escape::escape_attr;
-use crate::xml::ns::{NS_CLIENT, NS_DISCO_INFO, NS_PING, NS_ROSTER, NS_SESSION, NS_STREAMS};
-use crate::xml::{FramerEvent, Stanza, StanzaKind};
+use crate::xml::ns::{NS_CLIENT, NS_DISCO_INFO, NS_PING, NS_ROSTER, NS_SESSION, NS_SM, NS_STREAMS};
+use crate::xml::{Frame, FramerEvent, Stanza, StanzaKind};
 use throttle::LoginThrottle;
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -171,6 +171,8 @@ struct Session {
     done: bool,
     /// The client ended the stream itself (`</stream:stream>`).
     closed_by_client: bool,
+    /// XEP-0198: stanzas received since `<enable/>`, mod 2^32.
+    sm_in: Option<u32>,
 }
 
 impl Actor for C2sSession {
@@ -211,6 +213,7 @@ impl Actor for C2sSession {
             _slot: slot,
             done: false,
             closed_by_client: false,
+            sm_in: None,
             shared,
         });
         session.conn.set_read_rate(session.shared.rate_limit);
@@ -351,8 +354,7 @@ impl Session {
         match r {
             Ok(0) | Err(_) => {
                 // The peer went away without closing the stream.
-                self.done = true;
-                self.conn.close(Bytes::new(), GONE).await;
+                self.end(Bytes::new(), GONE).await;
                 return;
             }
             Ok(_) => {
@@ -599,8 +601,13 @@ impl Session {
     }
 
     async fn finish(&mut self, tail: Bytes) {
+        self.end(tail, LINGER).await;
+    }
+
+    /// Closes the connection (`tail` last, within `linger`).
+    async fn end(&mut self, tail: Bytes, linger: Linger) {
         self.done = true;
-        let unsent = self.conn.close(tail, LINGER).await;
+        let unsent = self.conn.close(tail, linger).await;
         // Messages the client never got go back to its shard (before the
         // unbind, on the same mailbox) to be stored offline.
         if let Some(jid) = &self.jid
@@ -618,11 +625,82 @@ impl Session {
 
     // ---- the live session ----
 
+    /// XEP-0198 nonzas: `<enable/>`, `<r/>`, `<a/>`. False for anything
+    /// else.
+    async fn stream_management(&mut self, s: &Stanza) -> bool {
+        let Ok(el) = Element::parse(s.bytes(), NS_CLIENT, &[("stream", NS_STREAMS)]) else {
+            return false;
+        };
+        if el.ns != NS_SM {
+            return false;
+        }
+        let Some(q) = self.conn.queue().cloned() else {
+            return true;
+        };
+        match el.name.as_str() {
+            "enable" => {
+                let enabled = Frame::nonza(Bytes::from(format!("<enabled xmlns='{NS_SM}'/>")));
+                if q.enable_sm(enabled) {
+                    self.sm_in = Some(0);
+                    events::SmEnabled { peer: &self.peer }.emit();
+                } else {
+                    self.send_nonza(crate::stream::c2s::sm_failed("unexpected-request"));
+                }
+            }
+            "r" => {
+                if let Some(h) = self.sm_in {
+                    self.send_nonza(format!("<a xmlns='{NS_SM}' h='{h}'/>"));
+                }
+            }
+            "a" => {
+                let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
+                match h.map(|h| q.ack(h)) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        self.send_nonza(format!(
+                            "<handled-count-too-high xmlns='{NS_SM}' h='{}' send-count='{}'/>",
+                            e.h, e.sent
+                        ));
+                        self.close(StreamError::with_text(
+                            StreamCondition::UndefinedCondition,
+                            format!("acknowledged {} stanzas, {} were sent", e.h, e.sent),
+                        ))
+                        .await;
+                    }
+                    None => {
+                        self.close(StreamError::with_text(
+                            StreamCondition::InvalidXml,
+                            "<a/> without a valid h",
+                        ))
+                        .await;
+                    }
+                }
+            }
+            _ => self.send_nonza(crate::stream::c2s::sm_failed("feature-not-implemented")),
+        }
+        true
+    }
+
+    /// Queues bytes Stream Management does not count; never waits.
+    fn send_nonza(&mut self, s: String) {
+        if let Some(q) = self.conn.queue() {
+            let _ = q.try_send(Frame::nonza(Bytes::from(s)));
+        }
+    }
+
     async fn on_stanza(&mut self, s: Stanza) {
         let (Some(jid), Some(jid_str)) = (self.jid.clone(), self.jid_str.clone()) else {
             return;
         };
         let kind = s.kind();
+        if kind == StanzaKind::Other && self.stream_management(&s).await {
+            return;
+        }
+        if let Some(h) = &mut self.sm_in
+            && kind != StanzaKind::Other
+        {
+            *h = h.wrapping_add(1);
+        }
         if kind == StanzaKind::Other {
             return self
                 .close(StreamError::with_text(

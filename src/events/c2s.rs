@@ -80,6 +80,18 @@ impl SessionEstablished<'_> {
     }
 }
 
+/// A client enabled XEP-0198 Stream Management.
+pub struct SmEnabled<'a> {
+    pub peer: &'a dyn Display,
+}
+
+impl SmEnabled<'_> {
+    pub fn emit(self) {
+        tracing::debug!(target: TARGET, peer = %self.peer, "stream management enabled");
+        count(EventName::SmEnabled);
+    }
+}
+
 /// The client's TLS handshake failed after `<proceed/>`.
 pub struct TlsHandshakeFailed<'a> {
     pub peer: &'a dyn Display,

@@ -93,6 +93,7 @@ event_names! {
     UserQueueFull => "user_queue_full",
     OfflineReadFailed => "offline_read_failed",
     OfflineWriteFailed => "offline_write_failed",
+    SmEnabled => "c2s_sm_enabled",
     RosterLoadFailed => "roster_load_failed",
     RosterWriteFailed => "roster_write_failed",
     StoreReadFailed => "store_read_failed",

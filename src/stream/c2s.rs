@@ -13,7 +13,7 @@ use crate::storage::Store;
 use crate::stream::scram::{self, Credentials, ScramHash, ScramServer, ScramServerFinal};
 use crate::xml::element::Element;
 use crate::xml::escape::{escape_attr, escape_text};
-use crate::xml::ns::{NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_STREAMS, NS_TLS};
+use crate::xml::ns::{NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_SM, NS_STREAMS, NS_TLS};
 use crate::xml::{Stanza, StanzaKind, StreamHeader};
 
 /// Failed SASL attempts allowed on one stream before it is closed.
@@ -230,7 +230,7 @@ impl C2sNegotiation {
         let mut f = String::from("<stream:features>");
         if self.user.is_some() {
             f.push_str(&format!(
-                "<bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session>"
+                "<bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session><sm xmlns='{NS_SM}'/>"
             ));
         } else {
             if !self.tls && self.policy.tls_available {
@@ -296,6 +296,11 @@ impl C2sNegotiation {
                 StreamCondition::PolicyViolation,
                 "STARTTLS is required first",
             );
+        }
+        if el.ns == NS_SM && self.user.is_some() {
+            // XEP-0198 §3: enabling (or resuming) before a resource is
+            // bound is refused, and the stream goes on.
+            return vec![Action::Send(sm_failed("unexpected-request"))];
         }
         if el.ns == NS_SASL {
             if self.user.is_some() {
@@ -514,6 +519,13 @@ impl C2sNegotiation {
             }
         }
     }
+}
+
+/// XEP-0198 `<failed/>` with a stanza error condition.
+pub fn sm_failed(condition: &str) -> String {
+    format!(
+        "<failed xmlns='{NS_SM}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+    )
 }
 
 /// The result of a successful bind.

@@ -70,12 +70,15 @@ pub fn queue(limits: QueueLimits) -> (Queue, QueueReceiver) {
             sender_waiting: false,
             pushed: 0,
             marks: Vec::new(),
+            popped: 0,
+            sm: None,
         }),
         capacity: limits.frames.max(1),
         max_bytes: limits.bytes.max(1),
         senders: AtomicUsize::new(1),
         written: AtomicU64::new(0),
         marked: AtomicBool::new(false),
+        sm_on: AtomicBool::new(false),
         space: Notify::new(),
     });
     (Queue(shared.clone()), QueueReceiver(shared))
@@ -90,6 +93,8 @@ struct Shared {
     written: AtomicU64,
     /// `State::marks` is not empty: the writer takes the lock to fire them.
     marked: AtomicBool,
+    /// Stream Management is on: the writer asks for acks.
+    sm_on: AtomicBool,
     /// Senders waiting in [`Queue::send`] for room.
     space: Notify,
 }
@@ -107,6 +112,62 @@ struct State {
     /// [`Queue::when_written`] waiters: fired once the writer has written
     /// this many frames.
     marks: Vec<(u64, oneshot::Sender<()>)>,
+    /// Frames ever taken by the writer.
+    popped: u64,
+    /// XEP-0198 Stream Management, once enabled.
+    sm: Option<Sm>,
+}
+
+/// Stream Management on a queue: the stanzas handed to the writer and not
+/// yet acknowledged by the peer, which count against the queue's limits
+/// like unwritten ones, and go back to the owner with them.
+struct Sm {
+    /// Frames taken at or after this index are counted.
+    start: u64,
+    unacked: VecDeque<Frame>,
+    unacked_bytes: usize,
+    /// Stanzas handed to the writer, mod 2^32 (our `h`).
+    sent: u32,
+    /// The peer's last `h`.
+    acked: u32,
+    /// An `<r/>` is out and unanswered.
+    requested: bool,
+}
+
+/// The peer acknowledged more stanzas than were sent to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckTooHigh {
+    pub h: u32,
+    pub sent: u32,
+}
+
+const SM_REQUEST: &[u8] = b"<r xmlns='urn:xmpp:sm:3'/>";
+
+impl State {
+    /// Bookkeeping for a frame the writer takes.
+    fn taken(&mut self, f: &Frame) {
+        let idx = self.popped;
+        self.popped += 1;
+        if let Some(sm) = &mut self.sm
+            && idx >= sm.start
+            && f.is_stanza()
+        {
+            sm.unacked.push_back(f.clone());
+            sm.unacked_bytes += f.len();
+            sm.sent = sm.sent.wrapping_add(1);
+        }
+    }
+
+    /// Frames and bytes held: queued, and sent but unacknowledged.
+    fn held(&self) -> (usize, usize) {
+        match &self.sm {
+            Some(sm) => (
+                self.frames.len() + sm.unacked.len(),
+                self.bytes + sm.unacked_bytes,
+            ),
+            None => (self.frames.len(), self.bytes),
+        }
+    }
 }
 
 impl Shared {
@@ -136,9 +197,29 @@ impl Shared {
     /// [`Queue::take_unwritten`].
     fn unwrite(&self, frames: Vec<Frame>) {
         let mut st = self.lock();
+        if st.sm.is_some() {
+            // Taken frames are kept as unacknowledged already.
+            return;
+        }
         for f in frames.into_iter().rev() {
             st.bytes += f.len();
             st.frames.push_front(f);
+        }
+    }
+
+    /// Under Stream Management, whether to ask the peer for an ack now:
+    /// stanzas are unacknowledged and no request is out.
+    fn ack_request_due(&self) -> bool {
+        if !self.sm_on.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut st = self.lock();
+        match &mut st.sm {
+            Some(sm) if !sm.requested && !sm.unacked.is_empty() => {
+                sm.requested = true;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -185,8 +266,8 @@ impl Queue {
         if st.rx_closed {
             return Err(TrySendError::Closed(f));
         }
-        let full = st.frames.len() >= capacity
-            || (!st.frames.is_empty() && st.bytes.saturating_add(len) > max_bytes);
+        let (frames, bytes) = st.held();
+        let full = frames >= capacity || (frames > 0 && bytes.saturating_add(len) > max_bytes);
         if full {
             st.sender_waiting |= will_wait;
             return Err(TrySendError::Full(f));
@@ -204,11 +285,78 @@ impl Queue {
 
     /// Takes the frames still queued and not yet taken by the writer: what
     /// a closed or dead connection never wrote, for its owner to keep
-    /// (store offline, queue for the next link) or bounce.
+    /// (store offline, queue for the next link) or bounce. Under Stream
+    /// Management, the stanzas sent and not acknowledged come first.
     pub fn take_unwritten(&self) -> Vec<Frame> {
         let mut st = self.0.lock();
         st.bytes = 0;
-        std::mem::take(&mut st.frames).into()
+        let queued = std::mem::take(&mut st.frames);
+        match &mut st.sm {
+            Some(sm) => {
+                sm.unacked_bytes = 0;
+                let mut out: Vec<Frame> = std::mem::take(&mut sm.unacked).into();
+                out.extend(queued);
+                out
+            }
+            None => queued.into(),
+        }
+    }
+
+    /// Turns XEP-0198 counting on: `enabled` (the `<enabled/>` answer) is
+    /// queued, and every stanza queued after it is counted and kept until
+    /// acknowledged. False if it was on already.
+    pub fn enable_sm(&self, enabled: Frame) -> bool {
+        let mut st = self.0.lock();
+        if st.sm.is_some() || st.rx_closed {
+            return false;
+        }
+        st.bytes += enabled.len();
+        st.pushed += 1;
+        st.frames.push_back(enabled);
+        st.sm = Some(Sm {
+            start: st.popped + st.frames.len() as u64,
+            unacked: VecDeque::new(),
+            unacked_bytes: 0,
+            sent: 0,
+            acked: 0,
+            requested: false,
+        });
+        self.0.sm_on.store(true, Ordering::Release);
+        let waker = st.rx_waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// The peer's `<a h='…'/>`: drops what it acknowledges. An `h` beyond
+    /// what was sent is refused (XEP-0198 `<handled-count-too-high/>`).
+    pub fn ack(&self, h: u32) -> Result<(), AckTooHigh> {
+        let mut st = self.0.lock();
+        let Some(sm) = &mut st.sm else {
+            return Ok(());
+        };
+        let n = h.wrapping_sub(sm.acked) as usize;
+        if n > sm.unacked.len() {
+            return Err(AckTooHigh { h, sent: sm.sent });
+        }
+        for f in sm.unacked.drain(..n) {
+            sm.unacked_bytes -= f.len();
+        }
+        sm.acked = h;
+        sm.requested = false;
+        let room = n > 0 && std::mem::take(&mut st.sender_waiting);
+        drop(st);
+        if room {
+            self.0.space.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Stanzas sent and not acknowledged (0 without Stream Management).
+    pub fn unacked(&self) -> usize {
+        self.0.lock().sm.as_ref().map_or(0, |sm| sm.unacked.len())
     }
 
     /// Resolves once everything queued so far has been written to the
@@ -282,6 +430,7 @@ impl QueueReceiver {
         let mut st = self.0.lock();
         if let Some(f) = st.frames.pop_front() {
             st.bytes -= f.len();
+            st.taken(&f);
             let room = std::mem::take(&mut st.sender_waiting);
             drop(st);
             if room {
@@ -307,6 +456,7 @@ impl QueueReceiver {
             let f = st.frames.pop_front();
             if let Some(f) = &f {
                 st.bytes -= f.len();
+                st.taken(f);
             }
             let room = f.is_some() && std::mem::take(&mut st.sender_waiting);
             (f, room)
@@ -473,6 +623,9 @@ async fn run<W: AsyncWrite + Unpin>(
                                 Ok(f) => batch.push(f),
                                 Err(_) => break,
                             }
+                        }
+                        if rx.0.ack_request_due() {
+                            batch.parts.push(Bytes::from_static(SM_REQUEST));
                         }
                     }
                     None => break,
@@ -733,6 +886,61 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got, "<m1/><m2/></x>");
+    }
+
+    #[tokio::test]
+    async fn stream_management_counts_stanzas_after_enabled_keeps_them_until_acked_and_gives_them_back()
+     {
+        let (tx, mut rx) = queue(QueueLimits {
+            frames: 100,
+            bytes: 1000,
+        });
+        tx.try_send(frame("<before/>")).unwrap();
+        assert!(tx.enable_sm(Frame::nonza(Bytes::from_static(b"<enabled/>"))));
+        assert!(!tx.enable_sm(Frame::nonza(Bytes::from_static(b"<enabled/>"))));
+        for m in ["<m1/>", "<m2/>", "<m3/>"] {
+            tx.try_send(frame(m)).unwrap();
+        }
+        tx.try_send(Frame::nonza(Bytes::from_static(b"<a h='0'/>")))
+            .unwrap();
+        for _ in 0..6 {
+            rx.try_recv().unwrap();
+        }
+        // Neither <before/> (queued before <enabled/>) nor the nonzas count.
+        assert_eq!(tx.unacked(), 3);
+        assert!(rx.0.ack_request_due());
+        assert!(!rx.0.ack_request_due(), "one request at a time");
+        tx.ack(1).unwrap();
+        assert_eq!(tx.unacked(), 2);
+        assert!(rx.0.ack_request_due(), "an answer allows the next request");
+        assert_eq!(tx.ack(4), Err(AckTooHigh { h: 4, sent: 3 }));
+        tx.try_send(frame("<m4/>")).unwrap();
+        let back: Vec<_> = tx.take_unwritten().iter().map(|f| f.to_vec()).collect();
+        assert_eq!(
+            back,
+            vec![b"<m2/>".to_vec(), b"<m3/>".to_vec(), b"<m4/>".to_vec()],
+            "unacknowledged first, then unwritten"
+        );
+    }
+
+    #[tokio::test]
+    async fn unacknowledged_stanzas_count_against_the_queue_limits() {
+        let (tx, mut rx) = queue(QueueLimits {
+            frames: 100,
+            bytes: 12,
+        });
+        assert!(tx.enable_sm(Frame::nonza(Bytes::new())));
+        rx.try_recv().unwrap();
+        tx.try_send(frame("<m1/>")).unwrap();
+        tx.try_send(frame("<m2/>")).unwrap();
+        rx.try_recv().unwrap();
+        rx.try_recv().unwrap();
+        assert!(
+            matches!(tx.try_send(frame("<m3/>")), Err(TrySendError::Full(_))),
+            "10 bytes unacknowledged: 5 more would pass 12"
+        );
+        tx.ack(2).unwrap();
+        tx.try_send(frame("<m3/>")).expect("room once acknowledged");
     }
 
     #[tokio::test]

@@ -32,3 +32,5 @@ pub const NS_DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
 pub const NS_PING: &str = "urn:xmpp:ping";
 /// XEP-0030: service discovery info.
 pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+/// XEP-0198 Stream Management.
+pub const NS_SM: &str = "urn:xmpp:sm:3";

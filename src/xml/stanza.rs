@@ -438,6 +438,9 @@ const FRAME_PARTS: usize = 5;
 pub struct Frame {
     parts: [Bytes; FRAME_PARTS],
     n: u8,
+    /// Not a stanza (a Stream Management `<a/>` or `<r/>`, whitespace):
+    /// XEP-0198 does not count it.
+    nonza: bool,
 }
 
 impl Frame {
@@ -445,7 +448,20 @@ impl Frame {
         Frame {
             parts: [const { Bytes::new() }; FRAME_PARTS],
             n: 0,
+            nonza: false,
         }
+    }
+
+    /// Bytes that are not a stanza, for Stream Management's counting.
+    pub fn nonza(b: Bytes) -> Frame {
+        let mut f = Frame::from(b);
+        f.nonza = true;
+        f
+    }
+
+    /// Whether XEP-0198 counts this frame as a stanza.
+    pub fn is_stanza(&self) -> bool {
+        !self.nonza
     }
 
     fn push(&mut self, b: Bytes) {

@@ -330,6 +330,35 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(cfg: &ClientConfig) -> Result<Client, ClientError> {
+        let (mut conn, features) = Client::authenticated(cfg).await?;
+        if features.child("bind", NS_BIND).is_none() {
+            return Err(ClientError::Protocol(
+                "no bind feature after authentication".into(),
+            ));
+        }
+        let res = match &cfg.resource {
+            Some(r) => format!("<resource>{}</resource>", escape_text(r)),
+            None => String::new(),
+        };
+        conn.send_raw(format!(
+            "<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'>{res}</bind></iq>"
+        ))
+        .await?;
+        let r = conn.recv_element().await?;
+        let jid = r
+            .child("bind", NS_BIND)
+            .and_then(|b| b.child("jid", NS_BIND))
+            .map(|j| j.text())
+            .ok_or_else(|| ClientError::Protocol("bind failed".into()))?;
+        let jid =
+            FullJid::parse(&jid).map_err(|e| ClientError::Protocol(format!("bound JID: {e}")))?;
+        Ok(Client { conn, jid })
+    }
+
+    /// STARTTLS, SASL and the stream restart, stopping before bind: the
+    /// connection and the features the server offered after
+    /// authentication.
+    pub async fn authenticated(cfg: &ClientConfig) -> Result<(Connection, Element), ClientError> {
         let mut conn = Connection::tcp_from(cfg.addr, cfg.bind, cfg.timeout).await?;
         conn.open_stream(&cfg.domain).await?;
         let mut features = conn.recv_element().await?;
@@ -421,28 +450,7 @@ impl Client {
         conn.framer.reset();
         conn.open_stream(&cfg.domain).await?;
         let features = conn.recv_element().await?;
-        if features.child("bind", NS_BIND).is_none() {
-            return Err(ClientError::Protocol(
-                "no bind feature after authentication".into(),
-            ));
-        }
-        let res = match &cfg.resource {
-            Some(r) => format!("<resource>{}</resource>", escape_text(r)),
-            None => String::new(),
-        };
-        conn.send_raw(format!(
-            "<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'>{res}</bind></iq>"
-        ))
-        .await?;
-        let r = conn.recv_element().await?;
-        let jid = r
-            .child("bind", NS_BIND)
-            .and_then(|b| b.child("jid", NS_BIND))
-            .map(|j| j.text())
-            .ok_or_else(|| ClientError::Protocol("bind failed".into()))?;
-        let jid =
-            FullJid::parse(&jid).map_err(|e| ClientError::Protocol(format!("bound JID: {e}")))?;
-        Ok(Client { conn, jid })
+        Ok((conn, features))
     }
 
     pub async fn send(&mut self, xml: impl AsRef<[u8]>) -> Result<(), ClientError> {
