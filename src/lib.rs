@@ -212,6 +212,8 @@ pub async fn start_with_connector(
             config.c2s.connection_limit_per_ip,
         ),
         idle_timeout: config.c2s.idle_timeout,
+        resume_timeout: config.c2s.resume_timeout,
+        resumable: Default::default(),
         next_id: AtomicU64::new(1),
         throttle: c2s::throttle::LoginThrottle::new(c2s::throttle::Limits {
             per_account: config.c2s.max_auth_failures_per_account,

@@ -8,6 +8,7 @@
 //! IQs addressed to the server. It must not hold presence or roster state:
 //! that is the shard's.
 
+mod sm;
 pub mod throttle;
 
 use std::net::SocketAddr;
@@ -39,12 +40,13 @@ use crate::stream::c2s::{
     bind_result,
 };
 use crate::stream::scram::Credentials;
-use crate::transport::writer::QueueLimits;
+use crate::transport::writer::{Queue, QueueLimits};
 use crate::xml::build::error_reply;
 use crate::xml::element::Element;
 use crate::xml::escape::escape_attr;
-use crate::xml::ns::{NS_CLIENT, NS_DISCO_INFO, NS_PING, NS_ROSTER, NS_SESSION, NS_SM, NS_STREAMS};
-use crate::xml::{Frame, FramerEvent, Stanza, StanzaKind};
+use crate::xml::ns::{NS_CLIENT, NS_DISCO_INFO, NS_PING, NS_ROSTER, NS_SESSION, NS_STREAMS};
+use crate::xml::{FramerEvent, Stanza, StanzaKind};
+pub use sm::{Adopt, Adopted};
 use throttle::LoginThrottle;
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -83,6 +85,10 @@ pub struct C2sShared {
     /// `idle_timeout`: silence after bind before a ping, and as long again
     /// for anything to come back.
     pub idle_timeout: Duration,
+    /// `resume_timeout`: how long a detached session waits to be resumed.
+    pub resume_timeout: Duration,
+    /// Sessions a client may resume (XEP-0198), by their `<enabled/>` id.
+    pub resumable: dashmap::DashMap<String, ActorRef<C2sSession>>,
 }
 
 /// The store as the negotiation sees it, with the failed-login throttle
@@ -173,6 +179,13 @@ struct Session {
     closed_by_client: bool,
     /// XEP-0198: stanzas received since `<enable/>`, mod 2^32.
     sm_in: Option<u32>,
+    /// The session's queue, once bound (it outlives a connection that
+    /// Stream Management resumes).
+    out: Option<Queue>,
+    /// XEP-0198: the id a client resumes this session with.
+    sm_id: Option<String>,
+    /// The connection died and the session waits until then to be resumed.
+    detached_until: Option<Instant>,
 }
 
 impl Actor for C2sSession {
@@ -214,6 +227,9 @@ impl Actor for C2sSession {
             done: false,
             closed_by_client: false,
             sm_in: None,
+            out: None,
+            sm_id: None,
+            detached_until: None,
             shared,
         });
         session.conn.set_read_rate(session.shared.rate_limit);
@@ -253,6 +269,14 @@ impl Message<CloseSession> for C2sSession {
     }
 }
 
+impl Message<Adopt> for C2sSession {
+    type Reply = Adopted;
+
+    async fn handle(&mut self, m: Adopt, _: &mut Context<Self, Adopted>) -> Adopted {
+        self.0.adopt(m).await
+    }
+}
+
 impl Session {
     async fn next(
         &mut self,
@@ -262,13 +286,17 @@ impl Session {
             if self.done {
                 return Ok(None);
             }
-            let deadline = self.deadline.or_else(|| self.idle_deadline());
+            let deadline = self
+                .deadline
+                .or(self.detached_until)
+                .or_else(|| self.idle_deadline());
+            let attached = self.detached_until.is_none();
             tokio::select! {
                 biased;
                 sig = rx.recv() => return Ok(sig),
                 // Boxed: the handling future is large (TLS handshake, bind)
                 // and would otherwise sit in every idle session's task.
-                r = self.conn.read() => Box::pin(self.on_read(r)).await,
+                r = self.conn.read(), if attached => Box::pin(self.on_read(r)).await,
                 _ = sleep_until(deadline) => Box::pin(self.on_deadline()).await,
             }
         }
@@ -288,6 +316,13 @@ impl Session {
     }
 
     async fn on_deadline(&mut self) {
+        if self.detached_until.is_some() {
+            // Not resumed in time: what it never acknowledged goes to the
+            // user's other sessions or offline storage.
+            events::SmResumeExpired { peer: &self.peer }.emit();
+            self.end(Bytes::new(), GONE).await;
+            return;
+        }
         let give_up = if self.deadline.is_some() {
             Some("stream negotiation took too long")
         } else if self.pinged.is_some() {
@@ -354,7 +389,11 @@ impl Session {
         match r {
             Ok(0) | Err(_) => {
                 // The peer went away without closing the stream.
-                self.end(Bytes::new(), GONE).await;
+                if self.sm_id.is_some() && self.out.is_some() {
+                    self.detach().await;
+                } else {
+                    self.end(Bytes::new(), GONE).await;
+                }
                 return;
             }
             Ok(_) => {
@@ -449,6 +488,7 @@ impl Session {
                     .emit(&self.shared.metrics);
                 }
                 Action::Fail(e) => self.close(e).await,
+                Action::Resume { previd, h } => self.resume(previd, h).await,
             }
         }
     }
@@ -522,6 +562,7 @@ impl Session {
             self.done = true;
             return Vec::new();
         };
+        self.out = Some(out.clone());
         let user = self.neg_user();
         let Some(user) = user else {
             self.done = true;
@@ -607,7 +648,17 @@ impl Session {
     /// Closes the connection (`tail` last, within `linger`).
     async fn end(&mut self, tail: Bytes, linger: Linger) {
         self.done = true;
-        let unsent = self.conn.close(tail, linger).await;
+        self.detached_until = None;
+        if let Some(id) = self.sm_id.take() {
+            self.shared.resumable.remove(&id);
+        }
+        let mut unsent = self.conn.close(tail, linger).await;
+        if let Some(q) = &self.out {
+            // Closed for good: shards see the session gone, and what it
+            // holds is handed back.
+            q.keep_open(false, false);
+            unsent.extend(q.take_unwritten());
+        }
         // Messages the client never got go back to its shard (before the
         // unbind, on the same mailbox) to be stored offline.
         if let Some(jid) = &self.jid
@@ -624,69 +675,6 @@ impl Session {
     }
 
     // ---- the live session ----
-
-    /// XEP-0198 nonzas: `<enable/>`, `<r/>`, `<a/>`. False for anything
-    /// else.
-    async fn stream_management(&mut self, s: &Stanza) -> bool {
-        let Ok(el) = Element::parse(s.bytes(), NS_CLIENT, &[("stream", NS_STREAMS)]) else {
-            return false;
-        };
-        if el.ns != NS_SM {
-            return false;
-        }
-        let Some(q) = self.conn.queue().cloned() else {
-            return true;
-        };
-        match el.name.as_str() {
-            "enable" => {
-                let enabled = Frame::nonza(Bytes::from(format!("<enabled xmlns='{NS_SM}'/>")));
-                if q.enable_sm(enabled) {
-                    self.sm_in = Some(0);
-                    events::SmEnabled { peer: &self.peer }.emit();
-                } else {
-                    self.send_nonza(crate::stream::c2s::sm_failed("unexpected-request"));
-                }
-            }
-            "r" => {
-                if let Some(h) = self.sm_in {
-                    self.send_nonza(format!("<a xmlns='{NS_SM}' h='{h}'/>"));
-                }
-            }
-            "a" => {
-                let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
-                match h.map(|h| q.ack(h)) {
-                    Some(Ok(())) => {}
-                    Some(Err(e)) => {
-                        self.send_nonza(format!(
-                            "<handled-count-too-high xmlns='{NS_SM}' h='{}' send-count='{}'/>",
-                            e.h, e.sent
-                        ));
-                        self.close(StreamError::with_text(
-                            StreamCondition::UndefinedCondition,
-                            format!("acknowledged {} stanzas, {} were sent", e.h, e.sent),
-                        ))
-                        .await;
-                    }
-                    None => {
-                        self.close(StreamError::with_text(
-                            StreamCondition::InvalidXml,
-                            "<a/> without a valid h",
-                        ))
-                        .await;
-                    }
-                }
-            }
-            _ => self.send_nonza(crate::stream::c2s::sm_failed("feature-not-implemented")),
-        }
-        true
-    }
-
-    /// Queues bytes Stream Management does not count; never waits.
-    fn send_nonza(&mut self, s: String) {
-        if let Some(q) = self.conn.queue() {
-            let _ = q.try_send(Frame::nonza(Bytes::from(s)));
-        }
-    }
 
     async fn on_stanza(&mut self, s: Stanza) {
         let (Some(jid), Some(jid_str)) = (self.jid.clone(), self.jid_str.clone()) else {

@@ -72,6 +72,7 @@ pub mod defaults {
     /// Silence after bind before a XEP-0199 ping; as long again for the
     /// answer before `<connection-timeout/>`.
     pub const C2S_IDLE_TIMEOUT_SECS: u32 = 300;
+    pub const C2S_RESUME_TIMEOUT_SECS: u32 = 300;
     /// Inbound s2s streams not yet authenticated, at once and per address.
     pub const S2S_MAX_UNAUTHENTICATED: u32 = 200;
     pub const S2S_MAX_UNAUTHENTICATED_PER_IP: u32 = 10;
@@ -214,6 +215,9 @@ pub struct C2sConfig {
     pub connection_limit_per_ip: u32,
     /// After bind: silence before a ping, and the wait for its answer.
     pub idle_timeout: Duration,
+    /// XEP-0198: how long a session whose connection died waits to be
+    /// resumed.
+    pub resume_timeout: Duration,
 }
 
 /// Server-to-server (federation) listeners and name resolution.

@@ -94,6 +94,7 @@ pub(super) struct RawC2s {
     pub connection_limit: u32,
     pub connection_limit_per_ip: u32,
     pub idle_timeout: u32,
+    pub resume_timeout: u32,
 }
 
 impl Default for RawC2s {
@@ -108,6 +109,7 @@ impl Default for RawC2s {
             connection_limit: d::C2S_CONNECTION_LIMIT,
             connection_limit_per_ip: d::C2S_CONNECTION_LIMIT_PER_IP,
             idle_timeout: d::C2S_IDLE_TIMEOUT_SECS,
+            resume_timeout: d::C2S_RESUME_TIMEOUT_SECS,
         }
     }
 }

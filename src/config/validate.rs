@@ -271,6 +271,7 @@ fn c2s(raw: RawC2s, listeners: &mut Listeners) -> Result<C2sConfig, Invalid> {
         connection_limit: raw.connection_limit,
         connection_limit_per_ip: raw.connection_limit_per_ip,
         idle_timeout: seconds("c2s.idle_timeout", raw.idle_timeout)?,
+        resume_timeout: seconds("c2s.resume_timeout", raw.resume_timeout)?,
     })
 }
 

@@ -92,6 +92,57 @@ impl SmEnabled<'_> {
     }
 }
 
+/// A Stream Management session lost its connection and waits to be
+/// resumed.
+pub struct SmDetached<'a> {
+    pub peer: &'a dyn Display,
+}
+
+impl SmDetached<'_> {
+    pub fn emit(self) {
+        tracing::debug!(target: TARGET, peer = %self.peer, "connection lost; session kept for resumption");
+        count(EventName::SmDetached);
+    }
+}
+
+/// A client resumed its session on a new connection.
+pub struct SmResumed<'a> {
+    pub peer: &'a dyn Display,
+}
+
+impl SmResumed<'_> {
+    pub fn emit(self) {
+        tracing::debug!(target: TARGET, peer = %self.peer, "session resumed");
+        count(EventName::SmResumed);
+    }
+}
+
+/// A detached session was not resumed within `c2s.resume_timeout`.
+pub struct SmResumeExpired<'a> {
+    pub peer: &'a dyn Display,
+}
+
+impl SmResumeExpired<'_> {
+    pub fn emit(self) {
+        tracing::debug!(target: TARGET, peer = %self.peer, "session not resumed in time; unacknowledged messages kept offline");
+        count(EventName::SmResumeExpired);
+    }
+}
+
+/// A resumption acknowledged more than was sent; the session ended.
+pub struct SmResumeRefused<'a> {
+    pub peer: &'a dyn Display,
+    pub h: u32,
+    pub sent: u32,
+}
+
+impl SmResumeRefused<'_> {
+    pub fn emit(self) {
+        tracing::info!(target: TARGET, peer = %self.peer, h = self.h, sent = self.sent, "resumption refused: h beyond what was sent");
+        count(EventName::SmResumeRefused);
+    }
+}
+
 /// The client's TLS handshake failed after `<proceed/>`.
 pub struct TlsHandshakeFailed<'a> {
     pub peer: &'a dyn Display,

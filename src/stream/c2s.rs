@@ -79,6 +79,12 @@ pub enum Action {
     AuthThrottled(BareJid),
     /// Send this stream error and close.
     Fail(StreamError),
+    /// XEP-0198 `<resume/>` instead of bind: hand this connection to the
+    /// session `previd` names, which answers from there on.
+    Resume {
+        previd: String,
+        h: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -298,8 +304,15 @@ impl C2sNegotiation {
             );
         }
         if el.ns == NS_SM && self.user.is_some() {
-            // XEP-0198 §3: enabling (or resuming) before a resource is
-            // bound is refused, and the stream goes on.
+            if el.name == "resume" && matches!(self.state, State::Features) {
+                let previd = el.attr("previd").unwrap_or_default().to_string();
+                let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+                    return vec![Action::Send(sm_failed("bad-request"))];
+                };
+                return vec![Action::Resume { previd, h }];
+            }
+            // XEP-0198 §3: enabling before a resource is bound is refused,
+            // and the stream goes on.
             return vec![Action::Send(sm_failed("unexpected-request"))];
         }
         if el.ns == NS_SASL {

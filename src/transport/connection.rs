@@ -276,6 +276,14 @@ impl Connection {
     /// nothing.
     pub async fn close(&mut self, tail: Bytes, linger: Linger) -> Vec<Frame> {
         let queue = self.queue().cloned();
+        self.close_keeping_queue(tail, linger).await;
+        queue.map(|q| q.take_unwritten()).unwrap_or_default()
+    }
+
+    /// [`Connection::close`], leaving what was not written in the writer's
+    /// queue (a session waiting to be resumed sends it on its next
+    /// connection).
+    pub async fn close_keeping_queue(&mut self, tail: Bytes, linger: Linger) {
         let io = std::mem::replace(&mut self.io, Io::Closed);
         let _ = tokio::time::timeout(linger.total, async move {
             match io {
@@ -297,7 +305,38 @@ impl Connection {
             }
         })
         .await;
-        queue.map(|q| q.take_unwritten()).unwrap_or_default()
+    }
+
+    /// Moves the connection out (to the session it resumes), leaving a
+    /// closed one.
+    pub fn take(&mut self) -> Connection {
+        let closed = Connection {
+            io: Io::Closed,
+            framer: Framer::new(self.ns, self.framer.max_stanza_size()),
+            ns: self.ns,
+            metrics: self.metrics.clone(),
+            write_timeout: self.write_timeout,
+            shaper: None,
+        };
+        std::mem::replace(self, closed)
+    }
+
+    /// [`Connection::split`] onto an existing queue (a resumed session's),
+    /// whose writer is gone.
+    pub fn attach(&mut self, queue: &Queue) -> bool {
+        let Io::Whole(t) = std::mem::replace(&mut self.io, Io::Closed) else {
+            return false;
+        };
+        let (rd, wr) = super::split(t);
+        let write_failed = tokio_util::sync::CancellationToken::new();
+        let wr = super::WriteDeadline::new(wr, self.write_timeout).signalling(write_failed.clone());
+        let writer = Writer::attach(wr, queue, self.metrics.clone());
+        self.io = Io::Split {
+            rd,
+            writer,
+            write_failed,
+        };
+        true
     }
 }
 

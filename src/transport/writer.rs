@@ -72,6 +72,7 @@ pub fn queue(limits: QueueLimits) -> (Queue, QueueReceiver) {
             marks: Vec::new(),
             popped: 0,
             sm: None,
+            keep_open: false,
         }),
         capacity: limits.frames.max(1),
         max_bytes: limits.bytes.max(1),
@@ -116,6 +117,9 @@ struct State {
     popped: u64,
     /// XEP-0198 Stream Management, once enabled.
     sm: Option<Sm>,
+    /// The queue outlives its writer (a session that may be resumed): it
+    /// keeps taking frames when the writer is gone.
+    keep_open: bool,
 }
 
 /// Stream Management on a queue: the stanzas handed to the writer and not
@@ -354,6 +358,47 @@ impl Queue {
         Ok(())
     }
 
+    /// XEP-0198 resumption, on a queue whose writer is gone: the peer's
+    /// `h` drops what it acknowledges, and `first` (the `<resumed/>`)
+    /// then every stanza not acknowledged go back to the head of the
+    /// queue, ahead of what was queued meanwhile, to be sent (and counted)
+    /// again.
+    pub fn resume(&self, h: u32, first: Frame) -> Result<(), AckTooHigh> {
+        let mut st = self.0.lock();
+        let st = &mut *st;
+        let Some(sm) = &mut st.sm else {
+            return Err(AckTooHigh { h, sent: 0 });
+        };
+        let n = h.wrapping_sub(sm.acked) as usize;
+        if n > sm.unacked.len() {
+            return Err(AckTooHigh { h, sent: sm.sent });
+        }
+        sm.unacked.drain(..n);
+        let again = std::mem::take(&mut sm.unacked);
+        sm.unacked_bytes = 0;
+        (sm.acked, sm.sent, sm.requested) = (h, h, false);
+        for f in again.into_iter().rev() {
+            st.bytes += f.len();
+            st.pushed += 1;
+            st.frames.push_front(f);
+        }
+        st.bytes += first.len();
+        st.pushed += 1;
+        st.frames.push_front(first);
+        Ok(())
+    }
+
+    /// Whether the queue stays open when its writer goes (while a session
+    /// may be resumed, it keeps taking what shards send, within its
+    /// limits). Turning it off closes a queue that has no writer.
+    pub fn keep_open(&self, on: bool, has_writer: bool) {
+        let mut st = self.0.lock();
+        st.keep_open = on;
+        if !on && !has_writer {
+            st.rx_closed = true;
+        }
+    }
+
     /// Stanzas sent and not acknowledged (0 without Stream Management).
     pub fn unacked(&self) -> usize {
         self.0.lock().sm.as_ref().map_or(0, |sm| sm.unacked.len())
@@ -476,7 +521,7 @@ impl Drop for QueueReceiver {
     fn drop(&mut self) {
         let frames = {
             let mut st = self.0.lock();
-            st.rx_closed = true;
+            st.rx_closed = !st.keep_open;
             // Nothing more will be written: every waiter hears so. The
             // frames stay for `take_unwritten` (bounded by the queue's
             // limits, freed with the last sender).
@@ -495,6 +540,23 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A writer for `io` taking from `queue`, whose previous writer is gone
+    /// (a resumed session on its new connection).
+    pub fn attach<W>(io: W, queue: &Queue, metrics: Arc<Metrics>) -> Writer
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        queue.0.lock().rx_closed = false;
+        let rx = QueueReceiver(queue.0.clone());
+        let (close_tx, close_rx) = oneshot::channel();
+        let task = tokio::spawn(run(io, rx, close_rx, metrics));
+        Writer {
+            queue: queue.clone(),
+            close: Some(close_tx),
+            task: Some(task),
+        }
+    }
+
     pub fn spawn<W>(io: W, limits: QueueLimits, metrics: Arc<Metrics>) -> Writer
     where
         W: AsyncWrite + Unpin + Send + 'static,
