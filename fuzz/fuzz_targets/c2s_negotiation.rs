@@ -143,6 +143,14 @@ impl Driver {
                     self.done = true;
                 }
                 Action::AuthFailed(_) | Action::AuthThrottled(_) => {}
+                Action::Resume { .. } => {
+                    // The actor hands the connection to the session it
+                    // names; this one ends.
+                    assert!(self.neg.is_authenticated(), "resume before authentication");
+                    assert!(self.bound.is_none(), "resume after bind");
+                    self.done = true;
+                    return;
+                }
                 Action::Fail(_) => {
                     self.done = true;
                     return;
