@@ -726,6 +726,33 @@ mod tests {
     }
 
     #[test]
+    fn stream_management_is_offered_with_bind_and_resume_replaces_bind() {
+        let mut h = Harness::new(true);
+        h.feed(HEADER);
+        h.feed(&format!("<starttls xmlns='{NS_TLS}'/>"));
+        h.tls();
+        h.feed(HEADER);
+        scram_login(&mut h, "pencil");
+        let a = h.feed(HEADER);
+        assert!(sent(&a).contains("<sm xmlns='urn:xmpp:sm:3'/>"), "{a:?}");
+        let a = h.feed("<enable xmlns='urn:xmpp:sm:3'/>");
+        assert!(
+            sent(&a).contains("<unexpected-request"),
+            "enable before bind: {a:?}"
+        );
+        let a = h.feed("<resume xmlns='urn:xmpp:sm:3' previd='x' h='zz'/>");
+        assert!(sent(&a).contains("<bad-request"), "{a:?}");
+        let a = h.feed("<resume xmlns='urn:xmpp:sm:3' previd='x' h='4294967295'/>");
+        assert_eq!(
+            a,
+            vec![Action::Resume {
+                previd: "x".into(),
+                h: u32::MAX
+            }]
+        );
+    }
+
+    #[test]
     fn starttls_then_scram_sha_256_then_bind_reaches_established() {
         let mut h = Harness::new(true);
         h.feed(HEADER);
