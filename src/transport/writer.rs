@@ -611,7 +611,46 @@ struct Batch {
     parts: Vec<Bytes>,
     /// Parts per frame; parts past them (a closing tail) are never given
     /// back.
-    counts: Vec<u8>,
+    counts: Counts,
+}
+
+/// Parts per frame of a batch, inline up to [`BATCH_FRAMES`] (the write
+/// path allocates nothing for them); a closing drain may hold more.
+struct Counts {
+    inline: [u8; BATCH_FRAMES],
+    n: usize,
+    more: Vec<u8>,
+}
+
+impl Default for Counts {
+    fn default() -> Counts {
+        Counts {
+            inline: [0; BATCH_FRAMES],
+            n: 0,
+            more: Vec::new(),
+        }
+    }
+}
+
+impl Counts {
+    fn push(&mut self, c: u8) {
+        match self.inline.get_mut(self.n) {
+            Some(slot) => *slot = c,
+            None => self.more.push(c),
+        }
+        self.n += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.n
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u8> + '_ {
+        self.inline[..self.n.min(BATCH_FRAMES)]
+            .iter()
+            .chain(self.more.iter())
+            .copied()
+    }
 }
 
 impl Batch {
@@ -632,7 +671,7 @@ impl Batch {
         let mut out = Vec::new();
         let mut at = 0;
         let mut parts = self.parts.into_iter();
-        for n in self.counts {
+        for n in self.counts.iter() {
             let n = n as usize;
             let frame: Vec<Bytes> = parts.by_ref().take(n).collect();
             if at + n > first {
