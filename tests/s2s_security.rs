@@ -1062,3 +1062,40 @@ async fn a_dialback_key_past_the_global_in_flight_cap_is_answered_resource_const
         "{m}"
     );
 }
+
+/// XEP-0198 acks on an inbound federation stream (what Prosody's
+/// mod_smacks asks of a receiving server): `<sm/>` is offered, `<enable/>`
+/// is answered, and `<r/>` gets the count of stanzas received since.
+#[tokio::test]
+async fn a_partner_may_enable_stream_management_and_gets_acks_counting_its_stanzas() {
+    let site = site("").await;
+    let mut user = site.user().await;
+    let mut a = S2sPeer::connect(&site.peer_with_cert("a.test", "a.test"))
+        .await
+        .unwrap();
+    let before = site.server.scrape().await;
+    a.send("<enable xmlns='urn:xmpp:sm:3'/>").await.unwrap();
+    let enabled = a.recv().await.unwrap();
+    assert_eq!(enabled.local_name(), "enabled", "{}", text(&enabled));
+    for i in 0..3 {
+        a.send(message("x@a.test", &format!("counted {i}")))
+            .await
+            .unwrap();
+    }
+    a.send("<r xmlns='urn:xmpp:sm:3'/>").await.unwrap();
+    let ack = a.recv().await.unwrap();
+    assert_eq!(ack.local_name(), "a", "{}", text(&ack));
+    assert!(
+        text(&ack).contains("h='3'") || text(&ack).contains("h=\"3\""),
+        "{}",
+        text(&ack)
+    );
+    for i in 0..3 {
+        next_message_is(&mut user, "x@a.test", &format!("counted {i}")).await;
+    }
+    let after = site.server.scrape().await;
+    assert_eq!(
+        event_count(&after, "s2s_sm_acks_sent") - event_count(&before, "s2s_sm_acks_sent"),
+        1.0
+    );
+}

@@ -98,6 +98,8 @@ event_names! {
     SmResumed => "c2s_sm_resumed",
     SmResumeExpired => "c2s_sm_resume_expired",
     SmResumeRefused => "c2s_sm_resume_refused",
+    S2sSmEnabled => "s2s_sm_enabled",
+    S2sSmAckSent => "s2s_sm_acks_sent",
     RosterLoadFailed => "roster_load_failed",
     RosterWriteFailed => "roster_write_failed",
     StoreReadFailed => "store_read_failed",

@@ -273,3 +273,27 @@ impl DialbackVerifyFailed<'_> {
         count(EventName::DialbackVerifyFailed);
     }
 }
+
+/// A federation peer enabled XEP-0198 acks on its stream to us.
+pub struct SmEnabled<'a> {
+    pub peer: &'a dyn Display,
+}
+
+impl SmEnabled<'_> {
+    pub fn emit(self) {
+        tracing::debug!(target: INBOUND, peer = %self.peer, "peer enabled stream management");
+        count(EventName::S2sSmEnabled);
+    }
+}
+
+/// We answered a federation peer's `<r/>` with `<a h/>`.
+pub struct SmAckSent<'a> {
+    pub peer: &'a dyn Display,
+}
+
+impl SmAckSent<'_> {
+    pub fn emit(self) {
+        tracing::trace!(target: INBOUND, peer = %self.peer, "stream management ack sent");
+        count(EventName::S2sSmAckSent);
+    }
+}

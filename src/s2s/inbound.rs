@@ -28,7 +28,7 @@ use crate::stream::s2s::{
 };
 use crate::transport::{Connection, Linger, StartTlsError, Transport};
 use crate::xml::build::StanzaBuilder;
-use crate::xml::ns::{NS_SERVER, NS_STREAMS};
+use crate::xml::ns::{NS_SERVER, NS_SM, NS_STREAMS};
 use crate::xml::{FramerEvent, Stanza, StanzaKind};
 
 /// How long a keepalive may take to write, and the whole of a close:
@@ -184,6 +184,8 @@ pub struct InboundS2s {
     pre_auth_elements: u32,
     /// Dialback verifications of this stream in flight.
     pending_dialback: u32,
+    /// XEP-0198: stanzas received since the peer's `<enable/>`, mod 2^32.
+    sm_in: Option<u32>,
     done: bool,
 }
 
@@ -232,6 +234,7 @@ impl Actor for InboundS2s {
             pre_auth: Some(pre_auth),
             pre_auth_elements: 0,
             pending_dialback: 0,
+            sm_in: None,
             done: false,
             shared,
         };
@@ -458,7 +461,12 @@ impl InboundS2s {
                         )
                         .await;
                     } else if s.kind() != StanzaKind::Other && authenticated {
+                        if let Some(h) = &mut self.sm_in {
+                            *h = h.wrapping_add(1);
+                        }
                         self.route(s).await;
+                    } else if authenticated && s.xmlns() == Some(NS_SM) {
+                        self.stream_management(&s).await;
                     } else {
                         let actions = self.neg.handle(InInput::Element(&s), &Ctx(&self.shared));
                         self.run(actions).await;
@@ -640,6 +648,42 @@ impl InboundS2s {
                     .emit();
                     self.finish(Bytes::from_static(b"</stream:stream>")).await;
                 }
+            }
+        }
+    }
+
+    /// XEP-0198 on an authenticated inbound stream: the peer may enable
+    /// acks and ask for them (`<r/>` → `<a h/>`). Nothing is sent to the
+    /// peer on this stream that it would count, so its `<a/>` is only
+    /// noted; resumption is not offered.
+    async fn stream_management(&mut self, s: &Stanza) {
+        match s.local_name() {
+            "enable" if self.sm_in.is_none() => {
+                self.sm_in = Some(0);
+                crate::events::s2s::SmEnabled { peer: &self.peer }.emit();
+                self.write(Bytes::from(format!("<enabled xmlns='{NS_SM}'/>")))
+                    .await;
+            }
+            "r" => match self.sm_in {
+                Some(h) => {
+                    crate::events::s2s::SmAckSent { peer: &self.peer }.emit();
+                    self.write(Bytes::from(format!("<a xmlns='{NS_SM}' h='{h}'/>")))
+                        .await
+                }
+                None => {
+                    self.close(StreamError::with_text(
+                        StreamCondition::UnsupportedStanzaType,
+                        "<r/> before <enable/>",
+                    ))
+                    .await
+                }
+            },
+            "a" => {}
+            _ => {
+                self.write(Bytes::from(format!(
+                    "<failed xmlns='{NS_SM}'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+                )))
+                .await
             }
         }
     }

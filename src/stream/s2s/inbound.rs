@@ -12,7 +12,7 @@ use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::jid::Jid;
 use crate::stream::dialback::{self, DbElement, DbKind, DbType, MAX_KEY_LEN};
 use crate::xml::element::Element;
-use crate::xml::ns::{NS_DIALBACK_FEATURE, NS_SASL, NS_STREAMS, NS_TLS};
+use crate::xml::ns::{NS_DIALBACK_FEATURE, NS_SASL, NS_SM, NS_STREAMS, NS_TLS};
 use crate::xml::{Stanza, StanzaKind, StreamHeader};
 
 use super::{
@@ -328,7 +328,8 @@ impl InboundNegotiation {
 
     fn features<C: InboundContext + ?Sized>(&self, ctx: &C) -> String {
         if self.sasl_done {
-            return "<stream:features/>".into();
+            // XEP-0198: the peer may enable acks on the authenticated stream.
+            return format!("<stream:features><sm xmlns='{NS_SM}'/></stream:features>");
         }
         let policy = self.header_policy(ctx);
         let mut f = String::from("<stream:features>");
@@ -350,6 +351,9 @@ impl InboundNegotiation {
             f.push_str(&format!(
                 "<dialback xmlns='{NS_DIALBACK_FEATURE}'><errors/></dialback>"
             ));
+            // Dialback authenticates without a stream restart: what may
+            // follow it is offered now.
+            f.push_str(&format!("<sm xmlns='{NS_SM}'/>"));
         }
         f.push_str("</stream:features>");
         f
