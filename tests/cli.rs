@@ -575,13 +575,7 @@ async fn offline_messages_read_when_the_daemon_is_killed_are_delivered_after_res
             .await
             .unwrap();
     }
-    alice
-        .iq(
-            "sync",
-            "<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>",
-        )
-        .await
-        .unwrap();
+    common::sync(&mut alice).await;
     let read_all = |mut carol: Client| async move {
         carol.send("<presence/>").await.unwrap();
         let mut got = Vec::new();

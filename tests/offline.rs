@@ -29,12 +29,7 @@ async fn send_to_carol(from: &mut Client, tag: &str, n: usize) {
         .await
         .unwrap();
     }
-    from.iq(
-        "sync",
-        "<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>",
-    )
-    .await
-    .unwrap();
+    sync(from).await;
 }
 
 /// Carol comes online and reads her messages up to a live one from alice,
@@ -201,13 +196,7 @@ async fn a_graceful_stop_stores_what_a_client_never_read_and_the_next_login_gets
             .collect();
         alice.send(&batch).await.unwrap();
     }
-    alice
-        .iq(
-            "sync",
-            "<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>",
-        )
-        .await
-        .unwrap();
+    sync(&mut alice).await;
 
     let TestServer {
         daemon,

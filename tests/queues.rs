@@ -180,13 +180,7 @@ async fn a_graceful_stop_bounces_what_waits_for_a_remote_domain_then_closes_with
             .await
             .unwrap();
     }
-    alice
-        .iq(
-            "sync",
-            "<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>",
-        )
-        .await
-        .unwrap();
+    sync(&mut alice).await;
     let TestServer { daemon, .. } = server;
     let stop = tokio::spawn(daemon.shutdown());
     let mut bounced = Vec::new();

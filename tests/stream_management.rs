@@ -89,13 +89,7 @@ async fn unacknowledged_messages_of_a_cut_stream_management_session_are_delivere
         .send(format!("<a xmlns='{SM}' h='{h_after_two}'/>"))
         .await
         .unwrap();
-    carol
-        .iq(
-            "sync",
-            "<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>",
-        )
-        .await
-        .unwrap();
+    sync(&mut carol).await;
     if !requested {
         // The server asks for acks once it has sent stanzas.
         next_named(&mut carol, "r").await;
@@ -160,6 +154,22 @@ async fn an_ack_for_more_than_was_sent_ends_the_stream() {
     );
 }
 
+/// Carol, online with Stream Management and resumption enabled: her
+/// client, her full JID, and the server's `<enabled/>`.
+async fn resumable_carol(
+    server: &TestServer,
+) -> (Client, fedrouter::jid::FullJid, fedrouter::xml::Stanza) {
+    let mut carol = server.client("carol", "c-pass").await;
+    let jid = carol.jid.clone();
+    carol.send("<presence/>").await.unwrap();
+    carol
+        .send(format!("<enable xmlns='{SM}' resume='true'/>"))
+        .await
+        .unwrap();
+    let enabled = next_named(&mut carol, "enabled").await;
+    (carol, jid, enabled)
+}
+
 /// The text of attribute `name` in an element's serialisation.
 fn attr(s: &fedrouter::xml::Stanza, name: &str) -> Option<String> {
     let t = text(s);
@@ -179,14 +189,7 @@ async fn a_cut_session_is_resumed_on_a_new_connection_with_every_unacknowledged_
     let server = TestServer::start().await;
     server.add_user("alice", "a-pass");
     server.add_user("carol", "c-pass");
-    let mut carol = server.client("carol", "c-pass").await;
-    let jid = carol.jid.clone();
-    carol.send("<presence/>").await.unwrap();
-    carol
-        .send(format!("<enable xmlns='{SM}' resume='true'/>"))
-        .await
-        .unwrap();
-    let enabled = next_named(&mut carol, "enabled").await;
+    let (mut carol, jid, enabled) = resumable_carol(&server).await;
     let id = attr(&enabled, "id").expect("a resumption id");
     assert_eq!(attr(&enabled, "resume").as_deref(), Some("true"));
     assert_eq!(attr(&enabled, "max").as_deref(), Some("300"));
@@ -219,13 +222,7 @@ async fn a_cut_session_is_resumed_on_a_new_connection_with_every_unacknowledged_
     for i in 3..5 {
         alice.send(send(i)).await.unwrap();
     }
-    alice
-        .iq(
-            "sync",
-            "<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>",
-        )
-        .await
-        .unwrap();
+    sync(&mut alice).await;
 
     let (mut conn, _features) = Client::authenticated(&server.config("carol", "c-pass"))
         .await
@@ -319,14 +316,7 @@ async fn a_session_not_resumed_within_resume_timeout_hands_its_unacknowledged_me
     let server = TestServer::start_with_c2s("resume_timeout = 1\n", "").await;
     server.add_user("alice", "a-pass");
     server.add_user("carol", "c-pass");
-    let mut carol = server.client("carol", "c-pass").await;
-    let jid = carol.jid.clone();
-    carol.send("<presence/>").await.unwrap();
-    carol
-        .send(format!("<enable xmlns='{SM}' resume='true'/>"))
-        .await
-        .unwrap();
-    let enabled = next_named(&mut carol, "enabled").await;
+    let (mut carol, jid, enabled) = resumable_carol(&server).await;
     assert_eq!(attr(&enabled, "max").as_deref(), Some("1"));
     let mut alice = server.client("alice", "a-pass").await;
     for i in 0..3 {

@@ -218,6 +218,16 @@ pub fn is_closed(e: &ClientError) -> bool {
 /// global policy, as in Lync, lets nobody).
 pub const FEDERATION_ALLOWED: &str = "[[access_policy]]\nname = \"global\"\nenable_federation_access = true\nenable_xmpp_access = true\n";
 
+/// A ping round trip: what the client sent before it has been routed.
+pub async fn sync(c: &mut Client) {
+    c.iq(
+        "sync",
+        "<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>",
+    )
+    .await
+    .expect("ping round trip");
+}
+
 /// Adds `jid` to the client's roster (a roster set), as a user does before
 /// subscribing; public unverified partners reach only users who did so.
 pub async fn add_contact(c: &mut Client, jid: &str) {
