@@ -352,3 +352,24 @@ async fn a_session_not_resumed_within_resume_timeout_hands_its_unacknowledged_me
     }
     assert_eq!(got, ["t 0", "t 1", "t 2"]);
 }
+
+#[tokio::test]
+async fn the_clients_max_shortens_the_resumption_wait_and_never_lengthens_it() {
+    let server = TestServer::start_with_c2s("resume_timeout = 60\n", "").await;
+    server.add_user("carol", "c-pass");
+    for (asked, granted) in [("5", "5"), ("600", "60"), ("0", "1")] {
+        let mut carol = server.client("carol", "c-pass").await;
+        carol
+            .send(format!(
+                "<enable xmlns='{SM}' resume='true' max='{asked}'/>"
+            ))
+            .await
+            .unwrap();
+        let enabled = next_named(&mut carol, "enabled").await;
+        assert_eq!(
+            attr(&enabled, "max").as_deref(),
+            Some(granted),
+            "max='{asked}'"
+        );
+    }
+}

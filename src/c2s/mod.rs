@@ -186,6 +186,9 @@ struct Session {
     sm_id: Option<String>,
     /// The connection died and the session waits until then to be resumed.
     detached_until: Option<Instant>,
+    /// How long it waits: `c2s.resume_timeout`, or less if the client's
+    /// `<enable max/>` asked for less.
+    resume_timeout: Duration,
 }
 
 impl Actor for C2sSession {
@@ -230,6 +233,7 @@ impl Actor for C2sSession {
             out: None,
             sm_id: None,
             detached_until: None,
+            resume_timeout: shared.resume_timeout,
             shared,
         });
         session.conn.set_read_rate(session.shared.rate_limit);

@@ -53,10 +53,19 @@ impl Session {
                 } else {
                     None
                 };
+                // XEP-0198 §5: the client may ask for a shorter wait than
+                // ours (at least 1 s), never a longer one.
+                let asked = el
+                    .attr("max")
+                    .and_then(|m| m.parse::<u64>().ok())
+                    .map(|m| std::time::Duration::from_secs(m.max(1)));
+                self.resume_timeout = asked.map_or(self.shared.resume_timeout, |a| {
+                    a.min(self.shared.resume_timeout)
+                });
                 let enabled = match &id {
                     Some(id) => format!(
                         "<enabled xmlns='{NS_SM}' id='{id}' resume='true' max='{}'/>",
-                        self.shared.resume_timeout.as_secs()
+                        self.resume_timeout.as_secs()
                     ),
                     None => format!("<enabled xmlns='{NS_SM}'/>"),
                 };
@@ -113,7 +122,7 @@ impl Session {
     /// new connection may take it over until `resume_timeout`.
     pub(super) async fn detach(&mut self) {
         self.conn.close_keeping_queue(Bytes::new(), GONE).await;
-        self.detached_until = Some(Instant::now() + self.shared.resume_timeout);
+        self.detached_until = Some(Instant::now() + self.resume_timeout);
         events::SmDetached { peer: &self.peer }.emit();
     }
 

@@ -1025,6 +1025,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_stream_management_counts_wrap_at_two_to_the_thirty_second() {
+        let (tx, mut rx) = queue(QueueLimits::frames(100));
+        assert!(tx.enable_sm(Frame::nonza(Bytes::new())));
+        rx.try_recv().unwrap();
+        if let Some(sm) = &mut rx.0.lock().sm {
+            (sm.sent, sm.acked) = (u32::MAX - 1, u32::MAX - 1);
+        }
+        for m in ["<m1/>", "<m2/>", "<m3/>"] {
+            tx.try_send(frame(m)).unwrap();
+            rx.try_recv().unwrap();
+        }
+        assert_eq!(rx.0.lock().sm.as_ref().map(|sm| sm.sent), Some(1));
+        tx.ack(0).expect("h wrapped past 2^32 - 1 acknowledges two");
+        assert_eq!(tx.unacked(), 1);
+        assert_eq!(tx.ack(2), Err(AckTooHigh { h: 2, sent: 1 }));
+        tx.ack(1).unwrap();
+        assert_eq!(tx.unacked(), 0);
+    }
+
+    #[tokio::test]
     async fn unacknowledged_stanzas_count_against_the_queue_limits() {
         let (tx, mut rx) = queue(QueueLimits {
             frames: 100,
