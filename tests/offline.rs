@@ -32,14 +32,12 @@ async fn send_to_carol(from: &mut Client, tag: &str, n: usize) {
     sync(from).await;
 }
 
-/// Carol comes online and reads her messages up to a live one from alice,
-/// which is queued behind whatever offline messages she had; returns the
-/// bodies before it.
-async fn carol_reads(server: &TestServer, alice: &mut Client) -> (Client, Vec<String>) {
+/// Carol signs in and sends her initial presence; returns once her shard
+/// has processed it (and so read her offline messages): a round trip
+/// through that shard has come back.
+async fn carol_online(server: &TestServer) -> Client {
     let mut carol = server.client("carol", "c-pass").await;
     carol.send("<presence/>").await.unwrap();
-    // Her presence is processed (the shard has read her offline messages)
-    // once a round trip through her own shard has come back.
     carol
         .iq(
             "r",
@@ -47,6 +45,14 @@ async fn carol_reads(server: &TestServer, alice: &mut Client) -> (Client, Vec<St
         )
         .await
         .unwrap();
+    carol
+}
+
+/// Carol comes online and reads her messages up to a live one from alice,
+/// which is queued behind whatever offline messages she had; returns the
+/// bodies before it.
+async fn carol_reads(server: &TestServer, alice: &mut Client) -> (Client, Vec<String>) {
+    let mut carol = carol_online(server).await;
     alice
         .send(format!(
             "<message to='carol@{DOMAIN}/{}' type='chat' id='live'><body>live</body></message>",
@@ -176,15 +182,7 @@ async fn a_graceful_stop_stores_what_a_client_never_read_and_the_next_login_gets
     .await;
     server.add_user("alice", "a-pass");
     server.add_user("carol", "c-pass");
-    let mut carol = server.client("carol", "c-pass").await;
-    carol.send("<presence/>").await.unwrap();
-    carol
-        .iq(
-            "r",
-            "<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>",
-        )
-        .await
-        .unwrap();
+    let mut carol = carol_online(&server).await;
     // Carol stops reading. 16 MB of messages: more than the sockets hold.
     let mut alice = server.client("alice", "a-pass").await;
     let pad = "p".repeat(4000);

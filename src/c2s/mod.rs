@@ -656,13 +656,14 @@ impl Session {
         if let Some(id) = self.sm_id.take() {
             self.shared.resumable.remove(&id);
         }
-        let mut unsent = self.conn.close(tail, linger).await;
-        if let Some(q) = &self.out {
-            // Closed for good: shards see the session gone, and what it
-            // holds is handed back.
-            q.keep_open(false, false);
-            unsent.extend(q.take_unwritten());
-        }
+        self.conn.close_keeping_queue(tail, linger).await;
+        // Closed for good: shards see the session gone, and what it never
+        // wrote (or, under Stream Management, had acknowledged) comes back.
+        let unsent = self
+            .out
+            .as_ref()
+            .map(Queue::close_and_take)
+            .unwrap_or_default();
         // Messages the client never got go back to its shard (before the
         // unbind, on the same mailbox) to be stored offline.
         if let Some(jid) = &self.jid

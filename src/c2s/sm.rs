@@ -74,7 +74,7 @@ impl Session {
                     if let Some(id) = id {
                         // What arrives after the connection dies waits in
                         // the queue for the resumption.
-                        q.keep_open(true, true);
+                        q.keep_open();
                         self.shared.resumable.insert(id.clone(), self.me.clone());
                         self.sm_id = Some(id);
                     }

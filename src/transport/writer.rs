@@ -388,15 +388,21 @@ impl Queue {
         Ok(())
     }
 
-    /// Whether the queue stays open when its writer goes (while a session
-    /// may be resumed, it keeps taking what shards send, within its
-    /// limits). Turning it off closes a queue that has no writer.
-    pub fn keep_open(&self, on: bool, has_writer: bool) {
-        let mut st = self.0.lock();
-        st.keep_open = on;
-        if !on && !has_writer {
+    /// The queue stays open when its writer goes: while a session may be
+    /// resumed, it keeps taking what shards send, within its limits.
+    pub fn keep_open(&self) {
+        self.0.lock().keep_open = true;
+    }
+
+    /// Closes the queue for good, its writer gone (senders see it closed),
+    /// and takes what it holds ([`Queue::take_unwritten`]).
+    pub fn close_and_take(&self) -> Vec<Frame> {
+        {
+            let mut st = self.0.lock();
+            st.keep_open = false;
             st.rx_closed = true;
         }
+        self.take_unwritten()
     }
 
     /// Stanzas sent and not acknowledged (0 without Stream Management).
