@@ -294,7 +294,7 @@ impl OutboundDomain {
     fn keep_unsent(&mut self, frames: Vec<Frame>) {
         let mut kept = 0;
         for frame in frames.into_iter().rev() {
-            let Ok(stanza) = Stanza::parse(Bytes::from(frame.to_vec())) else {
+            let Ok(stanza) = frame.to_stanza() else {
                 continue;
             };
             let jid = |a: Option<std::borrow::Cow<'_, str>>| a.and_then(|a| Jid::parse(&a).ok());

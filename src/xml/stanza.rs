@@ -507,6 +507,12 @@ impl Frame {
         self.len() == 0
     }
 
+    /// The stanza a frame carries, parsed again from its bytes (for what a
+    /// closed connection hands back: off the hot path).
+    pub fn to_stanza(&self) -> Result<Stanza, StreamError> {
+        Stanza::parse(Bytes::from(self.to_vec()))
+    }
+
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.len());
         for p in self.parts() {

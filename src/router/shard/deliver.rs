@@ -7,8 +7,6 @@
 //! The pure helpers at the top decide; the `Shard` methods below do the
 //! writing, bouncing and storing.
 
-use bytes::Bytes;
-
 use super::{
     InFlight, Need, OfflineBatch, OfflineRefusedMsg, OfflineWritten, Resource, Shard, Unsent, offer,
 };
@@ -35,7 +33,7 @@ use crate::storage::{MAX_PENDING_BYTES, StoreError, WriteDone, WriteOp};
 pub(super) const OFFLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// The longest the confirmation waits for the session's writer.
 const OFFLINE_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
-use crate::xml::{Frame, Stanza, StanzaKind};
+use crate::xml::{Frame, StanzaKind};
 
 // ---- the rules ---------------------------------------------------------------
 
@@ -407,7 +405,7 @@ impl Shard {
     pub(super) fn unsent(&mut self, m: Unsent) {
         let mut kept = 0;
         for frame in m.frames {
-            let Ok(stanza) = Stanza::parse(Bytes::from(frame.to_vec())) else {
+            let Ok(stanza) = frame.to_stanza() else {
                 continue;
             };
             if stanza.kind() != StanzaKind::Message
