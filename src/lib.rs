@@ -286,6 +286,8 @@ pub async fn start_with_connector(
             config.s2s.max_unauthenticated_per_ip,
         ),
         connector,
+        sm: Default::default(),
+        recent_ids: Default::default(),
         policy: policy.clone(),
         audit: match &config.log.audit_file {
             Some(p) => audit::AuditLog::open(p, config.gateway.enable_logging_all_message_bodies)

@@ -7,80 +7,9 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use common::federation::*;
 use common::*;
-use testkit::ca::{TestCa, self_signed};
 use testkit::client::Client;
-use testkit::dns::TestDns;
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Mode {
-    /// CA-signed certificates, trusted on both sides.
-    SaslExternal,
-    /// Self-signed certificates nobody trusts.
-    Dialback,
-}
-
-struct Federation {
-    _dns: TestDns,
-    a: TestServer,
-    b: TestServer,
-    _dir: tempfile::TempDir,
-}
-
-async fn federation(mode: Mode, gateway: &str) -> Federation {
-    federation_with(mode, gateway, false).await
-}
-
-/// `direct_tls`: each server is published only as `_xmpps-server` (XEP-0368)
-/// pointing at its Direct TLS listener.
-async fn federation_with(mode: Mode, gateway: &str, direct_tls: bool) -> Federation {
-    let dns = TestDns::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("test DNS");
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("fedrouter test CA");
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
-    let mut servers = Vec::new();
-    for d in ["a.test", "b.test"] {
-        let leaf = match mode {
-            Mode::SaslExternal => ca.issue(&[d]),
-            Mode::Dialback => self_signed(&[d]),
-        };
-        let (cert, key) = leaf.write(dir.path(), d);
-        let trust = match mode {
-            Mode::SaslExternal => format!("[tls]\nca_file = \"{}\"\n", ca_path.display()),
-            Mode::Dialback => "[tls]\n".to_string(),
-        };
-        let extra = format!(
-            "{trust}[[tls.certificate]]\ndomain = \"{d}\"\ncert = \"{}\"\nkey = \"{}\"\n\
-             [s2s]\nlisten = [\"127.0.0.1:0\"]\ndirect_tls_listen = [\"127.0.0.1:0\"]\ndns_nameservers = [\"{}\"]\nallow_private_targets = [\"127.0.0.0/8\"]\n\
-             unlisted_domains = \"allow\"\n{FEDERATION_ALLOWED}{gateway}",
-            cert.display(),
-            key.display(),
-            dns.addr()
-        );
-        servers.push(TestServer::start_domain(d, "", &extra).await);
-    }
-    let b = servers.pop().unwrap();
-    let a = servers.pop().unwrap();
-    for s in [&a, &b] {
-        let host = format!("xmpp.{}", s.domain);
-        let (service, port) = if direct_tls {
-            ("_xmpps-server", s.daemon.s2s_direct_tls_addrs[0].port())
-        } else {
-            ("_xmpp-server", s.daemon.s2s_addrs[0].port())
-        };
-        dns.add_srv(&format!("{service}._tcp.{}", s.domain), 10, 5, port, &host);
-        dns.add_a(&host, Ipv4Addr::LOCALHOST);
-    }
-    Federation {
-        _dns: dns,
-        a,
-        b,
-        _dir: dir,
-    }
-}
 
 async fn chat_across(fed: &Federation, mode: Mode) {
     fed.a.add_user("alice", "a-pw");
@@ -228,14 +157,14 @@ async fn a_server_that_accepts_but_never_speaks_gets_remote_server_timeout() {
     // A TCP server that accepts and then says nothing, ever.
     let silent = testkit::s2s::SilentServer::start().await.unwrap();
     let port = silent.addr().port();
-    fed._dns.add_srv(
+    fed.dns.add_srv(
         "_xmpp-server._tcp.silent.test",
         10,
         5,
         port,
         "xmpp.silent.test",
     );
-    fed._dns.add_a("xmpp.silent.test", Ipv4Addr::LOCALHOST);
+    fed.dns.add_a("xmpp.silent.test", Ipv4Addr::LOCALHOST);
     fed.a.add_user("alice", "pw");
     let mut alice = fed.a.client("alice", "pw").await;
     let sent = tokio::time::Instant::now();

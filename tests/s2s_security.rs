@@ -1099,3 +1099,132 @@ async fn a_partner_may_enable_stream_management_and_gets_acks_counting_its_stanz
         1.0
     );
 }
+
+/// The attribute `name` of a stanza as received, either quoting.
+fn attr_of(s: &fedrouter::xml::Stanza, name: &str) -> Option<String> {
+    let t = text(s);
+    for q in ['\'', '"'] {
+        let key = format!(" {name}={q}");
+        if let Some(i) = t.find(&key) {
+            let rest = &t[i + key.len()..];
+            return rest.find(q).map(|j| rest[..j].to_string());
+        }
+    }
+    None
+}
+
+/// XEP-0198 resumption between servers: a partner whose connection died
+/// opens a new stream for the same domain pair, resumes the old count, and
+/// learns exactly how many stanzas we handled; nothing is handled twice.
+/// Another domain's stream, and an unknown id, cannot resume it.
+#[tokio::test]
+async fn a_partner_resumes_its_lost_stream_and_learns_how_many_stanzas_were_handled() {
+    let site = site("").await;
+    let mut user = site.user().await;
+    let mut a = S2sPeer::connect(&site.peer_with_cert("a.test", "a.test"))
+        .await
+        .unwrap();
+    a.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await
+        .unwrap();
+    let enabled = a.recv().await.unwrap();
+    assert_eq!(enabled.local_name(), "enabled", "{}", text(&enabled));
+    assert_eq!(attr_of(&enabled, "resume").as_deref(), Some("true"));
+    let id = attr_of(&enabled, "id").expect("a resumption id");
+    assert_eq!(attr_of(&enabled, "max").as_deref(), Some("300"));
+    for i in 0..3 {
+        a.send(message("x@a.test", &format!("before {i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        next_message_is(&mut user, "x@a.test", &format!("before {i}")).await;
+    }
+    // The connection dies without a stream close.
+    drop(a);
+
+    // An unknown id, and the id on another domain's stream, fail.
+    let mut b = S2sPeer::connect(&site.peer_with_cert("b.test", "b.test"))
+        .await
+        .unwrap();
+    for previd in ["no-such-id", id.as_str()] {
+        b.send(format!(
+            "<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='0'/>"
+        ))
+        .await
+        .unwrap();
+        let failed = b.recv().await.unwrap();
+        assert_eq!(failed.local_name(), "failed", "{}", text(&failed));
+        assert!(
+            text(&failed).contains("item-not-found"),
+            "{}",
+            text(&failed)
+        );
+    }
+
+    let before = site.server.scrape().await;
+    let mut again = S2sPeer::connect(&site.peer_with_cert("a.test", "a.test"))
+        .await
+        .unwrap();
+    again
+        .send(format!(
+            "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+        ))
+        .await
+        .unwrap();
+    let resumed = again.recv().await.unwrap();
+    assert_eq!(resumed.local_name(), "resumed", "{}", text(&resumed));
+    assert_eq!(attr_of(&resumed, "h").as_deref(), Some("3"));
+    assert_eq!(attr_of(&resumed, "previd").as_deref(), Some(id.as_str()));
+    // The count goes on from there.
+    again.send(message("x@a.test", "after")).await.unwrap();
+    again.send("<r xmlns='urn:xmpp:sm:3'/>").await.unwrap();
+    let ack = again.recv().await.unwrap();
+    assert_eq!(attr_of(&ack, "h").as_deref(), Some("4"), "{}", text(&ack));
+    next_message_is(&mut user, "x@a.test", "after").await;
+    let after = site.server.scrape().await;
+    assert_eq!(
+        event_count(&after, "s2s_sm_resumed") - event_count(&before, "s2s_sm_resumed"),
+        1.0
+    );
+}
+
+/// A sender that could not resume resends what we had not acknowledged;
+/// a message carrying the same XEP-0359 origin-id from the same sender is
+/// delivered once, and one with a new id still arrives.
+#[tokio::test]
+async fn a_message_resent_with_the_same_origin_id_on_a_new_stream_is_delivered_once() {
+    let site = site("").await;
+    let mut user = site.user().await;
+    let with_id = |body: &str, oid: &str| {
+        format!(
+            "<message from='x@a.test/r' to='user@{HOME}' type='chat'><body>{body}</body>\
+             <origin-id xmlns='urn:xmpp:sid:0' id='{oid}'/></message>"
+        )
+    };
+    let mut a = S2sPeer::connect(&site.peer_with_cert("a.test", "a.test"))
+        .await
+        .unwrap();
+    a.send("<enable xmlns='urn:xmpp:sm:3'/>").await.unwrap();
+    assert_eq!(a.recv().await.unwrap().local_name(), "enabled");
+    a.send(with_id("first", "oid-1")).await.unwrap();
+    next_message_is(&mut user, "x@a.test", "first").await;
+    drop(a);
+
+    let before = site.server.scrape().await;
+    let mut a = S2sPeer::connect(&site.peer_with_cert("a.test", "a.test"))
+        .await
+        .unwrap();
+    a.send("<enable xmlns='urn:xmpp:sm:3'/>").await.unwrap();
+    assert_eq!(a.recv().await.unwrap().local_name(), "enabled");
+    a.send(with_id("first", "oid-1")).await.unwrap();
+    a.send(with_id("second", "oid-2")).await.unwrap();
+    // The resent one is not delivered again: the next is the new one.
+    next_message_is(&mut user, "x@a.test", "second").await;
+    let after = site.server.scrape().await;
+    assert_eq!(
+        event_count(&after, "s2s_duplicates_dropped")
+            - event_count(&before, "s2s_duplicates_dropped"),
+        1.0
+    );
+}

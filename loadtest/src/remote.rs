@@ -119,6 +119,7 @@ impl Remote {
                 bind: Some(target.s2s_listen),
                 domain_suffix: Some(target.remote_suffix.clone()),
                 trust_dialback: true,
+                no_stream_management: false,
                 sink: Some(sink),
             },
         })

@@ -15,6 +15,7 @@
 //! complete example.
 
 mod error;
+mod partners;
 mod policy;
 mod raw;
 mod spans;
@@ -82,6 +83,13 @@ pub mod defaults {
     /// Dialback verifications in flight per inbound stream and in all.
     pub const S2S_MAX_PENDING_DIALBACK: u32 = 10;
     pub const S2S_MAX_PENDING_DIALBACK_TOTAL: u32 = 1000;
+    /// XEP-0198 on federation streams, and how long an inbound stream's
+    /// counts wait for the sender to resume it.
+    pub const S2S_STREAM_MANAGEMENT: bool = true;
+    pub const S2S_RESUME_TIMEOUT_SECS: u32 = 300;
+    /// Journal outbound stanzas in the store until the peer acknowledges
+    /// them (or they are bounced): off, for speed.
+    pub const S2S_DURABLE_QUEUE: bool = false;
     /// The bound on the whole of a shutdown.
     pub const SHUTDOWN_GRACE_SECS: u32 = 10;
     /// A socket write that makes no progress for this long closes the
@@ -250,6 +258,15 @@ pub struct S2sConfig {
     /// Dialback verifications in flight per stream (≤ total) and in all.
     pub max_pending_dialback: u32,
     pub max_pending_dialback_total: u32,
+    /// XEP-0198 on federation streams: acks on every stream whose peer
+    /// offers it, resumption where the peer offers that too.
+    pub stream_management: bool,
+    /// How long an inbound stream's Stream Management state waits for the
+    /// sending server to resume it after the connection died.
+    pub resume_timeout: Duration,
+    /// Outbound stanzas are journaled in the store from acceptance until
+    /// acknowledged, bounced or handed on, and sent again after a crash.
+    pub durable_queue: bool,
 }
 
 /// `s2s.unlisted_domains`: what happens to a remote domain that is not a

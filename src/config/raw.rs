@@ -128,6 +128,9 @@ pub(super) struct RawS2s {
     pub max_pre_auth_elements: u32,
     pub max_pending_dialback: u32,
     pub max_pending_dialback_total: u32,
+    pub stream_management: bool,
+    pub resume_timeout: u32,
+    pub durable_queue: bool,
 }
 
 impl Default for RawS2s {
@@ -144,6 +147,9 @@ impl Default for RawS2s {
             max_pre_auth_elements: d::S2S_MAX_PRE_AUTH_ELEMENTS,
             max_pending_dialback: d::S2S_MAX_PENDING_DIALBACK,
             max_pending_dialback_total: d::S2S_MAX_PENDING_DIALBACK_TOTAL,
+            stream_management: d::S2S_STREAM_MANAGEMENT,
+            resume_timeout: d::S2S_RESUME_TIMEOUT_SECS,
+            durable_queue: d::S2S_DURABLE_QUEUE,
         }
     }
 }

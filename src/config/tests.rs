@@ -227,6 +227,9 @@ fn every_key_is_read() {
             max_pre_auth_elements: 100,
             max_pending_dialback: 10,
             max_pending_dialback_total: 1000,
+            stream_management: true,
+            resume_timeout: Duration::from_secs(300),
+            durable_queue: false,
         }
     );
     assert_eq!(

@@ -297,3 +297,90 @@ impl SmAckSent<'_> {
         count(EventName::S2sSmAckSent);
     }
 }
+
+/// A federation peer resumed the Stream Management count of a stream
+/// whose connection died: it resends only what we did not handle.
+pub struct SmResumed<'a> {
+    pub peer: &'a dyn Display,
+    pub h: u32,
+}
+
+impl SmResumed<'_> {
+    pub fn emit(self) {
+        tracing::info!(target: INBOUND, peer = %self.peer, h = self.h, "peer resumed a federation stream");
+        count(EventName::S2sSmResumed);
+    }
+}
+
+/// A federation peer's `<resume/>` was refused (`<item-not-found/>`).
+pub struct SmResumeRefused<'a> {
+    pub peer: &'a dyn Display,
+    /// `unknown` (or expired), `not-yours` (another domain pair's).
+    pub why: &'static str,
+}
+
+impl SmResumeRefused<'_> {
+    pub fn emit(self) {
+        tracing::info!(target: INBOUND, peer = %self.peer, why = self.why, "federation stream resumption refused");
+        count(EventName::S2sSmResumeRefused);
+    }
+}
+
+/// A message whose XEP-0359 `origin-id` was seen from the same sender
+/// arrived again (resent after a stream was lost) and was dropped.
+pub struct DuplicateDropped<'a> {
+    pub peer: &'a dyn Display,
+    pub from: &'a str,
+}
+
+impl DuplicateDropped<'_> {
+    pub fn emit(self) {
+        tracing::debug!(target: INBOUND, peer = %self.peer, from = self.from, "resent duplicate dropped");
+        count(EventName::S2sDuplicateDropped);
+    }
+}
+
+/// Our outbound stream's Stream Management state changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutSm {
+    /// The peer answered `<enabled/>` (with resumption or without).
+    Enabled { resumable: bool },
+    /// The peer refused `<enable/>`: the stream runs without acks.
+    Refused,
+    /// A lost stream was resumed: `resent` stanzas it had not handled go
+    /// again, `dropped` it had are not resent.
+    Resumed { resent: usize, dropped: usize },
+    /// The peer refused `<resume/>`: all `resent` unacknowledged stanzas
+    /// go again on a fresh stream (the peer may see some twice).
+    ResumeFailed { resent: usize },
+}
+
+pub struct OutboundSm<'a> {
+    pub remote: &'a str,
+    pub what: OutSm,
+}
+
+impl OutboundSm<'_> {
+    pub fn emit(self) {
+        tracing::info!(target: OUTBOUND, remote = self.remote, what = ?self.what, "outbound stream management");
+        count(match self.what {
+            OutSm::Enabled { .. } => EventName::S2sSmOutEnabled,
+            OutSm::Refused => EventName::S2sSmOutRefused,
+            OutSm::Resumed { .. } => EventName::S2sSmOutResumed,
+            OutSm::ResumeFailed { .. } => EventName::S2sSmOutResumeFailed,
+        });
+    }
+}
+
+/// The peer of an outbound stream acknowledged stanzas (`<a h/>`).
+pub struct SmAckReceived<'a> {
+    pub remote: &'a str,
+    pub h: u32,
+}
+
+impl SmAckReceived<'_> {
+    pub fn emit(self) {
+        tracing::trace!(target: OUTBOUND, remote = self.remote, h = self.h, "stream management ack received");
+        count(EventName::S2sSmAckReceived);
+    }
+}

@@ -98,6 +98,8 @@ pub struct Established {
     /// Verify mode: the authoritative server's answer.
     pub verified: Option<bool>,
     pub peer_addr: SocketAddr,
+    /// The peer offered XEP-0198 Stream Management.
+    pub sm: bool,
 }
 
 /// Where to connect: the partner's static route, else DNS. The route is
@@ -334,6 +336,7 @@ async fn negotiate(
                         method: Some(method),
                         verified: None,
                         peer_addr,
+                        sm: neg.sm_offered(),
                     });
                 }
                 OutAction::Verified(valid) => {
@@ -344,6 +347,7 @@ async fn negotiate(
                         method: None,
                         verified: Some(valid),
                         peer_addr,
+                        sm: false,
                     });
                 }
                 OutAction::Fail(f) => return Err(fail(&mut conn, f).await),

@@ -24,11 +24,11 @@ use crate::events::DomainMetrics;
 use crate::jid::Jid;
 use crate::router::Envelope;
 use crate::stream::s2s::{
-    InAction, InInput, InboundContext, InboundNegotiation, OutMode, PeerPolicy,
+    InAction, InInput, InboundContext, InboundNegotiation, OutMode, PeerPolicy, parse_element,
 };
 use crate::transport::{Connection, Linger, StartTlsError, Transport};
 use crate::xml::build::StanzaBuilder;
-use crate::xml::ns::{NS_SERVER, NS_SM, NS_STREAMS};
+use crate::xml::ns::{NS_SERVER, NS_SID, NS_SM, NS_STANZAS, NS_STREAMS};
 use crate::xml::{FramerEvent, Stanza, StanzaKind};
 
 /// How long a keepalive may take to write, and the whole of a close:
@@ -146,6 +146,10 @@ impl InboundStreams {
         self.live.remove(&id);
     }
 
+    fn get(&self, id: u64) -> Option<ActorRef<InboundS2s>> {
+        self.live.get(&id).map(|e| e.value().clone())
+    }
+
     /// Every stream alive now (a snapshot: none is held locked).
     pub fn all(&self) -> Vec<ActorRef<InboundS2s>> {
         self.live.iter().map(|e| e.value().clone()).collect()
@@ -184,8 +188,9 @@ pub struct InboundS2s {
     pre_auth_elements: u32,
     /// Dialback verifications of this stream in flight.
     pending_dialback: u32,
-    /// XEP-0198: stanzas received since the peer's `<enable/>`, mod 2^32.
-    sm_in: Option<u32>,
+    /// XEP-0198: the count of stanzas received since the peer's
+    /// `<enable/>`, kept in [`S2sShared::sm`] for resumption.
+    sm_in: Option<super::sm::InboundSm>,
     done: bool,
 }
 
@@ -222,7 +227,14 @@ impl Actor for InboundS2s {
             )
             .with_write_timeout(shared.config.server.write_timeout),
             direct_tls,
-            neg: InboundNegotiation::new(sid.clone().unwrap_or_default(), true),
+            neg: {
+                let neg = InboundNegotiation::new(sid.clone().unwrap_or_default(), true);
+                if shared.config.s2s.stream_management {
+                    neg
+                } else {
+                    neg.without_sm()
+                }
+            },
             metrics,
             header_sent: false,
             deadline: Some(now + shared.config.gateway.stream_establishment_timeout),
@@ -278,6 +290,12 @@ impl Actor for InboundS2s {
         _r: ActorStopReason,
     ) -> Result<(), Infallible> {
         self.shared.inbound.remove(self.id);
+        if let Some(sm) = &self.sm_in {
+            // The sender may resume this stream's count on a new one.
+            self.shared
+                .sm
+                .detach(sm, self.shared.config.s2s.resume_timeout);
+        }
         if !self.done {
             self.close(StreamError::new(StreamCondition::SystemShutdown))
                 .await;
@@ -356,6 +374,23 @@ impl InboundS2s {
         self.close(StreamError::with_text(
             StreamCondition::ConnectionTimeout,
             text,
+        ))
+        .await;
+    }
+}
+
+/// The stream's Stream Management count was resumed on another
+/// connection: this one closes.
+pub struct Superseded;
+
+impl Message<Superseded> for InboundS2s {
+    type Reply = ();
+
+    async fn handle(&mut self, _: Superseded, _: &mut Context<Self, ()>) {
+        self.sm_in = None;
+        self.close(StreamError::with_text(
+            StreamCondition::Conflict,
+            "this stream was resumed on another connection",
         ))
         .await;
     }
@@ -461,8 +496,15 @@ impl InboundS2s {
                         )
                         .await;
                     } else if s.kind() != StanzaKind::Other && authenticated {
-                        if let Some(h) = &mut self.sm_in {
-                            *h = h.wrapping_add(1);
+                        if self.sm_in.as_ref().is_some_and(|sm| !sm.count()) {
+                            // Resumed on another connection: this one may
+                            // handle nothing more.
+                            self.close(StreamError::with_text(
+                                StreamCondition::Conflict,
+                                "this stream was resumed on another connection",
+                            ))
+                            .await;
+                            continue;
                         }
                         self.route(s).await;
                     } else if authenticated && s.xmlns() == Some(NS_SM) {
@@ -513,12 +555,46 @@ impl InboundS2s {
                 ))
                 .await;
         };
+        if self.sm_in.is_some() && self.resent(&s, &from) {
+            return;
+        }
         self.shared
             .audit
             .message(crate::audit::Direction::In, &s, &from, &to);
         let mut env = Envelope::new(s, from, to);
         env.remote = Some(partner.partner_type);
         self.shared.router.route(env).await;
+    }
+
+    /// A message handled already: its XEP-0359 `origin-id` was seen from
+    /// the same sender. A sender that could not resume a stream resends
+    /// what we had not acknowledged, some of which we handled.
+    fn resent(&mut self, s: &Stanza, from: &Jid) -> bool {
+        if s.kind() != StanzaKind::Message
+            || memchr::memmem::find(s.bytes(), NS_SID.as_bytes()).is_none()
+        {
+            return false;
+        }
+        let Ok(el) = parse_element(s, self.conn.framer().stream_prefixes()) else {
+            return false;
+        };
+        let Some(id) = el.child("origin-id", NS_SID).and_then(|o| o.attr("id")) else {
+            return false;
+        };
+        let from_s = from.to_string();
+        if self
+            .shared
+            .recent_ids
+            .first_time(from.domain(), &from_s, id)
+        {
+            return false;
+        }
+        crate::events::s2s::DuplicateDropped {
+            peer: &self.peer,
+            from: &from_s,
+        }
+        .emit();
+        true
     }
 
     async fn server_stanza(&mut self, s: Stanza, from: Jid, to: Jid) {
@@ -653,19 +729,79 @@ impl InboundS2s {
     }
 
     /// XEP-0198 on an authenticated inbound stream: the peer may enable
-    /// acks and ask for them (`<r/>` → `<a h/>`). Nothing is sent to the
-    /// peer on this stream that it would count, so its `<a/>` is only
-    /// noted; resumption is not offered.
+    /// acks, ask for them (`<r/>` → `<a h/>`), and resume the count of a
+    /// stream of the same domain pair whose connection died. Nothing is
+    /// sent to the peer on this stream that it would count, so its `<a/>`
+    /// is only noted.
     async fn stream_management(&mut self, s: &Stanza) {
+        let cfg = &self.shared.config.s2s;
+        let (on, timeout) = (cfg.stream_management, cfg.resume_timeout);
+        let Ok(el) = parse_element(s, self.conn.framer().stream_prefixes()) else {
+            return self
+                .close(StreamError::new(StreamCondition::NotWellFormed))
+                .await;
+        };
         match s.local_name() {
-            "enable" if self.sm_in.is_none() => {
-                self.sm_in = Some(0);
+            "enable" if on && self.sm_in.is_none() => {
+                let Some((remote, local)) = self.neg.authenticated().first().cloned() else {
+                    return;
+                };
+                let resume = matches!(el.attr("resume"), Some("true" | "1"));
+                let sm = self
+                    .shared
+                    .sm
+                    .enable(self.id, &remote, &local, resume, timeout);
                 crate::events::s2s::SmEnabled { peer: &self.peer }.emit();
-                self.write(Bytes::from(format!("<enabled xmlns='{NS_SM}'/>")))
-                    .await;
+                let answer = match sm.id() {
+                    Some(id) => format!(
+                        "<enabled xmlns='{NS_SM}' id='{id}' resume='true' max='{}'/>",
+                        timeout.as_secs()
+                    ),
+                    None => format!("<enabled xmlns='{NS_SM}'/>"),
+                };
+                self.sm_in = Some(sm);
+                self.write(Bytes::from(answer)).await;
             }
-            "r" => match self.sm_in {
-                Some(h) => {
+            "resume" if on && self.sm_in.is_none() => {
+                let previd = el.attr("previd").unwrap_or_default().to_string();
+                match self
+                    .shared
+                    .sm
+                    .resume(&previd, self.id, self.neg.authenticated(), timeout)
+                {
+                    Ok(r) => {
+                        if let Some(old) = r.previous.and_then(|id| self.shared.inbound.get(id)) {
+                            let _ = old.tell(Superseded).try_send();
+                        }
+                        crate::events::s2s::SmResumed {
+                            peer: &self.peer,
+                            h: r.h,
+                        }
+                        .emit();
+                        self.sm_in = Some(r.sm);
+                        self.write(Bytes::from(format!(
+                            "<resumed xmlns='{NS_SM}' previd='{}' h='{}'/>",
+                            crate::xml::escape::escape_attr(&previd),
+                            r.h
+                        )))
+                        .await;
+                    }
+                    Err(why) => {
+                        crate::events::s2s::SmResumeRefused {
+                            peer: &self.peer,
+                            why: why.label(),
+                        }
+                        .emit();
+                        self.write(Bytes::from(format!(
+                            "<failed xmlns='{NS_SM}'><item-not-found xmlns='{NS_STANZAS}'/></failed>"
+                        )))
+                        .await;
+                    }
+                }
+            }
+            "r" => match &self.sm_in {
+                Some(sm) => {
+                    let h = sm.h();
                     crate::events::s2s::SmAckSent { peer: &self.peer }.emit();
                     self.write(Bytes::from(format!("<a xmlns='{NS_SM}' h='{h}'/>")))
                         .await
@@ -681,7 +817,7 @@ impl InboundS2s {
             "a" => {}
             _ => {
                 self.write(Bytes::from(format!(
-                    "<failed xmlns='{NS_SM}'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+                    "<failed xmlns='{NS_SM}'><unexpected-request xmlns='{NS_STANZAS}'/></failed>"
                 )))
                 .await
             }

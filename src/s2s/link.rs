@@ -33,6 +33,8 @@ pub struct Link {
     /// negotiation knows, as with a link that was never negotiated).
     pub method: Option<AuthMethod>,
     pub peer_addr: SocketAddr,
+    /// The peer offered XEP-0198 Stream Management on this stream.
+    pub sm: bool,
 }
 
 /// A connection attempt under way.
@@ -57,6 +59,7 @@ impl Connector for Network {
                 conn: est.conn,
                 method: est.method,
                 peer_addr: est.peer_addr,
+                sm: est.sm,
             })
         })
     }

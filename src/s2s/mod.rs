@@ -12,6 +12,7 @@ pub mod inbound;
 mod limits;
 mod link;
 pub mod outbound;
+mod sm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,6 +66,10 @@ pub struct S2sShared {
     /// Where outbound domain actors get their links ([`Network`] in the
     /// daemon).
     pub connector: Arc<dyn Connector>,
+    /// XEP-0198 counts of inbound streams, kept for resumption.
+    pub sm: sm::Registry,
+    /// Recent XEP-0359 `origin-id`s, to drop a resent duplicate.
+    pub recent_ids: sm::RecentIds,
 }
 
 impl S2sShared {

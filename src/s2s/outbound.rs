@@ -26,13 +26,15 @@ use crate::error::StanzaCondition;
 use crate::events::DomainMetrics;
 use crate::events::router::{Shed, ShedQueue};
 use crate::events::s2s::{
-    ConnectionLimitReached, OutboundClose, OutboundClosed, OutboundFailed, OutboundPeerError,
-    OutboundUp,
+    ConnectionLimitReached, OutSm, OutboundClose, OutboundClosed, OutboundFailed,
+    OutboundPeerError, OutboundSm, OutboundUp, SmAckReceived,
 };
 use crate::jid::Jid;
 use crate::router::Envelope;
+use crate::stream::s2s::parse_element;
 use crate::transport::writer::{QueueLimits, presence_share};
 use crate::transport::{Connection, Linger};
+use crate::xml::ns::NS_SM;
 use crate::xml::{Frame, FramerEvent, Stanza, StanzaKind};
 
 /// Stanzas waiting per domain while connecting, beside the byte cap
@@ -113,8 +115,35 @@ struct Attempt(Result<Link, ConnectError>);
 enum State {
     Idle,
     Connecting,
+    /// A new stream is up and our `<resume/>` of the lost one awaits the
+    /// peer's answer (until the given time): stanzas wait in the queue.
+    Resuming(Instant),
     Up,
 }
+
+/// XEP-0198 on this domain's outbound streams.
+#[derive(Default)]
+struct SmOut {
+    /// The current stream's resumption id and the peer's `max`, once its
+    /// `<enabled resume='true'/>` came.
+    id: Option<(String, Duration)>,
+    /// The last stream, lost with stanzas it had not acknowledged; they
+    /// are at the head of the queue.
+    lost: Option<Lost>,
+}
+
+struct Lost {
+    id: String,
+    max: Duration,
+    /// The peer's last `h` on it.
+    acked: u32,
+    /// The stanzas at the head of the queue that it had not acknowledged.
+    unacked: usize,
+    /// The peer keeps its count until about then.
+    until: Instant,
+}
+
+const ENABLE: &str = "<enable xmlns='urn:xmpp:sm:3' resume='true'/>";
 
 pub struct OutboundDomain {
     local: String,
@@ -152,6 +181,7 @@ pub struct OutboundDomain {
     route: Option<ProxyTarget>,
     /// The partner's `enable_keep_alive`, read when the stream comes up.
     keep_alive: bool,
+    sm: SmOut,
     stop: bool,
 }
 
@@ -186,6 +216,7 @@ impl Actor for OutboundDomain {
             partner_slot: None,
             route: None,
             keep_alive: true,
+            sm: SmOut::default(),
             stop: false,
         })
     }
@@ -295,6 +326,8 @@ impl OutboundDomain {
         let mut kept = 0;
         for frame in frames.into_iter().rev() {
             let Ok(stanza) = frame.to_stanza() else {
+                // Counted stanzas and the queue no longer line up.
+                self.sm.lost = None;
                 continue;
             };
             let jid = |a: Option<std::borrow::Cow<'_, str>>| a.and_then(|a| Jid::parse(&a).ok());
@@ -377,6 +410,7 @@ impl OutboundDomain {
         match self.state {
             State::Idle => self.retry_at.filter(|_| !self.queue.is_empty()),
             State::Connecting => None,
+            State::Resuming(deadline) => Some(deadline),
             State::Up => {
                 let idle = self.last_activity + g.stream_inactivity_timeout;
                 if !self.keep_alive {
@@ -434,6 +468,14 @@ impl OutboundDomain {
                 } else if self.keep_alive && now >= self.last_write + g.keep_alive_interval {
                     // Whitespace keepalive (RFC 6120 §4.6.1).
                     self.send_bytes(Bytes::from_static(b" "));
+                }
+            }
+            State::Resuming(deadline) => {
+                if now >= deadline {
+                    // No answer to <resume/>: a fresh stream sends all that
+                    // was not acknowledged.
+                    self.resume_failed();
+                    self.disconnect(Some("</stream:stream>")).await;
                 }
             }
             State::Connecting => {}
@@ -496,17 +538,43 @@ impl OutboundDomain {
         }
         .emit(&self.metrics);
         let mut conn = est.conn;
-        conn.split(QueueLimits {
+        let q = conn.split(QueueLimits {
             frames: WRITE_QUEUE,
             bytes: self.shared.config.gateway.s2s_queue_bytes,
         });
+        let sm = est.sm && self.shared.config.s2s.stream_management;
+        let now = Instant::now();
+        match (q, sm) {
+            (Some(q), true) => {
+                let lost = self.sm.lost.as_ref().filter(|l| l.until > now);
+                if let Some(l) = lost {
+                    // Ask what the lost stream's peer handled; the queue
+                    // waits for the answer.
+                    let resume = format!(
+                        "<resume xmlns='{NS_SM}' previd='{}' h='0'/>",
+                        crate::xml::escape::escape_attr(&l.id)
+                    );
+                    let _ = q.try_send(Frame::nonza(Bytes::from(resume)));
+                    let deadline = now + self.shared.config.gateway.stream_establishment_timeout;
+                    self.up(conn);
+                    self.state = State::Resuming(deadline);
+                    self.metrics.set_state("resuming");
+                    return;
+                }
+                self.sm.lost = None;
+                q.enable_sm(Frame::nonza(Bytes::from_static(ENABLE.as_bytes())));
+            }
+            _ => self.sm.lost = None,
+        }
         self.up(conn);
+        self.flush();
     }
 
     /// The stream is negotiated: write through `conn`'s writer from now
-    /// on, starting with what waited.
+    /// on ([`OutboundDomain::flush`] sends what waited).
     fn up(&mut self, conn: Connection) {
         self.link = Some(conn);
+        self.sm.id = None;
         self.state = State::Up;
         self.keep_alive = self
             .shared
@@ -519,6 +587,10 @@ impl OutboundDomain {
         self.last_write = now;
         self.last_read = now;
         self.heard = false;
+    }
+
+    /// Writes what waited for the stream.
+    fn flush(&mut self) {
         let queued = self.take_queue();
         for env in queued {
             self.write(env);
@@ -632,8 +704,10 @@ impl OutboundDomain {
                 self.shed(&env());
             }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                // The socket died under us: keep the stanza for the next
-                // stream instead of losing or bouncing it.
+                // The socket died under us: keep what it did not write or
+                // get acknowledged, and this stanza, for the next stream
+                // instead of losing or bouncing them.
+                self.lose_link(&q.clone());
                 self.link = None;
                 self.release_slots();
                 self.state = State::Idle;
@@ -647,7 +721,7 @@ impl OutboundDomain {
 
     fn send_bytes(&mut self, b: Bytes) {
         if let Some(q) = self.link.as_ref().and_then(|c| c.queue())
-            && q.try_send(b.into()).is_ok()
+            && q.try_send(Frame::nonza(b)).is_ok()
         {
             self.last_write = Instant::now();
         }
@@ -660,22 +734,38 @@ impl OutboundDomain {
                 self.disconnect(None).await;
                 return;
             }
-            Ok(_) => {
-                self.last_read = Instant::now();
-                self.heard = true;
-            }
+            Ok(_) => self.last_read = Instant::now(),
         }
+        // Stream Management answers are not the peer keeping the link
+        // alive: a receiving server that acks (Prosody's mod_smacks) still
+        // need not write on an idle stream it did not open.
+        let mut only_acks = true;
+        let mut events = 0;
         loop {
             let Some(f) = self.link.as_mut().map(|c| c.framer()) else {
                 return;
             };
-            match f.next() {
-                Ok(None) => break,
+            let ev = f.next();
+            events += 1;
+            if !matches!(&ev, Ok(Some(FramerEvent::Stanza(s))) if s.xmlns() == Some(NS_SM)) {
+                only_acks &= matches!(ev, Ok(None));
+            }
+            match ev {
+                Ok(None) => {
+                    // Whitespace, or part of an element, is the peer
+                    // writing too.
+                    self.heard |= events == 1 || !only_acks;
+                    break;
+                }
                 Ok(Some(FramerEvent::StreamClose)) => {
                     self.disconnect(Some("</stream:stream>")).await;
                     return;
                 }
                 Ok(Some(FramerEvent::Stanza(s))) => {
+                    if s.xmlns() == Some(NS_SM) {
+                        self.stream_management(&s).await;
+                        continue;
+                    }
                     self.last_activity = Instant::now();
                     if s.name() == "stream:error" {
                         OutboundPeerError {
@@ -707,10 +797,13 @@ impl OutboundDomain {
     async fn disconnect(&mut self, tail: Option<&str>) {
         if let Some(mut c) = self.link.take() {
             let tail = Bytes::from(tail.unwrap_or_default().to_string());
-            let unsent = c.close(tail, CLOSE).await;
-            self.keep_unsent(unsent);
+            let q = c.queue().cloned();
+            c.close_keeping_queue(tail, CLOSE).await;
+            if let Some(q) = q {
+                self.lose_link(&q);
+            }
         }
-        if matches!(self.state, State::Up) {
+        if matches!(self.state, State::Up | State::Resuming(_)) {
             self.state = State::Idle;
             self.metrics.set_state("idle");
             self.retry_at = Some(Instant::now());
@@ -718,6 +811,167 @@ impl OutboundDomain {
         self.release_slots();
     }
 }
+
+impl OutboundDomain {
+    /// The stream's writer is gone: what it did not write, or wrote and
+    /// the peer did not acknowledge, goes back to the head of the queue,
+    /// and a resumable stream is remembered for the next one to resume.
+    fn lose_link(&mut self, q: &crate::transport::writer::Queue) {
+        let position = q.sm_position();
+        let unsent = q.close_and_take();
+        match (self.sm.id.take(), position) {
+            (Some((id, max)), Some((acked, sent))) => {
+                self.sm.lost = Some(Lost {
+                    id,
+                    max,
+                    acked,
+                    unacked: sent.wrapping_sub(acked) as usize,
+                    until: Instant::now() + max,
+                })
+            }
+            // A `<resume/>` unanswered: the lost stream may still be.
+            _ if matches!(self.state, State::Resuming(_)) => {}
+            _ => self.sm.lost = None,
+        }
+        self.keep_unsent(unsent);
+    }
+
+    /// An XEP-0198 element from the peer of our stream.
+    async fn stream_management(&mut self, s: &Stanza) {
+        let Some(el) = self
+            .link
+            .as_mut()
+            .and_then(|c| parse_element(s, c.framer().stream_prefixes()).ok())
+        else {
+            return;
+        };
+        let q = self.link.as_ref().and_then(|c| c.queue()).cloned();
+        let Some(q) = q else {
+            return;
+        };
+        match (s.local_name(), &self.state) {
+            ("enabled", State::Up) => {
+                let resumable = matches!(el.attr("resume"), Some("true" | "1"));
+                if let (true, Some(id)) = (resumable, el.attr("id")) {
+                    let max = el
+                        .attr("max")
+                        .and_then(|m| m.parse::<u64>().ok())
+                        .map_or(MAX_RESUME, |m| Duration::from_secs(m).min(MAX_RESUME));
+                    self.sm.id = Some((id.to_string(), max));
+                }
+                OutboundSm {
+                    remote: &self.remote,
+                    what: OutSm::Enabled { resumable },
+                }
+                .emit();
+            }
+            ("failed", State::Up) => {
+                q.disable_sm();
+                OutboundSm {
+                    remote: &self.remote,
+                    what: OutSm::Refused,
+                }
+                .emit();
+            }
+            ("failed", State::Resuming(_)) => {
+                // The peer lost our count: everything unacknowledged goes
+                // again on a fresh count (its origin-ids let the peer
+                // drop what it had).
+                self.resume_failed();
+                q.enable_sm(Frame::nonza(Bytes::from_static(ENABLE.as_bytes())));
+                self.resumed();
+            }
+            ("resumed", State::Resuming(_)) => {
+                let Some(lost) = self.sm.lost.take() else {
+                    return;
+                };
+                let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
+                let handled = h.map(|h| h.wrapping_sub(lost.acked) as usize);
+                let (Some(h), Some(n)) = (h, handled.filter(|n| *n <= lost.unacked)) else {
+                    return self.too_high().await;
+                };
+                for env in self.queue.drain(..n) {
+                    self.queued_bytes -= env.stanza.bytes().len();
+                }
+                self.metrics.set_queue(self.queue.len());
+                q.enable_sm_resumed(h);
+                self.sm.id = Some((lost.id, lost.max));
+                OutboundSm {
+                    remote: &self.remote,
+                    what: OutSm::Resumed {
+                        resent: lost.unacked - n,
+                        dropped: n,
+                    },
+                }
+                .emit();
+                self.resumed();
+            }
+            ("a", _) => {
+                let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+                    return;
+                };
+                if q.ack(h).is_err() {
+                    return self.too_high().await;
+                }
+                SmAckReceived {
+                    remote: &self.remote,
+                    h,
+                }
+                .emit();
+            }
+            ("r", _) => {
+                // We handle no stanzas on a stream we opened.
+                self.send_bytes(Bytes::from(format!("<a xmlns='{NS_SM}' h='0'/>")));
+            }
+            _ => {}
+        }
+    }
+
+    /// The lost stream cannot be resumed: all it did not get acknowledged
+    /// goes again, counted afresh.
+    fn resume_failed(&mut self) {
+        self.sm.lost = None;
+        OutboundSm {
+            remote: &self.remote,
+            what: OutSm::ResumeFailed {
+                resent: self.queue.len(),
+            },
+        }
+        .emit();
+    }
+
+    /// The resumption is settled: the stream is up, the queue goes out.
+    fn resumed(&mut self) {
+        self.state = State::Up;
+        self.metrics.set_state("up");
+        self.flush();
+    }
+
+    /// XEP-0198 §4: the peer acknowledged more than we sent.
+    async fn too_high(&mut self) {
+        let err = crate::error::StreamError::with_text(
+            crate::error::StreamCondition::UndefinedCondition,
+            "acknowledged more stanzas than were sent",
+        );
+        self.shared
+            .metrics
+            .stream_error(err.condition, &self.remote, err.text.as_deref());
+        let tail = format!(
+            "{}</stream:stream>",
+            err.to_xml().replace(
+                "</stream:error>",
+                &format!("<handled-count-too-high xmlns='{NS_SM}'/></stream:error>")
+            )
+        );
+        self.sm.id = None;
+        self.sm.lost = None;
+        self.disconnect(Some(&tail)).await;
+    }
+}
+
+/// The longest a lost stream is remembered for resumption, whatever the
+/// peer's `max`.
+const MAX_RESUME: Duration = Duration::from_secs(600);
 
 /// 1 s, 2 s, 4 s … up to 5 minutes, with ±20 % jitter.
 fn backoff(failures: u32) -> Duration {

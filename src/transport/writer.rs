@@ -162,14 +162,21 @@ impl State {
         }
     }
 
-    /// Frames and bytes held: queued, and sent but unacknowledged.
-    fn held(&self) -> (usize, usize) {
+    /// Frames queued, and bytes held: queued, and sent but not
+    /// acknowledged. Unacknowledged stanzas count in bytes only: they
+    /// include what is in flight (socket buffers, the peer's backlog),
+    /// which a frame count sized for a writer's backlog would cap at a
+    /// fraction of a fast link's bandwidth-delay product.
+    /// Also whether anything at all is held (an empty queue takes a frame
+    /// of any size).
+    fn held(&self) -> (usize, usize, bool) {
         match &self.sm {
             Some(sm) => (
-                self.frames.len() + sm.unacked.len(),
+                self.frames.len(),
                 self.bytes + sm.unacked_bytes,
+                !self.frames.is_empty() || !sm.unacked.is_empty(),
             ),
-            None => (self.frames.len(), self.bytes),
+            None => (self.frames.len(), self.bytes, !self.frames.is_empty()),
         }
     }
 }
@@ -270,8 +277,8 @@ impl Queue {
         if st.rx_closed {
             return Err(TrySendError::Closed(f));
         }
-        let (frames, bytes) = st.held();
-        let full = frames >= capacity || (frames > 0 && bytes.saturating_add(len) > max_bytes);
+        let (frames, bytes, any) = st.held();
+        let full = frames >= capacity || (any && bytes.saturating_add(len) > max_bytes);
         if full {
             st.sender_waiting |= will_wait;
             return Err(TrySendError::Full(f));
@@ -332,6 +339,48 @@ impl Queue {
             w.wake();
         }
         true
+    }
+
+    /// XEP-0198 on a resumed stream (the peer counts on from `h`): every
+    /// stanza queued from now on is counted from `h` and kept until
+    /// acknowledged. False if counting was on already.
+    pub fn enable_sm_resumed(&self, h: u32) -> bool {
+        let mut st = self.0.lock();
+        if st.sm.is_some() || st.rx_closed {
+            return false;
+        }
+        st.sm = Some(Sm {
+            start: st.popped + st.frames.len() as u64,
+            unacked: VecDeque::new(),
+            unacked_bytes: 0,
+            sent: h,
+            acked: h,
+            requested: false,
+        });
+        self.0.sm_on.store(true, Ordering::Release);
+        true
+    }
+
+    /// The peer refused Stream Management (`<failed/>` to our
+    /// `<enable/>`): counting stops, and the stanzas kept for its acks are
+    /// let go, as written stanzas are without it.
+    pub fn disable_sm(&self) {
+        let mut st = self.0.lock();
+        if st.sm.take().is_none() {
+            return;
+        }
+        self.0.sm_on.store(false, Ordering::Release);
+        let room = std::mem::take(&mut st.sender_waiting);
+        drop(st);
+        if room {
+            self.0.space.notify_waiters();
+        }
+    }
+
+    /// Under Stream Management, the peer's last `h` and our count of
+    /// stanzas sent: `sent - acked` of them were not acknowledged.
+    pub fn sm_position(&self) -> Option<(u32, u32)> {
+        self.0.lock().sm.as_ref().map(|sm| (sm.acked, sm.sent))
     }
 
     /// The peer's `<a h='…'/>`: drops what it acknowledges. An `h` beyond

@@ -14,6 +14,8 @@ pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
 pub const NS_XMPP_STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 /// RFC 6120 §8.3: stanza error conditions.
 pub const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+/// XEP-0359 Unique and Stable Stanza IDs.
+pub const NS_SID: &str = "urn:xmpp:sid:0";
 /// RFC 6120 §5: STARTTLS.
 pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 /// RFC 6120 §6: SASL.

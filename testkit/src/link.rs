@@ -54,6 +54,7 @@ where
                 conn,
                 method: None,
                 peer_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                sm: false,
             })
         })
     }

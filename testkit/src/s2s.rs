@@ -39,7 +39,7 @@ use fedrouter::stream::s2s::{
 };
 use fedrouter::transport::Transport;
 use fedrouter::xml::element::Element;
-use fedrouter::xml::ns::{NS_DIALBACK, NS_SASL, NS_SERVER, NS_STREAMS};
+use fedrouter::xml::ns::{NS_DIALBACK, NS_SASL, NS_SERVER, NS_SM, NS_STREAMS};
 use fedrouter::xml::{Framer, FramerEvent, Stanza, StanzaKind};
 
 /// Stanza size limit of the fakes: large, they are not what is under test.
@@ -536,6 +536,10 @@ pub struct LoadOptions {
     /// Answer a `db:result` as valid without asking the sender's
     /// authoritative server (a load generator trusts its target).
     pub trust_dialback: bool,
+    /// Offer no XEP-0198 Stream Management (a peer without it). With it,
+    /// the daemon's `<enable/>` and `<r/>` are answered here (acks only,
+    /// no resumption) and never reach the [`InboundPeer`].
+    pub no_stream_management: bool,
     /// Hand every authenticated stanza to this function, on the
     /// connection's task, instead of queueing it for an [`InboundPeer`].
     #[allow(clippy::type_complexity)]
@@ -711,6 +715,11 @@ async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
     let mut sid = [0u8; 8];
     let _ = aws_lc_rs::rand::fill(&mut sid);
     let mut neg = InboundNegotiation::new(hex::encode(sid), true);
+    if shared.cfg.load.no_stream_management {
+        neg = neg.without_sm();
+    }
+    // XEP-0198: stanzas received since the daemon's <enable/>.
+    let mut sm_h: Option<u32> = None;
     let mut io = Transport::Plain(tcp);
     let mut framer = Framer::new(NS_SERVER, MAX_STANZA);
     let mut events: Option<mpsc::Sender<InEvent>> = None;
@@ -851,11 +860,29 @@ async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
                         pending.push_back(InAction::Fail(StreamError::new(cond)));
                         continue;
                     }
+                    if let Some(h) = &mut sm_h {
+                        *h = h.wrapping_add(1);
+                    }
                     if let Some(sink) = &shared.cfg.load.sink {
                         sink(s);
                     } else if let Some(tx) = &events {
                         let _ = tx.send(InEvent::Stanza(s)).await;
                     }
+                    continue;
+                }
+                if !neg.authenticated().is_empty() && s.xmlns() == Some(NS_SM) {
+                    let answer = match (s.local_name(), sm_h) {
+                        ("enable", None) if !shared.cfg.load.no_stream_management => {
+                            sm_h = Some(0);
+                            format!("<enabled xmlns='{NS_SM}'/>")
+                        }
+                        ("r", Some(h)) => format!("<a xmlns='{NS_SM}' h='{h}'/>"),
+                        ("a", _) => continue,
+                        _ => format!(
+                            "<failed xmlns='{NS_SM}'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+                        ),
+                    };
+                    pending.push_back(InAction::Send(answer));
                     continue;
                 }
                 if is_db_verify(&s, framer.stream_prefixes()) {

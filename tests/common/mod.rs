@@ -10,6 +10,8 @@ use fedrouter::xml::Stanza;
 use fedrouter::{Daemon, admin};
 use testkit::client::{Client, ClientConfig, ClientError, Connection, Mechanism};
 
+pub mod federation;
+
 pub const DOMAIN: &str = "localhost";
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -117,6 +117,8 @@ pub struct InboundNegotiation {
     authenticated: Vec<(String, String)>,
     /// (originating, receiving) pairs sent out for verification.
     pending: Vec<(String, String)>,
+    /// Whether XEP-0198 Stream Management is offered.
+    sm: bool,
 }
 
 impl InboundNegotiation {
@@ -138,7 +140,15 @@ impl InboundNegotiation {
             sasl_failures: 0,
             authenticated: Vec::new(),
             pending: Vec::new(),
+            sm: true,
         }
+    }
+
+    /// Offers no XEP-0198 Stream Management (`s2s.stream_management =
+    /// false`).
+    pub fn without_sm(mut self) -> Self {
+        self.sm = false;
+        self
     }
 
     /// Domains authenticated on this stream (several allowed: dialback
@@ -329,6 +339,9 @@ impl InboundNegotiation {
     fn features<C: InboundContext + ?Sized>(&self, ctx: &C) -> String {
         if self.sasl_done {
             // XEP-0198: the peer may enable acks on the authenticated stream.
+            if !self.sm {
+                return "<stream:features/>".to_string();
+            }
             return format!("<stream:features><sm xmlns='{NS_SM}'/></stream:features>");
         }
         let policy = self.header_policy(ctx);
@@ -353,7 +366,9 @@ impl InboundNegotiation {
             ));
             // Dialback authenticates without a stream restart: what may
             // follow it is offered now.
-            f.push_str(&format!("<sm xmlns='{NS_SM}'/>"));
+            if self.sm {
+                f.push_str(&format!("<sm xmlns='{NS_SM}'/>"));
+            }
         }
         f.push_str("</stream:features>");
         f

@@ -71,7 +71,7 @@ fn domain(s: &str) -> Option<String> {
 }
 
 /// Parses a negotiation element with the prefixes of the peer's header.
-fn parse_element(s: &Stanza, prefixes: &[(String, String)]) -> Result<Element, String> {
+pub fn parse_element(s: &Stanza, prefixes: &[(String, String)]) -> Result<Element, String> {
     let mut p: Vec<(&str, &str)> = prefixes
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::error::{StreamCondition, StreamError};
 use crate::stream::dialback::{self, DbElement, DbKind, DbType};
-use crate::xml::ns::{NS_DIALBACK, NS_DIALBACK_FEATURE, NS_SASL, NS_STREAMS, NS_TLS};
+use crate::xml::ns::{NS_DIALBACK, NS_DIALBACK_FEATURE, NS_SASL, NS_SM, NS_STREAMS, NS_TLS};
 use crate::xml::{Stanza, StreamHeader};
 
 use super::{
@@ -63,6 +63,8 @@ struct Offered {
     tls_required: bool,
     external: bool,
     dialback: bool,
+    /// XEP-0198 Stream Management.
+    sm: bool,
 }
 
 pub struct OutboundNegotiation {
@@ -133,6 +135,13 @@ impl OutboundNegotiation {
     /// EXTERNAL is only used when it is (see `choose_auth`).
     pub fn remote_certificate_valid(&self) -> bool {
         self.remote_cert_valid
+    }
+
+    /// Whether the peer's latest features offered XEP-0198 Stream
+    /// Management: after dialback, those that preceded it (dialback has no
+    /// stream restart); after SASL, those of the restarted stream.
+    pub fn sm_offered(&self) -> bool {
+        self.offered.sm
     }
 
     pub fn is_ready(&self) -> bool {
@@ -248,6 +257,7 @@ impl OutboundNegotiation {
                     }),
                     dialback: el.child("dialback", NS_DIALBACK_FEATURE).is_some()
                         || self.declares_dialback(),
+                    sm: el.child("sm", NS_SM).is_some(),
                 })
             }
             OutState::AwaitProceed if el.is("proceed", NS_TLS) => {
