@@ -213,6 +213,7 @@ pub async fn start_with_connector(
         ),
         idle_timeout: config.c2s.idle_timeout,
         resume_timeout: config.c2s.resume_timeout,
+        durable: config.s2s.durable_queue.then(|| writer.clone()),
         resumable: Default::default(),
         next_id: AtomicU64::new(1),
         throttle: c2s::throttle::LoginThrottle::new(c2s::throttle::Limits {
@@ -266,6 +267,13 @@ pub async fn start_with_connector(
             }
         },
     };
+    // s2s.durable_queue: the journal holds what was accepted for remote
+    // domains and never settled (the process was killed): sent again below.
+    let unsettled = store.read_outbox()?;
+    let journal = config
+        .s2s
+        .durable_queue
+        .then(|| s2s::journal::Journal::new(writer.clone(), unsettled.last().map(|e| e.0)));
     let s2s_shared = Arc::new(s2s::S2sShared {
         config: config.clone(),
         router: router.clone(),
@@ -288,6 +296,7 @@ pub async fn start_with_connector(
         connector,
         sm: Default::default(),
         recent_ids: Default::default(),
+        journal,
         policy: policy.clone(),
         audit: match &config.log.audit_file {
             Some(p) => audit::AuditLog::open(p, config.gateway.enable_logging_all_message_bodies)
@@ -300,6 +309,7 @@ pub async fn start_with_connector(
     });
     let s2s_router = s2s::S2sRouter::new(s2s_shared.clone());
     router.set_s2s(Arc::new(s2s_router.clone()));
+    s2s_router.resend_journal(unsettled, &writer);
     let reloader = Reloader {
         source: config.source.clone(),
         policy: policy.clone(),

@@ -98,6 +98,24 @@ fn fedrouter(cwd: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, S
     )
 }
 
+/// `fedrouter user add` with the configuration `config`; must succeed.
+fn add_user(cwd: &Path, config: &str, jid: &str, password: &str) {
+    let (ok, _, err) = fedrouter(
+        cwd,
+        &[
+            "--config",
+            config,
+            "user",
+            "add",
+            jid,
+            "--password",
+            password,
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+}
+
 async fn sign_in(addr: SocketAddr, jid: &str, password: &str) -> Result<Client, ClientError> {
     let mut cfg = ClientConfig::new(addr, jid, password);
     cfg.timeout = TIMEOUT;
@@ -556,12 +574,7 @@ async fn offline_messages_read_when_the_daemon_is_killed_are_delivered_after_res
     .unwrap();
     let c = cfg.to_str().unwrap();
     for (user, pw) in [("alice@localhost", "a-pass"), ("carol@localhost", "c-pass")] {
-        let (ok, _, err) = fedrouter(
-            dir.path(),
-            &["--config", c, "user", "add", user, "--password", pw],
-            None,
-        );
-        assert!(ok, "{err}");
+        add_user(dir.path(), c, user, pw);
     }
     let mut daemon = run_daemon(dir.path(), Some(&cfg));
     let mut alice = sign_in(daemon.c2s, "alice@localhost", "a-pass")
@@ -602,4 +615,110 @@ async fn offline_messages_read_when_the_daemon_is_killed_are_delivered_after_res
         .unwrap();
     let (_carol, got) = read_all(carol).await;
     assert_eq!(got, expected, "every offline message survived the crash");
+}
+
+/// `s2s.durable_queue`: messages a user sent to a remote domain that could
+/// not be reached, and that the daemon acknowledged (XEP-0198 `<a h/>`),
+/// survive SIGKILL: the restarted daemon sends every one of them, once and
+/// in order, as soon as the domain answers.
+#[tokio::test]
+async fn with_durable_queue_acknowledged_messages_for_an_unreachable_domain_survive_sigkill() {
+    use fedrouter::stream::s2s::PeerPolicy;
+    use std::net::Ipv4Addr;
+    use testkit::dns::TestDns;
+    use testkit::s2s::{ListenerConfig, LoadOptions, S2sListener, random_secret, server_tls};
+
+    let dns = TestDns::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    // r.test points at a port nobody listens on (yet).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    dns.add_srv("_xmpp-server._tcp.r.test", 10, 5, port, "xmpp.r.test");
+    dns.add_a("xmpp.r.test", Ipv4Addr::LOCALHOST);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fedrouter.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ndomains = [\"localhost\"]\ndata_dir = \"data\"\n[c2s]\nlisten = [\"127.0.0.1:0\"]\n\
+             [s2s]\nlisten = []\ndns_nameservers = [\"{}\"]\nallow_private_targets = [\"127.0.0.0/8\"]\n\
+             unlisted_domains = \"allow\"\nunlisted_partner_type = \"federated\"\ndurable_queue = true\n\
+             [gateway]\nstream_establishment_timeout = 120\n[metrics]\nlisten = \"\"\n{}",
+            dns.addr(),
+            common::FEDERATION_ALLOWED
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    add_user(dir.path(), c, "alice@localhost", "a-pass");
+
+    let mut daemon = run_daemon(dir.path(), Some(&cfg));
+    let mut alice = sign_in(daemon.c2s, "alice@localhost", "a-pass")
+        .await
+        .unwrap();
+    alice.send("<enable xmlns='urn:xmpp:sm:3'/>").await.unwrap();
+    common::expect(&mut alice, "<enabled/>", |s| s.local_name() == "enabled").await;
+    for i in 0..20 {
+        alice
+            .send(format!(
+                "<message to='bob@r.test' type='chat' id='d{i}'><body>durable {i}</body></message>"
+            ))
+            .await
+            .unwrap();
+    }
+    alice.send("<r xmlns='urn:xmpp:sm:3'/>").await.unwrap();
+    let a = common::expect(&mut alice, "<a/>", |s| s.local_name() == "a").await;
+    let a = common::text(&a);
+    assert!(a.contains("h='20'") || a.contains("h=\"20\""), "{a}");
+    // Acknowledged, waiting for r.test: killed.
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    drop(alice);
+
+    // r.test comes up; the daemon starts again.
+    let mut r = S2sListener::start(ListenerConfig {
+        domain: "r.test".into(),
+        secret: random_secret(),
+        server_tls: server_tls(testkit::ca::self_signed(&["r.test"]).certified_key(), None),
+        verifier: None,
+        policy: PeerPolicy::open_federation(),
+        timeout: TIMEOUT,
+        load: LoadOptions {
+            trust_dialback: true,
+            ..Default::default()
+        },
+    })
+    .await
+    .unwrap();
+    dns.clear();
+    dns.add_srv(
+        "_xmpp-server._tcp.r.test",
+        10,
+        5,
+        r.addr().port(),
+        "xmpp.r.test",
+    );
+    dns.add_a("xmpp.r.test", Ipv4Addr::LOCALHOST);
+    let _daemon = run_daemon(dir.path(), Some(&cfg));
+    let mut link = r
+        .accept(Duration::from_secs(30))
+        .await
+        .expect("a stream to r.test");
+    for i in 0..20 {
+        let m = link.recv().await.unwrap();
+        assert_eq!(
+            common::body(&m),
+            Some(format!("durable {i}")),
+            "{}",
+            common::text(&m)
+        );
+        assert!(
+            m.from().is_some_and(|f| f.starts_with("alice@localhost/")),
+            "{}",
+            common::text(&m)
+        );
+    }
 }

@@ -28,6 +28,9 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Mixed load for a duration, sampling the target's RSS and CPU.
     Soak(SoakArgs),
+    /// Local users send to remote contacts while the target is killed
+    /// (SIGKILL) and restarted; counts acknowledged messages lost.
+    Chaos(ChaosArgs),
     /// Writes a test CA and certificates for the remote domains (for SASL
     /// EXTERNAL: the target must trust `ca.pem`).
     Ca(CaArgs),
@@ -221,6 +224,52 @@ pub struct SoakArgs {
     pub duration: Duration,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub drain: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChaosArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub output: Output,
+    /// The command that runs the target in the foreground, as words
+    /// (`--target-cmd fedrouter --target-cmd --config --target-cmd f.toml
+    /// --target-cmd run`, or one string split on spaces). Its c2s (and
+    /// s2s) addresses must stay the same across restarts.
+    #[arg(long, required = true, num_args = 1.., value_delimiter = ' ')]
+    pub target_cmd: Vec<String>,
+    /// SIGKILL the target (then restart it) each time this many more
+    /// messages were acknowledged.
+    #[arg(long, default_value_t = 1000)]
+    pub kill_target_after: u64,
+    /// How many times to kill the target.
+    #[arg(long, default_value_t = 2)]
+    pub kills: u32,
+    #[arg(long, default_value_t = 4)]
+    pub users: usize,
+    #[arg(long, default_value_t = 40)]
+    pub contacts: usize,
+    #[arg(long, default_value_t = 4)]
+    pub domains: usize,
+    /// Messages in all, over all users.
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: u64,
+    /// Messages between two ack requests (`<r/>`).
+    #[arg(long, default_value_t = 100)]
+    pub window: usize,
+    /// Upper bound of the run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+    pub duration: Duration,
+    /// How long to wait for acknowledged messages to arrive at the end.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub drain: Duration,
+}
+
+impl ChaosArgs {
+    /// Messages per user.
+    pub fn per_user(&self) -> u64 {
+        self.messages / self.users.max(1) as u64
+    }
 }
 
 #[derive(Args, Debug, Clone)]

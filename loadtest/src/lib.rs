@@ -3,6 +3,7 @@
 //! is a thin shell over the scenarios; the smoke tests call them directly.
 
 pub mod args;
+pub mod chaos;
 pub mod conn;
 pub mod connect;
 pub mod im;
@@ -40,6 +41,10 @@ pub async fn run(cmd: Command) -> anyhow::Result<Option<(Report, Output)>> {
         Command::Connect(a) => {
             let p = progress(&a.output);
             Some((connect::run(&a, p).await?, a.output))
+        }
+        Command::Chaos(a) => {
+            let p = progress(&a.output);
+            Some((chaos::run(&a, p).await?, a.output))
         }
         Command::Soak(a) => {
             let p = progress(&a.output);

@@ -272,3 +272,88 @@ async fn im_in_over_sasl_external() {
     assert_eq!(r.counts["received"], 500);
     s.daemon.shutdown().await;
 }
+
+/// The fedrouter binary built beside this test (`cargo test --workspace`
+/// builds it with the daemon's own integration tests).
+fn fedrouter_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("fedrouter");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --bin fedrouter)",
+        bin.display()
+    );
+    bin
+}
+
+/// `loadtest chaos` against the real binary with `s2s.durable_queue`: it
+/// is SIGKILLed twice in the middle of the run and restarted; every
+/// message it acknowledged reaches the remote domains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_with_durable_queue_loses_no_acknowledged_message_across_sigkills() {
+    fedrouter::tls::install_default_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let store = fedrouter::storage::RedbStore::open(&data).unwrap();
+        for i in 1..=4 {
+            let jid = admin::user_jid(&format!("lt{i}@{DOMAIN}"), &[DOMAIN.to_string()]).unwrap();
+            admin::add_user(&store, &jid, "loadtest", 4096).unwrap();
+        }
+    }
+    let port = |_: ()| free_port();
+    let (c2s, s2s, dns) = (port(()), port(()), port(()));
+    let text = format!(
+        "[server]\ndomains = [\"{DOMAIN}\"]\ndata_dir = \"{}\"\nworkers = 2\n\
+         [gateway]\nc2s_rate_limit = 0\n\
+         [c2s]\nlisten = [\"127.0.0.1:{c2s}\"]\n\
+         [metrics]\nlisten = \"\"\n\
+         [s2s]\nlisten = [\"127.0.0.1:{s2s}\"]\ndns_nameservers = [\"127.0.0.1:{dns}\"]\nallow_private_targets = [\"127.0.0.0/8\"]\n\
+         unlisted_domains = \"allow\"\nunlisted_partner_type = \"federated\"\ndurable_queue = true\n\
+         [[access_policy]]\nname = \"global\"\nenable_federation_access = true\nenable_xmpp_access = true\n",
+        data.display()
+    );
+    let cfg = dir.path().join("fedrouter.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let target = Target {
+        label: "fedrouter".into(),
+        domain: DOMAIN.into(),
+        c2s: format!("127.0.0.1:{c2s}").parse().unwrap(),
+        s2s: format!("127.0.0.1:{s2s}").parse().unwrap(),
+        user_prefix: "lt".into(),
+        password: "loadtest".into(),
+        remote_suffix: "lt.test".into(),
+        s2s_listen: "127.0.0.1:0".parse().unwrap(),
+        dns_listen: Some(format!("127.0.0.1:{dns}").parse().unwrap()),
+        auth: Auth::Dialback,
+        ca_dir: None,
+        target_pid: None,
+        source_ips: vec![],
+        connect_concurrency: 4,
+    };
+    let a = loadtest::args::ChaosArgs {
+        target,
+        output: output(),
+        target_cmd: vec![
+            fedrouter_bin().display().to_string(),
+            "--config".into(),
+            cfg.display().to_string(),
+            "run".into(),
+        ],
+        kill_target_after: 1_500,
+        kills: 2,
+        users: 4,
+        contacts: 40,
+        domains: 4,
+        messages: 6_000,
+        window: 100,
+        duration: Duration::from_secs(120),
+        drain: Duration::from_secs(30),
+    };
+    let r = loadtest::chaos::run(&a, false).await.unwrap();
+    eprintln!("{}", r.to_table());
+    check(&r);
+    assert_eq!(r.counts.get("kills").copied(), Some(2), "{}", r.to_table());
+    assert_eq!(r.counts.get("acknowledged").copied(), Some(6_000));
+}

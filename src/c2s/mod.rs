@@ -89,6 +89,10 @@ pub struct C2sShared {
     pub resume_timeout: Duration,
     /// Sessions a client may resume (XEP-0198), by their `<enabled/>` id.
     pub resumable: dashmap::DashMap<String, ActorRef<C2sSession>>,
+    /// With `s2s.durable_queue`: the store writer, whose commit of
+    /// everything submitted so far (the outbound journal entries of what
+    /// the client sent) comes before the client's `<a h/>`.
+    pub durable: Option<crate::storage::StoreWriter>,
 }
 
 /// The store as the negotiation sees it, with the failed-login throttle

@@ -85,6 +85,11 @@ impl Session {
             }
             "r" => {
                 if let Some(h) = self.sm_in {
+                    if let Some(w) = &self.shared.durable {
+                        // What the ack covers is journaled first: a crash
+                        // after it loses none of it.
+                        let _ = w.commit(Vec::new()).await;
+                    }
                     self.send_nonza(format!("<a xmlns='{NS_SM}' h='{h}'/>"));
                 }
             }

@@ -108,6 +108,7 @@ event_names! {
     S2sSmOutResumed => "s2s_sm_out_resumed",
     S2sSmOutResumeFailed => "s2s_sm_out_resume_failed",
     S2sSmAckReceived => "s2s_sm_acks_received",
+    S2sJournalResent => "s2s_journal_resent",
     RosterLoadFailed => "roster_load_failed",
     RosterWriteFailed => "roster_write_failed",
     StoreReadFailed => "store_read_failed",

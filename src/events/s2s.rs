@@ -384,3 +384,16 @@ impl SmAckReceived<'_> {
         count(EventName::S2sSmAckReceived);
     }
 }
+
+/// At start, the outbound journal (`s2s.durable_queue`) held stanzas
+/// accepted and never settled: they are sent again.
+pub struct JournalResent {
+    pub count: usize,
+}
+
+impl JournalResent {
+    pub fn emit(self) {
+        tracing::info!(target: OUTBOUND, count = self.count, "stanzas from the outbound journal sent again");
+        count(EventName::S2sJournalResent);
+    }
+}

@@ -9,6 +9,7 @@
 mod connect;
 mod identity;
 pub mod inbound;
+pub mod journal;
 mod limits;
 mod link;
 pub mod outbound;
@@ -17,6 +18,7 @@ mod sm;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use kameo::actor::{ActorRef, Spawn};
 use kameo::error::SendError;
@@ -70,6 +72,18 @@ pub struct S2sShared {
     pub sm: sm::Registry,
     /// Recent XEP-0359 `origin-id`s, to drop a resent duplicate.
     pub recent_ids: sm::RecentIds,
+    /// The outbound journal, with `s2s.durable_queue`.
+    pub journal: Option<journal::Journal>,
+}
+
+impl S2sShared {
+    /// Forgets the journal entry of a stanza settled without its actor
+    /// (shed, refused).
+    pub fn forget(&self, env: &Envelope) {
+        if let (Some(j), Some(id)) = (&self.journal, env.journal) {
+            j.forget(vec![id]);
+        }
+    }
 }
 
 impl S2sShared {
@@ -229,14 +243,58 @@ impl S2sRouter {
             &env.from,
             &env.to,
         );
+        if let Some(j) = &self.shared.journal
+            && env.journal.is_none()
+            && env.kind() == crate::xml::StanzaKind::Message
+        {
+            env.journal = Some(j.append(Bytes::from(env.frame().to_vec())));
+        }
         let actor = self.actor(env.from.domain(), env.to.domain());
         match actor.tell(SendRemote(env)).try_send() {
             Ok(()) => {}
             Err(SendError::MailboxFull(SendRemote(env))) => {
+                self.shared.forget(&env);
                 self.shared.router.shed(env, ShedQueue::S2s)
             }
             Err(e) => crate::events::s2s::DomainActorUnavailable { error: &e }.emit(),
         }
+    }
+
+    /// At start: sends again what the outbound journal held (accepted,
+    /// never settled), in the order it was accepted, each under its entry
+    /// (with `durable_queue` off now, the entries are dropped once handed
+    /// over: what a crash takes now is not journaled).
+    pub fn resend_journal(&self, entries: Vec<(u64, Bytes)>, writer: &crate::storage::StoreWriter) {
+        if entries.is_empty() {
+            return;
+        }
+        let durable = self.shared.journal.is_some();
+        let (mut resent, mut dropped) = (0usize, Vec::new());
+        for (id, bytes) in entries {
+            let parsed = Stanza::parse(bytes).ok().and_then(|s| {
+                let from = s.from().and_then(|f| Jid::parse(&f).ok())?;
+                let to = s.to().and_then(|t| Jid::parse(&t).ok())?;
+                Some(Envelope::new(s, from, to))
+            });
+            let Some(mut env) = parsed else {
+                dropped.push(id);
+                continue;
+            };
+            if durable {
+                env.journal = Some(id);
+            } else {
+                dropped.push(id);
+            }
+            resent += 1;
+            self.send(env);
+        }
+        if !dropped.is_empty() {
+            writer.submit(
+                vec![crate::storage::WriteOp::ForgetOut { ids: dropped }],
+                None,
+            );
+        }
+        crate::events::s2s::JournalResent { count: resent }.emit();
     }
 
     /// [`S2sRouter::send`] for one stanza of a local user to many remote
@@ -306,6 +364,7 @@ impl S2sRouter {
 
     /// Counts a refusal and bounces what the table says to.
     fn refuse(&self, env: &Envelope, r: Refusal) {
+        self.shared.forget(env);
         let m = &self.shared.metrics;
         match r.reason {
             Reason::AccessPolicy => m.refused_access_out.increment(1),

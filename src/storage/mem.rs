@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use bytes::Bytes;
+
 use super::{OfflineMessage, OfflineQuota, OpResults, Store, StoreError, WriteOp};
 use crate::jid::BareJid;
 use crate::roster::RosterItem;
@@ -15,6 +17,7 @@ struct Inner {
     accounts: BTreeMap<BareJid, Credentials>,
     rosters: HashMap<BareJid, BTreeMap<String, RosterItem>>,
     offline: HashMap<BareJid, Offline>,
+    outbox: BTreeMap<u64, Bytes>,
 }
 
 /// One user's offline queue: the next sequence number (never reused while
@@ -131,7 +134,20 @@ impl Store for MemStore {
         let results = ops
             .iter()
             .map(|op| {
-                let user = op.user();
+                let Some(user) = op.user() else {
+                    match op {
+                        WriteOp::JournalOut { id, stanza } => {
+                            g.outbox.insert(*id, stanza.clone());
+                        }
+                        WriteOp::ForgetOut { ids } => {
+                            for id in ids {
+                                g.outbox.remove(id);
+                            }
+                        }
+                        _ => {}
+                    }
+                    return Ok(());
+                };
                 if !g.accounts.contains_key(user) {
                     return Err(StoreError::NotFound);
                 }
@@ -171,11 +187,21 @@ impl Store for MemStore {
                             }
                         }
                     }
+                    WriteOp::JournalOut { .. } | WriteOp::ForgetOut { .. } => {}
                 }
                 Ok(())
             })
             .collect();
         Ok(results)
+    }
+
+    fn read_outbox(&self) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        Ok(self
+            .lock()
+            .outbox
+            .iter()
+            .map(|(id, b)| (*id, b.clone()))
+            .collect())
     }
 
     fn read_offline(&self, user: &BareJid) -> Result<Vec<OfflineMessage>, StoreError> {

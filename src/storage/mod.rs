@@ -105,15 +105,25 @@ pub enum WriteOp {
     /// Deletes the user's offline messages up to and including `upto`
     /// (their [`OfflineMessage::seq`]): they were delivered.
     AckOffline { user: BareJid, upto: u64 },
+    /// Journals a stanza accepted for a remote domain (`s2s.durable_queue`)
+    /// under `id` (increasing, allocated by the caller): it is sent again
+    /// after a restart unless [`WriteOp::ForgetOut`] came first.
+    JournalOut { id: u64, stanza: Bytes },
+    /// The journaled stanzas are settled (acknowledged, bounced, or written
+    /// to a peer without acknowledgements). Absent ids are ignored.
+    ForgetOut { ids: Vec<u64> },
 }
 
 impl WriteOp {
-    pub fn user(&self) -> &BareJid {
+    /// The account a write belongs to (`None`: the outbound journal, which
+    /// belongs to none).
+    pub fn user(&self) -> Option<&BareJid> {
         match self {
             WriteOp::PutRosterItem { user, .. }
             | WriteOp::RemoveRosterItem { user, .. }
             | WriteOp::PushOffline { user, .. }
-            | WriteOp::AckOffline { user, .. } => user,
+            | WriteOp::AckOffline { user, .. } => Some(user),
+            WriteOp::JournalOut { .. } | WriteOp::ForgetOut { .. } => None,
         }
     }
 }
@@ -158,6 +168,10 @@ pub trait Store: Send + Sync + 'static {
     /// is [`WriteOp::AckOffline`], once they are delivered). No account, or
     /// no messages: an empty Vec.
     fn read_offline(&self, user: &BareJid) -> Result<Vec<OfflineMessage>, StoreError>;
+
+    /// The outbound journal ([`WriteOp::JournalOut`] not forgotten), by
+    /// increasing id.
+    fn read_outbox(&self) -> Result<Vec<(u64, Bytes)>, StoreError>;
 
     /// Removes and returns the user's offline messages, oldest first (for
     /// tests and tools; delivery reads, then acknowledges).
@@ -215,6 +229,31 @@ pub(crate) mod tests {
 
     pub(crate) fn all_ok(r: OpResults) {
         assert!(r.iter().all(Result::is_ok), "{r:?}");
+    }
+
+    /// The outbound journal keeps what is not forgotten, by id, and
+    /// belongs to no account.
+    pub(crate) fn outbox_journal(s: &dyn Store) {
+        let j = |id: u64, b: &'static str| WriteOp::JournalOut {
+            id,
+            stanza: Bytes::from_static(b.as_bytes()),
+        };
+        all_ok(
+            s.apply(&[j(7, "<m7/>"), j(3, "<m3/>"), j(9, "<m9/>")])
+                .unwrap(),
+        );
+        all_ok(
+            s.apply(&[WriteOp::ForgetOut { ids: vec![7, 100] }])
+                .unwrap(),
+        );
+        let out = s.read_outbox().unwrap();
+        assert_eq!(
+            out,
+            vec![
+                (3, Bytes::from_static(b"<m3/>")),
+                (9, Bytes::from_static(b"<m9/>"))
+            ]
+        );
     }
 
     pub(crate) fn account_crud(s: &dyn Store) {
@@ -437,6 +476,11 @@ pub(crate) mod tests {
             messages: 3,
             bytes: 10,
         }));
+    }
+
+    #[test]
+    fn mem_store_outbox_journal() {
+        outbox_journal(&MemStore::new());
     }
 
     #[test]

@@ -38,6 +38,8 @@ const ROSTER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("roster");
 const OFFLINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("offline");
 const OFFLINE_META: TableDefinition<&str, (u64, u64)> = TableDefinition::new("offline_meta");
 const OFFLINE_BYTES: TableDefinition<&str, u64> = TableDefinition::new("offline_bytes");
+/// The outbound journal (`s2s.durable_queue`): id → stanza as sent.
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 
 const SCHEMA_VERSION: u64 = 2;
 pub const FILE_NAME: &str = "fedrouter.redb";
@@ -147,6 +149,7 @@ impl RedbStore {
             txn.open_table(OFFLINE)?;
             txn.open_table(OFFLINE_META)?;
             txn.open_table(OFFLINE_BYTES)?;
+            txn.open_table(OUTBOX)?;
         }
         txn.commit()?;
         Ok(RedbStore {
@@ -302,10 +305,25 @@ impl Store for RedbStore {
             let mut offline = txn.open_table(OFFLINE)?;
             let mut meta = txn.open_table(OFFLINE_META)?;
             let mut sizes = txn.open_table(OFFLINE_BYTES)?;
+            let mut outbox = txn.open_table(OUTBOX)?;
             // Batches are usually many ops for few users.
             let mut known: Option<&BareJid> = None;
             for op in ops {
-                let user = op.user();
+                let Some(user) = op.user() else {
+                    match op {
+                        WriteOp::JournalOut { id, stanza } => {
+                            outbox.insert(*id, stanza.as_ref())?;
+                        }
+                        WriteOp::ForgetOut { ids } => {
+                            for id in ids {
+                                outbox.remove(*id)?;
+                            }
+                        }
+                        _ => {}
+                    }
+                    results.push(Ok(()));
+                    continue;
+                };
                 if known != Some(user) {
                     if accounts.get(user.as_str())?.is_none() {
                         results.push(Err(StoreError::NotFound));
@@ -357,12 +375,24 @@ impl Store for RedbStore {
                             sizes.insert(user.as_str(), bytes.saturating_sub(freed))?;
                         }
                     }
+                    WriteOp::JournalOut { .. } | WriteOp::ForgetOut { .. } => {}
                 }
                 results.push(Ok(()));
             }
         }
         txn.commit()?;
         Ok(results)
+    }
+
+    fn read_outbox(&self) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value(), Bytes::copy_from_slice(v.value())));
+        }
+        Ok(out)
     }
 
     fn read_offline(&self, user: &BareJid) -> Result<Vec<OfflineMessage>, StoreError> {
@@ -397,6 +427,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = RedbStore::open(dir.path()).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn redb_store_outbox_journal_survives_a_reopen() {
+        let (dir, s) = open();
+        outbox_journal(&s);
+        drop(s);
+        let s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(
+            s.read_outbox()
+                .unwrap()
+                .iter()
+                .map(|e| e.0)
+                .collect::<Vec<_>>(),
+            vec![3, 9]
+        );
     }
 
     #[test]

@@ -31,7 +31,10 @@ pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 fn weight(ops: &[WriteOp]) -> usize {
     ops.iter()
         .map(|op| match op {
-            WriteOp::PushOffline { stanza, .. } => stanza.len() + 128,
+            WriteOp::PushOffline { stanza, .. } | WriteOp::JournalOut { stanza, .. } => {
+                stanza.len() + 128
+            }
+            WriteOp::ForgetOut { ids } => ids.len() * 8 + 64,
             _ => 256,
         })
         .sum()
@@ -462,6 +465,9 @@ mod tests {
         }
         fn read_offline(&self, u: &BareJid) -> Result<Vec<OfflineMessage>, StoreError> {
             self.inner.read_offline(u)
+        }
+        fn read_outbox(&self) -> Result<Vec<(u64, bytes::Bytes)>, StoreError> {
+            self.inner.read_outbox()
         }
     }
 

@@ -454,6 +454,17 @@ impl Queue {
         self.take_unwritten()
     }
 
+    /// Frames ever queued: a frame queued now is written once
+    /// [`Queue::written`] reaches this.
+    pub fn pushed(&self) -> u64 {
+        self.0.lock().pushed
+    }
+
+    /// Frames the writer has written to the socket.
+    pub fn written(&self) -> u64 {
+        self.0.written.load(Ordering::SeqCst)
+    }
+
     /// Stanzas sent and not acknowledged (0 without Stream Management).
     pub fn unacked(&self) -> usize {
         self.0.lock().sm.as_ref().map_or(0, |sm| sm.unacked.len())

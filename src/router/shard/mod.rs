@@ -1056,6 +1056,9 @@ mod tests {
         fn read_offline(&self, u: &BareJid) -> Result<Vec<OfflineMessage>, StoreError> {
             self.inner.read_offline(u)
         }
+        fn read_outbox(&self) -> Result<Vec<(u64, bytes::Bytes)>, StoreError> {
+            self.inner.read_outbox()
+        }
     }
 
     #[derive(kameo::Actor)]

@@ -26,16 +26,18 @@ use crate::error::StanzaCondition;
 use crate::events::DomainMetrics;
 use crate::events::router::{Shed, ShedQueue};
 use crate::events::s2s::{
-    ConnectionLimitReached, OutSm, OutboundClose, OutboundClosed, OutboundFailed,
-    OutboundPeerError, OutboundSm, OutboundUp, SmAckReceived,
+    ConnectionLimitReached, OutboundClose, OutboundClosed, OutboundFailed, OutboundPeerError,
+    OutboundUp,
 };
 use crate::jid::Jid;
 use crate::router::Envelope;
-use crate::stream::s2s::parse_element;
 use crate::transport::writer::{QueueLimits, presence_share};
 use crate::transport::{Connection, Linger};
 use crate::xml::ns::NS_SM;
 use crate::xml::{Frame, FramerEvent, Stanza, StanzaKind};
+
+mod sm;
+use sm::{ENABLE, SmOut};
 
 /// Stanzas waiting per domain while connecting, beside the byte cap
 /// `gateway.s2s_queue_bytes`; beyond either, presence is shed and the rest
@@ -121,30 +123,6 @@ enum State {
     Up,
 }
 
-/// XEP-0198 on this domain's outbound streams.
-#[derive(Default)]
-struct SmOut {
-    /// The current stream's resumption id and the peer's `max`, once its
-    /// `<enabled resume='true'/>` came.
-    id: Option<(String, Duration)>,
-    /// The last stream, lost with stanzas it had not acknowledged; they
-    /// are at the head of the queue.
-    lost: Option<Lost>,
-}
-
-struct Lost {
-    id: String,
-    max: Duration,
-    /// The peer's last `h` on it.
-    acked: u32,
-    /// The stanzas at the head of the queue that it had not acknowledged.
-    unacked: usize,
-    /// The peer keeps its count until about then.
-    until: Instant,
-}
-
-const ENABLE: &str = "<enable xmlns='urn:xmpp:sm:3' resume='true'/>";
-
 pub struct OutboundDomain {
     local: String,
     remote: String,
@@ -182,6 +160,13 @@ pub struct OutboundDomain {
     /// The partner's `enable_keep_alive`, read when the stream comes up.
     keep_alive: bool,
     sm: SmOut,
+    /// With the outbound journal (`s2s.durable_queue`): every stanza handed
+    /// to the current link's writer, in order, with its journal entry and
+    /// the writer's frame count once it is written.
+    inflight: VecDeque<(Option<u64>, u64)>,
+    /// Without Stream Management on the link: resolves once what was
+    /// handed to the writer is written, to settle its journal entries.
+    written: Option<tokio::sync::oneshot::Receiver<()>>,
     stop: bool,
 }
 
@@ -217,6 +202,8 @@ impl Actor for OutboundDomain {
             route: None,
             keep_alive: true,
             sm: SmOut::default(),
+            inflight: VecDeque::new(),
+            written: None,
             stop: false,
         })
     }
@@ -235,6 +222,7 @@ impl Actor for OutboundDomain {
                 biased;
                 sig = rx.recv() => return Ok(sig),
                 r = read_more(&mut self.link) => self.on_read(r).await,
+                _ = written(&mut self.written) => self.settle_written(),
                 _ = sleep_until(timer) => self.on_timer().await,
             }
         }
@@ -251,6 +239,10 @@ impl Actor for OutboundDomain {
         self.disconnect(Some(&tail)).await;
         let queued = self.take_queue();
         for env in queued {
+            if env.journal.is_some() {
+                // Journaled: sent again when the daemon starts next.
+                continue;
+            }
             self.bounce(&env, StanzaCondition::RemoteServerTimeout);
         }
         Ok(())
@@ -260,6 +252,16 @@ impl Actor for OutboundDomain {
 async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn written(w: &mut Option<tokio::sync::oneshot::Receiver<()>>) {
+    match w.as_mut() {
+        Some(rx) => {
+            let _ = rx.await;
+            *w = None;
+        }
         None => std::future::pending().await,
     }
 }
@@ -303,7 +305,7 @@ impl Message<SendMany> for OutboundDomain {
         let mut written = false;
         for to in m.tos {
             let frame = crate::router::frame(&m.stanza, &from, &to);
-            written |= self.write_frame(frame, kind, || envelope(to));
+            written |= self.write_frame(frame, kind, None, || envelope(to));
         }
         if written {
             self.wrote();
@@ -323,8 +325,20 @@ impl OutboundDomain {
     /// the queue, in order, ahead of what waited for the link: sent on the
     /// next stream, or bounced with the rest.
     fn keep_unsent(&mut self, frames: Vec<Frame>) {
+        // The journal entries of the stanzas among them are the last ones
+        // handed to the writer; the rest were written without acks.
+        let stanzas = frames.iter().filter(|f| f.is_stanza()).count();
+        let mut ids = self
+            .inflight
+            .split_off(self.inflight.len().saturating_sub(stanzas));
+        let settled: Vec<u64> = self.inflight.drain(..).filter_map(|(id, _)| id).collect();
+        self.forget(settled);
         let mut kept = 0;
         for frame in frames.into_iter().rev() {
+            let id = match frame.is_stanza() {
+                true => ids.pop_back().and_then(|(id, _)| id),
+                false => None,
+            };
             let Ok(stanza) = frame.to_stanza() else {
                 // Counted stanzas and the queue no longer line up.
                 self.sm.lost = None;
@@ -335,7 +349,9 @@ impl OutboundDomain {
                 continue;
             };
             self.queued_bytes += stanza.bytes().len();
-            self.queue.push_front(Envelope::new(stanza, from, to));
+            let mut env = Envelope::new(stanza, from, to);
+            env.journal = id;
+            self.queue.push_front(env);
             kept += 1;
         }
         if kept > 0 {
@@ -654,6 +670,7 @@ impl OutboundDomain {
     }
 
     fn bounce_with(&mut self, env: &Envelope, cond: StanzaCondition, text: Option<&str>) {
+        self.shared.forget(env);
         if let Some(b) = env.bounce(cond, text) {
             self.metrics.bounce(cond);
             self.shared.router.route_nowait(b);
@@ -666,8 +683,8 @@ impl OutboundDomain {
             self.hold(env);
             return;
         }
-        let (frame, kind) = (env.frame(), env.kind());
-        if self.write_frame(frame, kind, || env) {
+        let (frame, kind, journal) = (env.frame(), env.kind(), env.journal);
+        if self.write_frame(frame, kind, journal, || env) {
             self.wrote();
         }
     }
@@ -676,6 +693,46 @@ impl OutboundDomain {
     fn wrote(&mut self) {
         self.last_write = Instant::now();
         self.last_activity = self.last_write;
+        if self.shared.journal.is_some()
+            && let Some(q) = self.link.as_ref().and_then(|c| c.queue())
+            && q.sm_position().is_none()
+        {
+            // Without acks a stanza is settled once written.
+            self.written = Some(q.when_written());
+        }
+    }
+
+    /// Without Stream Management on the link: the journal entries of what
+    /// the writer has written are settled.
+    fn settle_written(&mut self) {
+        let Some(q) = self.link.as_ref().and_then(|c| c.queue()) else {
+            return;
+        };
+        if q.sm_position().is_some() {
+            return;
+        }
+        let written = q.written();
+        let mut settled = Vec::new();
+        while let Some((id, at)) = self.inflight.front().copied()
+            && at <= written
+        {
+            self.inflight.pop_front();
+            settled.extend(id);
+        }
+        self.forget(settled);
+    }
+
+    /// Under Stream Management: the peer acknowledged `n` more stanzas.
+    fn settle_acked(&mut self, n: usize) {
+        let n = n.min(self.inflight.len());
+        let settled: Vec<u64> = self.inflight.drain(..n).filter_map(|(id, _)| id).collect();
+        self.forget(settled);
+    }
+
+    fn forget(&self, ids: Vec<u64>) {
+        if let Some(j) = &self.shared.journal {
+            j.forget(ids);
+        }
     }
 
     /// Hands one stanza's bytes to the writer; true if it took them.
@@ -684,6 +741,7 @@ impl OutboundDomain {
         &mut self,
         frame: Frame,
         kind: StanzaKind,
+        journal: Option<u64>,
         env: impl FnOnce() -> Envelope,
     ) -> bool {
         let Some(q) = self.link.as_ref().and_then(|c| c.queue()) else {
@@ -694,6 +752,10 @@ impl OutboundDomain {
         match q.try_send_as(frame, kind) {
             Ok(()) => {
                 self.shared.metrics.stanza_out(kind);
+                if self.shared.journal.is_some() {
+                    let at = q.pushed();
+                    self.inflight.push_back((journal, at));
+                }
                 return true;
             }
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
@@ -811,167 +873,6 @@ impl OutboundDomain {
         self.release_slots();
     }
 }
-
-impl OutboundDomain {
-    /// The stream's writer is gone: what it did not write, or wrote and
-    /// the peer did not acknowledge, goes back to the head of the queue,
-    /// and a resumable stream is remembered for the next one to resume.
-    fn lose_link(&mut self, q: &crate::transport::writer::Queue) {
-        let position = q.sm_position();
-        let unsent = q.close_and_take();
-        match (self.sm.id.take(), position) {
-            (Some((id, max)), Some((acked, sent))) => {
-                self.sm.lost = Some(Lost {
-                    id,
-                    max,
-                    acked,
-                    unacked: sent.wrapping_sub(acked) as usize,
-                    until: Instant::now() + max,
-                })
-            }
-            // A `<resume/>` unanswered: the lost stream may still be.
-            _ if matches!(self.state, State::Resuming(_)) => {}
-            _ => self.sm.lost = None,
-        }
-        self.keep_unsent(unsent);
-    }
-
-    /// An XEP-0198 element from the peer of our stream.
-    async fn stream_management(&mut self, s: &Stanza) {
-        let Some(el) = self
-            .link
-            .as_mut()
-            .and_then(|c| parse_element(s, c.framer().stream_prefixes()).ok())
-        else {
-            return;
-        };
-        let q = self.link.as_ref().and_then(|c| c.queue()).cloned();
-        let Some(q) = q else {
-            return;
-        };
-        match (s.local_name(), &self.state) {
-            ("enabled", State::Up) => {
-                let resumable = matches!(el.attr("resume"), Some("true" | "1"));
-                if let (true, Some(id)) = (resumable, el.attr("id")) {
-                    let max = el
-                        .attr("max")
-                        .and_then(|m| m.parse::<u64>().ok())
-                        .map_or(MAX_RESUME, |m| Duration::from_secs(m).min(MAX_RESUME));
-                    self.sm.id = Some((id.to_string(), max));
-                }
-                OutboundSm {
-                    remote: &self.remote,
-                    what: OutSm::Enabled { resumable },
-                }
-                .emit();
-            }
-            ("failed", State::Up) => {
-                q.disable_sm();
-                OutboundSm {
-                    remote: &self.remote,
-                    what: OutSm::Refused,
-                }
-                .emit();
-            }
-            ("failed", State::Resuming(_)) => {
-                // The peer lost our count: everything unacknowledged goes
-                // again on a fresh count (its origin-ids let the peer
-                // drop what it had).
-                self.resume_failed();
-                q.enable_sm(Frame::nonza(Bytes::from_static(ENABLE.as_bytes())));
-                self.resumed();
-            }
-            ("resumed", State::Resuming(_)) => {
-                let Some(lost) = self.sm.lost.take() else {
-                    return;
-                };
-                let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
-                let handled = h.map(|h| h.wrapping_sub(lost.acked) as usize);
-                let (Some(h), Some(n)) = (h, handled.filter(|n| *n <= lost.unacked)) else {
-                    return self.too_high().await;
-                };
-                for env in self.queue.drain(..n) {
-                    self.queued_bytes -= env.stanza.bytes().len();
-                }
-                self.metrics.set_queue(self.queue.len());
-                q.enable_sm_resumed(h);
-                self.sm.id = Some((lost.id, lost.max));
-                OutboundSm {
-                    remote: &self.remote,
-                    what: OutSm::Resumed {
-                        resent: lost.unacked - n,
-                        dropped: n,
-                    },
-                }
-                .emit();
-                self.resumed();
-            }
-            ("a", _) => {
-                let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
-                    return;
-                };
-                if q.ack(h).is_err() {
-                    return self.too_high().await;
-                }
-                SmAckReceived {
-                    remote: &self.remote,
-                    h,
-                }
-                .emit();
-            }
-            ("r", _) => {
-                // We handle no stanzas on a stream we opened.
-                self.send_bytes(Bytes::from(format!("<a xmlns='{NS_SM}' h='0'/>")));
-            }
-            _ => {}
-        }
-    }
-
-    /// The lost stream cannot be resumed: all it did not get acknowledged
-    /// goes again, counted afresh.
-    fn resume_failed(&mut self) {
-        self.sm.lost = None;
-        OutboundSm {
-            remote: &self.remote,
-            what: OutSm::ResumeFailed {
-                resent: self.queue.len(),
-            },
-        }
-        .emit();
-    }
-
-    /// The resumption is settled: the stream is up, the queue goes out.
-    fn resumed(&mut self) {
-        self.state = State::Up;
-        self.metrics.set_state("up");
-        self.flush();
-    }
-
-    /// XEP-0198 §4: the peer acknowledged more than we sent.
-    async fn too_high(&mut self) {
-        let err = crate::error::StreamError::with_text(
-            crate::error::StreamCondition::UndefinedCondition,
-            "acknowledged more stanzas than were sent",
-        );
-        self.shared
-            .metrics
-            .stream_error(err.condition, &self.remote, err.text.as_deref());
-        let tail = format!(
-            "{}</stream:stream>",
-            err.to_xml().replace(
-                "</stream:error>",
-                &format!("<handled-count-too-high xmlns='{NS_SM}'/></stream:error>")
-            )
-        );
-        self.sm.id = None;
-        self.sm.lost = None;
-        self.disconnect(Some(&tail)).await;
-    }
-}
-
-/// The longest a lost stream is remembered for resumption, whatever the
-/// peer's `max`.
-const MAX_RESUME: Duration = Duration::from_secs(600);
 
 /// 1 s, 2 s, 4 s … up to 5 minutes, with ±20 % jitter.
 fn backoff(failures: u32) -> Duration {
