@@ -515,6 +515,10 @@ impl InboundS2s {
                     }
                 }
                 Ok(Some(FramerEvent::StreamClose)) => {
+                    // A stream closed cleanly is not resumed (XEP-0198 §5).
+                    if let Some(sm) = self.sm_in.take() {
+                        self.shared.sm.remove(&sm);
+                    }
                     self.finish(Bytes::from_static(b"</stream:stream>")).await;
                 }
                 Err(e) => self.close(e).await,

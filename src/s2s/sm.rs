@@ -205,6 +205,19 @@ impl Registry {
         }
     }
 
+    /// The stream closed cleanly: its counts are not kept for resumption.
+    pub fn remove(&self, sm: &InboundSm) {
+        let Some(id) = &sm.id else {
+            return;
+        };
+        // The count's lock is let go first: the map's shard lock is never
+        // taken while holding it (sweep takes them the other way round).
+        let mine = lock(&sm.counts).owner == sm.owner;
+        if mine {
+            self.streams.remove(id);
+        }
+    }
+
     /// Forgets counts that waited longer than `timeout`.
     fn sweep(&self, timeout: Duration) {
         self.streams

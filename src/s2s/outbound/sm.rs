@@ -46,6 +46,8 @@ impl OutboundDomain {
         let position = q.sm_position();
         let unsent = q.close_and_take();
         match (self.sm.id.take(), position) {
+            // Everything was acknowledged: nothing to resume for.
+            (Some(_), Some((acked, sent))) if acked == sent => self.sm.lost = None,
             (Some((id, max)), Some((acked, sent))) => {
                 self.sm.lost = Some(Lost {
                     id,
