@@ -386,21 +386,38 @@ impl Queue {
     /// The peer's `<a h='…'/>`: drops what it acknowledges. An `h` beyond
     /// what was sent is refused (XEP-0198 `<handled-count-too-high/>`).
     pub fn ack(&self, h: u32) -> Result<(), AckTooHigh> {
-        let mut st = self.0.lock();
-        let Some(sm) = &mut st.sm else {
-            return Ok(());
+        let (waker, room) = {
+            let mut guard = self.0.lock();
+            let st = &mut *guard;
+            let Some(sm) = &mut st.sm else {
+                return Ok(());
+            };
+            let n = h.wrapping_sub(sm.acked) as usize;
+            if n > sm.unacked.len() {
+                return Err(AckTooHigh { h, sent: sm.sent });
+            }
+            for f in sm.unacked.drain(..n) {
+                sm.unacked_bytes -= f.len();
+            }
+            sm.acked = h;
+            sm.requested = false;
+            // Stanzas written after our last <r/> are still unacknowledged:
+            // ask again now, or the tail of a burst would wait for the
+            // next traffic (and be sent twice if the link died meanwhile).
+            let mut waker = None;
+            if !sm.unacked.is_empty() && !st.rx_closed {
+                sm.requested = true;
+                let r = Frame::nonza(Bytes::from_static(SM_REQUEST));
+                st.bytes += r.len();
+                st.pushed += 1;
+                st.frames.push_back(r);
+                waker = st.rx_waker.take();
+            }
+            (waker, n > 0 && std::mem::take(&mut st.sender_waiting))
         };
-        let n = h.wrapping_sub(sm.acked) as usize;
-        if n > sm.unacked.len() {
-            return Err(AckTooHigh { h, sent: sm.sent });
+        if let Some(w) = waker {
+            w.wake();
         }
-        for f in sm.unacked.drain(..n) {
-            sm.unacked_bytes -= f.len();
-        }
-        sm.acked = h;
-        sm.requested = false;
-        let room = n > 0 && std::mem::take(&mut st.sender_waiting);
-        drop(st);
         if room {
             self.0.space.notify_waiters();
         }
@@ -1079,13 +1096,26 @@ mod tests {
         assert!(!rx.0.ack_request_due(), "one request at a time");
         tx.ack(1).unwrap();
         assert_eq!(tx.unacked(), 2);
-        assert!(rx.0.ack_request_due(), "an answer allows the next request");
+        // An answer that leaves stanzas unacknowledged asks again at once
+        // (the tail of a burst is not left waiting for more traffic).
+        let again = rx.try_recv().unwrap();
+        assert_eq!(again.to_vec(), SM_REQUEST.to_vec());
+        assert!(!again.is_stanza());
+        assert!(!rx.0.ack_request_due(), "that request is the one out");
         assert_eq!(tx.ack(4), Err(AckTooHigh { h: 4, sent: 3 }));
+        tx.ack(3).unwrap();
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing left unacknowledged: no request"
+        );
+        assert!(!rx.0.ack_request_due());
         tx.try_send(frame("<m4/>")).unwrap();
+        rx.try_recv().unwrap();
+        tx.try_send(frame("<m5/>")).unwrap();
         let back: Vec<_> = tx.take_unwritten().iter().map(|f| f.to_vec()).collect();
         assert_eq!(
             back,
-            vec![b"<m2/>".to_vec(), b"<m3/>".to_vec(), b"<m4/>".to_vec()],
+            vec![b"<m4/>".to_vec(), b"<m5/>".to_vec()],
             "unacknowledged first, then unwritten"
         );
     }
