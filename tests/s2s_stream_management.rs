@@ -109,12 +109,12 @@ async fn a_flood_across_a_federation_link_cut_twice_arrives_exactly_once_and_in_
         fed.proxy.as_ref().unwrap().connections() >= 3,
         "both cuts were followed by a new connection"
     );
-    assert_eq!(
-        moved(&a, &a_before, "s2s_sm_out_resumed"),
-        2.0,
-        "a.test resumed after each cut"
-    );
-    assert_eq!(moved(&b, &b_before, "s2s_sm_resumed"), 2.0);
+    // Each cut with stanzas unacknowledged is followed by a resumption (a
+    // cut that found everything acknowledged has nothing to resume).
+    let resumed = moved(&a, &a_before, "s2s_sm_out_resumed");
+    assert!(resumed >= 1.0, "a.test resumed after the cuts");
+    assert_eq!(moved(&b, &b_before, "s2s_sm_resumed"), resumed);
+    assert_eq!(moved(&a, &a_before, "s2s_sm_out_resume_failed"), 0.0);
     assert!(moved(&a, &a_before, "s2s_sm_acks_received") >= 1.0);
     assert_eq!(metric(&a, "fedrouter_bounced_total", &[]), 0.0);
 }

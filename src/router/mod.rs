@@ -179,6 +179,14 @@ impl Router {
     /// Routes from a session: waits for mailbox space, which is the
     /// backpressure that slows a fast sender down to what shards can take.
     pub async fn route(&self, env: Envelope) {
+        if !self.is_local_domain(env.to.domain())
+            && self.is_local_domain(env.from.domain())
+            && let Some(s2s) = self.inner.s2s.get()
+        {
+            // The domain's actor, likewise.
+            s2s.send_wait(env).await;
+            return;
+        }
         if let Some(env) = self.remote_or_local(env) {
             let shard = self.shard(env.to.bare()).clone();
             let _ = shard.tell(Deliver(env)).await;

@@ -3,15 +3,26 @@
 //! `S2sRouter`), so routing does not depend on the federation code that
 //! depends on it.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::jid::Jid;
 use crate::router::Envelope;
 use crate::xml::Stanza;
 
-/// The outbound side of federation, as routing sees it. Neither call may
-/// wait: shards call them from inside their handlers.
+/// The outbound side of federation, as routing sees it. `send` and
+/// `send_many` never wait: shards call them from inside their handlers.
 pub trait Remote: Send + Sync + 'static {
     /// Queues one stanza for a remote domain (or bounces it).
     fn send(&self, env: Envelope);
+
+    /// [`Remote::send`] from a session: waits for room where `send` would
+    /// shed, which is the backpressure that slows a fast sender down to
+    /// what the domain's actor takes.
+    fn send_wait(&self, env: Envelope) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        self.send(env);
+        Box::pin(std::future::ready(()))
+    }
 
     /// One stanza of a local user to many remote contacts (presence
     /// broadcast), decided once per domain rather than once per contact.

@@ -193,6 +193,19 @@ impl Remote for S2sRouter {
         S2sRouter::send(self, env)
     }
 
+    fn send_wait(
+        &self,
+        env: Envelope,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if let Some((actor, env)) = self.admit(env)
+                && let Err(e) = actor.tell(SendRemote(env)).await
+            {
+                crate::events::s2s::DomainActorUnavailable { error: &e }.emit();
+            }
+        })
+    }
+
     fn send_many(&self, stanza: Stanza, from: Jid, tos: Vec<Jid>) {
         S2sRouter::send_many(self, stanza, from, tos)
     }
@@ -214,7 +227,24 @@ impl S2sRouter {
     /// actor's bounded mailbox or its own byte-capped queue is full, the
     /// stanza is shed (presence dropped, the rest answered with
     /// `resource-constraint`).
-    pub fn send(&self, mut env: Envelope) {
+    pub fn send(&self, env: Envelope) {
+        let Some((actor, env)) = self.admit(env) else {
+            return;
+        };
+        match actor.tell(SendRemote(env)).try_send() {
+            Ok(()) => {}
+            Err(SendError::MailboxFull(SendRemote(env))) => {
+                self.shared.forget(&env);
+                self.shared.router.shed(env, ShedQueue::S2s)
+            }
+            Err(e) => crate::events::s2s::DomainActorUnavailable { error: &e }.emit(),
+        }
+    }
+
+    /// The policy's verdict on a stanza for a remote domain (refused ones
+    /// are answered here), its audit line and journal entry: the domain's
+    /// actor and the stanza to hand it.
+    fn admit(&self, mut env: Envelope) -> Option<(ActorRef<OutboundDomain>, Envelope)> {
         let policy = self.shared.policy.get();
         let direction = if env.on_behalf {
             Direction::OutboundOnBehalf
@@ -235,7 +265,10 @@ impl S2sRouter {
                     env.stanza = s;
                 }
             }
-            Admission::Refuse(r) => return self.refuse(&env, r),
+            Admission::Refuse(r) => {
+                self.refuse(&env, r);
+                return None;
+            }
         }
         self.shared.audit.message(
             crate::audit::Direction::Out,
@@ -250,14 +283,7 @@ impl S2sRouter {
             env.journal = Some(j.append(Bytes::from(env.frame().to_vec())));
         }
         let actor = self.actor(env.from.domain(), env.to.domain());
-        match actor.tell(SendRemote(env)).try_send() {
-            Ok(()) => {}
-            Err(SendError::MailboxFull(SendRemote(env))) => {
-                self.shared.forget(&env);
-                self.shared.router.shed(env, ShedQueue::S2s)
-            }
-            Err(e) => crate::events::s2s::DomainActorUnavailable { error: &e }.emit(),
-        }
+        Some((actor, env))
     }
 
     /// At start: sends again what the outbound journal held (accepted,

@@ -508,6 +508,29 @@ impl Queue {
         rx
     }
 
+    /// Resolves once the queue has room for a frame of `len` bytes (below
+    /// its frame cap, and within its byte cap unless it is empty), or is
+    /// closed.
+    pub async fn room(&self, len: usize) {
+        loop {
+            let space = self.0.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let mut st = self.0.lock();
+                let (frames, bytes, any) = st.held();
+                if st.rx_closed
+                    || (frames < self.0.capacity
+                        && (!any || bytes.saturating_add(len) <= self.0.max_bytes))
+                {
+                    return;
+                }
+                st.sender_waiting = true;
+            }
+            space.await;
+        }
+    }
+
     /// Waits for room, then queues.
     pub async fn send(&self, mut f: Frame) -> Result<(), SendError<Frame>> {
         loop {

@@ -111,6 +111,18 @@ impl Message<PolicyRecheck> for OutboundDomain {
     }
 }
 
+/// What [`OutboundDomain::write_frame`] did with a stanza.
+enum Write {
+    /// The writer took it.
+    Taken,
+    /// Dropped or bounced (presence on a full queue).
+    Shed,
+    /// The writer's queue is full: it waits in the domain's queue.
+    Full(Envelope),
+    /// The stream is gone: it waits for the next one.
+    Closed(Envelope),
+}
+
 /// The result of a connection attempt (sent by the attempt's task).
 struct Attempt(Result<Link, ConnectError>);
 
@@ -218,10 +230,22 @@ impl Actor for OutboundDomain {
                 return Ok(None);
             }
             let timer = self.next_timer();
+            // Stanzas wait for room in the writer: flushed once it has some.
+            let waiting = match (&self.state, self.queue.front()) {
+                (State::Up, Some(env)) => {
+                    // What its frame may take: the stanza and, at most,
+                    // two stamped addresses of the longest JID (3071).
+                    let len = env.stanza.bytes().len() + 2 * 3072;
+                    let q = self.link.as_ref().and_then(|c| c.queue()).cloned();
+                    q.map(|q| (q, len))
+                }
+                _ => None,
+            };
             tokio::select! {
                 biased;
                 sig = rx.recv() => return Ok(sig),
                 r = read_more(&mut self.link) => self.on_read(r).await,
+                _ = room(waiting) => self.flush(),
                 _ = written(&mut self.written) => self.settle_written(),
                 _ = sleep_until(timer) => self.on_timer().await,
             }
@@ -266,6 +290,13 @@ async fn written(w: &mut Option<tokio::sync::oneshot::Receiver<()>>) {
     }
 }
 
+async fn room(q: Option<(crate::transport::writer::Queue, usize)>) {
+    match q {
+        Some((q, len)) => q.room(len).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn read_more(link: &mut Option<Connection>) -> std::io::Result<usize> {
     match link.as_mut() {
         Some(c) => c.read().await,
@@ -278,7 +309,8 @@ impl Message<SendRemote> for OutboundDomain {
 
     async fn handle(&mut self, SendRemote(env): SendRemote, _: &mut Context<Self, ()>) {
         match self.state {
-            State::Up => self.write(env),
+            // Behind what waits for room in the writer, in order.
+            State::Up if self.queue.is_empty() => self.write(env),
             _ => self.enqueue(env),
         }
     }
@@ -304,8 +336,17 @@ impl Message<SendMany> for OutboundDomain {
         let kind = m.stanza.kind();
         let mut written = false;
         for to in m.tos {
+            if !self.queue.is_empty() {
+                self.enqueue(envelope(to));
+                continue;
+            }
             let frame = crate::router::frame(&m.stanza, &from, &to);
-            written |= self.write_frame(frame, kind, None, || envelope(to));
+            match self.write_frame(frame, kind, None, || envelope(to)) {
+                Write::Taken => written = true,
+                Write::Shed => {}
+                Write::Full(env) => self.enqueue(env),
+                Write::Closed(env) => self.hold(env),
+            }
         }
         if written {
             self.wrote();
@@ -606,10 +647,32 @@ impl OutboundDomain {
     }
 
     /// Writes what waited for the stream.
+    /// Writes what waited, in order, until the writer's queue is full
+    /// (the rest waits for room) or the stream goes down.
     fn flush(&mut self) {
-        let queued = self.take_queue();
-        for env in queued {
-            self.write(env);
+        let mut pending: VecDeque<Envelope> = self.take_queue().into();
+        let mut wrote = false;
+        while let Some(env) = pending.pop_front() {
+            if self.link.is_none() {
+                pending.push_front(env);
+                break;
+            }
+            let (frame, kind, journal) = (env.frame(), env.kind(), env.journal);
+            match self.write_frame(frame, kind, journal, || env) {
+                Write::Taken => wrote = true,
+                Write::Shed => {}
+                Write::Full(env) | Write::Closed(env) => {
+                    pending.push_front(env);
+                    break;
+                }
+            }
+        }
+        // After what a lost link gave back, if it was lost.
+        for env in pending {
+            self.hold(env);
+        }
+        if wrote {
+            self.wrote();
         }
     }
 
@@ -678,14 +741,13 @@ impl OutboundDomain {
     }
 
     fn write(&mut self, env: Envelope) {
-        if self.link.is_none() {
-            // The stream went down while flushing: back to the queue.
-            self.hold(env);
-            return;
-        }
         let (frame, kind, journal) = (env.frame(), env.kind(), env.journal);
-        if self.write_frame(frame, kind, journal, || env) {
-            self.wrote();
+        match self.write_frame(frame, kind, journal, || env) {
+            Write::Taken => self.wrote(),
+            Write::Shed => {}
+            // Waits for room in the writer, within the domain's limits.
+            Write::Full(env) => self.enqueue(env),
+            Write::Closed(env) => self.hold(env),
         }
     }
 
@@ -735,19 +797,18 @@ impl OutboundDomain {
         }
     }
 
-    /// Hands one stanza's bytes to the writer; true if it took them.
-    /// `env` is only built when the stanza must be bounced or kept.
+    /// Hands one stanza's bytes to the writer. `env` is only built when
+    /// the stanza must be bounced or kept.
     fn write_frame(
         &mut self,
         frame: Frame,
         kind: StanzaKind,
         journal: Option<u64>,
         env: impl FnOnce() -> Envelope,
-    ) -> bool {
+    ) -> Write {
         let Some(q) = self.link.as_ref().and_then(|c| c.queue()) else {
-            // The stream went down earlier in this batch: back to the queue.
-            self.hold(env());
-            return false;
+            // The stream went down earlier in this batch.
+            return Write::Closed(env());
         };
         match q.try_send_as(frame, kind) {
             Ok(()) => {
@@ -756,14 +817,17 @@ impl OutboundDomain {
                     let at = q.pushed();
                     self.inflight.push_back((journal, at));
                 }
-                return true;
+                Write::Taken
             }
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                // The peer does not read: presence may go, nothing else.
+                // The peer does not keep up: presence may go; the rest
+                // waits for room in the domain's own queue.
                 if kind == StanzaKind::Presence {
                     self.shared.metrics.presence_dropped.increment(1);
+                    self.shed(&env());
+                    return Write::Shed;
                 }
-                self.shed(&env());
+                Write::Full(env())
             }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
                 // The socket died under us: keep what it did not write or
@@ -774,11 +838,10 @@ impl OutboundDomain {
                 self.release_slots();
                 self.state = State::Idle;
                 self.metrics.set_state("idle");
-                self.hold(env());
-                self.connect();
+                self.retry_at = Some(Instant::now());
+                Write::Closed(env())
             }
         }
-        false
     }
 
     fn send_bytes(&mut self, b: Bytes) {
