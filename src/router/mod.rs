@@ -184,7 +184,9 @@ impl Router {
             && let Some(s2s) = self.inner.s2s.get()
         {
             // The domain's actor, likewise.
-            s2s.send_wait(env).await;
+            if let Some(wait) = s2s.send_or_wait(env) {
+                wait.await;
+            }
             return;
         }
         if let Some(env) = self.remote_or_local(env) {

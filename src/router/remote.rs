@@ -16,12 +16,13 @@ pub trait Remote: Send + Sync + 'static {
     /// Queues one stanza for a remote domain (or bounces it).
     fn send(&self, env: Envelope);
 
-    /// [`Remote::send`] from a session: waits for room where `send` would
-    /// shed, which is the backpressure that slows a fast sender down to
-    /// what the domain's actor takes.
-    fn send_wait(&self, env: Envelope) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    /// [`Remote::send`] from a session, which may wait where `send` would
+    /// shed: the backpressure that slows a fast sender down to what the
+    /// domain's actor takes. `None` when the stanza was handed over (or
+    /// refused) at once; otherwise the wait, to be awaited.
+    fn send_or_wait(&self, env: Envelope) -> Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> {
         self.send(env);
-        Box::pin(std::future::ready(()))
+        None
     }
 
     /// One stanza of a local user to many remote contacts (presence

@@ -193,17 +193,24 @@ impl Remote for S2sRouter {
         S2sRouter::send(self, env)
     }
 
-    fn send_wait(
+    fn send_or_wait(
         &self,
         env: Envelope,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            if let Some((actor, env)) = self.admit(env)
-                && let Err(e) = actor.tell(SendRemote(env)).await
-            {
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> {
+        let (actor, env) = self.admit(env)?;
+        match actor.tell(SendRemote(env)).try_send() {
+            Ok(()) => None,
+            // Full: the session waits for room (allocated only then).
+            Err(SendError::MailboxFull(SendRemote(env))) => Some(Box::pin(async move {
+                if let Err(e) = actor.tell(SendRemote(env)).await {
+                    crate::events::s2s::DomainActorUnavailable { error: &e }.emit();
+                }
+            })),
+            Err(e) => {
                 crate::events::s2s::DomainActorUnavailable { error: &e }.emit();
+                None
             }
-        })
+        }
     }
 
     fn send_many(&self, stanza: Stanza, from: Jid, tos: Vec<Jid>) {
