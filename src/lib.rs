@@ -225,6 +225,10 @@ pub async fn start_with_connector(
     });
     let mut tasks = Vec::new();
     let mut c2s_addrs = Vec::new();
+    // Bound now (their addresses are reported), accepting only once
+    // federation is wired: a client must not reach a router that would
+    // answer every remote address remote-server-not-found.
+    let mut c2s_listeners = Vec::new();
     for addr in &config.c2s.listen {
         let l = TcpListener::bind(addr)
             .await
@@ -242,7 +246,7 @@ pub async fn start_with_connector(
         }
         .emit();
         c2s_addrs.push(bound);
-        tasks.push(tokio::spawn(c2s::accept_loop(l, shared.clone())));
+        c2s_listeners.push(l);
     }
     // Federation.
     let verifier = Arc::new(pki::PeerVerifier::new(config.tls.ca_file.as_deref(), true)?);
@@ -310,6 +314,9 @@ pub async fn start_with_connector(
     let s2s_router = s2s::S2sRouter::new(s2s_shared.clone());
     router.set_s2s(Arc::new(s2s_router.clone()));
     s2s_router.resend_journal(unsettled, &writer);
+    for l in c2s_listeners {
+        tasks.push(tokio::spawn(c2s::accept_loop(l, shared.clone())));
+    }
     let reloader = Reloader {
         source: config.source.clone(),
         policy: policy.clone(),

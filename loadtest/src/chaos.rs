@@ -209,6 +209,7 @@ pub async fn run(a: &ChaosArgs, _progress: bool) -> anyhow::Result<Report> {
     let total_acked = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut kills = 0;
+    let mut kill_points: Vec<Vec<u64>> = Vec::new();
     let mut next_kill = a.kill_target_after;
     let deadline = started + a.duration;
     loop {
@@ -249,6 +250,12 @@ pub async fn run(a: &ChaosArgs, _progress: bool) -> anyhow::Result<Report> {
             // sign in again.
             continue;
         }
+        kill_points.push(
+            users
+                .iter()
+                .map(|s| s.acked.load(Ordering::SeqCst))
+                .collect::<Vec<_>>(),
+        );
         target.kill();
         kills += 1;
         next_kill = total_acked.load(Ordering::SeqCst) + a.kill_target_after;
@@ -334,8 +341,32 @@ pub async fn run(a: &ChaosArgs, _progress: bool) -> anyhow::Result<Report> {
         ));
     }
     if lost > 0 {
+        let arrived: &HashMap<(usize, u64), u32> = &arr;
+        let mut missing: Vec<(usize, u64)> = users
+            .iter()
+            .enumerate()
+            .flat_map(|(u, s)| {
+                (0..s.acked.load(Ordering::SeqCst))
+                    .filter(move |i| !arrived.contains_key(&(u, *i)))
+                    .map(move |i| (u, i))
+            })
+            .collect();
+        missing.sort_unstable();
+        // As ranges: c1-0..=97 c2-300..=311 …
+        let mut first: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < missing.len() && first.len() < 12 {
+            let (u, lo) = missing[i];
+            let mut j = i;
+            while j + 1 < missing.len() && missing[j + 1] == (u, missing[j].1 + 1) {
+                j += 1;
+            }
+            first.push(format!("c{u}-{lo}..={}", missing[j].1));
+            i = j + 1;
+        }
         r.fail(format!(
-            "{lost} acknowledged messages never arrived after {kills} kills"
+            "{lost} acknowledged messages never arrived after {kills} kills (acknowledged when killed: {kill_points:?}; first missing: {})",
+            first.join(" ")
         ));
     }
     Ok(r)
