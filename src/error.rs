@@ -134,7 +134,14 @@ impl StreamError {
     /// `<stream:error>…</stream:error>` as sent on the wire (without the
     /// closing `</stream:stream>`, which the connection writes itself).
     pub fn to_xml(&self) -> String {
-        let mut s = String::with_capacity(160);
+        self.to_xml_with("")
+    }
+
+    /// [`StreamError::to_xml`] with an application-specific condition
+    /// element after the text (RFC 6120 §4.9.4), such as XEP-0198's
+    /// `<handled-count-too-high/>`.
+    pub fn to_xml_with(&self, app: &str) -> String {
+        let mut s = String::with_capacity(160 + app.len());
         s.push_str("<stream:error><");
         s.push_str(self.condition.as_str());
         s.push_str(" xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>");
@@ -143,6 +150,7 @@ impl StreamError {
             s.push_str(&escape_text(t));
             s.push_str("</text>");
         }
+        s.push_str(app);
         s.push_str("</stream:error>");
         s
     }
@@ -257,6 +265,18 @@ mod tests {
             e.to_xml(),
             "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
              <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>a&lt;b</text></stream:error>"
+        );
+    }
+
+    #[test]
+    fn an_application_condition_follows_the_text_inside_the_stream_error() {
+        let e = StreamError::with_text(StreamCondition::UndefinedCondition, "t");
+        let app = "<handled-count-too-high xmlns='urn:xmpp:sm:3' h='7' send-count='3'/>";
+        assert_eq!(
+            e.to_xml_with(app),
+            "<stream:error><undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>t</text>\
+             <handled-count-too-high xmlns='urn:xmpp:sm:3' h='7' send-count='3'/></stream:error>"
         );
     }
 }

@@ -1070,13 +1070,8 @@ async fn a_dialback_key_past_the_global_in_flight_cap_is_answered_resource_const
 async fn a_partner_may_enable_stream_management_and_gets_acks_counting_its_stanzas() {
     let site = site("").await;
     let mut user = site.user().await;
-    let mut a = S2sPeer::connect(&site.peer_with_cert("a.test", "a.test"))
-        .await
-        .unwrap();
     let before = site.server.scrape().await;
-    a.send("<enable xmlns='urn:xmpp:sm:3'/>").await.unwrap();
-    let enabled = a.recv().await.unwrap();
-    assert_eq!(enabled.local_name(), "enabled", "{}", text(&enabled));
+    let (mut a, _) = sm_peer(&site, "").await;
     for i in 0..3 {
         a.send(message("x@a.test", &format!("counted {i}")))
             .await
@@ -1100,17 +1095,24 @@ async fn a_partner_may_enable_stream_management_and_gets_acks_counting_its_stanz
     );
 }
 
-/// The attribute `name` of a stanza as received, either quoting.
+/// A partner a.test (certificate-authenticated) on a new stream that
+/// enabled Stream Management with `attrs`; the daemon's `<enabled/>`.
+async fn sm_peer(site: &Site, attrs: &str) -> (S2sPeer, fedrouter::xml::Stanza) {
+    let mut a = S2sPeer::connect(&site.peer_with_cert("a.test", "a.test"))
+        .await
+        .unwrap();
+    a.send(format!("<enable xmlns='urn:xmpp:sm:3'{attrs}/>"))
+        .await
+        .unwrap();
+    let enabled = a.recv().await.unwrap();
+    assert_eq!(enabled.local_name(), "enabled", "{}", text(&enabled));
+    (a, enabled)
+}
+
+/// The attribute `name` of a stanza as received.
 fn attr_of(s: &fedrouter::xml::Stanza, name: &str) -> Option<String> {
-    let t = text(s);
-    for q in ['\'', '"'] {
-        let key = format!(" {name}={q}");
-        if let Some(i) = t.find(&key) {
-            let rest = &t[i + key.len()..];
-            return rest.find(q).map(|j| rest[..j].to_string());
-        }
-    }
-    None
+    let el = fedrouter::xml::Element::parse(s.bytes(), "", &[]).ok()?;
+    el.attr(name).map(str::to_string)
 }
 
 /// XEP-0198 resumption between servers: a partner whose connection died
@@ -1121,14 +1123,7 @@ fn attr_of(s: &fedrouter::xml::Stanza, name: &str) -> Option<String> {
 async fn a_partner_resumes_its_lost_stream_and_learns_how_many_stanzas_were_handled() {
     let site = site("").await;
     let mut user = site.user().await;
-    let mut a = S2sPeer::connect(&site.peer_with_cert("a.test", "a.test"))
-        .await
-        .unwrap();
-    a.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
-        .await
-        .unwrap();
-    let enabled = a.recv().await.unwrap();
-    assert_eq!(enabled.local_name(), "enabled", "{}", text(&enabled));
+    let (mut a, enabled) = sm_peer(&site, " resume='true'").await;
     assert_eq!(attr_of(&enabled, "resume").as_deref(), Some("true"));
     let id = attr_of(&enabled, "id").expect("a resumption id");
     assert_eq!(attr_of(&enabled, "max").as_deref(), Some("300"));
@@ -1202,21 +1197,13 @@ async fn a_message_resent_with_the_same_origin_id_on_a_new_stream_is_delivered_o
              <origin-id xmlns='urn:xmpp:sid:0' id='{oid}'/></message>"
         )
     };
-    let mut a = S2sPeer::connect(&site.peer_with_cert("a.test", "a.test"))
-        .await
-        .unwrap();
-    a.send("<enable xmlns='urn:xmpp:sm:3'/>").await.unwrap();
-    assert_eq!(a.recv().await.unwrap().local_name(), "enabled");
+    let (mut a, _) = sm_peer(&site, "").await;
     a.send(with_id("first", "oid-1")).await.unwrap();
     next_message_is(&mut user, "x@a.test", "first").await;
     drop(a);
 
     let before = site.server.scrape().await;
-    let mut a = S2sPeer::connect(&site.peer_with_cert("a.test", "a.test"))
-        .await
-        .unwrap();
-    a.send("<enable xmlns='urn:xmpp:sm:3'/>").await.unwrap();
-    assert_eq!(a.recv().await.unwrap().local_name(), "enabled");
+    let (mut a, _) = sm_peer(&site, "").await;
     a.send(with_id("first", "oid-1")).await.unwrap();
     a.send(with_id("second", "oid-2")).await.unwrap();
     // The resent one is not delivered again: the next is the new one.

@@ -176,14 +176,10 @@ async fn run_user(
     Ok(())
 }
 
-/// An attribute of the element as received, either quoting.
+/// An attribute of the element as received.
 fn attr(s: &Stanza, name: &str) -> Option<String> {
-    let t = std::str::from_utf8(s.bytes()).ok()?;
-    ['\'', '"'].iter().find_map(|q| {
-        let key = format!(" {name}={q}");
-        let rest = &t[t.find(&key)? + key.len()..];
-        Some(rest[..rest.find(*q)?].to_string())
-    })
+    let el = fedrouter::xml::Element::parse(s.bytes(), "", &[]).ok()?;
+    el.attr(name).map(str::to_string)
 }
 
 pub async fn run(a: &ChaosArgs, _progress: bool) -> anyhow::Result<Report> {

@@ -620,6 +620,12 @@ impl Session {
 
     /// Sends the stream error and the stream close, and ends the session.
     async fn close(&mut self, e: StreamError) {
+        self.close_with(e, "").await
+    }
+
+    /// [`C2sSession::close`] with an application-specific condition
+    /// element in the stream error (RFC 6120 §4.9.4).
+    async fn close_with(&mut self, e: StreamError, app: &str) {
         if self.done {
             return;
         }
@@ -639,7 +645,7 @@ impl Session {
                 escape_attr(domain)
             ));
         }
-        tail.push_str(&e.to_xml());
+        tail.push_str(&e.to_xml_with(app));
         tail.push_str("</stream:stream>");
         self.finish(Bytes::from(tail)).await;
     }

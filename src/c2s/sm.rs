@@ -98,15 +98,12 @@ impl Session {
                 match h.map(|h| q.ack(h)) {
                     Some(Ok(())) => {}
                     Some(Err(e)) => {
-                        self.send_nonza(format!(
-                            "<handled-count-too-high xmlns='{NS_SM}' h='{}' send-count='{}'/>",
-                            e.h, e.sent
-                        ));
-                        self.close(StreamError::with_text(
+                        // XEP-0198 §4: the condition goes in the stream error.
+                        let err = StreamError::with_text(
                             StreamCondition::UndefinedCondition,
                             format!("acknowledged {} stanzas, {} were sent", e.h, e.sent),
-                        ))
-                        .await;
+                        );
+                        self.close_with(err, &e.element()).await;
                     }
                     None => {
                         self.close(StreamError::with_text(

@@ -179,19 +179,18 @@ impl Router {
     /// Routes from a session: waits for mailbox space, which is the
     /// backpressure that slows a fast sender down to what shards can take.
     pub async fn route(&self, env: Envelope) {
-        if !self.is_local_domain(env.to.domain())
-            && self.is_local_domain(env.from.domain())
-            && let Some(s2s) = self.inner.s2s.get()
-        {
-            // The domain's actor, likewise.
-            if let Some(wait) = s2s.send_or_wait(env) {
-                wait.await;
+        match self.destination(env) {
+            Destination::Local(env) => {
+                let shard = self.shard(env.to.bare()).clone();
+                let _ = shard.tell(Deliver(env)).await;
             }
-            return;
-        }
-        if let Some(env) = self.remote_or_local(env) {
-            let shard = self.shard(env.to.bare()).clone();
-            let _ = shard.tell(Deliver(env)).await;
+            // The remote domain's actor, likewise.
+            Destination::Remote(s2s, env) => {
+                if let Some(wait) = s2s.send_or_wait(env) {
+                    wait.await;
+                }
+            }
+            Destination::Settled => {}
         }
     }
 
@@ -199,12 +198,15 @@ impl Router {
     /// each other in a cycle. A full mailbox leaves the stanza in the
     /// shard's byte-capped overflow; past that it is shed.
     pub fn route_nowait(&self, env: Envelope) {
-        if let Some(env) = self.remote_or_local(env) {
-            let i = self.shard_index(env.to.bare());
-            let shard = &self.inner.shards[i];
-            if let Some(env) = self.inner.overflow[i].offer(shard, env, overflow::OVERFLOW_BYTES) {
-                self.shed(env, ShedQueue::Shard);
-            }
+        let env = match self.destination(env) {
+            Destination::Local(env) => env,
+            Destination::Remote(s2s, env) => return s2s.send(env),
+            Destination::Settled => return,
+        };
+        let i = self.shard_index(env.to.bare());
+        let shard = &self.inner.shards[i];
+        if let Some(env) = self.inner.overflow[i].offer(shard, env, overflow::OVERFLOW_BYTES) {
+            self.shed(env, ShedQueue::Shard);
         }
     }
 
@@ -256,28 +258,35 @@ impl Router {
         }
     }
 
-    /// Local targets come back for delivery; remote ones go to federation
-    /// (or bounce when it is not running).
-    fn remote_or_local(&self, env: Envelope) -> Option<Envelope> {
+    /// Where a stanza goes: a local target's shard, or federation; or it
+    /// is settled here (nothing to deliver to, not ours to relay, or
+    /// bounced when federation is not running).
+    fn destination(&self, env: Envelope) -> Destination<'_> {
         if self.is_local_domain(env.to.domain()) {
             if env.to.bare().is_domain() {
                 // Addressed to the server itself from another shard (e.g. a
                 // bounce to a server JID): nothing to deliver to.
-                return None;
+                return Destination::Settled;
             }
-            return Some(env);
+            return Destination::Local(env);
         }
         if let Some(s2s) = self.inner.s2s.get() {
             // A stanza from a remote server to another remote server is not
             // ours to relay.
             if self.is_local_domain(env.from.domain()) {
-                s2s.send(env);
+                return Destination::Remote(s2s.as_ref(), env);
             }
-            return None;
+            return Destination::Settled;
         }
         if let Some(b) = env.bounce(StanzaCondition::RemoteServerNotFound, None) {
             self.route_nowait(b);
         }
-        None
+        Destination::Settled
     }
+}
+
+enum Destination<'a> {
+    Local(Envelope),
+    Remote(&'a dyn Remote, Envelope),
+    Settled,
 }

@@ -145,6 +145,16 @@ pub struct AckTooHigh {
     pub sent: u32,
 }
 
+impl AckTooHigh {
+    /// XEP-0198's application-specific stream error condition for it.
+    pub fn element(&self) -> String {
+        format!(
+            "<handled-count-too-high xmlns='urn:xmpp:sm:3' h='{}' send-count='{}'/>",
+            self.h, self.sent
+        )
+    }
+}
+
 const SM_REQUEST: &[u8] = b"<r xmlns='urn:xmpp:sm:3'/>";
 
 impl State {
@@ -160,6 +170,14 @@ impl State {
             sm.unacked_bytes += f.len();
             sm.sent = sm.sent.wrapping_add(1);
         }
+    }
+
+    /// Whether a frame of `len` bytes fits under these limits: below the
+    /// frame cap, and within the byte cap unless nothing is held (an
+    /// empty queue takes a frame of any size).
+    fn takes(&self, len: usize, capacity: usize, max_bytes: usize) -> bool {
+        let (frames, bytes, any) = self.held();
+        frames < capacity && (!any || bytes.saturating_add(len) <= max_bytes)
     }
 
     /// Frames queued, and bytes held: queued, and sent but not
@@ -277,9 +295,7 @@ impl Queue {
         if st.rx_closed {
             return Err(TrySendError::Closed(f));
         }
-        let (frames, bytes, any) = st.held();
-        let full = frames >= capacity || (any && bytes.saturating_add(len) > max_bytes);
-        if full {
+        if !st.takes(len, capacity, max_bytes) {
             st.sender_waiting |= will_wait;
             return Err(TrySendError::Full(f));
         }
@@ -518,11 +534,7 @@ impl Queue {
             space.as_mut().enable();
             {
                 let mut st = self.0.lock();
-                let (frames, bytes, any) = st.held();
-                if st.rx_closed
-                    || (frames < self.0.capacity
-                        && (!any || bytes.saturating_add(len) <= self.0.max_bytes))
-                {
+                if st.rx_closed || st.takes(len, self.0.capacity, self.0.max_bytes) {
                     return;
                 }
                 st.sender_waiting = true;
@@ -1140,6 +1152,14 @@ mod tests {
             back,
             vec![b"<m4/>".to_vec(), b"<m5/>".to_vec()],
             "unacknowledged first, then unwritten"
+        );
+    }
+
+    #[test]
+    fn too_high_names_both_counts_in_xep_0198_form() {
+        assert_eq!(
+            AckTooHigh { h: 7, sent: 3 }.element(),
+            "<handled-count-too-high xmlns='urn:xmpp:sm:3' h='7' send-count='3'/>"
         );
     }
 

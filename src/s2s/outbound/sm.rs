@@ -11,6 +11,7 @@ use super::{OutboundDomain, State};
 use crate::events::s2s::{OutSm, OutboundSm, SmAckReceived};
 use crate::router::Envelope;
 use crate::stream::s2s::parse_element;
+use crate::transport::writer::AckTooHigh;
 use crate::xml::ns::NS_SM;
 use crate::xml::{Frame, Stanza};
 
@@ -119,7 +120,9 @@ impl OutboundDomain {
                 let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
                 let handled = h.map(|h| h.wrapping_sub(lost.acked) as usize);
                 let (Some(h), Some(n)) = (h, handled.filter(|n| *n <= lost.unacked)) else {
-                    return self.too_high().await;
+                    let sent = lost.acked.wrapping_add(lost.unacked as u32);
+                    let e = h.map(|h| AckTooHigh { h, sent });
+                    return self.too_high(e).await;
                 };
                 let handled: Vec<Envelope> = self.queue.drain(..n).collect();
                 for env in &handled {
@@ -144,8 +147,8 @@ impl OutboundDomain {
                     return;
                 };
                 let before = q.sm_position().map_or(h, |(acked, _)| acked);
-                if q.ack(h).is_err() {
-                    return self.too_high().await;
+                if let Err(e) = q.ack(h) {
+                    return self.too_high(Some(e)).await;
                 }
                 if self.shared.journal.is_some() {
                     self.settle_acked(h.wrapping_sub(before) as usize);
@@ -184,8 +187,9 @@ impl OutboundDomain {
         self.flush();
     }
 
-    /// XEP-0198 §4: the peer acknowledged more than we sent.
-    async fn too_high(&mut self) {
+    /// XEP-0198 §4: the peer acknowledged more than we sent (or resumed
+    /// without a count).
+    async fn too_high(&mut self, e: Option<AckTooHigh>) {
         let err = crate::error::StreamError::with_text(
             crate::error::StreamCondition::UndefinedCondition,
             "acknowledged more stanzas than were sent",
@@ -193,13 +197,8 @@ impl OutboundDomain {
         self.shared
             .metrics
             .stream_error(err.condition, &self.remote, err.text.as_deref());
-        let tail = format!(
-            "{}</stream:stream>",
-            err.to_xml().replace(
-                "</stream:error>",
-                &format!("<handled-count-too-high xmlns='{NS_SM}'/></stream:error>")
-            )
-        );
+        let app = e.map(|e| e.element()).unwrap_or_default();
+        let tail = format!("{}</stream:stream>", err.to_xml_with(&app));
         self.sm.id = None;
         self.sm.lost = None;
         self.disconnect(Some(&tail)).await;
